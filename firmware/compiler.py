@@ -1,0 +1,195 @@
+"""Layer program compiler: a quantized model becomes the engine invocations that run it.
+
+The program is deterministic (same model and config, same bytes; :meth:`LayerProgram.digest`).
+Every convolution becomes one or more :class:`EngineStep` s; a step is one engine invocation
+(``start`` with one descriptor) over all input channels and a contiguous tile of output
+channels. Tiling by output channels is needed when a layer's weight image exceeds the engine's
+weight buffer (``EngineConfig.weight_depth`` words) or its output channels exceed
+``max_out_channels``; each tile re-sends the input map. A layer whose input map does not fit
+(``C_in * H * W > fmap_depth``, ``C_in > max_in_channels``, or a side above ``max_height`` /
+``max_width``) is refused with an error naming the layer: the engine accumulates all input
+channels of an output channel in one pass, so input-channel tiling would need partial-sum
+outputs it does not have.
+
+The whole-map average pool and the classifier (0.002 % of ResNet18's MACs) run on the host with
+the golden model's integer ops, so the logits are bit-exact by construction; they are listed in
+the program as :class:`HostStep` s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from psconv.config import EngineConfig
+from psconv.errors import PsconvError
+from psconv.families import PatternFamily
+from psconv.firmware.packing import (PackedLayer, engine_weight_words, entries_per_output_channel,
+                                     pack_layer)
+from psconv.qmodel import QLayer, QuantizedModel
+
+PROGRAM_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerDescriptor:
+    """The engine's layer registers (field meanings as in ``psconv.hw.layer``)."""
+
+    in_channels: int
+    out_channels: int
+    in_height: int
+    in_width: int
+    stride: int
+    kernel: int
+    relu: bool
+    residual: bool
+    period: int
+
+    @property
+    def out_height(self) -> int:
+        pad = 1 if self.kernel == 3 else 0
+        return (self.in_height + 2 * pad - self.kernel) // self.stride + 1
+
+    @property
+    def out_width(self) -> int:
+        pad = 1 if self.kernel == 3 else 0
+        return (self.in_width + 2 * pad - self.kernel) // self.stride + 1
+
+
+@dataclass
+class EngineStep:
+    """One engine invocation: a layer's output channels ``[first, first + count)``."""
+
+    layer: str
+    tile: int
+    tiles: int
+    first_channel: int
+    descriptor: LayerDescriptor
+    masks: tuple[int, ...]
+    weight_words: torch.Tensor       # (rows, tn) int8, engine_weight_words order
+    bias: torch.Tensor               # (count,) int32
+    multiplier: torch.Tensor         # (count,) int64
+    shift: torch.Tensor              # (count,) int64
+    residual_multiplier: torch.Tensor  # (count,) int64, zeros without residual
+    input: str
+    residual: str | None
+    useful_macs: int                 # nonzero-tap MACs of this tile
+
+    @property
+    def channel_slice(self) -> slice:
+        return slice(self.first_channel, self.first_channel + self.descriptor.out_channels)
+
+
+@dataclass
+class HostStep:
+    """A layer the host runs with the golden model's integer op (avgpool, fc)."""
+
+    layer: QLayer
+
+
+@dataclass
+class LayerProgram:
+    config: EngineConfig
+    model: QuantizedModel
+    steps: list = field(default_factory=list)
+
+    @property
+    def engine_steps(self) -> list[EngineStep]:
+        return [s for s in self.steps if isinstance(s, EngineStep)]
+
+    def digest(self) -> str:
+        """SHA-256 over everything the engine is sent, in order (determinism check)."""
+        h = hashlib.sha256(f"psconv-program-v{PROGRAM_VERSION}".encode())
+        for step in self.engine_steps:
+            h.update(repr((step.layer, step.tile, step.first_channel, step.descriptor,
+                           step.masks, step.input, step.residual)).encode())
+            for t in (step.weight_words, step.bias, step.multiplier, step.shift,
+                      step.residual_multiplier):
+                h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def _check_fits(layer: QLayer, config: EngineConfig, height: int, width: int) -> None:
+    c_in = layer.in_channels
+    problems = []
+    if c_in > config.max_in_channels:
+        problems.append(f"{c_in} input channels > max_in_channels {config.max_in_channels}")
+    if height > config.max_height or width > config.max_width:
+        problems.append(f"input {height}x{width} > max {config.max_height}x{config.max_width}")
+    if c_in * height * width > config.fmap_depth:
+        problems.append(f"input map {c_in}x{height}x{width} = {c_in * height * width} bytes > "
+                        f"fmap_depth {config.fmap_depth}")
+    if layer.family.period > config.max_period:
+        problems.append(f"period {layer.family.period} > max_period {config.max_period}")
+    if problems:
+        raise PsconvError(f"compile: layer {layer.name!r} does not fit the engine: "
+                          + "; ".join(problems))
+
+
+def _rows_per_channel(packed: PackedLayer, tn: int) -> int:
+    return math.ceil(entries_per_output_channel(packed.masks, packed.in_channels) / tn)
+
+
+def compile_model(model: QuantizedModel, config: EngineConfig) -> LayerProgram:
+    """Compile every layer of ``model`` for ``config`` (see module docstring)."""
+    program = LayerProgram(config=config, model=model)
+    shapes = {"input": tuple(model.input_shape)}
+    for layer in model.layers:
+        c, h, w = shapes[layer.input] if len(shapes[layer.input]) == 3 else (0, 0, 0)
+        if layer.op != "conv":
+            program.steps.append(HostStep(layer))
+            shapes[layer.name] = (layer.out_channels or c,)
+            continue
+        if layer.in_channels != c:
+            raise PsconvError(f"compile: layer {layer.name!r} expects {layer.in_channels} input "
+                              f"channels, its input {layer.input!r} has {c}")
+        _check_fits(layer, config, h, w)
+        packed = pack_layer(layer.weight, layer.family, layer.name)
+        rows = _rows_per_channel(packed, config.tn)
+        per_tile = min(config.max_out_channels, config.weight_depth // rows)
+        if per_tile < 1:
+            raise PsconvError(f"compile: layer {layer.name!r} needs {rows} weight words per output "
+                              f"channel; weight_depth is {config.weight_depth}")
+        tiles = math.ceil(layer.out_channels / per_tile)
+        for tile in range(tiles):
+            first = tile * per_tile
+            count = min(per_tile, layer.out_channels - first)
+            program.steps.append(_engine_step(layer, packed, config, tile, tiles, first, count, h, w))
+        shapes[layer.name] = (layer.out_channels, program.steps[-1].descriptor.out_height,
+                              program.steps[-1].descriptor.out_width)
+    return program
+
+
+def _engine_step(layer: QLayer, packed: PackedLayer, config: EngineConfig, tile: int, tiles: int,
+                 first: int, count: int, height: int, width: int) -> EngineStep:
+    """The invocation for output channels ``[first, first + count)`` of ``layer``.
+
+    The engine numbers a tile's output channels from 0, so the tile's mask table is the layer's
+    rotated by ``first``: entry q of the tile is entry (q + first) % P of the layer, and kernel
+    (o', i) of the tile keeps the taps of kernel (first + o', i) of the layer.
+    """
+    period = packed.period
+    masks = tuple(packed.masks[(q + first) % period] for q in range(period))
+    tile_family = PatternFamily(masks=masks, offset=0, name=f"{layer.family.name}@{first}",
+                                kernel_size=packed.kernel_size)
+    channels = slice(first, first + count)
+    tile_packed = pack_layer(layer.weight[channels], tile_family, layer.name)
+    descriptor = LayerDescriptor(
+        in_channels=packed.in_channels, out_channels=count, in_height=height, in_width=width,
+        stride=layer.stride, kernel=layer.kernel_size, relu=layer.relu,
+        residual=layer.residual is not None, period=period)
+    if layer.residual is not None:
+        residual_multiplier = layer.residual_multiplier[channels].to(torch.int64)
+    else:
+        residual_multiplier = torch.zeros(count, dtype=torch.int64)
+    kept_taps = int(tile_family.weight_mask(count, packed.in_channels).sum())
+    return EngineStep(
+        layer=layer.name, tile=tile, tiles=tiles, first_channel=first, descriptor=descriptor,
+        masks=masks, weight_words=engine_weight_words(tile_packed, config.tn),
+        bias=layer.bias[channels].to(torch.int32), multiplier=layer.multiplier[channels].to(torch.int64),
+        shift=layer.shift[channels].to(torch.int64), residual_multiplier=residual_multiplier,
+        input=layer.input, residual=layer.residual,
+        useful_macs=kept_taps * descriptor.out_height * descriptor.out_width)

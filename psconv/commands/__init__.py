@@ -1,0 +1,1 @@
+"""One module per ``psconv`` subcommand; each defines ``register(subparsers)``."""

@@ -1,0 +1,59 @@
+"""``psconv quantize``: build or load a ResNet18, fold BatchNorm, calibrate, export a model file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from psconv.errors import PsconvError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "quantize", help="quantize a periodic-sparse ResNet18 to a model file",
+        description="Fold BatchNorm, calibrate int8 activation scales and write the versioned "
+                    "quantized model (.npz) that `psconv golden`, the compiler and the driver read. "
+                    "Without --checkpoint the seeded embedded-default network is used.")
+    parser.add_argument("-o", "--out", required=True, help="output file (.npz)")
+    parser.add_argument("--family", default="PSD1_P16", help="pattern family (e.g. PS4_P8, PSD1_P16, dense)")
+    parser.add_argument("--width", type=int, default=16, help="ResNet18 base width (64 = full)")
+    parser.add_argument("--checkpoint", help="state_dict (.pt) of psconv's resnet18_cifar with this family/width")
+    parser.add_argument("--cifar", help="CIFAR-10 python-format directory for calibration images")
+    parser.add_argument("--calibration-images", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from psconv.families import family_by_name
+    from psconv.nn.cifar import load_cifar10, synthetic_cifar_like
+    from psconv.nn.default import seeded_resnet18
+    from psconv.nn.models import resnet18_cifar
+    from psconv.nn.quantize import quantize_resnet
+
+    if args.calibration_images < 1:
+        raise PsconvError(f"--calibration-images is {args.calibration_images}; allowed: >= 1")
+    if args.checkpoint:
+        model = resnet18_cifar(family_by_name(args.family), width=args.width)
+        try:
+            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as e:
+            raise PsconvError(f"cannot read checkpoint {args.checkpoint}: {e}") from None
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise PsconvError(f"checkpoint {args.checkpoint} does not match resnet18_cifar("
+                              f"{args.family}, width={args.width}): missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}")
+        model.eval()
+    else:
+        model = seeded_resnet18(args.family, args.width, args.seed)
+    if args.cifar:
+        images = load_cifar10(args.cifar, train=True)[0][:args.calibration_images]
+    else:
+        images = synthetic_cifar_like(args.calibration_images, seed=args.seed + 2)[0]
+    quantized = quantize_resnet(model, images, args.family)
+    path = quantized.save(Path(args.out))
+    print(f"wrote {path}: {quantized.arch} {quantized.family_name}, {len(quantized.layers)} layers, "
+          f"input scale {quantized.input_scale:.5f}")
+    return 0

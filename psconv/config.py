@@ -1,0 +1,171 @@
+"""The engine configuration: the single source of truth for gateware, golden model, compiler
+and driver.
+
+:class:`EngineConfig` is frozen and validated on construction; every invalid value raises one
+:class:`~psconv.errors.PsconvError` naming the field, the value and what is allowed. The
+accumulator width is derived from the largest layer the configuration admits
+(:func:`required_accumulator_width`) rather than guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+
+from .errors import PsconvError
+from .families import NUM_TAPS, PatternFamily, family_by_name, paper_family
+
+DATA_WIDTH = 8
+"""Activations and weights are int8 (see :mod:`psconv.sim.golden.quant`)."""
+
+CONFIG_VERSION = 1
+
+
+def required_accumulator_width(max_in_channels: int, data_width: int = DATA_WIDTH) -> int:
+    """Bits a signed accumulator needs for the worst-case dot product of a dense 3x3 layer.
+
+    The worst case is every product at its extreme, (-2**(w-1)) * (-2**(w-1)) = 2**(2w-2), summed
+    over ``9 * max_in_channels`` terms (a dense kernel over all input channels). The bias is not
+    in the accumulator: the post-processor adds it in 64-bit arithmetic.
+    """
+    worst = NUM_TAPS * max_in_channels * (1 << (2 * data_width - 2))
+    return worst.bit_length() + 1
+
+
+def _positive_int(name, value, low=1, high=None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer {low}..{high}"
+        raise PsconvError(f"engine config: {name} is {value!r}; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Parameters of one periodic-sparse convolution engine.
+
+    * ``tm``: PE rows; each row computes one output pixel, so ``tm`` adjacent output pixels of
+      one output channel are computed in parallel and share every weight.
+    * ``tn``: PE lanes; each lane takes one entry of the layer's tap sequence per cycle (one
+      nonzero weight and the matching input tap), so a period of T taps costs ``T / tn`` cycles
+      whatever each kernel's K is. Multipliers: ``tm * tn``.
+    * ``family``: the pattern family the engine is built and named for. The mask table itself
+      is loaded per layer (up to ``max_period`` entries), so the same engine also runs the dense
+      first convolution and the 1x1 shortcuts.
+    * ``data_width``: 8 (int8 activations and weights); the only value supported.
+    * ``acc_width``: accumulator bits; ``None`` derives :func:`required_accumulator_width`.
+    * ``max_in_channels``, ``max_out_channels``, ``max_height``, ``max_width``: the largest layer
+      one engine invocation accepts (larger layers are tiled by the compiler).
+    * ``fmap_depth``: input feature-map buffer capacity in bytes (C * H * W of one invocation).
+    * ``weight_depth``: weight buffer capacity in ``tn``-byte words.
+    """
+
+    tm: int = 4
+    tn: int = 16
+    family: PatternFamily = field(default_factory=lambda: paper_family(1, 16, dense_kernel=True))
+    max_period: int | None = None
+    data_width: int = DATA_WIDTH
+    acc_width: int | None = None
+    max_in_channels: int = 512
+    max_out_channels: int = 512
+    max_height: int = 32
+    max_width: int = 32
+    fmap_depth: int = 65536
+    weight_depth: int = 8192
+
+    def __post_init__(self):
+        _positive_int("tm", self.tm, 1, 64)
+        _positive_int("tn", self.tn, 1, 64)
+        if not isinstance(self.family, PatternFamily):
+            raise PsconvError(
+                f"engine config: family is {self.family!r}; allowed: a PatternFamily "
+                f"(see psconv.families)")
+        if self.family.kernel_size != 3:
+            raise PsconvError(
+                f"engine config: family {self.family.name!r} is a 1x1 family; the engine's "
+                f"family must be a 3x3 family (1x1 layers use the pointwise table at run time)")
+        if self.max_period is None:
+            object.__setattr__(self, "max_period", self.family.period)
+        _positive_int("max_period", self.max_period, 1, 64)
+        if self.max_period < self.family.period:
+            raise PsconvError(
+                f"engine config: max_period is {self.max_period}; it must be at least the "
+                f"family's period P = {self.family.period}")
+        if self.data_width != DATA_WIDTH:
+            raise PsconvError(
+                f"engine config: data_width is {self.data_width!r}; allowed: {DATA_WIDTH} (int8)")
+        _positive_int("max_in_channels", self.max_in_channels, 1, 4096)
+        _positive_int("max_out_channels", self.max_out_channels, 1, 4096)
+        _positive_int("max_height", self.max_height, 1, 1024)
+        _positive_int("max_width", self.max_width, 1, 1024)
+        _positive_int("fmap_depth", self.fmap_depth, 1)
+        _positive_int("weight_depth", self.weight_depth, 1)
+        needed = required_accumulator_width(self.max_in_channels, self.data_width)
+        if self.acc_width is None:
+            object.__setattr__(self, "acc_width", needed)
+        elif not isinstance(self.acc_width, int) or self.acc_width < needed or self.acc_width > 48:
+            raise PsconvError(
+                f"engine config: acc_width is {self.acc_width!r}; with max_in_channels = "
+                f"{self.max_in_channels} the worst-case dot product needs {needed} bits; "
+                f"allowed: {needed}..48")
+
+    @property
+    def multipliers(self) -> int:
+        return self.tm * self.tn
+
+    def replace(self, **changes) -> "EngineConfig":
+        """A new validated config with ``changes`` applied."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if "family" in changes and "max_period" not in changes:
+            values["max_period"] = None
+        if "max_in_channels" in changes and "acc_width" not in changes:
+            values["acc_width"] = None
+        values.update(changes)
+        return EngineConfig(**values)
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["family"] = self.family.to_json()
+        data["version"] = CONFIG_VERSION
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EngineConfig":
+        data = dict(data)
+        version = data.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise PsconvError(
+                f"engine config: version {version!r} not supported; allowed: {CONFIG_VERSION}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PsconvError(
+                f"engine config: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        family = data.get("family")
+        if isinstance(family, str):
+            data["family"] = family_by_name(family)
+        elif isinstance(family, dict):
+            data["family"] = PatternFamily.from_json(family)
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path) -> "EngineConfig":
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except OSError as e:
+            raise PsconvError(f"engine config: cannot read {path}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise PsconvError(f"engine config: {path} is not valid JSON: {e}") from None
+        return cls.from_json(data)
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable parameter lines (the generated Verilog's header comment)."""
+        fam = self.family
+        return [
+            f"psconv engine: Tm={self.tm} Tn={self.tn} ({self.multipliers} multipliers)",
+            f"family {fam.name}: P={fam.period} offset={fam.offset} T={fam.taps_per_period} "
+            f"masks={[f'{m:#05x}' for m in fam.masks]} max_period={self.max_period}",
+            f"data_width={self.data_width} acc_width={self.acc_width}",
+            f"max layer: C_in<={self.max_in_channels} C_out<={self.max_out_channels} "
+            f"H<={self.max_height} W<={self.max_width}; fmap_depth={self.fmap_depth} bytes; "
+            f"weight_depth={self.weight_depth} words of {self.tn} bytes",
+        ]

@@ -1,0 +1,83 @@
+"""Functional model of one engine invocation, reading exactly what the hardware is sent.
+
+Why: it checks the compiler and driver (and the stream orders they depend on) bit for bit
+without RTL, and gives the cocotb benches the engine's expected output beats. It interprets the
+weight image slot by slot as the address generator does (slot ``s`` of output channel ``o``:
+period ``p, e = divmod(s, T)``, tap-sequence entry ``(q, t) = seq[e]``, input channel
+``i = p * P + (q - o) % P``, ignored when ``i >= C_in``) and applies the golden requantization.
+
+Output beat order (the engine's ``out`` stream): for each output row y, for each column block
+``xb`` of ``tm`` pixels, for each output channel o: one beat of ``tm`` int8 values for pixels
+``x = xb * tm + r`` (0 beyond the row's end). The residual stream uses the same order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from psconv.errors import PsconvError
+from psconv.families import mask_taps
+from psconv.sim.golden.ops import requantize
+
+
+def _patches(x: torch.Tensor, stride: int, out_h: int, out_w: int) -> torch.Tensor:
+    """(C, 9, out_h, out_w): tap t of every output pixel, from the input padded by 1."""
+    xpad = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    taps = []
+    for t in range(9):
+        dy, dx = divmod(t, 3)
+        taps.append(xpad[:, dy:dy + stride * (out_h - 1) + 1:stride,
+                         dx:dx + stride * (out_w - 1) + 1:stride])
+    return torch.stack(taps, dim=1)
+
+
+def run_step(step, x: torch.Tensor, residual: torch.Tensor | None, tn: int) -> torch.Tensor:
+    """Outputs (C_out of the tile, H_out, W_out) of one :class:`EngineStep` on input ``x`` (CHW)."""
+    d = step.descriptor
+    x = x.to(torch.int64)
+    if tuple(x.shape) != (d.in_channels, d.in_height, d.in_width):
+        raise PsconvError(f"engine model: step {step.layer!r} expects input "
+                          f"{(d.in_channels, d.in_height, d.in_width)}, got {tuple(x.shape)}")
+    seq = [(q, t) for q, m in enumerate(step.masks) for t in mask_taps(m)]
+    period = len(step.masks)
+    rows = step.weight_words.shape[0] // d.out_channels
+    slots = math.ceil(d.in_channels / period) * len(seq)
+    if rows != math.ceil(slots / tn):
+        raise PsconvError(f"engine model: step {step.layer!r} weight image has {rows} rows per "
+                          f"channel, its table needs {math.ceil(slots / tn)}")
+    patches = _patches(x, d.stride, d.out_height, d.out_width)
+    s = torch.arange(slots)
+    p, e = s // len(seq), s % len(seq)
+    q = torch.tensor([entry[0] for entry in seq])[e]
+    t = torch.tensor([entry[1] for entry in seq])[e]
+    acc = torch.zeros((d.out_channels, d.out_height, d.out_width), dtype=torch.int64)
+    for o in range(d.out_channels):
+        weights = step.weight_words[o * rows:(o + 1) * rows].reshape(-1)[:slots].to(torch.int64)
+        i = p * period + (q - o) % period
+        valid = i < d.in_channels
+        gathered = patches[i[valid], t[valid]]
+        acc[o] = torch.einsum("s,shw->hw", weights[valid], gathered)
+    res = residual.to(torch.int64) if d.residual else None
+    return requantize(acc, step.bias, step.multiplier, step.shift, d.relu, res,
+                      step.residual_multiplier if d.residual else None)
+
+
+def to_beats(y: torch.Tensor, tm: int) -> torch.Tensor:
+    """(C, H, W) map to the engine's output/residual beat order: (H * ceil(W/tm) * C, tm)."""
+    c, h, w = y.shape
+    blocks = math.ceil(w / tm)
+    padded = torch.zeros((c, h, blocks * tm), dtype=y.dtype)
+    padded[:, :, :w] = y
+    return padded.reshape(c, h, blocks, tm).permute(1, 2, 0, 3).reshape(h * blocks * c, tm)
+
+
+def from_beats(beats: torch.Tensor, channels: int, height: int, width: int, tm: int) -> torch.Tensor:
+    """Inverse of :func:`to_beats`."""
+    blocks = math.ceil(width / tm)
+    expected = (height * blocks * channels, tm)
+    if tuple(beats.shape) != expected:
+        raise PsconvError(f"engine output: {tuple(beats.shape)} beats, expected {expected}")
+    return beats.reshape(height, blocks, channels, tm).permute(2, 0, 1, 3).reshape(
+        channels, height, blocks * tm)[:, :, :width].clone()

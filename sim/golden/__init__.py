@@ -1,0 +1,1 @@
+"""Integer golden model: the arithmetic every other part of psconv must match bit for bit."""

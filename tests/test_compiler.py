@@ -1,0 +1,58 @@
+"""The layer program compiler, checked end to end with the functional engine model."""
+
+import pytest
+import torch
+
+from psconv.config import EngineConfig
+from psconv.errors import PsconvError
+from psconv.firmware.compiler import compile_model
+from psconv.firmware.execute import execute_program
+from psconv.nn.default import default_images, default_quantized_model
+from psconv.sim import engine_model
+from psconv.sim.golden.network import run_golden
+from psconv.sim.golden.ops import quantize_input
+
+
+@pytest.fixture(scope="module")
+def model():
+    return default_quantized_model("PSD1_P16", width=8)
+
+
+@pytest.mark.parametrize("tn,weight_depth", [(16, 8192), (4, 40), (7, 23)])
+def test_program_is_bit_exact_at_every_layer(model, tn, weight_depth):
+    config = EngineConfig(tm=4, tn=tn, weight_depth=weight_depth)
+    program = compile_model(model, config)
+    if weight_depth < 100:
+        assert any(step.tiles > 1 for step in program.engine_steps)
+    image = quantize_input(default_images(1)[0], model.input_scale)
+    golden = run_golden(model, image)
+    result = execute_program(program, image,
+                             lambda step, x, r: engine_model.run_step(step, x, r, config.tn))
+    for name, expected in golden.outputs.items():
+        assert torch.equal(result.outputs[name], expected), name
+    assert torch.equal(result.logits, golden.logits)
+
+
+def test_program_is_deterministic(model):
+    config = EngineConfig()
+    assert compile_model(model, config).digest() == compile_model(model, config).digest()
+    other = default_quantized_model("PSD1_P16", width=8, seed=5)
+    assert compile_model(other, config).digest() != compile_model(model, config).digest()
+
+
+def test_layer_too_large_is_refused_with_its_name(model):
+    with pytest.raises(PsconvError, match="'stem'.*fmap_depth"):
+        compile_model(model, EngineConfig(fmap_depth=1000))
+    with pytest.raises(PsconvError, match="period 16 > max_period 8"):
+        from psconv.families import paper_family
+        compile_model(model, EngineConfig(family=paper_family(4, 8)))
+
+
+@pytest.mark.parametrize("tm", [1, 3, 4])
+def test_beat_order_round_trip(tm):
+    y = torch.arange(5 * 3 * 7).reshape(5, 3, 7)
+    beats = engine_model.to_beats(y, tm)
+    assert beats.shape[1] == tm
+    # first beats: row 0, block 0, channels 0..4
+    assert beats[1, 0] == y[1, 0, 0]
+    assert torch.equal(engine_model.from_beats(beats, 5, 3, 7, tm), y)
