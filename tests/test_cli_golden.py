@@ -31,3 +31,15 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert "does not exist" in err and "Traceback" not in err
     assert main(["golden", "--family", "PQ7"]) == 2
     assert "not understood" in capsys.readouterr().err
+
+
+def test_pack_reports_formats_and_metadata_share(capsys):
+    assert main(["pack", "--width", "8", "--json"]) == 0
+    import json as _json
+    report = _json.loads(capsys.readouterr().out)
+    assert len(report["layers"]) == 20
+    total = report["total"]
+    assert total["ours_total"] == total["ours_weights"] + total["ours_metadata"]
+    assert total["ours_total"] < total["bitmap"] < total["dense_int8"]
+    # metadata is the mask tables alone: ceil(9 * P / 8) bytes per layer
+    assert total["ours_metadata"] == 16 * 18 + 4 * 2

@@ -1,0 +1,74 @@
+"""Storage benchmark: bytes per layer and per network, our format against common sparse formats.
+
+For each family the network's convolutions are packed (random int8 values on the family's
+kept taps: sizes depend only on the structure) and measured with
+:func:`psconv.firmware.packing.storage_report`. Off-chip bytes the driver actually sends per
+inference come from ``psconv bench e2e`` (they include feature maps and tables).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from psconv.families import family_by_name
+from psconv.firmware.packing import pack_layer, storage_report
+
+from .results import write_results
+
+FORMATS = ("ours_total", "dense_int8", "bitmap", "csr", "two_four")
+
+
+def network_reports(arch: str, family_name: str, width: int | None = None):
+    """Storage reports of every convolution of ``arch`` built with ``family_name``."""
+    from psconv.nn.models import resnet18_cifar, vgg16_cifar
+    from psconv.nn.sparse_conv import PeriodicSparseConv2d
+
+    family = family_by_name(family_name)
+    if arch == "resnet18":
+        model = resnet18_cifar(family, width=width or 64)
+    else:
+        model = vgg16_cifar(family, width_scale=(width or 64) / 64)
+    generator = torch.Generator().manual_seed(0)
+    reports = []
+    for name, module in model.named_modules():
+        if isinstance(module, PeriodicSparseConv2d):
+            mask = module.mask.to(torch.int64)
+            values = torch.randint(-127, 128, tuple(mask.shape), generator=generator) * mask
+            reports.append(storage_report(pack_layer(values.to(torch.int8), module.family, name)))
+    return reports
+
+
+def run(families, arch: str = "resnet18", width: int | None = None, outdir=None):
+    rows = []
+    for family_name in families:
+        reports = network_reports(arch, family_name, width)
+        weights = sum(r.ours_weights for r in reports)
+        metadata = sum(r.ours_metadata for r in reports)
+        row = {"family": family_name, "layers": len(reports), "weights": weights,
+               "metadata": metadata, "metadata_pct": 100.0 * metadata / weights}
+        for fmt in FORMATS:
+            row[fmt] = sum(getattr(r, fmt) for r in reports)
+        row["vs_dense"] = row["dense_int8"] / row["ours_total"]
+        rows.append(row)
+
+    def plot(path):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        labels = [r["family"] for r in rows]
+        width_bar = 0.16
+        for k, fmt in enumerate(FORMATS):
+            ax.bar([x + k * width_bar for x in range(len(rows))],
+                   [r[fmt] / 1e6 for r in rows], width_bar, label=fmt)
+        ax.set_xticks([x + 2 * width_bar for x in range(len(rows))], labels, rotation=45)
+        ax.set_ylabel("MB per network")
+        ax.set_title(f"{arch} weight storage by format")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    worst = max(rows, key=lambda r: r["metadata_pct"])
+    summary = {"target": "metadata < 0.1 % of weight bytes",
+               "worst metadata share": f"{worst['metadata_pct']:.4f} % ({worst['family']})"}
+    return write_results("storage", rows, outdir, summary, plot)
