@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "model_stats",
     "pack",
     "generate",
+    "build",
+    "program",
     "bench",
 )
 

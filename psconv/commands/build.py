@@ -1,0 +1,124 @@
+"""``psconv build``: a bitstream for a real board with the open flow from PyPI, and its report.
+
+A thin front over :func:`psconv.rtl_gen.build.build_bitstream`. The default design is the
+engine's board top (``psconv.hw.board_top.BoardTop``: UART, command processor, engine) with the
+board's engine configuration or ``--config``; ``--design mac-demo`` builds the small UART MAC
+demo instead, which checks the flow, the board's clock and UART pins and its DSPs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+from psconv.errors import PsconvError
+
+DESIGNS = ("engine", "mac-demo")
+DEFAULT_BAUD = 115200
+
+
+def register(subparsers) -> None:
+    from psconv.rtl_gen.boards import DEFAULT_BOARD, board_names
+
+    parser = subparsers.add_parser(
+        "build", help="build a bitstream for a board (yowasp Yosys + nextpnr) and report it",
+        description="Synthesize, place and route a design for a real board with Yosys and "
+                    "nextpnr from PyPI (yowasp-*), pack the bitstream, and print utilization "
+                    "(LUTs, flip-flops, DSPs, block RAMs against the device's totals) and "
+                    "nextpnr's Fmax per clock against the target. nextpnr runs with "
+                    "--timing-allow-fail: a design that misses timing still gets a bitstream, "
+                    "and the report says timing was missed.")
+    parser.add_argument("--board", default=DEFAULT_BOARD, metavar="BOARD",
+                        help=f"target board, one of: {', '.join(board_names())} "
+                             f"(default {DEFAULT_BOARD})")
+    parser.add_argument("--config", metavar="FILE.json",
+                        help="engine configuration (default: the board's own, see --list-boards)")
+    parser.add_argument("--clock-mhz", type=float, default=None, metavar="N",
+                        help="sync clock in MHz; other than the board oscillator's it comes from "
+                             "the FPGA's PLL (default: the oscillator, 25 MHz on ULX3S, 12 MHz "
+                             "on iCEBreaker)")
+    parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                        help=f"UART baud rate of the host link (default {DEFAULT_BAUD})")
+    parser.add_argument("--design", choices=DESIGNS, default="engine",
+                        help="engine: the accelerator's board top (default); mac-demo: a UART "
+                             "multiply-accumulate demo that checks the flow")
+    parser.add_argument("-o", "--outdir", default=None, metavar="DIR",
+                        help="build directory (default build/BOARD)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="do not show the build's progress on stderr")
+    parser.add_argument("--list-boards", action="store_true",
+                        help="list the supported boards and exit")
+    parser.set_defaults(func=run)
+
+
+def board_top_class():
+    """``psconv.hw.board_top.BoardTop``, or a :class:`PsconvError` saying it is not there yet."""
+    try:
+        module = importlib.import_module("psconv.hw.board_top")
+    except ModuleNotFoundError as e:
+        if e.name in ("psconv.hw.board_top", "psconv.hw"):
+            raise PsconvError(
+                "the engine's board top (psconv.hw.board_top.BoardTop: UART, command processor "
+                "and engine) is not implemented yet, so there is no engine bitstream to build; "
+                "`psconv build --design mac-demo` checks the flow with a small UART MAC "
+                "design") from None
+        raise
+    top = getattr(module, "BoardTop", None)
+    if top is None:
+        raise PsconvError("psconv.hw.board_top has no BoardTop class; the engine's board top is "
+                          "not implemented yet (`psconv build --design mac-demo` checks the flow)")
+    return top
+
+
+def make_top(design: str, board, config, clk_freq: float, baud: int):
+    """The design to build: the engine's board top or the MAC demo, for ``clk_freq`` Hz."""
+    from psconv.rtl_gen.build import UartMacDemo
+
+    if design == "mac-demo":
+        return UartMacDemo(board, clk_freq=clk_freq, baud=baud)
+    if design != "engine":
+        raise PsconvError(f"--design is {design!r}; allowed: {', '.join(DESIGNS)}")
+    return board_top_class()(config, clk_freq, baud)
+
+
+def _board_table() -> str:
+    from psconv.rtl_gen.boards import BOARDS
+
+    lines = [f"{'board':<12} {'device':<11} {'clock':>7} {'LUTs':>7} {'DSPs':>5} "
+             f"{'BRAMs':>6}  engine"]
+    for board in BOARDS.values():
+        r, c = board.resources, board.engine_config()
+        lines.append(f"{board.name:<12} {board.device:<11} {board.clock_mhz:>4g} MHz "
+                     f"{r.luts:>7} {r.dsps:>5} {r.brams:>6}  Tm={c.tm} Tn={c.tn} "
+                     f"({c.multipliers} mult), C_in<={c.max_in_channels}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from psconv.config import EngineConfig
+    from psconv.rtl_gen.boards import get_board
+    from psconv.rtl_gen.build import build_bitstream, plan_clock
+
+    if args.list_boards:
+        print(_board_table())
+        return 0
+    board = get_board(args.board)
+    if not isinstance(args.baud, int) or args.baud <= 0:
+        raise PsconvError(f"--baud is {args.baud!r}; allowed: a positive integer")
+    config = EngineConfig.load(args.config) if args.config else board.engine_config()
+    plan = plan_clock(board, args.clock_mhz)
+    if args.design == "engine" and config.multipliers > board.resources.dsps:
+        print(f"psconv build: warning: the config has {config.multipliers} multipliers but "
+              f"{board.device} has {board.resources.dsps} DSPs; the rest become LUT multipliers "
+              f"(if they fit)", file=sys.stderr)
+    top = make_top(args.design, board, config, plan.actual_hz, args.baud)
+    outdir = args.outdir or f"build/{board.name}"
+    report = build_bitstream(top, board, outdir, clock_mhz=args.clock_mhz,
+                             progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.format())
+    return 0

@@ -1,0 +1,239 @@
+"""Run layers on the engine's generated Verilog (Verilator + cocotb) and check them bit-exactly.
+
+Build once per configuration (cached under ``build/rtl/<config hash>``), run many layers per
+simulator launch. Each :class:`LayerCase` carries what the engine is sent (already in the
+engine's formats) and the golden model's expected output; :func:`check_run` compares element by
+element and, on a mismatch, names the layer kind, the first differing (channel, row, column),
+expected and actual values, and how many elements differ.
+
+Waves: pass ``waves=True`` or set ``PSCONV_WAVES=1``; the trace path is printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from psconv.config import EngineConfig
+from psconv.errors import PsconvError
+from psconv.families import PatternFamily
+from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
+from psconv.sim.golden.ops import conv2d_int, requantize
+
+DEFAULT_BUILD_ROOT = Path("build") / "rtl"
+TB_MODULE = "psconv.sim.tb.engine_tb"
+
+
+@dataclass
+class LayerCase:
+    """One engine invocation and its expected output (C_out, H_out, W_out)."""
+
+    name: str
+    kind: str
+    in_channels: int
+    out_channels: int
+    in_height: int
+    in_width: int
+    stride: int
+    kernel: int
+    relu: bool
+    masks: tuple[int, ...]
+    weight_words: torch.Tensor
+    bias: torch.Tensor
+    multiplier: torch.Tensor
+    shift: torch.Tensor
+    residual_multiplier: torch.Tensor | None
+    fmap: torch.Tensor
+    residual: torch.Tensor | None
+    expected: torch.Tensor
+    useful_macs: int = 0
+    dense_macs: int = 0
+    options: dict = field(default_factory=dict)
+
+    @property
+    def spec(self):
+        from psconv.hw.layer import LayerSpec
+
+        return LayerSpec(in_channels=self.in_channels, out_channels=self.out_channels,
+                         in_height=self.in_height, in_width=self.in_width, stride=self.stride,
+                         kernel=self.kernel, relu=self.relu, residual=self.residual is not None,
+                         period=len(self.masks))
+
+    def shape_text(self) -> str:
+        return (f"{self.kind} {self.in_channels}x{self.in_height}x{self.in_width} -> "
+                f"{self.out_channels}, stride {self.stride}")
+
+
+def make_case(name: str, weight: torch.Tensor, family: PatternFamily, fmap: torch.Tensor,
+              config: EngineConfig, *, stride: int = 1, relu: bool = False, bias=None,
+              multiplier=None, shift=None, residual=None, residual_multiplier=None,
+              kind: str | None = None, **options) -> LayerCase:
+    """A case from an int8 weight of ``family`` and an int8 CHW input, expected from the golden
+    model (``conv2d_int`` then ``requantize``). Unspecified requantization parameters default to
+    a mild per-channel scale so outputs span the int8 range."""
+    c_out, c_in, k, _ = weight.shape
+    packed = pack_layer(weight.to(torch.int8), family, name)
+    if bias is None:
+        bias = torch.zeros(c_out, dtype=torch.int64)
+    if multiplier is None:
+        multiplier = torch.full((c_out,), 1 << 20, dtype=torch.int64)
+    if shift is None:
+        shift = torch.full((c_out,), 30, dtype=torch.int64)
+    acc = conv2d_int(fmap, weight, stride, k // 2)
+    expected = requantize(acc, bias, multiplier, shift, relu, residual, residual_multiplier)
+    h_out, w_out = expected.shape[1:]
+    kept = int(family.weight_mask(c_out, c_in).sum())
+    if kind is None:
+        kind = "1x1" if k == 1 else ("first layer" if c_in == 3 else f"3x3 {family.name}")
+    return LayerCase(
+        name=name, kind=kind, in_channels=c_in, out_channels=c_out, in_height=fmap.shape[1],
+        in_width=fmap.shape[2], stride=stride, kernel=k, relu=relu, masks=rotated_masks(family),
+        weight_words=engine_weight_words(packed, config.tn), bias=torch.as_tensor(bias),
+        multiplier=torch.as_tensor(multiplier), shift=torch.as_tensor(shift),
+        residual_multiplier=None if residual is None else torch.as_tensor(residual_multiplier),
+        fmap=fmap, residual=residual, expected=expected,
+        useful_macs=kept * h_out * w_out, dense_macs=c_out * c_in * k * k * h_out * w_out,
+        options=options)
+
+
+def case_from_step(step, fmap: torch.Tensor, residual, expected) -> LayerCase:
+    """A case for one compiled :class:`~psconv.firmware.compiler.EngineStep`."""
+    d = step.descriptor
+    kind = "1x1" if d.kernel == 1 else ("first layer" if d.in_channels == 3 else "3x3")
+    return LayerCase(
+        name=f"{step.layer}[{step.tile}]", kind=kind, in_channels=d.in_channels,
+        out_channels=d.out_channels, in_height=d.in_height, in_width=d.in_width,
+        stride=d.stride, kernel=d.kernel, relu=d.relu, masks=step.masks,
+        weight_words=step.weight_words, bias=step.bias, multiplier=step.multiplier,
+        shift=step.shift, residual_multiplier=step.residual_multiplier if d.residual else None,
+        fmap=fmap, residual=residual, expected=expected, useful_macs=step.useful_macs,
+        dense_macs=d.out_channels * d.in_channels * d.kernel ** 2 * d.out_height * d.out_width)
+
+
+def encode_case(case: LayerCase, config: EngineConfig) -> dict:
+    """The bench's view of a case: every stream's beats as integers."""
+    from psconv.hw import layer as hw_layer
+
+    spec = case.spec
+    spec.check(config, case.masks)
+    quant = [hw_layer.encode_quant_entry(int(case.bias[o]), int(case.multiplier[o]),
+                                         int(case.shift[o]),
+                                         int(case.residual_multiplier[o]) if case.residual is not None else 0)
+             for o in range(case.out_channels)]
+    beats = {
+        "mask_in": list(case.masks),
+        "quant_in": quant,
+        "weight_in": hw_layer.weight_beats(case.weight_words),
+        "fmap_in": hw_layer.fmap_beats(config, case.fmap),
+    }
+    if case.residual is not None:
+        beats["residual_in"] = hw_layer.pixel_beats(config, case.residual)
+    output_beats = spec.output_beats(config)
+    budget = 20 * (len(beats["weight_in"]) + len(beats["fmap_in"]) + output_beats
+                   + case.weight_words.shape[0] * spec.out_height * spec.column_blocks(config)) + 20000
+    return {"name": case.name, "descriptor": spec.encode(config), "beats": beats,
+            "output_beats": output_beats, "cycle_budget": budget, **case.options}
+
+
+@dataclass
+class LayerRun:
+    """What the RTL produced for one case."""
+
+    case: LayerCase
+    actual: torch.Tensor
+    counters: dict
+    bench_cycles: int
+    seconds: float
+
+    @property
+    def cycles(self) -> int:
+        c = self.counters
+        return c["busy_cycles"] + c["stall_cycles"] + c["idle_cycles"]
+
+    @property
+    def mismatches(self) -> int:
+        return int((self.actual != self.case.expected).sum())
+
+
+def mismatch_report(case: LayerCase, actual: torch.Tensor) -> str | None:
+    """None if bit-exact, else a message naming the first difference and the count."""
+    expected = case.expected.to(torch.int64)
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"{case.name} ({case.shape_text()}): output shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    differ = actual != expected
+    count = int(differ.sum())
+    if count == 0:
+        return None
+    c, y, x = (int(v) for v in torch.nonzero(differ)[0])
+    return (f"{case.name} ({case.shape_text()}): {count} of {expected.numel()} elements differ; "
+            f"first at (channel {c}, row {y}, column {x}): expected {int(expected[c, y, x])}, "
+            f"got {int(actual[c, y, x])}")
+
+
+def check_run(run: LayerRun) -> None:
+    report = mismatch_report(run.case, run.actual)
+    if report:
+        raise AssertionError(report)
+
+
+def _config_key(config: EngineConfig) -> str:
+    text = json.dumps(config.to_json(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class EngineRTL:
+    """The engine's Verilog for ``config``, built once, ready to run layer cases."""
+
+    def __init__(self, config: EngineConfig, build_root=None, waves: bool | None = None):
+        from psconv.rtl_gen.verilog import write_engine_outputs
+        from psconv.sim import runner
+
+        self.config = config
+        self.waves = runner.waves_requested(waves)
+        root = Path(build_root or DEFAULT_BUILD_ROOT) / _config_key(config)
+        self.root = root
+        verilog_dir = root / "verilog"
+        files = None
+        if not (verilog_dir / "psconv_engine.v").exists():
+            files = write_engine_outputs(config, verilog_dir)
+        self.verilog = verilog_dir / "psconv_engine.v"
+        self.top = files.top if files is not None else "psconv_engine"
+        self.build = runner.build(self.verilog, self.top, root / ("sim-waves" if self.waves else "sim"),
+                                  waves=self.waves)
+
+    def run(self, cases: list[LayerCase], seed: int = 0) -> list[LayerRun]:
+        """Run ``cases`` in one simulator launch; returns their outputs and counters."""
+        from psconv.hw.layer import beats_to_pixels
+        from psconv.sim import runner
+
+        if not cases:
+            return []
+        results_path = self.build.build_dir.parent / "engine_results.json"
+        if results_path.exists():
+            results_path.unlink()
+        data = {"seed": seed, "results_path": str(results_path.resolve()),
+                "cases": [encode_case(case, self.config) for case in cases]}
+        runner.run(TB_MODULE, build_dir=self.build.build_dir, data=data, waves=self.waves)
+        with open(results_path) as f:
+            results = json.load(f)["results"]
+        runs = []
+        for case, result in zip(cases, results):
+            spec = case.spec
+            actual = beats_to_pixels(self.config, result["outputs"], case.out_channels,
+                                     spec.out_height, spec.out_width)
+            runs.append(LayerRun(case=case, actual=actual, counters=result["counters"],
+                                 bench_cycles=result["bench_cycles"], seconds=result["seconds"]))
+        return runs
+
+
+def random_int8(shape, generator, low=-128, high=127) -> torch.Tensor:
+    return torch.randint(low, high + 1, tuple(shape), generator=generator, dtype=torch.int64)
+
+
+def random_weight(family: PatternFamily, c_out: int, c_in: int, generator, low=-128, high=127):
+    mask = family.weight_mask(c_out, c_in).to(torch.int64)
+    return random_int8(mask.shape, generator, low, high) * mask
