@@ -72,3 +72,17 @@ def run(families, arch: str = "resnet18", width: int | None = None, outdir=None)
     summary = {"target": "metadata < 0.1 % of weight bytes",
                "worst metadata share": f"{worst['metadata_pct']:.4f} % ({worst['family']})"}
     return write_results("storage", rows, outdir, summary, plot)
+
+
+PAPER_FAMILIES = ("dense",) + tuple(f"PS{k}_P8" for k in (1, 2, 3, 4)) + tuple(
+    f"PSD{k}_P{p}" for k in (1, 2, 3, 4) for p in (8, 16))
+
+
+def register(benches) -> None:
+    parser = benches.add_parser("storage", help="weight bytes: ours vs dense, bitmap, CSR, 2:4",
+                                description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=("resnet18", "vgg16"), default="resnet18")
+    parser.add_argument("--families", nargs="+", default=list(PAPER_FAMILIES))
+    parser.add_argument("--width", type=int, default=None, help="base width (default: full)")
+    parser.add_argument("--out", help="results folder (default results/storage)")
+    parser.set_defaults(func=lambda args: run(args.families, args.arch, args.width, args.out) and 0)

@@ -1,0 +1,195 @@
+"""The periodic-sparse convolution engine: top level.
+
+``PeriodicSparseEngine(config)`` runs one convolution layer (3x3 padding 1 or 1x1, stride 1|2) of
+a periodic-sparse (pSConv) network with int8 data, requantization, optional residual and ReLU,
+bit-exact to :mod:`psconv.sim.golden.ops` (``conv2d_int`` then ``requantize``).
+
+Interface (all ports flat after Verilog conversion; ``clk``/``rst`` are the sync domain; stream
+ports are ``<name>__valid``, ``<name>__ready``, ``<name>__payload``; multi-byte payloads put element
+0 in bits 7:0; see :mod:`psconv.hw.layer` for Python encoders of every beat):
+
+* ``layer`` In(:func:`~psconv.hw.layer.layer_descriptor_layout`): in_channels, out_channels,
+  in_height, in_width, stride (1|2), kernel (3|1), relu, residual, period. Sampled when ``start``
+  is accepted.
+* ``start`` In(1): pulse; accepted only when ``busy`` is low.
+* ``busy`` Out(1): high from an accepted ``start`` until ``done``.
+* ``done`` Out(1): one-cycle pulse when the last output beat of the layer has been accepted.
+* ``mask_in`` In(stream 9 bits): the layer's P masks, rotated so kernel (o, i) uses entry
+  (o + i) mod P (:func:`psconv.firmware.packing.rotated_masks`); P beats.
+* ``quant_in`` In(stream :data:`~psconv.hw.layer.QUANT_ENTRY_LAYOUT`): bias, multiplier, shift,
+  residual_multiplier of output channel 0, 1, ..; C_out beats.
+* ``weight_in`` In(stream ArrayLayout(signed(8), tn)): the rows of
+  :func:`psconv.firmware.packing.engine_weight_words` in order; C_out * cycles beats, cycles =
+  ceil(ceil(C_in / P) * T / tn), T = kept taps of the table.
+* ``fmap_in`` In(stream ArrayLayout(signed(8), tn)): the input map, CHW order, as a flat byte
+  stream of tn bytes per beat, the last beat zero-padded; ceil(C_in*H*W / tn) beats.
+* ``residual_in`` In(stream ArrayLayout(signed(8), tm)): only when ``residual`` is set; same beat
+  order and count as ``out``.
+* ``out`` Out(stream ArrayLayout(signed(8), tm)): for y in range(H_out), for xb in
+  range(ceil(W_out / tm)), for o in range(C_out): the tm outputs of pixels x = xb*tm + r
+  (0 for x >= W_out). H_out*ceil(W_out/tm)*C_out beats.
+* ``busy_cycles``, ``stall_cycles``, ``idle_cycles``, ``macs`` Out(48): performance counters,
+  cleared at ``start``, held after ``done`` (:mod:`psconv.hw.counters`,
+  :mod:`psconv.hw.sequencer`).
+
+After ``start`` the input streams may be driven in any order or concurrently: masks are taken
+first (then ~150 cycles of setup), weights once setup is done, quant entries, the input map and
+residuals at once; output channel o of the first pixel group starts as soon as its weights and
+entry are in, so the weight load overlaps the first group's compute.
+
+The descriptor is not checked in gateware: :meth:`psconv.hw.layer.LayerSpec.check` states the
+limits (C_in*H rows in the feature-map buffer, C_out*cycles words in the weight buffer, ...).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .address_generator import AddressGenerator
+from .counters import COUNTER_WIDTH
+from .layer import MASK_BITS, QUANT_ENTRY_LAYOUT, fmap_beat_bytes, layer_descriptor_layout, output_size_value
+from .pe_array import PEArray
+from .post_processor import PostProcessor
+from .sequencer import Sequencer
+from .weight_buffer import WeightBuffer
+from .window import WindowGenerator
+
+
+class PeriodicSparseEngine(wiring.Component):
+    def __init__(self, config):
+        self.config = config
+        self.descriptor_layout = layer_descriptor_layout(config)
+        pixels = data.ArrayLayout(signed(8), config.tm)
+        super().__init__({
+            "layer": In(self.descriptor_layout),
+            "start": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "mask_in": In(stream.Signature(MASK_BITS)),
+            "quant_in": In(stream.Signature(QUANT_ENTRY_LAYOUT)),
+            "weight_in": In(stream.Signature(data.ArrayLayout(signed(8), config.tn))),
+            "fmap_in": In(stream.Signature(data.ArrayLayout(signed(8), fmap_beat_bytes(config)))),
+            "residual_in": In(stream.Signature(pixels)),
+            "out": Out(stream.Signature(pixels)),
+            "busy_cycles": Out(COUNTER_WIDTH),
+            "stall_cycles": Out(COUNTER_WIDTH),
+            "idle_cycles": Out(COUNTER_WIDTH),
+            "macs": Out(COUNTER_WIDTH),
+        })
+
+    @classmethod
+    def issue_to_output_latency(cls, config) -> int:
+        """Cycles from the last slot cycle of an output channel being issued to its beat entering
+        the output FIFO (address generator + PE array + post-processor)."""
+        return AddressGenerator.LATENCY + PEArray.latency(config) + PostProcessor.LATENCY
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        seq = m.submodules.sequencer = Sequencer(cfg)
+        ag = m.submodules.address_generator = AddressGenerator(cfg)
+        wg = m.submodules.window_generator = WindowGenerator(cfg)
+        wb = m.submodules.weight_buffer = WeightBuffer(cfg)
+        pe = m.submodules.pe_array = PEArray(cfg)
+        pp = m.submodules.post_processor = PostProcessor(cfg)
+
+        desc = Signal(self.descriptor_layout)
+        with m.If(seq.accept_start):
+            m.d.sync += desc.eq(self.layer)
+        begin = seq.begin
+        out_height = Signal(range(cfg.max_height + 1))
+        out_width = Signal(range(cfg.max_width + 1))
+        m.d.comb += [out_height.eq(output_size_value(desc.in_height, desc.stride)),
+                     out_width.eq(output_size_value(desc.in_width, desc.stride))]
+
+        wiring.connect(m, wiring.flipped(self.mask_in), ag.mask_in)
+        wiring.connect(m, wiring.flipped(self.fmap_in), wg.fmap_in)
+        wiring.connect(m, wiring.flipped(self.weight_in), wb.weight_in)
+        wiring.connect(m, wiring.flipped(self.quant_in), pp.quant_in)
+        wiring.connect(m, wiring.flipped(self.residual_in), pp.residual_in)
+        wiring.connect(m, wiring.flipped(self.out), pp.out)
+
+        m.d.comb += [
+            seq.start.eq(self.start),
+            self.busy.eq(seq.busy),
+            self.done.eq(seq.done),
+            self.busy_cycles.eq(seq.busy_cycles),
+            self.stall_cycles.eq(seq.stall_cycles),
+            self.idle_cycles.eq(seq.idle_cycles),
+            self.macs.eq(seq.macs),
+            seq.out_channels.eq(desc.out_channels),
+            seq.out_height.eq(out_height),
+            seq.out_width.eq(out_width),
+            seq.period.eq(desc.period),
+            seq.residual.eq(desc.residual),
+            seq.cycles_per_output.eq(ag.cycles_per_output),
+            seq.setup_ready.eq(ag.ready),
+            seq.patch_full.eq(wg.patch_full),
+            seq.weights_loaded.eq(wb.loaded_channels),
+            seq.quant_loaded.eq(pp.quant_loaded),
+            seq.out_level.eq(pp.out_level),
+            seq.written.eq(pp.written),
+            seq.residual_level.eq(pp.residual_level),
+            seq.residual_popped.eq(pp.residual_popped),
+            seq.macs_add.eq(pe.macs),
+
+            ag.start.eq(begin),
+            ag.in_channels.eq(desc.in_channels),
+            ag.period.eq(desc.period),
+            ag.issue.eq(seq.issue),
+            ag.first.eq(seq.first),
+            ag.out_mod.eq(seq.out_mod),
+
+            wg.start.eq(begin),
+            wg.in_channels.eq(desc.in_channels),
+            wg.in_height.eq(desc.in_height),
+            wg.in_width.eq(desc.in_width),
+            wg.stride.eq(desc.stride),
+            wg.patch_release.eq(seq.patch_release),
+
+            wb.start.eq(begin),
+            wb.load_enable.eq(ag.ready & ~begin),
+            wb.out_channels.eq(desc.out_channels),
+            wb.cycles_per_output.eq(ag.cycles_per_output),
+
+            pe.patch_addr.eq(wg.patch_addr),
+            pe.patch_data.eq(wg.patch_data),
+            pe.patch_en.eq(wg.patch_en),
+
+            pp.start.eq(begin),
+            pp.out_channels.eq(desc.out_channels),
+            pp.out_height.eq(out_height),
+            pp.out_width.eq(out_width),
+            pp.relu.eq(desc.relu),
+            pp.residual.eq(desc.residual),
+            pp.result_valid.eq(pe.result_valid),
+            pp.result.eq(pe.result),
+            pp.result_pixels.eq(pe.result_pixels),
+        ]
+
+        # Stage S1: weight word address; S2: weight word, lane addresses and control meet the PE array.
+        waddr1 = Signal.like(seq.weight_addr)
+        m.d.sync += waddr1.eq(seq.weight_addr)
+        m.d.comb += wb.read_addr.eq(waddr1)
+        ctl = [seq.first, seq.last, seq.buffer, seq.pixels]
+        delayed = []
+        for sig in ctl:
+            d1 = Signal.like(sig, name=f"{sig.name}_s1")
+            d2 = Signal.like(sig, name=f"{sig.name}_s2")
+            m.d.sync += [d1.eq(sig), d2.eq(d1)]
+            delayed.append(d2)
+        first2, last2, buf2, pixels2 = delayed
+        m.d.comb += [
+            pe.valid.eq(ag.slot_valid),
+            pe.first.eq(first2),
+            pe.last.eq(last2),
+            pe.buffer.eq(buf2),
+            pe.pixels.eq(pixels2),
+            pe.lane_channel.eq(ag.lane_channel),
+            pe.lane_tap.eq(ag.lane_tap),
+            pe.lane_valid.eq(ag.lane_valid),
+            pe.weights.eq(wb.read_data),
+        ]
+        return m

@@ -1,0 +1,162 @@
+"""PE array: tm rows (output pixels) x tn lanes (tap-sequence slots), with the patch memory.
+
+Row r computes output pixel x = xb*tm + r of the current output channel o; lane l takes slot
+``c*tn + l`` of o's tap stream. All rows use the same weight in a lane (weights are broadcast down
+the rows), so one ``tn``-byte weight word per cycle feeds all ``tm*tn`` multipliers.
+
+**Patch memory.** Two buffers of ``2**ceil(log2(max_in_channels))`` patch words (one per input
+channel; a word is tm x 9 int8 taps, see :func:`psconv.hw.window.patch_layout`), written by the
+window generator, read by every lane at the channel the address generator gave it. It has ``tn``
+read ports: in the Verilog that is one array with ``tn`` reads (cheap to simulate); an FPGA tool
+replicates it per port (block RAM cost x tn; see docs/architecture.md for the banked alternative
+and why it is not used).
+
+**Pipeline** (one slot cycle enters per clock; ``valid/first/last`` travel with it):
+
+* A: patch read at ``{buffer, channel}``; weight gated to 0 for invalid lanes (channel >= C_in).
+* B: per PE (r, l) a 9:1 tap mux picks byte ``patch[r][tap_l]``.
+* C: int8 x int8 multiply (registered inputs and output, DSP-friendly).
+* tree: per row a binary adder tree over the tn lanes, one register per level.
+* accumulate: ``acc_r = first ? sum_r : acc_r + sum_r`` (``acc_width`` bits); on ``last`` the total
+  is presented on ``result`` with ``result_valid`` for one cycle. The next output channel's
+  ``first`` cycle may follow immediately: no bubble between output channels.
+
+Latency from an input cycle to ``result_valid`` of a ``last`` cycle: :meth:`latency`.
+``macs`` is the number of useful multiply-accumulates (valid lanes x valid pixels) of the slot
+cycle that entered 2 cycles earlier (0 when not valid); the counters sum it.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .address_generator import lane_channel_width
+from .multiport import MultiReadMemory
+from .window import patch_address_bits, patch_layout
+
+
+def _tree_levels(n: int) -> int:
+    return ceil_log2(n) if n > 1 else 0
+
+
+class PEArray(wiring.Component):
+    def __init__(self, config):
+        self.config = config
+        tm, tn = config.tm, config.tn
+        self.patch_layout = patch_layout(config)
+        self.address_bits = patch_address_bits(config) + 1
+        super().__init__({
+            "patch_addr": In(self.address_bits),
+            "patch_data": In(self.patch_layout),
+            "patch_en": In(1),
+            "valid": In(1),
+            "first": In(1),
+            "last": In(1),
+            "buffer": In(1),
+            "pixels": In(tm),
+            "lane_channel": In(data.ArrayLayout(unsigned(lane_channel_width(config)), tn)),
+            "lane_tap": In(data.ArrayLayout(unsigned(4), tn)),
+            "lane_valid": In(tn),
+            "weights": In(data.ArrayLayout(signed(8), tn)),
+            "result_valid": Out(1),
+            "result": Out(data.ArrayLayout(signed(config.acc_width), tm)),
+            "result_pixels": Out(tm),
+            "macs": Out(range(tm * tn + 1)),
+        })
+
+    @classmethod
+    def latency(cls, config) -> int:
+        """Cycles from a slot cycle at the inputs to its ``result_valid`` (when ``last``)."""
+        return 4 + _tree_levels(config.tn)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        tm, tn = cfg.tm, cfg.tn
+        abits = patch_address_bits(cfg)
+
+        patches = m.submodules.patches = MultiReadMemory(self.patch_layout, 2 << abits, tn)
+        m.d.comb += [patches.write_addr.eq(self.patch_addr), patches.write_data.eq(self.patch_data),
+                     patches.write_en.eq(self.patch_en)]
+
+        # Stage A
+        tap_b = [Signal(4, name=f"tap_b{l}") for l in range(tn)]
+        w_b = [Signal(signed(8), name=f"w_b{l}") for l in range(tn)]
+        lanes_b = Signal(tn)
+        for l in range(tn):
+            m.d.comb += patches.read_addr[l].eq(Cat(self.lane_channel[l][:abits], self.buffer))
+            m.d.sync += [tap_b[l].eq(self.lane_tap[l]),
+                         w_b[l].eq(Mux(self.lane_valid[l] & self.valid, self.weights[l], 0))]
+        pixels_b = Signal(tm)
+        valid_b = Signal()
+        m.d.sync += [lanes_b.eq(self.lane_valid), pixels_b.eq(self.pixels), valid_b.eq(self.valid)]
+
+        # Useful MACs of this slot cycle (counter input).
+        lane_count = Signal(range(tn + 1))
+        pixel_count = Signal(range(tm + 1))
+        m.d.comb += [lane_count.eq(sum(lanes_b[l] for l in range(tn))),
+                     pixel_count.eq(sum(pixels_b[r] for r in range(tm)))]
+        m.d.sync += self.macs.eq(Mux(valid_b, lane_count * pixel_count, 0))
+
+        # Stage B: tap mux.
+        x_c = [[Signal(signed(8), name=f"x_c{r}_{l}") for l in range(tn)] for r in range(tm)]
+        w_c = [Signal(signed(8), name=f"w_c{l}") for l in range(tn)]
+        for l in range(tn):
+            m.d.sync += w_c[l].eq(w_b[l])
+            for r in range(tm):
+                m.d.sync += x_c[r][l].eq(patches.read_data[l][r][tap_b[l]])
+
+        # Stage C: multiply.
+        level = []
+        for r in range(tm):
+            row = []
+            for l in range(tn):
+                p = Signal(signed(16), name=f"prod{r}_{l}")
+                m.d.sync += p.eq(x_c[r][l] * w_c[l])
+                row.append(p)
+            level.append(row)
+
+        # Adder tree, one register per level.
+        depth = 0
+        while len(level[0]) > 1:
+            depth += 1
+            nxt = []
+            for r in range(tm):
+                row = level[r]
+                out = []
+                for k in range(0, len(row) - 1, 2):
+                    s = Signal(signed(len(row[k]) + 1), name=f"sum{depth}_{r}_{k // 2}")
+                    m.d.sync += s.eq(row[k] + row[k + 1])
+                    out.append(s)
+                if len(row) % 2:
+                    s = Signal(signed(len(row[-1]) + 1), name=f"sum{depth}_{r}_{len(row) // 2}")
+                    m.d.sync += s.eq(row[-1])
+                    out.append(s)
+                nxt.append(out)
+            level = nxt
+        sums = [level[r][0] for r in range(tm)]
+
+        # Control delayed to the accumulate stage (3 + tree levels after stage A).
+        delay = 3 + depth
+        ctl = Cat(self.valid, self.first, self.last, self.pixels)
+        for k in range(delay):
+            d = Signal(len(ctl), name=f"ctl_d{k + 1}")
+            m.d.sync += d.eq(ctl)
+            ctl = d
+        valid_z, first_z, last_z, pixels_z = ctl[0], ctl[1], ctl[2], ctl[3:3 + tm]
+
+        m.d.sync += self.result_valid.eq(valid_z & last_z)
+        for r in range(tm):
+            acc = Signal(signed(cfg.acc_width), name=f"acc{r}")
+            total = Signal(signed(cfg.acc_width), name=f"total{r}")
+            m.d.comb += total.eq(Mux(first_z, sums[r], acc + sums[r]))
+            with m.If(valid_z):
+                m.d.sync += acc.eq(total)
+                with m.If(last_z):
+                    m.d.sync += self.result[r].eq(total)
+        with m.If(valid_z & last_z):
+            m.d.sync += self.result_pixels.eq(pixels_z)
+        return m

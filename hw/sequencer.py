@@ -1,0 +1,181 @@
+"""Layer sequencer: the loop nest, work issue with credits, done, and the performance counters.
+
+Loop order (outer to inner)::
+
+    for y in range(H_out):                    # output row
+        for xb in range(ceil(W_out / tm)):    # column block: pixels x = xb*tm + r, one per PE row
+            for o in range(C_out):            # output channel: one result beat
+                for c in range(cycles):       # slot cycles: lane l takes slot c*tn + l
+                    issue                     # weight word o*cycles + c
+
+Pixel groups (y, xb) are outer so one patch (tm pixels x C_in channels) serves all C_out output
+channels; the weights, resident in the weight buffer, are re-read per group.
+
+An output channel is started (its first slot cycle issued) only when everything it will need is
+guaranteed: the group's patch buffer is full, its weights and quantization entry are loaded,
+the output FIFO has room for its beat counting all beats already in flight, and, for a residual
+layer, its residual beat is already buffered. Once started, its remaining cycles issue back to
+back, and the pipeline behind never stalls (no back-pressure inside the engine). There is no
+bubble between output channels or between pixel groups when the checks pass.
+
+Cycle classification (counters): after ``start`` the sequencer is in LOAD until setup is done, the
+first patch is built and the first output channel's weights and quantization entry are in; every
+LOAD cycle is *idle*. In RUN a cycle is *busy* if a slot cycle is issued, else *stall* (waiting for
+the output FIFO/consumer, a residual beat, a patch, or weights still streaming in). After the last
+issue, DRAIN cycles (pipeline emptying, output FIFO draining) are *idle*. ``done`` pulses once the
+last output beat has been accepted; busy + stall + idle = cycles from ``start`` to ``done``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .counters import COUNTER_WIDTH, PerformanceCounters
+from .post_processor import PostProcessor
+
+
+class Sequencer(wiring.Component):
+    RELEASE_DELAY = 3
+    """Cycles from the last issue of a group to releasing its patch buffer (its last patch read
+    happens 2 cycles after issue)."""
+
+    def __init__(self, config):
+        self.config = config
+        depth = PostProcessor.FIFO_DEPTH
+        self.fifo_depth = depth
+        super().__init__({
+            "start": In(1),   # ignored unless idle
+            "out_channels": In(range(config.max_out_channels + 1)),
+            "out_height": In(range(config.max_height + 1)),
+            "out_width": In(range(config.max_width + 1)),
+            "period": In(range(config.max_period + 1)),
+            "residual": In(1),
+            "cycles_per_output": In(range(config.weight_depth + 1)),
+            "setup_ready": In(1),
+            "patch_full": In(2),
+            "weights_loaded": In(range(config.max_out_channels + 1)),
+            "quant_loaded": In(range(config.max_out_channels + 1)),
+            "out_level": In(range(depth + 1)),
+            "written": In(1),
+            "residual_level": In(range(depth + 1)),
+            "residual_popped": In(1),
+            "macs_add": In(range(config.tm * config.tn + 1)),
+            "issue": Out(1),
+            "first": Out(1),
+            "last": Out(1),
+            "out_mod": Out(range(config.max_period)),
+            "weight_addr": Out(range(config.weight_depth)),
+            "buffer": Out(1),
+            "pixels": Out(config.tm),
+            "patch_release": Out(2),
+            "accept_start": Out(1),
+            "begin": Out(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "busy_cycles": Out(COUNTER_WIDTH),
+            "stall_cycles": Out(COUNTER_WIDTH),
+            "idle_cycles": Out(COUNTER_WIDTH),
+            "macs": Out(COUNTER_WIDTH),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        tm = cfg.tm
+        counters = m.submodules.counters = PerformanceCounters(tm * cfg.tn)
+
+        cycle = Signal(range(cfg.weight_depth + 1))
+        channel = Signal(range(cfg.max_out_channels + 1))
+        out_mod = self.out_mod
+        waddr = self.weight_addr
+        buf = self.buffer
+        x0 = Signal(range(cfg.max_width + tm + 1))
+        y = Signal(range(cfg.max_height + 1))
+        inflight = Signal(range(self.fifo_depth + 2))
+        res_pending = Signal(range(self.fifo_depth + 2))
+
+        m.d.comb += [
+            self.first.eq(cycle == 0),
+            self.last.eq(cycle + 1 == self.cycles_per_output),
+            self.pixels.eq(Cat(*[(x0 + r) < self.out_width for r in range(tm)])),
+        ]
+        ready_to_start = Signal()
+        m.d.comb += ready_to_start.eq(
+            self.patch_full.bit_select(buf, 1)
+            & (channel < self.weights_loaded) & (channel < self.quant_loaded)
+            & (self.out_level + inflight < self.fifo_depth)
+            & (~self.residual | (self.residual_level > res_pending)))
+
+        running = Signal()
+        start_new = self.issue & self.first
+        with m.FSM(name="phase") as phase:
+            with m.State("IDLE"):
+                m.d.comb += self.accept_start.eq(self.start)
+                with m.If(self.start):
+                    m.next = "BEGIN"
+            with m.State("BEGIN"):
+                m.d.comb += self.begin.eq(1)
+                # the blocks reset their load state this cycle; wait one cycle for fresh status
+                m.d.sync += [cycle.eq(0), channel.eq(0), out_mod.eq(0), waddr.eq(0), buf.eq(0),
+                             x0.eq(0), y.eq(0)]
+                m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(self.setup_ready & self.patch_full[0] & (self.weights_loaded != 0)
+                          & (self.quant_loaded != 0)):
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += [running.eq(1), self.issue.eq(~self.first | ready_to_start)]
+                with m.If(self.issue):
+                    with m.If(self.last):
+                        m.d.sync += cycle.eq(0)
+                        with m.If(channel + 1 == self.out_channels):
+                            m.d.sync += [channel.eq(0), out_mod.eq(0), waddr.eq(0), buf.eq(~buf)]
+                            with m.If(x0 + tm >= self.out_width):
+                                m.d.sync += [x0.eq(0), y.eq(y + 1)]
+                                with m.If(y + 1 == self.out_height):
+                                    m.next = "DRAIN"
+                            with m.Else():
+                                m.d.sync += x0.eq(x0 + tm)
+                        with m.Else():
+                            m.d.sync += [channel.eq(channel + 1), waddr.eq(waddr + 1),
+                                         out_mod.eq(Mux(out_mod + 1 == self.period, 0, out_mod + 1))]
+                    with m.Else():
+                        m.d.sync += [cycle.eq(cycle + 1), waddr.eq(waddr + 1)]
+            with m.State("DRAIN"):
+                with m.If((inflight == 0) & (self.out_level == 0)):
+                    m.d.sync += self.done.eq(1)
+                    m.next = "IDLE"
+
+        m.d.comb += self.busy.eq(~phase.ongoing("IDLE") | self.start)
+        with m.If(self.done):
+            m.d.sync += self.done.eq(0)
+
+        # Credits: beats started but not yet in the output FIFO; residual beats claimed.
+        m.d.sync += inflight.eq(inflight + start_new - self.written)
+        m.d.sync += res_pending.eq(res_pending + (start_new & self.residual) - self.residual_popped)
+
+        # Release a patch buffer after the last read of its group.
+        release = Signal(2)
+        m.d.comb += release.eq(Mux(self.issue & self.last & (channel + 1 == self.out_channels),
+                                   Mux(buf, 0b10, 0b01), 0))
+        for k in range(self.RELEASE_DELAY):
+            d = Signal(2, name=f"release_d{k + 1}")
+            m.d.sync += d.eq(release)
+            release = d
+        m.d.comb += self.patch_release.eq(release)
+
+        counting = ~phase.ongoing("IDLE") | self.accept_start
+        m.d.comb += [
+            counters.clear.eq(self.accept_start),
+            counters.count_busy.eq(self.issue),
+            counters.count_stall.eq(running & ~self.issue),
+            counters.count_idle.eq(counting & ~running),
+            counters.macs_add.eq(self.macs_add),
+            self.busy_cycles.eq(counters.busy_cycles),
+            self.stall_cycles.eq(counters.stall_cycles),
+            self.idle_cycles.eq(counters.idle_cycles),
+            self.macs.eq(counters.macs),
+        ]
+        return m

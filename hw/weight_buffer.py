@@ -1,0 +1,68 @@
+"""Compressed weight buffer: only the kept weights, in exactly the order the lanes consume them.
+
+The buffer image is :func:`psconv.firmware.packing.engine_weight_words` unchanged: word
+``o * cycles + c`` holds the ``tn`` weights lanes 0..tn-1 multiply at cycle c of output channel o.
+It is ``tn`` byte-wide banks (bank l = column l, read by lane l) sharing one address, so it is
+stored as one Memory of ``tn``-byte words (an FPGA tool splits the width over block RAMs anyway).
+There is no index metadata: the address generator derives every weight's (channel, tap) from the
+mask table.
+
+Loading: after ``start``, once ``load_enable`` is high (``cycles_per_output`` valid), ``weight_in``
+beats are written to consecutive addresses from 0; exactly ``out_channels * cycles_per_output``
+beats are accepted. ``loaded_channels`` counts output channels whose words are all written, so
+compute of output channel o may start while later channels are still loading (the first pixel
+group runs at the stream's rate instead of waiting for the whole buffer).
+
+Reading: ``read_addr`` in cycle n gives ``read_data`` in cycle n + 1.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+
+class WeightBuffer(wiring.Component):
+    def __init__(self, config):
+        self.config = config
+        word = data.ArrayLayout(signed(8), config.tn)
+        self.word_layout = word
+        super().__init__({
+            "start": In(1),
+            "load_enable": In(1),
+            "out_channels": In(range(config.max_out_channels + 1)),
+            "cycles_per_output": In(range(config.weight_depth + 1)),
+            "weight_in": In(stream.Signature(word)),
+            "loaded_channels": Out(range(config.max_out_channels + 1)),
+            "read_addr": In(range(config.weight_depth)),
+            "read_data": Out(word),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        mem = m.submodules.words = memory.Memory(shape=self.word_layout, depth=cfg.weight_depth, init=[])
+        wp = mem.write_port()
+        rp = mem.read_port(domain="sync")
+        m.d.comb += [rp.addr.eq(self.read_addr), self.read_data.eq(rp.data)]
+
+        addr = Signal(range(cfg.weight_depth + 1))
+        cycle = Signal(range(cfg.weight_depth + 1))
+        accepting = Signal()
+        m.d.comb += [
+            accepting.eq(self.load_enable & (self.loaded_channels < self.out_channels)),
+            self.weight_in.ready.eq(accepting),
+            wp.addr.eq(addr),
+            wp.data.eq(self.weight_in.payload),
+            wp.en.eq(accepting & self.weight_in.valid),
+        ]
+        with m.If(self.start):
+            m.d.sync += [addr.eq(0), cycle.eq(0), self.loaded_channels.eq(0)]
+        with m.Elif(accepting & self.weight_in.valid):
+            m.d.sync += addr.eq(addr + 1)
+            with m.If(cycle + 1 == self.cycles_per_output):
+                m.d.sync += [cycle.eq(0), self.loaded_channels.eq(self.loaded_channels + 1)]
+            with m.Else():
+                m.d.sync += cycle.eq(cycle + 1)
+        return m

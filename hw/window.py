@@ -1,0 +1,268 @@
+"""Feature-map buffer and window generator: input rows in, one patch word per channel per cycle.
+
+**Feature-map buffer (line buffers).** The layer's whole input map is stored, one memory word per
+input row of one channel (``max_width`` bytes). Row y of channel c is *linear row*
+``L = c*H + y + 1`` and lives in bank ``L mod 3`` at address ``L div 3``. Any three consecutive
+linear rows sit in three different banks, so the three input rows a 3x3 window needs
+(y*s - 1, y*s, y*s + 1 of one channel) are read in one cycle, and the banks are packed with no
+holes whatever H is (C_in * H <= ``fmap_depth // max_width`` rows). The ``+ 1`` keeps the row above
+the map (padding) at a non-negative address.
+
+**Loading.** ``fmap_in`` carries the map in CHW order as a flat byte stream, ``tn`` bytes per beat
+(element 0 in bits 7:0), only the last beat zero-padded. A gearbox writes, each cycle, the bytes
+of the current beat that belong to the current row, ``min(beat bytes left, row bytes left)``, into
+the row's word with byte enables; a beat spanning a row end takes one more cycle. Cycles:
+``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` (one per row/beat piece).
+
+**Window generator.** For each pixel group (output row y, column block xb, x = xb*tm + r), in the
+order y, xb, it builds one *patch word* per input channel c: for each of the tm pixels the 9 taps
+``xpad[c, y*s + dy, x*s + dx]`` (t = 3*dy + dx), zero for padding rows/columns and for pixels
+x >= W_out. A 1x1 layer is built the same way (its centre tap t = 4 is ``x[c, y*s, x*s]``; its mask
+table selects only that tap). Per cycle: read 3 banks (R0), cut a ``2*tm + 1``-byte window out of
+each row at column ``x0*s - 1`` (a mux over ``max_width / tm`` block positions; R1), rotate the
+banks into dy order, mask, pick the taps for stride 1|2 (R2), write the patch word (R3). One
+channel per cycle; a group's buffer is flagged full C_in + 3 cycles after its first read.
+
+**Double-buffered patch memory.** Patch words go to buffer ``g mod 2`` of the PE array's patch
+memory at address ``(g mod 2) * 2**ceil(log2(max_in_channels)) + c``. ``patch_full[b]`` is set when
+buffer b holds a complete group and cleared by ``patch_release[b]`` (the compute side is done
+reading it); the generator fills the other buffer meanwhile, so the next group's patch is ready
+when the current group's output channels finish.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from psconv.families import NUM_TAPS
+from .arith import SerialDivider
+from .layer import fmap_beat_bytes, fmap_rows_capacity, output_size_value
+
+
+def patch_layout(config) -> data.ArrayLayout:
+    """A patch word: ``patch[r][t]``, pixel r of the group, row-major tap t, int8."""
+    return data.ArrayLayout(data.ArrayLayout(signed(8), NUM_TAPS), config.tm)
+
+
+def patch_address_bits(config) -> int:
+    """Channel bits of a patch address (buffer select is the bit above)."""
+    return max(1, ceil_log2(config.max_in_channels))
+
+
+class WindowGenerator(wiring.Component):
+    def __init__(self, config):
+        self.config = config
+        self.beat_bytes = fmap_beat_bytes(config)
+        self.rows_capacity = fmap_rows_capacity(config)
+        self.bank_depth = (self.rows_capacity + 1) // 3 + 1
+        self.window_bytes = 2 * config.tm + 1
+        self.patch_layout = patch_layout(config)
+        super().__init__({
+            "start": In(1),
+            "in_channels": In(range(config.max_in_channels + 1)),
+            "in_height": In(range(config.max_height + 1)),
+            "in_width": In(range(config.max_width + 1)),
+            "stride": In(2),
+            "fmap_in": In(stream.Signature(data.ArrayLayout(signed(8), self.beat_bytes))),
+            "loaded": Out(1),
+            "patch_full": Out(2),
+            "patch_release": In(2),
+            "patch_addr": Out(patch_address_bits(config) + 1),
+            "patch_data": Out(self.patch_layout),
+            "patch_en": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        tm, maxw, beat = cfg.tm, cfg.max_width, self.beat_bytes
+        win = self.window_bytes
+        row_bits = maxw * 8
+
+        banks = []
+        for k in range(3):
+            mem = memory.Memory(shape=unsigned(row_bits), depth=self.bank_depth, init=[])
+            m.submodules[f"bank{k}"] = mem
+            banks.append((mem.write_port(granularity=8), mem.read_port(domain="sync")))
+
+        height, width, stride = self.in_height, self.in_width, self.stride
+        out_height = Signal(range(cfg.max_height + 1))
+        out_width = Signal(range(cfg.max_width + 1))
+        m.d.comb += [out_height.eq(output_size_value(height, stride)),
+                     out_width.eq(output_size_value(width, stride))]
+
+        # H divmod 3: the linear-row step between channels, split into bank address and bank.
+        div = m.submodules.divider = SerialDivider(ceil_log2(cfg.max_height + 1) or 1, 2)
+        m.d.comb += [div.start.eq(self.start), div.dividend.eq(height), div.divisor.eq(3)]
+        height_q, height_r = div.quotient, div.remainder
+
+        # ---------------- loading: CHW byte stream -> row words ----------------
+        loading = Signal()
+        ld_c = Signal(range(cfg.max_in_channels + 1))
+        ld_y = Signal(range(cfg.max_height + 1))
+        ld_x = Signal(range(maxw + 1))
+        ld_j = Signal(range(beat + 1))
+        ld_q = Signal(range(self.bank_depth + 1))
+        ld_r = Signal(range(3))
+        chunk = Signal(range(max(beat, maxw) + 1))
+        m.d.comb += chunk.eq(Mux(beat - ld_j < width - ld_x, beat - ld_j, width - ld_x))
+        shifted = Signal(row_bits)
+        m.d.comb += shifted.eq((self.fmap_in.payload.as_value() >> Cat(C(0, 3), ld_j))
+                               << Cat(C(0, 3), ld_x))
+        row_end = (ld_x + chunk) == width
+        last_row = row_end & (ld_y + 1 == height) & (ld_c + 1 == self.in_channels)
+        take = loading & self.fmap_in.valid
+        m.d.comb += self.fmap_in.ready.eq(loading & (((ld_j + chunk) == beat) | last_row))
+        for k, (wp, _) in enumerate(banks):
+            m.d.comb += [wp.addr.eq(ld_q), wp.data.eq(shifted)]
+            with m.If(take & (ld_r == k)):
+                for b in range(maxw):
+                    m.d.comb += wp.en[b].eq((ld_x <= b) & (b < ld_x + chunk))
+        with m.If(self.start):
+            m.d.sync += [loading.eq(1), self.loaded.eq(0), ld_c.eq(0), ld_y.eq(0), ld_x.eq(0),
+                         ld_j.eq(0), ld_q.eq(0), ld_r.eq(1)]
+        with m.Elif(take):
+            m.d.sync += ld_j.eq(Mux(self.fmap_in.ready, 0, ld_j + chunk))
+            with m.If(row_end):
+                m.d.sync += ld_x.eq(0)
+                with m.If(ld_r == 2):
+                    m.d.sync += [ld_r.eq(0), ld_q.eq(ld_q + 1)]
+                with m.Else():
+                    m.d.sync += ld_r.eq(ld_r + 1)
+                with m.If(ld_y + 1 == height):
+                    m.d.sync += [ld_y.eq(0), ld_c.eq(ld_c + 1)]
+                with m.Else():
+                    m.d.sync += ld_y.eq(ld_y + 1)
+                with m.If(last_row):
+                    m.d.sync += [loading.eq(0), self.loaded.eq(1)]
+            with m.Else():
+                m.d.sync += ld_x.eq(ld_x + chunk)
+
+        # ---------------- patch building ----------------
+        g_y = Signal(range(cfg.max_height + 1))          # output row
+        g_ys = Signal(range(2 * cfg.max_height + 2))     # y * s
+        g_ysq = Signal(range(cfg.max_height + 1))        # (y * s) divmod 3
+        g_ysr = Signal(range(3))
+        g_x0 = Signal(range(cfg.max_width + tm + 1))     # first output column of the block
+        g_x0s = Signal(range(2 * cfg.max_width + 2 * tm + 1))  # x0 * s
+        n_blocks = (maxw - 1) // tm + 1
+        g_blk = Signal(range(2 * n_blocks + 2))          # x0 * s / tm
+        g_buf = Signal()
+        rd_c = Signal(range(cfg.max_in_channels + 1))
+        rd_q = Signal(range(cfg.max_in_channels * (cfg.max_height // 3 + 1) + 2))
+        rd_r = Signal(range(3))
+        building = Signal()
+        all_built = Signal()
+
+        # R0 -> R1 pipeline registers
+        v1 = Signal()
+        last1 = Signal()
+        c1 = Signal.like(rd_c)
+        buf1 = Signal()
+        r1 = Signal(range(3))
+        blk1 = Signal.like(g_blk)
+        top_ok1 = Signal()
+        bottom_ok1 = Signal()
+        col_ok1 = Signal(win)
+        pix_ok1 = Signal(tm)
+        stride2_1 = Signal()
+
+        for k, (_, rp) in enumerate(banks):
+            m.d.comb += rp.addr.eq(rd_q + (k < rd_r))
+
+        m.d.sync += [v1.eq(0)]
+        with m.If(self.start):
+            m.d.sync += [g_y.eq(0), g_ys.eq(0), g_ysq.eq(0), g_ysr.eq(0), g_x0.eq(0), g_x0s.eq(0),
+                         g_blk.eq(0), g_buf.eq(0), building.eq(0), all_built.eq(0)]
+        with m.Elif(~building & ~all_built & self.loaded & div.done & ~self.patch_full.bit_select(g_buf, 1)):
+            m.d.sync += [building.eq(1), rd_c.eq(0), rd_q.eq(g_ysq), rd_r.eq(g_ysr)]
+        with m.Elif(building):
+            last = rd_c + 1 == self.in_channels
+            m.d.sync += [
+                v1.eq(1), last1.eq(last), c1.eq(rd_c), buf1.eq(g_buf), r1.eq(rd_r), blk1.eq(g_blk),
+                top_ok1.eq(g_ys != 0), bottom_ok1.eq(g_ys + 1 < height), stride2_1.eq(stride == 2),
+                col_ok1.eq(Cat(*[(g_x0s + k) <= width for k in range(win)])),
+                pix_ok1.eq(Cat(*[(g_x0 + r) < out_width for r in range(tm)])),
+                rd_c.eq(rd_c + 1),
+            ]
+            with m.If(rd_r + height_r >= 3):
+                m.d.sync += [rd_r.eq(rd_r + height_r - 3), rd_q.eq(rd_q + height_q + 1)]
+            with m.Else():
+                m.d.sync += [rd_r.eq(rd_r + height_r), rd_q.eq(rd_q + height_q)]
+            with m.If(last):
+                m.d.sync += [building.eq(0), g_buf.eq(~g_buf)]
+                with m.If(g_x0 + tm >= out_width):
+                    m.d.sync += [g_x0.eq(0), g_x0s.eq(0), g_blk.eq(0), g_y.eq(g_y + 1),
+                                 g_ys.eq(g_ys + stride)]
+                    with m.If(g_ysr + stride >= 3):
+                        m.d.sync += [g_ysr.eq(g_ysr + stride - 3), g_ysq.eq(g_ysq + 1)]
+                    with m.Else():
+                        m.d.sync += g_ysr.eq(g_ysr + stride)
+                    with m.If(g_y + 1 == out_height):
+                        m.d.sync += all_built.eq(1)
+                with m.Else():
+                    m.d.sync += [g_x0.eq(g_x0 + tm), g_x0s.eq(g_x0s + Mux(stride == 2, 2 * tm, tm)),
+                                 g_blk.eq(g_blk + stride)]
+
+        # R1: cut a window out of each bank's row (block RAM output -> one mux -> register).
+        ext_bytes = 8 * (maxw + 1)
+        bank_windows = []
+        for k, (_, rp) in enumerate(banks):
+            ext = Cat(C(0, 8), rp.data)          # ext byte e = row byte e - 1 (e = 0: left padding)
+            candidates = []
+            for b in range(n_blocks):    # x0*s <= W - 1 < max_width: blocks 0..n_blocks-1
+                lo = b * tm * 8
+                piece = ext[lo:min(lo + win * 8, ext_bytes)]
+                candidates.append(Cat(piece, C(0, win * 8 - len(piece))))
+            w = Signal(win * 8, name=f"bank_window{k}")
+            m.d.sync += w.eq(Array(candidates)[blk1])
+            bank_windows.append(w)
+        v2, last2, c2, buf2, r2 = Signal(), Signal(), Signal.like(c1), Signal(), Signal.like(r1)
+        top_ok2, bottom_ok2, col_ok2, pix_ok2, stride2_2 = (Signal(), Signal(), Signal.like(col_ok1),
+                                                            Signal.like(pix_ok1), Signal())
+        m.d.sync += [v2.eq(v1), last2.eq(last1), c2.eq(c1), buf2.eq(buf1), r2.eq(r1),
+                     top_ok2.eq(top_ok1), bottom_ok2.eq(bottom_ok1), col_ok2.eq(col_ok1),
+                     pix_ok2.eq(pix_ok1), stride2_2.eq(stride2_1)]
+
+        # R2: rotate the banks into dy order, zero padding rows/columns/pixels, pick the taps.
+        rows = []
+        for dy in range(3):
+            sel = Signal(range(3), name=f"bank_of_dy{dy}")
+            m.d.comb += sel.eq(Mux(r2 + dy >= 3, r2 + dy - 3, r2 + dy))
+            row_ok = top_ok2 if dy == 0 else (bottom_ok2 if dy == 2 else C(1, 1))
+            w = Signal(win * 8, name=f"window_dy{dy}")
+            masked = Array(bank_windows)[sel]
+            m.d.comb += w.eq(Mux(row_ok, masked, 0) & Cat(*[col_ok2[k].replicate(8) for k in range(win)]))
+            rows.append(w)
+        patch = Signal(self.patch_layout)
+        for r in range(tm):
+            for dy in range(3):
+                for dx in range(3):
+                    k1, k2 = r + dx, 2 * r + dx
+                    byte1 = rows[dy][8 * k1:8 * k1 + 8]
+                    byte2 = rows[dy][8 * k2:8 * k2 + 8]
+                    m.d.comb += patch[r][3 * dy + dx].eq(
+                        Mux(pix_ok2[r], Mux(stride2_2, byte2, byte1), 0))
+
+        # R3: write the patch word.
+        abits = patch_address_bits(cfg)
+        m.d.sync += [
+            self.patch_en.eq(v2),
+            self.patch_addr.eq(Cat(c2[:abits], buf2)),
+            self.patch_data.eq(patch),
+        ]
+        last3 = Signal()
+        buf3 = Signal()
+        m.d.sync += [last3.eq(v2 & last2), buf3.eq(buf2)]
+
+        full = Signal(2)
+        set_mask = Mux(last3, Mux(buf3, 0b10, 0b01), 0)
+        with m.If(self.start):
+            m.d.sync += full.eq(0)
+        with m.Else():
+            m.d.sync += full.eq((full | set_mask) & ~self.patch_release)
+        m.d.comb += self.patch_full.eq(full)
+        return m

@@ -1,0 +1,176 @@
+"""Analytical cycle model of the periodic-sparse engine (:mod:`psconv.hw.engine`).
+
+``predict_cycles(config, shape, masks)`` predicts, for one layer on one engine invocation with
+every input stream always valid and the output always ready, the cycles the RTL takes from
+``start`` to ``done`` and how they split, plus the useful MACs and the utilization figures.
+
+The model is the engine's schedule written out (see docs/architecture.md), not a fit:
+
+* **Setup** (address generator): the P masks are expanded at 9 cycles each, then three serial
+  divisions (``w + 2`` cycles each, ``w`` = divider width), two multiplies and ``tn`` cycles of
+  lane start positions: ready ``2 + 9P + 3w + 8 + tn`` cycles after ``start``. Weights stream in
+  from then on, one word per cycle.
+* **Input map**: ``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` cycles (one per row/beat
+  piece), from cycle 2.
+* **Patch builds**: group g's build reads C_in channels from cycle ``S_g``; its buffer is full
+  (visible to the sequencer) at ``F_g = S_g + C_in + 3``. The next build starts at
+  ``max(S_g + C_in + 1, E_{g-1} + 4)`` (the buffer it overwrites is released 4 cycles after the
+  last issue of the group two back, ``E`` = cycle after a group's last issue).
+* **Issue**: the first group starts one cycle after its patch is full and the first output
+  channel's weights are in; group g starts at ``max(E_{g-1}, F_g)`` and issues
+  ``C_out * cycles`` back-to-back slot cycles (``cycles = ceil(ceil(C_in/P) * T / tn)``).
+* **Drain**: ``done`` is visible ``issue_to_output_latency + 2`` cycles after the last issue.
+
+Definitions of the returned figures: ``load`` = cycles before the first issue; ``compute`` =
+first issue to ``done``; ``total`` = ``load + compute`` (= busy + stall + idle counters);
+``macs`` = useful multiply-accumulates (kept taps x output pixels, what the ``macs`` counter
+counts); ``utilization`` = macs / (multipliers * compute);
+``dense_equivalent_macs_per_multiplier_per_cycle`` = C_out*C_in*k*k*H_out*W_out /
+(multipliers * compute); ``ideal_dense_equivalent`` = k*k*P/T, its limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+NUM_TAPS = 9
+PE_FIXED_STAGES = 4          # patch read, tap mux, multiply, accumulate (psconv.hw.pe_array)
+ADDRESS_LATENCY = 2          # psconv.hw.address_generator.AddressGenerator.LATENCY
+POST_LATENCY = 8             # psconv.hw.post_processor.PostProcessor.LATENCY
+START_CYCLES = 2             # start cycle + BEGIN cycle before the blocks run
+BUILD_TAIL = 3               # patch word written / buffer flagged full after the last read
+RELEASE_TO_BUILD = 4         # last issue of a group -> the builder may overwrite its buffer
+
+
+def _bits(n: int) -> int:
+    return max(1, int(n).bit_length())
+
+
+def _field(shape, name, default=None):
+    if isinstance(shape, Mapping):
+        return shape.get(name, default)
+    return getattr(shape, name, default)
+
+
+def _rotated_masks(masks):
+    """A PatternFamily -> its rotated table (kernel (o, i) uses entry (o+i) % P); a sequence of
+    ints is taken as already rotated (the engine's ``mask_in`` beats)."""
+    if hasattr(masks, "masks") and hasattr(masks, "offset"):
+        p = len(masks.masks)
+        return tuple(masks.masks[(q + masks.offset) % p] for q in range(p))
+    return tuple(int(m) for m in masks)
+
+
+def issue_to_output_latency(config) -> int:
+    levels = math.ceil(math.log2(config.tn)) if config.tn > 1 else 0
+    return ADDRESS_LATENCY + PE_FIXED_STAGES + levels + POST_LATENCY
+
+
+def setup_ready_cycle(config, period: int) -> int:
+    """Cycle (after ``start``) at which the address generator is ready and weights may load."""
+    div_width = max(_bits(config.max_in_channels + config.max_period),
+                    _bits(NUM_TAPS * (config.max_in_channels + config.max_period) + config.tn))
+    return START_CYCLES + NUM_TAPS * period + 3 * (div_width + 2) + 2 + config.tn
+
+
+def fmap_load_cycles(config, channels: int, height: int, width: int) -> int:
+    """Cycles of the input-map gearbox: one per (row, beat) piece of the CHW byte stream."""
+    beat = config.tn
+    total = channels * height * width
+    beats = math.ceil(total / beat)
+    lcm = width * beat // math.gcd(width, beat)
+    return channels * height + beats - 1 - (total - 1) // lcm
+
+
+def useful_macs(masks, in_channels: int, out_channels: int, out_pixels: int) -> int:
+    rotated = _rotated_masks(masks)
+    p = len(rotated)
+    counts = [bin(m).count("1") for m in rotated]
+    per_o = [sum(counts[(o + i) % p] for i in range(in_channels)) for o in range(out_channels)]
+    return sum(per_o) * out_pixels
+
+
+def predict_cycles(config, shape, masks) -> dict:
+    """Predicted cycles and efficiency of one layer (see module docstring).
+
+    ``shape``: a :class:`psconv.hw.layer.LayerSpec` or a mapping with ``in_channels``,
+    ``out_channels``, ``in_height``, ``in_width``, optional ``stride`` (1) and ``kernel`` (3).
+    ``masks``: the layer's :class:`~psconv.families.PatternFamily` or its rotated mask table.
+    """
+    c_in = int(_field(shape, "in_channels"))
+    c_out = int(_field(shape, "out_channels"))
+    height = int(_field(shape, "in_height"))
+    width = int(_field(shape, "in_width"))
+    stride = int(_field(shape, "stride", 1))
+    kernel = int(_field(shape, "kernel", 3))
+    rotated = _rotated_masks(masks)
+    period = len(rotated)
+    taps = sum(bin(m).count("1") for m in rotated)
+    tm, tn = config.tm, config.tn
+
+    out_h = (height - 1) // stride + 1
+    out_w = (width - 1) // stride + 1
+    groups = out_h * math.ceil(out_w / tm)
+    cycles_per_o = math.ceil(math.ceil(c_in / period) * taps / tn)
+    group_cycles = c_out * cycles_per_o
+
+    weights_ready = setup_ready_cycle(config, period) + cycles_per_o
+    build_start = START_CYCLES + fmap_load_cycles(config, c_in, height, width) + 1
+    starts, ends = [], []
+    builds = [build_start]
+    for g in range(groups):
+        if g >= 1:
+            candidates = [builds[g - 1] + c_in + 1]
+            if g >= 2:
+                candidates.append(ends[g - 2] + RELEASE_TO_BUILD)
+            builds.append(max(candidates))
+        full = builds[g] + c_in + BUILD_TAIL
+        begin = max(full, weights_ready) + 1 if g == 0 else max(ends[g - 1], full)
+        starts.append(begin)
+        ends.append(begin + group_cycles)
+
+    load = starts[0]
+    total = ends[-1] + issue_to_output_latency(config) + 2
+    compute = total - load
+    busy = groups * group_cycles
+    stall = ends[-1] - starts[0] - busy
+    macs = useful_macs(rotated, c_in, c_out, out_h * out_w)
+    dense_macs = c_out * c_in * kernel * kernel * out_h * out_w
+    mults = config.multipliers
+    return {
+        "load": load,
+        "compute": compute,
+        "total": total,
+        "busy": busy,
+        "stall": stall,
+        "idle": total - busy - stall,
+        "cycles_per_output_channel": cycles_per_o,
+        "groups": groups,
+        "macs": macs,
+        "dense_macs": dense_macs,
+        "utilization": macs / (mults * compute),
+        "dense_equivalent_macs_per_multiplier_per_cycle": dense_macs / (mults * compute),
+        "ideal_dense_equivalent": kernel * kernel * period / taps,
+    }
+
+
+def predict_network(config, layers) -> dict:
+    """Whole-network figures from ``layers`` = iterable of (shape, masks) pairs: summed cycles,
+    MACs, and utilization = useful MACs / (multipliers * summed compute cycles)."""
+    per_layer = [predict_cycles(config, shape, masks) for shape, masks in layers]
+    compute = sum(p["compute"] for p in per_layer)
+    total = sum(p["total"] for p in per_layer)
+    macs = sum(p["macs"] for p in per_layer)
+    dense = sum(p["dense_macs"] for p in per_layer)
+    mults = config.multipliers
+    return {
+        "layers": per_layer,
+        "compute": compute,
+        "total": total,
+        "macs": macs,
+        "dense_macs": dense,
+        "utilization": macs / (mults * compute),
+        "utilization_with_load": macs / (mults * total),
+        "dense_equivalent_macs_per_multiplier_per_cycle": dense / (mults * compute),
+    }

@@ -1,0 +1,190 @@
+"""Shared Amaranth-simulator helpers for the gateware unit tests (tests/hw)."""
+
+from __future__ import annotations
+
+from amaranth.sim import Simulator
+
+from psconv.config import EngineConfig
+from psconv.families import paper_family
+
+
+def small_config(**changes) -> EngineConfig:
+    """A tiny engine (tm=2, tn=4) that simulates fast; ``changes`` override fields."""
+    values = dict(tm=2, tn=4, family=paper_family(1, 4, dense_kernel=True), max_in_channels=16,
+                  max_out_channels=16, max_height=8, max_width=8, fmap_depth=1024,
+                  weight_depth=512)
+    values.update(changes)
+    return EngineConfig(**values)
+
+
+def raw(value):
+    """The plain Value under a data.View (ctx.set/get on it take/give integers)."""
+    return value.as_value() if hasattr(value, "as_value") else value
+
+
+def run(dut, *testbenches, processes=(), vcd=None):
+    """Run ``testbenches`` (async def tb(ctx)) on ``dut`` with a 100 MHz clock."""
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for tb in testbenches:
+        sim.add_testbench(tb)
+    for p in processes:
+        sim.add_process(p)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+
+
+async def send(ctx, port, beats):
+    """Drive ``beats`` on the stream ``port`` (valid held, one transfer per ready tick)."""
+    for beat in beats:
+        ctx.set(port.valid, 1)
+        ctx.set(raw(port.payload), beat)
+        await ctx.tick().until(port.ready)
+    ctx.set(port.valid, 0)
+
+
+async def wait_for(ctx, signal, limit=100000):
+    """Tick until ``signal`` is high (checked after each tick); returns the ticks taken."""
+    for n in range(limit):
+        if ctx.get(signal):
+            return n
+        await ctx.tick()
+    raise AssertionError(f"timeout waiting for {signal!r}")
+
+
+def random_layer(config, family, spec, seed):
+    """Random int8 input, family-masked weights, quantization entries and residual for ``spec``.
+
+    Multipliers/shifts are chosen so outputs cover the int8 range and saturate both ways."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    k = spec.kernel
+    x = torch.randint(-128, 128, (spec.in_channels, spec.in_height, spec.in_width), generator=g)
+    w = torch.randint(-128, 128, (spec.out_channels, spec.in_channels, k, k), generator=g)
+    w = w * family.weight_mask(spec.out_channels, spec.in_channels).to(torch.int64)
+    bias = torch.randint(-20000, 20000, (spec.out_channels,), generator=g)
+    mult = torch.randint(1 << 28, 1 << 29, (spec.out_channels,), generator=g)
+    res_mult = torch.randint(0, 1 << 29, (spec.out_channels,), generator=g)
+    residual = torch.randint(-128, 128, (spec.out_channels, spec.out_height, spec.out_width), generator=g)
+    # Shift per channel so the outputs spread to ~2x the int8 range: saturation both ways.
+    from psconv.sim.golden.ops import conv2d_int
+
+    acc = conv2d_int(x, w, stride=spec.stride) + bias.view(-1, 1, 1)
+    spread = acc.reshape(spec.out_channels, -1).abs().amax(dim=1).clamp(min=1).to(torch.float64)
+    shift = torch.clamp(torch.round(torch.log2(spread * mult.to(torch.float64) / 300)), 1, 62).to(torch.int64)
+    return dict(x=x, w=w, bias=bias, mult=mult, shift=shift, res_mult=res_mult, residual=residual)
+
+
+def golden_output(spec, layer):
+    from psconv.sim.golden.ops import conv2d_int, requantize
+
+    acc = conv2d_int(layer["x"], layer["w"], stride=spec.stride)
+    return requantize(acc, layer["bias"], layer["mult"], layer["shift"], spec.relu,
+                      layer["residual"] if spec.residual else None,
+                      layer["res_mult"] if spec.residual else None)
+
+
+def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, output_stalls=0.0,
+                    order="concurrent", timeout=200000):
+    """Run one layer through :class:`PeriodicSparseEngine` in the Amaranth simulator.
+
+    ``input_gaps``/``output_stalls``: probability that a source withholds ``valid`` / the sink
+    withholds ``ready`` in a cycle. ``order="sequential"`` sends masks, quant, weights, then fmap
+    one after the other (as a simple host would). Returns dict(out=(C,H,W) tensor, beats,
+    counters, cycles = start..done, load = cycles before the first issue).
+    """
+    import random
+
+    import torch
+
+    from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
+    from psconv.hw.engine import PeriodicSparseEngine
+    from psconv.hw.layer import (beats_to_pixels, encode_quant_entry, fmap_beats, pixel_beats,
+                                 weight_beats)
+
+    rng = random.Random(seed)
+    dut = PeriodicSparseEngine(config)
+    masks = rotated_masks(family)
+    packed = pack_layer(layer["w"].to(torch.int8), family)
+    words = engine_weight_words(packed, config.tn)
+    streams = {
+        "mask_in": list(masks),
+        "quant_in": [encode_quant_entry(int(b), int(m), int(s), int(r)) for b, m, s, r in
+                     zip(layer["bias"], layer["mult"], layer["shift"], layer["res_mult"])],
+        "weight_in": weight_beats(words),
+        "fmap_in": fmap_beats(config, layer["x"]),
+    }
+    if spec.residual:
+        streams["residual_in"] = pixel_beats(config, layer["residual"])
+    expected_beats = spec.output_beats(config)
+    state = {"out": [], "finished": False, "cycles": None, "started": False}
+
+    async def drive(ctx, name, beats):
+        port = getattr(dut, name)
+        while not state["started"]:
+            await ctx.tick()
+        for beat in beats:
+            while input_gaps and rng.random() < input_gaps:
+                ctx.set(port.valid, 0)
+                await ctx.tick()
+            ctx.set(port.valid, 1)
+            ctx.set(raw(port.payload), beat)
+            await ctx.tick().until(port.ready)
+        ctx.set(port.valid, 0)
+
+    def driver(name, beats):
+        async def tb(ctx):
+            await drive(ctx, name, beats)
+        return tb
+
+    async def sequential(ctx):
+        for name in ("mask_in", "quant_in", "weight_in", "fmap_in", "residual_in"):
+            if name in streams:
+                await drive(ctx, name, streams[name])
+
+    async def sink(ctx):
+        while not state["finished"]:
+            ready = not (output_stalls and rng.random() < output_stalls)
+            ctx.set(dut.out.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.out.valid, raw(dut.out.payload))
+            if ready and valid:
+                state["out"].append(payload)
+
+    async def control(ctx):
+        ctx.set(raw(dut.layer), spec.encode(config))
+        ctx.set(dut.start, 1)
+        state["started"] = True
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        cycles = 1
+        first_issue = None
+        while not ctx.get(dut.done):
+            await ctx.tick()
+            if first_issue is None and ctx.get(dut.busy_cycles):
+                first_issue = cycles   # this is cycle cycles + 1; the counter shows an issue a cycle later
+            cycles += 1
+            if cycles > timeout:
+                state["finished"] = True
+                raise AssertionError(f"engine did not finish within {timeout} cycles; "
+                                     f"{len(state['out'])}/{expected_beats} beats out")
+        state["cycles"] = cycles
+        state["first_issue"] = first_issue
+        state["counters"] = {n: ctx.get(getattr(dut, n)) for n in
+                             ("busy_cycles", "stall_cycles", "idle_cycles", "macs")}
+        state["busy_after_done"] = ctx.get(dut.busy)
+        await ctx.tick()
+        state["finished"] = True
+
+    tbs = [control, sink]
+    if order == "sequential":
+        tbs.append(sequential)
+    else:
+        tbs += [driver(name, beats) for name, beats in streams.items()]
+    run(dut, *tbs)
+    out = beats_to_pixels(config, state["out"], spec.out_channels, spec.out_height, spec.out_width)
+    return dict(out=out, beats=len(state["out"]), cycles=state["cycles"], counters=state["counters"],
+                load=state["first_issue"])

@@ -1,0 +1,34 @@
+"""MultiReadMemory: every read port sees the written data, one cycle after its address."""
+
+import random
+
+from amaranth.hdl import unsigned
+
+from psconv.hw.multiport import MultiReadMemory
+
+from hw_sim_helpers import run
+
+
+def test_all_ports_read_written_data():
+    dut = MultiReadMemory(unsigned(12), 20, read_ports=11, ports_per_copy=4)
+    assert dut.copies == 3
+    rng = random.Random(2)
+    contents = [0] * 20
+
+    async def tb(ctx):
+        for addr in range(20):
+            contents[addr] = rng.randrange(1 << 12)
+            ctx.set(dut.write_addr, addr)
+            ctx.set(dut.write_data, contents[addr])
+            ctx.set(dut.write_en, 1)
+            await ctx.tick()
+        ctx.set(dut.write_en, 0)
+        for _ in range(30):
+            addrs = [rng.randrange(20) for _ in range(11)]
+            for k, a in enumerate(addrs):
+                ctx.set(dut.read_addr[k], a)
+            await ctx.tick()
+            for k, a in enumerate(addrs):
+                assert ctx.get(dut.read_data[k]) == contents[a], (k, a)
+
+    run(dut, tb)

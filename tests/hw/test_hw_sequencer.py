@@ -1,0 +1,103 @@
+"""Sequencer: loop order, start conditions (patch, residual, output credits), counters, done."""
+
+import random
+
+from psconv.hw.sequencer import Sequencer
+
+from hw_sim_helpers import run, small_config
+
+
+def expected_issues(c_out, out_h, out_w, period, cycles, tm):
+    seq = []
+    g = 0
+    for y in range(out_h):
+        for x0 in range(0, out_w, tm):
+            pixels = sum(1 << r for r in range(tm) if x0 + r < out_w)
+            for o in range(c_out):
+                for c in range(cycles):
+                    seq.append((c == 0, c == cycles - 1, o % period, o * cycles + c, g % 2, pixels))
+            g += 1
+    return seq
+
+
+def test_loop_order_conditions_and_counters():
+    config = small_config(tm=2)
+    c_out, out_h, out_w, period, cycles = 5, 2, 3, 2, 2
+    latency = 9                          # issue of a last cycle -> residual pop; +4 -> written
+    rng = random.Random(3)
+    dut = Sequencer(config)
+    issues = []
+    state = {"cycle": 0, "done_cycles": [], "stalls_seen": 0}
+
+    async def env(ctx):
+        ctx.set(dut.out_channels, c_out)
+        ctx.set(dut.out_height, out_h)
+        ctx.set(dut.out_width, out_w)
+        ctx.set(dut.period, period)
+        ctx.set(dut.residual, 1)
+        ctx.set(dut.cycles_per_output, cycles)
+        ctx.set(dut.weights_loaded, c_out)
+        ctx.set(dut.quant_loaded, c_out)
+        ctx.set(dut.macs_add, 3)
+        ctx.set(dut.start, 1)
+        full = 0
+        build_timer = {0: 7, 1: 12}      # cycles until the "window generator" fills each buffer
+        res_level, res_arrival = 0, 0
+        pops, writes = [], []
+        cycle = 0
+        while cycle < 2000:
+            # window generator model
+            for b in (0, 1):
+                if not (full >> b & 1) and build_timer.get(b) is not None:
+                    build_timer[b] -= 1
+                    if build_timer[b] == 0:
+                        full |= 1 << b
+                        build_timer[b] = None
+            ctx.set(dut.patch_full, full)
+            # residual stream: a beat every 6 cycles (slow: forces residual stalls)
+            res_arrival += 1
+            if res_arrival == 6:
+                res_arrival = 0
+                res_level += 1
+            popped = cycle in pops
+            if popped:
+                assert res_level > 0, "residual popped before it arrived"
+                res_level -= 1
+            ctx.set(dut.residual_level, res_level)
+            ctx.set(dut.residual_popped, popped)
+            ctx.set(dut.written, cycle in writes)
+            ctx.set(dut.out_level, 0)
+            ctx.set(dut.setup_ready, cycle >= 5)
+            issue, first, last, mod, waddr, buf, pixels, release, done = (
+                ctx.get(dut.issue), ctx.get(dut.first), ctx.get(dut.last), ctx.get(dut.out_mod),
+                ctx.get(dut.weight_addr), ctx.get(dut.buffer), ctx.get(dut.pixels),
+                ctx.get(dut.patch_release), ctx.get(dut.done))
+            if issue:
+                issues.append((bool(first), bool(last), mod, waddr, buf, pixels))
+                if last:
+                    pops.append(cycle + latency)
+                    writes.append(cycle + latency + 4)
+            for b in (0, 1):
+                if release >> b & 1:
+                    assert full >> b & 1
+                    full &= ~(1 << b)
+                    build_timer[b] = rng.randint(1, 15)
+            if done:
+                state["done_cycles"].append(cycle)
+                state["counters"] = {n: ctx.get(getattr(dut, n)) for n in
+                                     ("busy_cycles", "stall_cycles", "idle_cycles", "macs")}
+                state["busy_after"] = ctx.get(dut.busy)
+                break
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            cycle += 1
+
+    run(dut, env)
+    assert issues == expected_issues(c_out, out_h, out_w, period, cycles, config.tm)
+    assert len(state["done_cycles"]) == 1
+    counters = state["counters"]
+    assert counters["busy_cycles"] == len(issues)
+    assert counters["stall_cycles"] > 0          # the slow residual stream and builder stall issue
+    assert counters["busy_cycles"] + counters["stall_cycles"] + counters["idle_cycles"] == state["done_cycles"][0]
+    assert counters["macs"] == 3 * (state["done_cycles"][0])     # macs_add summed every cycle
+    assert not state["busy_after"]
