@@ -1,13 +1,15 @@
 """Layer program compiler: a quantized model becomes the engine invocations that run it.
 
+Each step's descriptor is a :class:`psconv.hw.layer.LayerSpec` (the engine's layer registers)
+and is checked against the configuration with its ``check``.
+
 The program is deterministic (same model and config, same bytes; :meth:`LayerProgram.digest`).
 Every convolution becomes one or more :class:`EngineStep` s; a step is one engine invocation
 (``start`` with one descriptor) over all input channels and a contiguous tile of output
 channels. Tiling by output channels is needed when a layer's weight image exceeds the engine's
 weight buffer (``EngineConfig.weight_depth`` words) or its output channels exceed
 ``max_out_channels``; each tile re-sends the input map. A layer whose input map does not fit
-(``C_in * H * W > fmap_depth``, ``C_in > max_in_channels``, or a side above ``max_height`` /
-``max_width``) is refused with an error naming the layer: the engine accumulates all input
+is refused with an error naming the layer (:meth:`LayerSpec.check` states the limits): the engine accumulates all input
 channels of an output channel in one pass, so input-channel tiling would need partial-sum
 outputs it does not have.
 
@@ -27,36 +29,12 @@ import torch
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import PatternFamily
+from psconv.hw.layer import LayerSpec
 from psconv.firmware.packing import (PackedLayer, engine_weight_words, entries_per_output_channel,
                                      pack_layer)
 from psconv.qmodel import QLayer, QuantizedModel
 
 PROGRAM_VERSION = 1
-
-
-@dataclass(frozen=True)
-class LayerDescriptor:
-    """The engine's layer registers (field meanings as in ``psconv.hw.layer``)."""
-
-    in_channels: int
-    out_channels: int
-    in_height: int
-    in_width: int
-    stride: int
-    kernel: int
-    relu: bool
-    residual: bool
-    period: int
-
-    @property
-    def out_height(self) -> int:
-        pad = 1 if self.kernel == 3 else 0
-        return (self.in_height + 2 * pad - self.kernel) // self.stride + 1
-
-    @property
-    def out_width(self) -> int:
-        pad = 1 if self.kernel == 3 else 0
-        return (self.in_width + 2 * pad - self.kernel) // self.stride + 1
 
 
 @dataclass
@@ -67,7 +45,7 @@ class EngineStep:
     tile: int
     tiles: int
     first_channel: int
-    descriptor: LayerDescriptor
+    descriptor: LayerSpec            # the engine's layer registers
     masks: tuple[int, ...]
     weight_words: torch.Tensor       # (rows, tn) int8, engine_weight_words order
     bias: torch.Tensor               # (count,) int32
@@ -112,21 +90,14 @@ class LayerProgram:
         return h.hexdigest()
 
 
-def _check_fits(layer: QLayer, config: EngineConfig, height: int, width: int) -> None:
-    c_in = layer.in_channels
-    problems = []
-    if c_in > config.max_in_channels:
-        problems.append(f"{c_in} input channels > max_in_channels {config.max_in_channels}")
-    if height > config.max_height or width > config.max_width:
-        problems.append(f"input {height}x{width} > max {config.max_height}x{config.max_width}")
-    if c_in * height * width > config.fmap_depth:
-        problems.append(f"input map {c_in}x{height}x{width} = {c_in * height * width} bytes > "
-                        f"fmap_depth {config.fmap_depth}")
-    if layer.family.period > config.max_period:
-        problems.append(f"period {layer.family.period} > max_period {config.max_period}")
-    if problems:
-        raise PsconvError(f"compile: layer {layer.name!r} does not fit the engine: "
-                          + "; ".join(problems))
+def _check_fits(layer: QLayer, config: EngineConfig, height: int, width: int, period: int) -> None:
+    """Refuse a layer whose input side of the engine is too small (no input-channel tiling)."""
+    spec = LayerSpec(in_channels=layer.in_channels, out_channels=1, in_height=height,
+                     in_width=width, stride=layer.stride, kernel=layer.kernel_size, period=period)
+    try:
+        spec.check(config)
+    except PsconvError as e:
+        raise PsconvError(f"compile: layer {layer.name!r} does not fit the engine: {e}") from None
 
 
 def _rows_per_channel(packed: PackedLayer, tn: int) -> int:
@@ -146,8 +117,8 @@ def compile_model(model: QuantizedModel, config: EngineConfig) -> LayerProgram:
         if layer.in_channels != c:
             raise PsconvError(f"compile: layer {layer.name!r} expects {layer.in_channels} input "
                               f"channels, its input {layer.input!r} has {c}")
-        _check_fits(layer, config, h, w)
         packed = pack_layer(layer.weight, layer.family, layer.name)
+        _check_fits(layer, config, h, w, packed.period)
         rows = _rows_per_channel(packed, config.tn)
         per_tile = min(config.max_out_channels, config.weight_depth // rows)
         if per_tile < 1:
@@ -177,10 +148,11 @@ def _engine_step(layer: QLayer, packed: PackedLayer, config: EngineConfig, tile:
                                 kernel_size=packed.kernel_size)
     channels = slice(first, first + count)
     tile_packed = pack_layer(layer.weight[channels], tile_family, layer.name)
-    descriptor = LayerDescriptor(
+    descriptor = LayerSpec(
         in_channels=packed.in_channels, out_channels=count, in_height=height, in_width=width,
         stride=layer.stride, kernel=layer.kernel_size, relu=layer.relu,
         residual=layer.residual is not None, period=period)
+    descriptor.check(config, masks)
     if layer.residual is not None:
         residual_multiplier = layer.residual_multiplier[channels].to(torch.int64)
     else:

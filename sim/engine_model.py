@@ -5,10 +5,6 @@ without RTL, and gives the cocotb benches the engine's expected output beats. It
 weight image slot by slot as the address generator does (slot ``s`` of output channel ``o``:
 period ``p, e = divmod(s, T)``, tap-sequence entry ``(q, t) = seq[e]``, input channel
 ``i = p * P + (q - o) % P``, ignored when ``i >= C_in``) and applies the golden requantization.
-
-Output beat order (the engine's ``out`` stream): for each output row y, for each column block
-``xb`` of ``tm`` pixels, for each output channel o: one beat of ``tm`` int8 values for pixels
-``x = xb * tm + r`` (0 beyond the row's end). The residual stream uses the same order.
 """
 
 from __future__ import annotations
@@ -62,22 +58,3 @@ def run_step(step, x: torch.Tensor, residual: torch.Tensor | None, tn: int) -> t
     res = residual.to(torch.int64) if d.residual else None
     return requantize(acc, step.bias, step.multiplier, step.shift, d.relu, res,
                       step.residual_multiplier if d.residual else None)
-
-
-def to_beats(y: torch.Tensor, tm: int) -> torch.Tensor:
-    """(C, H, W) map to the engine's output/residual beat order: (H * ceil(W/tm) * C, tm)."""
-    c, h, w = y.shape
-    blocks = math.ceil(w / tm)
-    padded = torch.zeros((c, h, blocks * tm), dtype=y.dtype)
-    padded[:, :, :w] = y
-    return padded.reshape(c, h, blocks, tm).permute(1, 2, 0, 3).reshape(h * blocks * c, tm)
-
-
-def from_beats(beats: torch.Tensor, channels: int, height: int, width: int, tm: int) -> torch.Tensor:
-    """Inverse of :func:`to_beats`."""
-    blocks = math.ceil(width / tm)
-    expected = (height * blocks * channels, tm)
-    if tuple(beats.shape) != expected:
-        raise PsconvError(f"engine output: {tuple(beats.shape)} beats, expected {expected}")
-    return beats.reshape(height, blocks, channels, tm).permute(2, 0, 1, 3).reshape(
-        channels, height, blocks * tm)[:, :, :width].clone()

@@ -22,6 +22,7 @@ from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import PatternFamily
 from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
+from psconv.hw.layer import LayerSpec
 from psconv.sim.golden.ops import conv2d_int, requantize
 
 DEFAULT_BUILD_ROOT = Path("build") / "rtl"
@@ -30,17 +31,12 @@ TB_MODULE = "psconv.sim.tb.engine_tb"
 
 @dataclass
 class LayerCase:
-    """One engine invocation and its expected output (C_out, H_out, W_out)."""
+    """One engine invocation (its layer registers ``spec`` and every stream's contents) and the
+    golden model's expected output (C_out, H_out, W_out)."""
 
     name: str
     kind: str
-    in_channels: int
-    out_channels: int
-    in_height: int
-    in_width: int
-    stride: int
-    kernel: int
-    relu: bool
+    spec: LayerSpec
     masks: tuple[int, ...]
     weight_words: torch.Tensor
     bias: torch.Tensor
@@ -54,18 +50,10 @@ class LayerCase:
     dense_macs: int = 0
     options: dict = field(default_factory=dict)
 
-    @property
-    def spec(self):
-        from psconv.hw.layer import LayerSpec
-
-        return LayerSpec(in_channels=self.in_channels, out_channels=self.out_channels,
-                         in_height=self.in_height, in_width=self.in_width, stride=self.stride,
-                         kernel=self.kernel, relu=self.relu, residual=self.residual is not None,
-                         period=len(self.masks))
-
     def shape_text(self) -> str:
-        return (f"{self.kind} {self.in_channels}x{self.in_height}x{self.in_width} -> "
-                f"{self.out_channels}, stride {self.stride}")
+        s = self.spec
+        return (f"{self.kind} {s.in_channels}x{s.in_height}x{s.in_width} -> "
+                f"{s.out_channels}, stride {s.stride}")
 
 
 def make_case(name: str, weight: torch.Tensor, family: PatternFamily, fmap: torch.Tensor,
@@ -89,9 +77,11 @@ def make_case(name: str, weight: torch.Tensor, family: PatternFamily, fmap: torc
     kept = int(family.weight_mask(c_out, c_in).sum())
     if kind is None:
         kind = "1x1" if k == 1 else ("first layer" if c_in == 3 else f"3x3 {family.name}")
+    spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=fmap.shape[1],
+                     in_width=fmap.shape[2], stride=stride, kernel=k, relu=relu,
+                     residual=residual is not None, period=family.period)
     return LayerCase(
-        name=name, kind=kind, in_channels=c_in, out_channels=c_out, in_height=fmap.shape[1],
-        in_width=fmap.shape[2], stride=stride, kernel=k, relu=relu, masks=rotated_masks(family),
+        name=name, kind=kind, spec=spec, masks=rotated_masks(family),
         weight_words=engine_weight_words(packed, config.tn), bias=torch.as_tensor(bias),
         multiplier=torch.as_tensor(multiplier), shift=torch.as_tensor(shift),
         residual_multiplier=None if residual is None else torch.as_tensor(residual_multiplier),
@@ -105,9 +95,7 @@ def case_from_step(step, fmap: torch.Tensor, residual, expected) -> LayerCase:
     d = step.descriptor
     kind = "1x1" if d.kernel == 1 else ("first layer" if d.in_channels == 3 else "3x3")
     return LayerCase(
-        name=f"{step.layer}[{step.tile}]", kind=kind, in_channels=d.in_channels,
-        out_channels=d.out_channels, in_height=d.in_height, in_width=d.in_width,
-        stride=d.stride, kernel=d.kernel, relu=d.relu, masks=step.masks,
+        name=f"{step.layer}[{step.tile}]", kind=kind, spec=d, masks=step.masks,
         weight_words=step.weight_words, bias=step.bias, multiplier=step.multiplier,
         shift=step.shift, residual_multiplier=step.residual_multiplier if d.residual else None,
         fmap=fmap, residual=residual, expected=expected, useful_macs=step.useful_macs,
@@ -123,7 +111,7 @@ def encode_case(case: LayerCase, config: EngineConfig) -> dict:
     quant = [hw_layer.encode_quant_entry(int(case.bias[o]), int(case.multiplier[o]),
                                          int(case.shift[o]),
                                          int(case.residual_multiplier[o]) if case.residual is not None else 0)
-             for o in range(case.out_channels)]
+             for o in range(spec.out_channels)]
     beats = {
         "mask_in": list(case.masks),
         "quant_in": quant,
@@ -223,7 +211,7 @@ class EngineRTL:
         runs = []
         for case, result in zip(cases, results):
             spec = case.spec
-            actual = beats_to_pixels(self.config, result["outputs"], case.out_channels,
+            actual = beats_to_pixels(self.config, result["outputs"], spec.out_channels,
                                      spec.out_height, spec.out_width)
             runs.append(LayerRun(case=case, actual=actual, counters=result["counters"],
                                  bench_cycles=result["bench_cycles"], seconds=result["seconds"]))

@@ -41,18 +41,8 @@ def test_program_is_deterministic(model):
 
 
 def test_layer_too_large_is_refused_with_its_name(model):
-    with pytest.raises(PsconvError, match="'stem'.*fmap_depth"):
+    with pytest.raises(PsconvError, match="'stem'.*feature-map buffer"):
         compile_model(model, EngineConfig(fmap_depth=1000))
-    with pytest.raises(PsconvError, match="period 16 > max_period 8"):
+    with pytest.raises(PsconvError, match="layer1.0.conv1.*period is 16; allowed: 1..8"):
         from psconv.families import paper_family
         compile_model(model, EngineConfig(family=paper_family(4, 8)))
-
-
-@pytest.mark.parametrize("tm", [1, 3, 4])
-def test_beat_order_round_trip(tm):
-    y = torch.arange(5 * 3 * 7).reshape(5, 3, 7)
-    beats = engine_model.to_beats(y, tm)
-    assert beats.shape[1] == tm
-    # first beats: row 0, block 0, channels 0..4
-    assert beats[1, 0] == y[1, 0, 0]
-    assert torch.equal(engine_model.from_beats(beats, 5, 3, 7, tm), y)
