@@ -169,8 +169,15 @@ def check_run(run: LayerRun) -> None:
 
 
 def _config_key(config: EngineConfig) -> str:
-    text = json.dumps(config.to_json(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    """Cache key of a build: the configuration and the gateware sources that generate it, so an
+    edit under hw/ never reruns stale Verilog."""
+    import psconv.hw
+
+    h = hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode())
+    for source in sorted(Path(psconv.hw.__file__).parent.glob("*.py")):
+        h.update(source.name.encode())
+        h.update(source.read_bytes())
+    return h.hexdigest()[:12]
 
 
 class EngineRTL:

@@ -23,7 +23,7 @@ def test_storage_bench(tmp_path):
     document, rows = _read(tmp_path, "storage")
     by_family = {r["family"]: r for r in document["rows"]}
     assert by_family["PSD1_P16"]["ours_total"] < by_family["dense"]["ours_total"]
-    assert by_family["dense"]["vs_dense"] == 1.0
+    assert 0.999 < by_family["dense"]["vs_dense"] <= 1.0  # dense pays only its mask tables
 
 
 def test_engine_bench_model_only(tmp_path):
