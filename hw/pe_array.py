@@ -13,15 +13,21 @@ and why it is not used).
 
 **Pipeline** (one slot cycle enters per clock; ``valid/first/last`` travel with it):
 
-* A: patch read at ``{buffer, channel}``; weight gated to 0 for invalid lanes (channel >= C_in).
-* B: per PE (r, l) a 9:1 tap mux picks byte ``patch[r][tap_l]``.
-* C: int8 x int8 multiply (registered inputs and output, DSP-friendly).
+* A: patch read at ``{buffer, channel}`` (block RAM); lane tap and weight word registered.
+* A2: the patch words are registered (no logic after a block RAM output); weight gated to 0 for
+  invalid lanes (channel >= C_in).
+* B: per PE (r, l) a 9:1 tap mux picks byte ``patch[r][tap_l]`` into the multiplier's input
+  register.
+* C: int8 x int8 multiply, registered product (:class:`~psconv.hw.dsp.RegisteredMultiplier`: on
+  an ECP5 the MULT18X18D's own input and output registers).
 * tree: per row a binary adder tree over the tn lanes, one register per level.
 * accumulate: ``acc_r = first ? sum_r : acc_r + sum_r`` (``acc_width`` bits); on ``last`` the total
   is presented on ``result`` with ``result_valid`` for one cycle. The next output channel's
   ``first`` cycle may follow immediately: no bubble between output channels.
 
 Latency from an input cycle to ``result_valid`` of a ``last`` cycle: :meth:`latency`.
+Datapath registers (patch words, taps, weights, products, adder tree, accumulators) have no
+reset: ``valid/first/last`` (which are reset) decide what they mean.
 ``macs`` is the number of useful multiply-accumulates (valid lanes x valid pixels) of the slot
 cycle that entered 2 cycles earlier (0 when not valid); the counters sum it.
 """
@@ -34,6 +40,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .address_generator import lane_channel_width
+from .dsp import RegisteredMultiplier
 from .multiport import MultiReadMemory
 from .window import patch_address_bits, patch_layout
 
@@ -70,7 +77,7 @@ class PEArray(wiring.Component):
     @classmethod
     def latency(cls, config) -> int:
         """Cycles from a slot cycle at the inputs to its ``result_valid`` (when ``last``)."""
-        return 4 + _tree_levels(config.tn)
+        return 5 + _tree_levels(config.tn)
 
     def elaborate(self, platform):
         m = Module()
@@ -82,17 +89,17 @@ class PEArray(wiring.Component):
         m.d.comb += [patches.write_addr.eq(self.patch_addr), patches.write_data.eq(self.patch_data),
                      patches.write_en.eq(self.patch_en)]
 
-        # Stage A
-        tap_b = [Signal(4, name=f"tap_b{l}") for l in range(tn)]
-        w_b = [Signal(signed(8), name=f"w_b{l}") for l in range(tn)]
+        # Stage A: patch read; lane taps, raw weights (block RAM outputs) and flags registered.
+        tap_b = [Signal(4, name=f"tap_b{l}", reset_less=True) for l in range(tn)]
+        wraw_b = [Signal(signed(8), name=f"wraw_b{l}", reset_less=True) for l in range(tn)]
         lanes_b = Signal(tn)
         for l in range(tn):
             m.d.comb += patches.read_addr[l].eq(Cat(self.lane_channel[l][:abits], self.buffer))
-            m.d.sync += [tap_b[l].eq(self.lane_tap[l]),
-                         w_b[l].eq(Mux(self.lane_valid[l] & self.valid, self.weights[l], 0))]
+            m.d.sync += [tap_b[l].eq(self.lane_tap[l]), wraw_b[l].eq(self.weights[l])]
         pixels_b = Signal(tm)
         valid_b = Signal()
-        m.d.sync += [lanes_b.eq(self.lane_valid), pixels_b.eq(self.pixels), valid_b.eq(self.valid)]
+        m.d.sync += [lanes_b.eq(self.lane_valid & self.valid.replicate(tn)), pixels_b.eq(self.pixels),
+                     valid_b.eq(self.valid)]
 
         # Useful MACs of this slot cycle (counter input).
         lane_count = Signal(range(tn + 1))
@@ -101,22 +108,25 @@ class PEArray(wiring.Component):
                      pixel_count.eq(sum(pixels_b[r] for r in range(tm)))]
         m.d.sync += self.macs.eq(Mux(valid_b, lane_count * pixel_count, 0))
 
-        # Stage B: tap mux.
-        x_c = [[Signal(signed(8), name=f"x_c{r}_{l}") for l in range(tn)] for r in range(tm)]
-        w_c = [Signal(signed(8), name=f"w_c{l}") for l in range(tn)]
+        # Stage A2: patch words registered (block RAM output -> flip-flops before the tap mux);
+        # invalid lanes' weights forced to 0.
+        patch_a2 = [Signal(self.patch_layout, name=f"patch_a2_{l}", reset_less=True) for l in range(tn)]
+        tap_a2 = [Signal(4, name=f"tap_a2_{l}", reset_less=True) for l in range(tn)]
+        w_a2 = [Signal(signed(8), name=f"w_a2_{l}", reset_less=True) for l in range(tn)]
         for l in range(tn):
-            m.d.sync += w_c[l].eq(w_b[l])
-            for r in range(tm):
-                m.d.sync += x_c[r][l].eq(patches.read_data[l][r][tap_b[l]])
+            m.d.sync += [patch_a2[l].eq(patches.read_data[l]), tap_a2[l].eq(tap_b[l]),
+                         w_a2[l].eq(Mux(lanes_b[l], wraw_b[l], 0))]
 
-        # Stage C: multiply.
+        # Stage B: tap mux into the multiplier's input registers; stage C: multiply (registered
+        # product). On an ECP5 both registers are the MULT18X18D's own (psconv.hw.dsp).
         level = []
         for r in range(tm):
             row = []
             for l in range(tn):
-                p = Signal(signed(16), name=f"prod{r}_{l}")
-                m.d.sync += p.eq(x_c[r][l] * w_c[l])
-                row.append(p)
+                mul = m.submodules[f"mul{r}_{l}"] = RegisteredMultiplier(8, 8, 16)
+                m.d.comb += [mul.a.eq(patch_a2[l][r].as_value().word_select(tap_a2[l], 8).as_signed()),
+                             mul.b.eq(w_a2[l])]
+                row.append(mul.p)
             level.append(row)
 
         # Adder tree, one register per level.
@@ -128,19 +138,20 @@ class PEArray(wiring.Component):
                 row = level[r]
                 out = []
                 for k in range(0, len(row) - 1, 2):
-                    s = Signal(signed(len(row[k]) + 1), name=f"sum{depth}_{r}_{k // 2}")
+                    s = Signal(signed(len(row[k]) + 1), name=f"sum{depth}_{r}_{k // 2}", reset_less=True)
                     m.d.sync += s.eq(row[k] + row[k + 1])
                     out.append(s)
                 if len(row) % 2:
-                    s = Signal(signed(len(row[-1]) + 1), name=f"sum{depth}_{r}_{len(row) // 2}")
+                    s = Signal(signed(len(row[-1]) + 1), name=f"sum{depth}_{r}_{len(row) // 2}",
+                               reset_less=True)
                     m.d.sync += s.eq(row[-1])
                     out.append(s)
                 nxt.append(out)
             level = nxt
         sums = [level[r][0] for r in range(tm)]
 
-        # Control delayed to the accumulate stage (3 + tree levels after stage A).
-        delay = 3 + depth
+        # Control delayed to the accumulate stage (4 + tree levels after stage A).
+        delay = 4 + depth
         ctl = Cat(self.valid, self.first, self.last, self.pixels)
         for k in range(delay):
             d = Signal(len(ctl), name=f"ctl_d{k + 1}")
@@ -150,7 +161,7 @@ class PEArray(wiring.Component):
 
         m.d.sync += self.result_valid.eq(valid_z & last_z)
         for r in range(tm):
-            acc = Signal(signed(cfg.acc_width), name=f"acc{r}")
+            acc = Signal(signed(cfg.acc_width), name=f"acc{r}", reset_less=True)
             total = Signal(signed(cfg.acc_width), name=f"total{r}")
             m.d.comb += total.eq(Mux(first_z, sums[r], acc + sums[r]))
             with m.If(valid_z):

@@ -12,10 +12,13 @@ the int8 residual value r of the same pixel, each of the tm accumulators becomes
 and pixels outside the map (x >= W_out, ``result_pixels`` bit clear) are output as 0.
 
 Pipeline (tm parallel lanes, one result per cycle sustained, sized for 150 MHz on an ECP5): P1
-registers the table entry (a block RAM output) and the residual; P2 acc + b and r * R; P3 (acc+b)*M
-as four partial products of at most 17 x 15 bits (one DSP each) and r*R + 2**(S-1); P4, P5 sum the
-partial products; P6 adds the residual/rounding term; P7, P8 shift by S (multiples of 8, then
-0..7), then ReLU/saturate/mask -> output FIFO.
+registers the table entry (a block RAM output) and the accumulator, and r * R starts as two 8 x 15
+products (:class:`~psconv.hw.dsp.RegisteredMultiplier`: input registers at P1, products at P2,
+summed at P3); (acc + b) * M goes into four partial products of at most 17 x 15 bits (input
+registers at P2, products at P3); P4 sums the partial products pairwise and adds 2**(S-1) to the
+residual term; P5 gives (acc + b) * M; P6 adds the residual/rounding term; P7, P8 shift by S
+(multiples of 8, then 0..7), then ReLU/saturate/mask -> output FIFO. Datapath registers have no
+reset (``valid`` is reset).
 
 Quantization entries arrive on ``quant_in`` (exactly ``out_channels`` beats after ``start``) and are
 stored by output channel; ``quant_loaded`` counts them so compute of channel o may start as soon as
@@ -38,6 +41,8 @@ from __future__ import annotations
 from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from .dsp import RegisteredMultiplier
 
 from .layer import QUANT_ENTRY_LAYOUT
 
@@ -144,51 +149,58 @@ class PostProcessor(wiring.Component):
         half_pos1 = Signal(6)                       # S - 1: position of the rounding bit
         m.d.sync += [bias1.eq(entry.bias), mult1.eq(entry.multiplier),
                      rmult1.eq(entry.residual_multiplier), half_pos1.eq(entry.shift - 1)]
-        # P2: rounding constant; multiplier halves for P3.
-        half2 = Signal(64)
-        mult_lo2, mult_hi2 = Signal(15), Signal(15)
-        m.d.sync += [half2.eq(Const(1, 1) << half_pos1), mult_lo2.eq(mult1[:15]), mult_hi2.eq(mult1[15:])]
+        # P2: rounding constant. (The multiplier halves go straight into the DSP input registers.)
+        half2 = Signal(64, reset_less=True)
+        m.d.sync += half2.eq(Const(1, 1) << half_pos1)
+        half3 = Signal(64, reset_less=True)
+        m.d.sync += half3.eq(half2)
+        rmult_lo, rmult_hi = entry.residual_multiplier[:15], entry.residual_multiplier[15:]
 
         relu = self.relu
         low = Mux(relu, 0, -128)
         out_bytes = Signal(self.pixel_layout)
         biased_width = max(cfg.acc_width, 32) + 1
         for r in range(tm):
-            acc1 = Signal(signed(cfg.acc_width), name=f"acc1_{r}")
-            res1 = Signal(signed(8), name=f"res1_{r}")
-            m.d.sync += [acc1.eq(self.result[r]),
-                         res1.eq(Mux(self.residual, residual_now[r], 0))]
-            # P2: acc + b; r * R (an 8 x 30 product).
-            biased2 = Signal(signed(biased_width), name=f"biased2_{r}")
-            res_prod2 = Signal(signed(39), name=f"res_prod2_{r}")
-            m.d.sync += [biased2.eq(acc1 + bias1), res_prod2.eq(res1 * rmult1)]
-            # P3: (acc + b) * M as four partial products of at most 17 x 15 bits (one DSP each);
-            # residual term + rounding constant.
-            b_lo, b_hi = biased2[:17], biased2[17:].as_signed()
+            acc1 = Signal(signed(cfg.acc_width), name=f"acc1_{r}", reset_less=True)
+            m.d.sync += acc1.eq(self.result[r])
+            # P1 -> P3: r * R as two 8 x 15 products (DSP input registers at P1, products at P2),
+            # summed at P3; + 2**(S-1) at P4.
+            res0 = Mux(self.residual, residual_now[r], 0)
+            rp = {}
+            for name, half in (("lo", rmult_lo), ("hi", rmult_hi)):
+                mul = m.submodules[f"res_mul_{name}{r}"] = RegisteredMultiplier(8, 16, 24)
+                m.d.comb += [mul.a.eq(res0), mul.b.eq(half.as_unsigned())]
+                rp[name] = mul.p
+            res_prod3 = Signal(signed(39), name=f"res_prod3_{r}", reset_less=True)
+            m.d.sync += res_prod3.eq(rp["lo"] + (rp["hi"] << 15))
+            # P2 -> P3: (acc + b) * M as four partial products of at most 17 x 15 bits (one DSP
+            # each, input registers at P2, products at P3).
+            biased = Signal(signed(biased_width), name=f"biased1_{r}")
+            m.d.comb += biased.eq(acc1 + bias1)
+            b_lo, b_hi = biased[:17], biased[17:].as_signed()
             pp = {}
-            for name, x, y in (("ll", b_lo, mult_lo2), ("lh", b_lo, mult_hi2),
-                               ("hl", b_hi, mult_lo2), ("hh", b_hi, mult_hi2)):
-                pp[name] = Signal(signed(len(x) + 16) if name[0] == "h" else unsigned(len(x) + 15),
-                                  name=f"pp_{name}3_{r}")
-                m.d.sync += pp[name].eq(x * y)
-            extra3 = Signal(signed(65), name=f"extra3_{r}")
-            m.d.sync += extra3.eq(res_prod2 + half2)
-            # P4: combine partial products pairwise.
-            lo4 = Signal(unsigned(17 + 30 + 1), name=f"lo4_{r}")
-            hi4 = Signal(signed(len(b_hi) + 31 + 1), name=f"hi4_{r}")
-            extra4 = Signal(signed(65), name=f"extra4_{r}")
+            for name, x, y in (("ll", b_lo, mult1[:15]), ("lh", b_lo, mult1[15:]),
+                               ("hl", b_hi, mult1[:15]), ("hh", b_hi, mult1[15:])):
+                xw = len(x) + (0 if name[0] == "h" else 1)
+                mul = m.submodules[f"pp_{name}{r}"] = RegisteredMultiplier(xw, 16, xw + 16)
+                m.d.comb += [mul.a.eq(x), mul.b.eq(y.as_unsigned())]
+                pp[name] = mul.p
+            # P4: combine partial products pairwise; residual term + rounding constant.
+            lo4 = Signal(unsigned(17 + 30 + 1), name=f"lo4_{r}", reset_less=True)
+            hi4 = Signal(signed(len(b_hi) + 31 + 1), name=f"hi4_{r}", reset_less=True)
+            extra4 = Signal(signed(65), name=f"extra4_{r}", reset_less=True)
             m.d.sync += [lo4.eq(pp["ll"] + (pp["lh"] << 15)), hi4.eq(pp["hl"] + (pp["hh"] << 15)),
-                         extra4.eq(extra3)]
+                         extra4.eq(res_prod3 + half3)]
             # P5: (acc + b) * M.
-            scaled5 = Signal(signed(biased_width + 31), name=f"scaled5_{r}")
-            extra5 = Signal(signed(65), name=f"extra5_{r}")
+            scaled5 = Signal(signed(biased_width + 31), name=f"scaled5_{r}", reset_less=True)
+            extra5 = Signal(signed(65), name=f"extra5_{r}", reset_less=True)
             m.d.sync += [scaled5.eq((hi4 << 17) + lo4), extra5.eq(extra4)]
             # P6: v + 2**(S-1).
-            rounded6 = Signal(signed(67), name=f"rounded6_{r}")
+            rounded6 = Signal(signed(67), name=f"rounded6_{r}", reset_less=True)
             m.d.sync += rounded6.eq(scaled5 + extra5)
             # P7, P8: arithmetic shift by S, in two steps (multiples of 8, then 0..7).
-            coarse7 = Signal(signed(67), name=f"coarse7_{r}")
-            fine8 = Signal(signed(67), name=f"fine8_{r}")
+            coarse7 = Signal(signed(67), name=f"coarse7_{r}", reset_less=True)
+            fine8 = Signal(signed(67), name=f"fine8_{r}", reset_less=True)
             m.d.sync += [coarse7.eq(rounded6 >> Cat(C(0, 3), shift[5][3:6])),
                          fine8.eq(coarse7 >> shift[6][:3])]
             # ReLU, saturation, padding pixels -> output FIFO.

