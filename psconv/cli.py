@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "generate",
     "build",
     "program",
+    "run",
     "bench",
 )
 

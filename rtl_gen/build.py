@@ -25,9 +25,9 @@ frequency it can; :func:`plan_clock` says which, before the top is built, so a t
 its clock (a UART's baud divisor) is constructed with the frequency it will really get. ``sync``
 is held in reset until the PLL locks.
 
-:class:`UartMacDemo` is a small self-contained design (a UART-fed int8 multiply-accumulate array)
-that exercises the flow, the board's clock and UART pins and its DSPs while the engine's board
-top is not there yet.
+:class:`UartMacDemo` is a small self-contained design (int8 multiply-accumulates fed through the
+project's one UART, :class:`psconv.hw.uart.UART`) that exercises the flow, the board's clock and
+UART pins and its DSPs without the engine (``psconv build --design mac-demo``).
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module,
+from amaranth.hdl import (Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module,
                           Signal, signed)
 from amaranth.build import ResourceError
-from amaranth.lib import io, stream, wiring
-from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
+from psconv.hw.uart import UART, uart_divisor
 
 from .boards import Board, get_board
 
@@ -747,80 +748,6 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
 # A small design to exercise the flow
 
 
-class UARTRx(wiring.Component):
-    """8N1 UART receiver. ``divisor`` = clock cycles per bit (clk_freq / baud, rounded).
-
-    ``rx`` is synchronized with two flip-flops; each bit is sampled mid-way. A byte appears on
-    ``data`` (``valid`` for one cycle); the receiver cannot wait, so a byte not taken that
-    cycle is dropped. A frame whose stop bit is low is dropped too.
-    """
-
-    def __init__(self, divisor: int):
-        if divisor < 4:
-            raise PsconvError(f"UART: clock divisor {divisor} too small; allowed: >= 4")
-        self.divisor = divisor
-        super().__init__({"rx": In(1, init=1), "data": Out(stream.Signature(8))})
-
-    def elaborate(self, platform):
-        m = Module()
-        rx = Signal(init=1)
-        m.submodules.sync_rx = FFSynchronizer(self.rx, rx, init=1)
-        timer = Signal(range(self.divisor * 3 // 2 + 1))
-        bit = Signal(range(8))
-        shreg = Signal(8)
-        m.d.comb += self.data.payload.eq(shreg)
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(~rx):
-                    m.d.sync += timer.eq(self.divisor * 3 // 2 - 1)   # to the middle of bit 0
-                    m.d.sync += bit.eq(0)
-                    m.next = "DATA"
-            with m.State("DATA"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 0):
-                    m.d.sync += shreg.eq(Cat(shreg[1:], rx))
-                    m.d.sync += timer.eq(self.divisor - 1)
-                    m.d.sync += bit.eq(bit + 1)
-                    with m.If(bit == 7):
-                        m.next = "STOP"
-            with m.State("STOP"):
-                m.d.sync += timer.eq(timer - 1)
-                with m.If(timer == 0):
-                    m.d.comb += self.data.valid.eq(rx)
-                    m.next = "IDLE"
-        return m
-
-
-class UARTTx(wiring.Component):
-    """8N1 UART transmitter. ``divisor`` = clock cycles per bit."""
-
-    def __init__(self, divisor: int):
-        if divisor < 4:
-            raise PsconvError(f"UART: clock divisor {divisor} too small; allowed: >= 4")
-        self.divisor = divisor
-        super().__init__({"data": In(stream.Signature(8)), "tx": Out(1, init=1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        timer = Signal(range(self.divisor))
-        shreg = Signal(10, init=0x3FF)
-        bits = Signal(range(11))
-        m.d.comb += self.tx.eq(shreg[0])
-        m.d.comb += self.data.ready.eq(bits == 0)
-        with m.If(bits == 0):
-            with m.If(self.data.valid):
-                m.d.sync += shreg.eq(Cat(Const(0, 1), self.data.payload, Const(1, 1)))
-                m.d.sync += bits.eq(10)
-                m.d.sync += timer.eq(self.divisor - 1)
-        with m.Else():
-            m.d.sync += timer.eq(timer - 1)
-            with m.If(timer == 0):
-                m.d.sync += timer.eq(self.divisor - 1)
-                m.d.sync += shreg.eq(Cat(shreg[1:], Const(1, 1)))
-                m.d.sync += bits.eq(bits - 1)
-        return m
-
-
 class MacArray(wiring.Component):
     """``n`` signed int8 multipliers and a registered adder tree: ``dot = sum(a[i] * w[i])``.
 
@@ -882,30 +809,31 @@ class UartMacDemo(Elaboratable):
             raise PsconvError(f"demo: n_mult is {n_mult!r}; allowed: an integer >= 1")
         self.clk_freq = float(clk_freq or self.board.clock_hz)
         self.baud = baud
-        self.divisor = round(self.clk_freq / baud)
+        self.divisor = uart_divisor(self.clk_freq, baud)
         self.rx = Signal(init=1)   # the UART lines when elaborated without a platform
         self.tx = Signal(init=1)
 
     def elaborate(self, platform):
         m = Module()
         n = self.n_mult
-        m.submodules.rx = rx = UARTRx(self.divisor)
-        m.submodules.tx = tx = UARTTx(self.divisor)
+        m.submodules.uart = uart = UART(divisor=self.divisor)
         m.submodules.mac = mac = MacArray(n)
         if platform is not None:
-            uart = platform.request(self.board.uart_resource, self.board.uart_number, dir="-")
-            m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
-            m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
-            m.d.comb += [rx.rx.eq(rx_buf.i), tx_buf.o.eq(tx.tx)]
+            pins = platform.request(self.board.uart_resource, self.board.uart_number, dir="-")
+            m.submodules.rx_buf = rx_buf = io.Buffer("i", pins.rx)
+            m.submodules.tx_buf = tx_buf = io.Buffer("o", pins.tx)
+            m.d.comb += [uart.rx.eq(rx_buf.i), tx_buf.o.eq(uart.tx)]
         else:  # simulation: the UART lines are this object's rx/tx signals
-            m.d.comb += [rx.rx.eq(self.rx), self.tx.eq(tx.tx)]
+            m.d.comb += [uart.rx.eq(self.rx), self.tx.eq(uart.tx)]
+        rx = uart.rx_data
+        tx = uart.tx_data
 
         vector = Signal(16 * n)           # a[0..n-1] then w[0..n-1], first byte lowest
         count = Signal(range(2 * n + 1))
-        m.d.comb += rx.data.ready.eq(1)
+        m.d.comb += rx.ready.eq(1)
         m.d.comb += mac.valid_in.eq(0)
-        with m.If(rx.data.valid):
-            m.d.sync += vector.eq(Cat(vector[8:], rx.data.payload))
+        with m.If(rx.valid):
+            m.d.sync += vector.eq(Cat(vector[8:], rx.payload))
             m.d.sync += count.eq(count + 1)
         with m.If(count == 2 * n):
             m.d.sync += count.eq(0)
@@ -921,7 +849,7 @@ class UartMacDemo(Elaboratable):
             m.d.sync += acc.eq(acc + mac.dot)
             m.d.sync += out.eq(acc + mac.dot)
             m.d.sync += left.eq(4)
-        m.d.comb += [tx.data.payload.eq(out[:8]), tx.data.valid.eq(left != 0)]
-        with m.If(tx.data.valid & tx.data.ready & ~mac.valid_out):
+        m.d.comb += [tx.payload.eq(out[:8]), tx.valid.eq(left != 0)]
+        with m.If(tx.valid & tx.ready & ~mac.valid_out):
             m.d.sync += [out.eq(out >> 8), left.eq(left - 1)]
         return m

@@ -60,7 +60,9 @@ def test_bad_specs_are_refused_clearly(spec, match):
 
 
 def test_sim_scheme_is_a_registration_hook(monkeypatch):
-    monkeypatch.setattr(tr, "TRANSPORT_FACTORIES", dict(tr.TRANSPORT_FACTORIES))
+    # as if the plugin had never been imported (another test may have imported psconv.sim.bridge)
+    monkeypatch.setattr(tr, "TRANSPORT_FACTORIES",
+                        {k: v for k, v in tr.TRANSPORT_FACTORIES.items() if k != "sim"})
     monkeypatch.setitem(tr.TRANSPORT_PLUGINS, "sim", "psconv.sim.no_such_bridge_module")
     with pytest.raises(PsconvError, match="'sim' is provided by module psconv.sim.no_such_bridge_module"):
         transport_from_spec("sim")

@@ -1,0 +1,559 @@
+"""Host driver: runs a compiled program layer by layer on a board (real or simulated) over the link.
+
+:class:`Driver` speaks the command set of :mod:`psconv.hw.command_processor` through a
+:class:`~psconv.firmware.protocol.LinkClient` on any :class:`~psconv.firmware.transport.Transport`
+(serial port, the Verilator socket bridge, the Amaranth simulator, with or without fault
+injection): it cannot tell them apart.
+
+One engine step (:meth:`Driver.run_step`)::
+
+    WRITE_LAYER descriptor, START,
+    WRITE_MASKS (P entries), WRITE_QUANT (C_out entries), WRITE_WEIGHTS, WRITE_FMAP
+        (each in frames of at most MAX_PAYLOAD bytes, whole beats only),
+    then until every output byte is in:
+        WRITE_RESIDUAL chunk, only while residual beats sent <= output beats read + window
+        READ_OUTPUT (up to MAX_PAYLOAD bytes; an empty answer just means "not yet")
+    READ_STATUS (the engine must be idle and done), READ_COUNTERS (cycles, MACs).
+
+The *window* (``output_fifo_depth`` from ``IDENTIFY``) is the deadlock rule of
+docs/protocol.md section 8: the engine consumes residual beats in lockstep with its outputs, so
+the host never sends more residual beats than the device's output FIFO can absorb before it
+reads outputs.
+
+:meth:`Driver.run_program` runs a whole :class:`~psconv.firmware.compiler.LayerProgram` with
+:func:`~psconv.firmware.execute.execute_program` (avgpool and the classifier run on the host with
+the golden model's integer ops), compares every layer and the logits with
+:func:`~psconv.sim.golden.network.run_golden`, and returns a :class:`RunReport`.
+
+Errors are :class:`~psconv.errors.PsconvError` s naming what failed: :class:`EngineMismatch`
+(the board's engine is not the one the program was compiled for, with the differing fields),
+:class:`~psconv.firmware.protocol.LinkNak` / :class:`~psconv.firmware.protocol.LinkTimeout`
+(with the step, command, seq and reason), :class:`DriverError` (no progress, wrong state).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from psconv.errors import PsconvError
+from psconv.firmware.compiler import EngineStep, LayerProgram
+from psconv.firmware.protocol import (MAX_PAYLOAD, Command, LinkClient, LinkNak, LinkTimeout,
+                                      read_output_payload)
+from psconv.firmware.transport import Transport
+from psconv.hw.command_processor import (IDENTITY_FIELDS, IDENTITY_VERSION, MASK_BYTES,
+                                         QUANT_BYTES, beats_payload, identity_fields,
+                                         layer_payload, mask_payload, output_beats,
+                                         parse_counters, parse_identity, parse_status,
+                                         quant_payload)
+from psconv.hw.layer import (LayerSpec, beats_to_pixels, encode_quant_entry, fmap_beat_bytes,
+                             fmap_beats, pixel_beats, weight_beats)
+
+DEFAULT_TIMEOUT_S = 1.0
+DEFAULT_RETRIES = 8
+DEFAULT_OUTPUT_STALL_S = 60.0
+
+# the identity fields that come from the EngineConfig (the others describe the board's link)
+CONFIG_IDENTITY_FIELDS = tuple(f for f in IDENTITY_FIELDS
+                               if f not in ("magic", "version", "output_fifo_depth", "max_payload"))
+
+
+class DriverError(PsconvError):
+    """The board did something the driver cannot continue from (named in the message)."""
+
+
+class EngineMismatch(DriverError):
+    """The board's engine differs from the program's configuration; ``fields`` maps each
+    differing identity field to ``(board, program)``."""
+
+    def __init__(self, message: str, fields: dict):
+        super().__init__(message)
+        self.fields = fields
+
+
+class CountingTransport(Transport):
+    """Passes everything through to ``inner`` and counts the bytes each way (wire bytes)."""
+
+    def __init__(self, inner: Transport):
+        self.inner = inner
+        self.clock = inner.clock
+        self.bytes_written = 0
+        self.bytes_read = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes_written += len(data)
+        self.inner.write(data)
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        data = self.inner.read(max_bytes, timeout_s)
+        self.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass
+class StepReport:
+    """One engine step as run on the board."""
+
+    layer: str
+    tile: int
+    tiles: int
+    shape: str
+    wire_bytes_sent: int          # frames to the board, retransmissions included
+    wire_bytes_received: int      # frames from the board
+    payload_bytes_sent: int       # what the engine was given: descriptor, masks, quant, weights, fmap, residual
+    payload_bytes_received: int   # output bytes
+    requests: int
+    busy_cycles: int
+    stall_cycles: int
+    idle_cycles: int
+    macs: int
+    useful_macs: int
+    multipliers: int
+    wall_s: float
+    bit_exact: bool | None = None
+    mismatch: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.layer if self.tiles == 1 else f"{self.layer}[{self.tile}/{self.tiles}]"
+
+    @property
+    def cycles(self) -> int:
+        """Device cycles from START to done (busy + stall + idle)."""
+        return self.busy_cycles + self.stall_cycles + self.idle_cycles
+
+    @property
+    def utilization(self) -> float:
+        """MACs / (multipliers x device cycles): includes the time spent waiting for the link."""
+        return self.macs / (self.multipliers * self.cycles) if self.cycles else 0.0
+
+    @property
+    def compute_utilization(self) -> float:
+        """MACs / (multipliers x busy cycles): the engine while it had work."""
+        return self.macs / (self.multipliers * self.busy_cycles) if self.busy_cycles else 0.0
+
+    def to_json(self) -> dict:
+        return {"layer": self.layer, "tile": self.tile, "tiles": self.tiles, "shape": self.shape,
+                "wire_bytes_sent": self.wire_bytes_sent,
+                "wire_bytes_received": self.wire_bytes_received,
+                "payload_bytes_sent": self.payload_bytes_sent,
+                "payload_bytes_received": self.payload_bytes_received,
+                "requests": self.requests, "busy_cycles": self.busy_cycles,
+                "stall_cycles": self.stall_cycles, "idle_cycles": self.idle_cycles,
+                "cycles": self.cycles, "macs": self.macs, "useful_macs": self.useful_macs,
+                "utilization": self.utilization, "compute_utilization": self.compute_utilization,
+                "wall_s": self.wall_s, "bit_exact": self.bit_exact, "mismatch": self.mismatch}
+
+
+@dataclass
+class RunReport:
+    """A whole program on the board, checked against the golden model."""
+
+    model: str
+    multipliers: int
+    steps: list = field(default_factory=list)
+    layers: dict = field(default_factory=dict)   # layer name -> mismatch text or None (bit-exact)
+    logits: list | None = None
+    golden_logits: list | None = None
+    wall_s: float = 0.0
+    link_summary: str = ""
+    device_link: dict = field(default_factory=dict)
+    transport: str = ""
+    faults_injected: int = 0
+    fault_summary: str = ""
+
+    @property
+    def logits_bit_exact(self) -> bool:
+        return self.logits is not None and self.logits == self.golden_logits
+
+    @property
+    def bit_exact(self) -> bool:
+        return (self.logits_bit_exact and all(s.bit_exact for s in self.steps)
+                and all(v is None for v in self.layers.values()))
+
+    @property
+    def first_mismatch(self) -> str | None:
+        for name, problem in self.layers.items():
+            if problem:
+                return problem
+        if not self.logits_bit_exact:
+            return f"logits {self.logits} differ from the golden logits {self.golden_logits}"
+        return None
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(s, attribute) for s in self.steps)
+
+    @property
+    def cycles(self) -> int:
+        return self.total("cycles")
+
+    @property
+    def utilization(self) -> float:
+        """Whole network: MACs / (multipliers x device cycles of all steps)."""
+        cycles = self.cycles
+        return self.total("macs") / (self.multipliers * cycles) if cycles else 0.0
+
+    @property
+    def compute_utilization(self) -> float:
+        busy = self.total("busy_cycles")
+        return self.total("macs") / (self.multipliers * busy) if busy else 0.0
+
+    def table(self) -> str:
+        """The per-step table: bytes, device cycles, utilization, wall time, bit-exact."""
+        head = (f"{'step':<22} {'shape':<24} {'sent B':>9} {'recv B':>8} {'cycles':>9} "
+                f"{'stall':>8} {'util':>6} {'busy util':>9} {'wall s':>7}  bit-exact")
+        lines = [head, "-" * len(head)]
+        for s in self.steps:
+            lines.append(
+                f"{s.name:<22} {s.shape:<24} {s.wire_bytes_sent:>9} {s.wire_bytes_received:>8} "
+                f"{s.cycles:>9} {s.stall_cycles:>8} {100 * s.utilization:>5.1f}% "
+                f"{100 * s.compute_utilization:>8.1f}% {s.wall_s:>7.2f}  "
+                f"{'yes' if s.bit_exact else 'NO'}")
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'total':<22} {'':<24} {self.total('wire_bytes_sent'):>9} "
+            f"{self.total('wire_bytes_received'):>8} {self.cycles:>9} "
+            f"{self.total('stall_cycles'):>8} {100 * self.utilization:>5.1f}% "
+            f"{100 * self.compute_utilization:>8.1f}% {self.total('wall_s'):>7.2f}  "
+            f"{'yes' if all(s.bit_exact for s in self.steps) else 'NO'}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "multipliers": self.multipliers,
+                "steps": [s.to_json() for s in self.steps], "layers": self.layers,
+                "logits": self.logits, "golden_logits": self.golden_logits,
+                "bit_exact": self.bit_exact, "utilization": self.utilization,
+                "compute_utilization": self.compute_utilization, "cycles": self.cycles,
+                "wall_s": self.wall_s, "link": self.link_summary, "device_link": self.device_link,
+                "transport": self.transport, "faults_injected": self.faults_injected,
+                "fault_summary": self.fault_summary}
+
+    def summary_lines(self) -> list[str]:
+        """Logits, verdict, utilization and link figures as printable lines."""
+        lines = [f"logits (board):  {self.logits}", f"logits (golden): {self.golden_logits}"]
+        bad = [name for name, problem in self.layers.items() if problem]
+        if self.bit_exact:
+            lines.append(f"verdict: BIT-EXACT: all {len(self.layers)} layers and the logits equal "
+                         f"the golden model")
+        else:
+            lines.append(f"verdict: NOT bit-exact: {len(bad)} layer(s) differ; first: "
+                         f"{self.first_mismatch}")
+        lines.append(
+            f"multiplier utilization: {100 * self.utilization:.1f} % of {self.multipliers} "
+            f"multipliers over {self.cycles} device cycles (START to done, waiting for the link "
+            f"included); {100 * self.compute_utilization:.1f} % over the engine's busy cycles")
+        lines.append(f"link: {self.link_summary}")
+        if self.device_link:
+            lines.append("device link counters: " + ", ".join(
+                f"{k}={v}" for k, v in self.device_link.items()))
+        if self.fault_summary:
+            lines.append(f"faults injected: {self.faults_injected} ({self.fault_summary}); "
+                         + ("all survived (bit-exact)" if self.bit_exact else "result NOT bit-exact"))
+        lines.append(f"wall time: {self.wall_s:.1f} s over {self.transport or 'the link'}")
+        return lines
+
+
+def describe_mismatch(name: str, expected: torch.Tensor, actual: torch.Tensor) -> str | None:
+    """None if equal, else how many elements differ and the first (channel, row, column)."""
+    expected = expected.to(torch.int64)
+    actual = actual.to(torch.int64)
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    differ = actual != expected
+    count = int(differ.sum())
+    if count == 0:
+        return None
+    index = tuple(int(v) for v in torch.nonzero(differ)[0])
+    return (f"{name}: {count} of {expected.numel()} elements differ; first at {index}: "
+            f"expected {int(expected[index])}, got {int(actual[index])}")
+
+
+def _with_context(error: PsconvError, context: str) -> PsconvError:
+    """The same kind of link error with ``context`` (which step) in front of its message."""
+    message = f"{context}: {error}"
+    if isinstance(error, LinkNak):
+        return LinkNak(message, command=error.command, seq=error.seq, attempts=error.attempts,
+                       reason=error.reason)
+    if isinstance(error, LinkTimeout):
+        return LinkTimeout(message, command=error.command, seq=error.seq, attempts=error.attempts)
+    return type(error)(message)
+
+
+def _step_name(step: EngineStep) -> str:
+    return step.layer if step.tiles == 1 else f"{step.layer} tile {step.tile + 1}/{step.tiles}"
+
+
+class Driver:
+    """Runs engine steps on the board behind ``transport`` (see the module docstring).
+
+    ``config`` is the program's :class:`~psconv.config.EngineConfig`; :meth:`identify` checks the
+    board has exactly that engine (run automatically before the first step). ``timeout_s`` and
+    ``retries`` are the link's per-request answer timeout and retransmissions;
+    ``output_stall_s`` is how long the driver waits for the next output byte before giving up.
+    """
+
+    def __init__(self, transport: Transport, config, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 retries: int = DEFAULT_RETRIES, *, output_stall_s: float = DEFAULT_OUTPUT_STALL_S):
+        self.config = config
+        self.transport = CountingTransport(transport)
+        self.link = LinkClient(self.transport, timeout_s=timeout_s, retries=retries)
+        self.output_stall_s = output_stall_s
+        self.identity: dict | None = None
+        self.window = 0
+        self.max_payload = MAX_PAYLOAD
+        self.last_counters: dict = {}
+        self._payload_sent = 0
+        self._payload_received = 0
+
+    # -- link ---------------------------------------------------------------------------------
+
+    def _request(self, command, payload: bytes = b"", context: str = ""):
+        try:
+            return self.link.request(command, payload)
+        except PsconvError as e:
+            raise (_with_context(e, context) if context else e) from None
+
+    def _send(self, command, data: bytes, beat: int, context: str) -> None:
+        """``data`` in frames of at most ``max_payload`` bytes, each a whole number of beats."""
+        chunk = (self.max_payload // beat) * beat
+        for offset in range(0, len(data), chunk):
+            self._request(command, data[offset:offset + chunk], context)
+        self._payload_sent += len(data)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def identify(self) -> dict:
+        """Ask the board who it is; raise :class:`EngineMismatch` unless it runs ``config``."""
+        fields = parse_identity(
+            self._request(Command.IDENTIFY, context="identifying the board").payload)
+        if fields["version"] != IDENTITY_VERSION:
+            raise EngineMismatch(
+                f"the board reports identity format {fields['version']}; this driver speaks "
+                f"{IDENTITY_VERSION}: rebuild the bitstream or update psconv",
+                {"version": (fields["version"], IDENTITY_VERSION)})
+        expected = identity_fields(self.config)
+        differ = {name: (fields[name], expected[name]) for name in CONFIG_IDENTITY_FIELDS
+                  if fields[name] != expected[name]}
+        if differ:
+            listed = "; ".join(
+                f"{name}: board {board:#010x}, program {program:#010x}" if name == "config_hash"
+                else f"{name}: board {board}, program {program}"
+                for name, (board, program) in differ.items())
+            only_hash = set(differ) == {"config_hash"}
+            hint = (" (the sizes agree, so another field differs, e.g. the pattern family or "
+                    "its offset)" if only_hash else "")
+            raise EngineMismatch(
+                f"the board's engine is not the one the program was compiled for: {listed}"
+                f"{hint}. Compile the model for the board's configuration or build the "
+                f"bitstream from the program's (`psconv build --config ...`)", differ)
+        self.identity = fields
+        self.window = fields["output_fifo_depth"]
+        self.max_payload = min(fields["max_payload"], MAX_PAYLOAD)
+        return fields
+
+    def status(self, context: str = "READ_STATUS") -> dict:
+        return parse_status(self._request(Command.READ_STATUS, context=context).payload)
+
+    def counters(self, context: str = "READ_COUNTERS") -> dict:
+        self.last_counters = parse_counters(self._request(Command.READ_COUNTERS, context=context).payload)
+        return self.last_counters
+
+    # -- one engine invocation ----------------------------------------------------------------
+
+    def run_step(self, step: EngineStep, input_map: torch.Tensor,
+                 residual: torch.Tensor | None) -> torch.Tensor:
+        """Run one engine step; returns its (C_out tile, H_out, W_out) int64 output."""
+        out, _ = self._run_step(step, input_map, residual)
+        return out
+
+    def _run_step(self, step: EngineStep, input_map, residual):
+        if self.identity is None:
+            self.identify()
+        cfg = self.config
+        tm, tn = cfg.tm, cfg.tn
+        spec: LayerSpec = step.descriptor
+        spec.check(cfg, step.masks)
+        context = _step_name(step)
+        if spec.residual != (residual is not None):
+            raise DriverError(f"{context}: the step {'needs' if spec.residual else 'takes no'} "
+                              f"residual input")
+        started = time.perf_counter()
+        wire = (self.transport.bytes_written, self.transport.bytes_read)
+        requests = self.link.stats.requests
+        self._payload_sent = self._payload_received = 0
+
+        descriptor = layer_payload(cfg, spec)
+        self._request(Command.WRITE_LAYER, descriptor, context)
+        self._payload_sent += len(descriptor)
+        self._request(Command.START, b"", context)
+        self._send(Command.WRITE_MASKS, mask_payload(step.masks), MASK_BYTES, context)
+        entries = [encode_quant_entry(int(b), int(m), int(s), int(r)) for b, m, s, r in
+                   zip(step.bias, step.multiplier, step.shift, step.residual_multiplier)]
+        self._send(Command.WRITE_QUANT, quant_payload(entries), QUANT_BYTES, context)
+        self._send(Command.WRITE_WEIGHTS, beats_payload(weight_beats(step.weight_words), tn), tn,
+                   context)
+        fmap_bytes = fmap_beat_bytes(cfg)
+        self._send(Command.WRITE_FMAP, beats_payload(fmap_beats(cfg, input_map), fmap_bytes),
+                   fmap_bytes, context)
+
+        residual_data = (beats_payload(pixel_beats(cfg, residual), tm) if residual is not None
+                         else b"")
+        expected = spec.output_beats(cfg) * tm
+        received = bytearray()
+        residual_sent = 0            # bytes
+        read_chunk = (self.max_payload // tm) * tm
+        last_progress = time.monotonic()
+        while len(received) < expected:
+            if residual_sent < len(residual_data):
+                room = (len(received) // tm + self.window) * tm - residual_sent
+                n = min(room, len(residual_data) - residual_sent, read_chunk)
+                if n > 0:
+                    self._request(Command.WRITE_RESIDUAL,
+                                  residual_data[residual_sent:residual_sent + n], context)
+                    residual_sent += n
+                    self._payload_sent += n
+            want = min(read_chunk, expected - len(received))
+            data = self._request(Command.READ_OUTPUT, read_output_payload(want), context).payload
+            if len(data) % tm or len(data) > want:
+                raise DriverError(f"{context}: READ_OUTPUT({want}) answered {len(data)} bytes; "
+                                  f"expected whole {tm}-byte beats, at most {want}")
+            received += data
+            if data:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > self.output_stall_s:
+                status = self.status(context)
+                raise DriverError(
+                    f"{context}: no output for {self.output_stall_s:g} s after {len(received)} of "
+                    f"{expected} bytes (residual sent {residual_sent}/{len(residual_data)} bytes); "
+                    f"device status {status}")
+        self._payload_received += len(received)
+        status = self.status(context)
+        if status["busy"] or not status["done"] or status["output_beats"]:
+            raise DriverError(f"{context}: all {expected} output bytes read but the device "
+                              f"reports {status}; expected an idle, done engine with no output left")
+        counters = self.counters(context)
+        out = beats_to_pixels(cfg, output_beats(cfg, bytes(received)), spec.out_channels,
+                              spec.out_height, spec.out_width)
+        report = StepReport(
+            layer=step.layer, tile=step.tile, tiles=step.tiles,
+            shape=(f"{spec.in_channels}x{spec.in_height}x{spec.in_width}->{spec.out_channels}"
+                   f"{' 1x1' if spec.kernel == 1 else ''} s{spec.stride}"
+                   f"{' +res' if spec.residual else ''}"),
+            wire_bytes_sent=self.transport.bytes_written - wire[0],
+            wire_bytes_received=self.transport.bytes_read - wire[1],
+            payload_bytes_sent=self._payload_sent, payload_bytes_received=self._payload_received,
+            requests=self.link.stats.requests - requests,
+            busy_cycles=counters["busy_cycles"], stall_cycles=counters["stall_cycles"],
+            idle_cycles=counters["idle_cycles"], macs=counters["macs"],
+            useful_macs=step.useful_macs, multipliers=cfg.multipliers,
+            wall_s=time.perf_counter() - started)
+        return out, report
+
+    # -- a whole program ----------------------------------------------------------------------
+
+    def run_program(self, program: LayerProgram, image: torch.Tensor, progress: bool = True,
+                    golden=None) -> RunReport:
+        """Run ``program`` on one int8 CHW ``image``; every layer and the logits are compared
+        with the golden model (``golden``: a precomputed :class:`GoldenResult`, optional)."""
+        from tqdm import tqdm
+
+        from psconv.firmware.execute import execute_program
+        from psconv.sim.golden.network import run_golden
+
+        if program.config != self.config:
+            raise DriverError("the program was compiled for another engine configuration than "
+                              "this driver's; create the Driver with program.config")
+        if golden is None:
+            golden = run_golden(program.model, image)
+        started = time.perf_counter()
+        if self.identity is None:
+            self.identify()
+        report = RunReport(model=f"{program.model.arch} {program.model.family_name}",
+                           multipliers=self.config.multipliers)
+        bar = tqdm(total=len(program.steps), desc="layers", unit="step", disable=not progress,
+                   leave=False)
+
+        def backend(step, input_map, residual):
+            bar.set_postfix_str(_step_name(step), refresh=True)
+            out, step_report = self._run_step(step, input_map, residual)
+            problem = describe_mismatch(_step_name(step),
+                                        golden.outputs[step.layer][step.channel_slice], out)
+            step_report.bit_exact = problem is None
+            step_report.mismatch = problem
+            report.steps.append(step_report)
+            return out
+
+        def on_step(step, output):
+            bar.update(1)
+
+        try:
+            result = execute_program(program, image, backend, on_step)
+        finally:
+            bar.close()
+        for layer in program.model.layers:
+            report.layers[layer.name] = describe_mismatch(
+                layer.name, golden.outputs[layer.name], result.outputs[layer.name])
+        report.logits = [int(v) for v in result.logits.reshape(-1).tolist()]
+        report.golden_logits = [int(v) for v in golden.logits.reshape(-1).tolist()]
+        report.wall_s = time.perf_counter() - started
+        report.link_summary = self.link.stats.summary()
+        report.device_link = {k[len("link_"):]: v for k, v in self.last_counters.items()
+                              if k.startswith("link_")}
+        return report
+
+
+def uniform_fault_rates(rate: float):
+    """:class:`~psconv.firmware.faults.FaultRates` with ``rate`` (per frame) split evenly over
+    every fault kind."""
+    from psconv.firmware.faults import FAULT_KINDS, FaultRates
+
+    if not 0.0 <= rate <= 1.0:
+        raise PsconvError(f"fault rate {rate} must be within 0..1 (probability per frame)")
+    return FaultRates(**{kind: rate / len(FAULT_KINDS) for kind in FAULT_KINDS})
+
+
+def open_transport(spec: str, config) -> Transport:
+    """``"sim"`` is a fresh simulated board with ``config`` (the program's); anything else goes
+    to :func:`~psconv.firmware.transport.transport_from_spec`."""
+    from psconv.firmware.transport import transport_from_spec
+
+    if spec == "sim":
+        from psconv.sim.bridge import open_sim
+
+        return open_sim(config)
+    return transport_from_spec(spec)
+
+
+def run_on_board(program: LayerProgram, image: torch.Tensor, transport: str = "sim", *,
+                 faults: float = 0.0, fault_seed: int = 0, timeout_s: float | None = None,
+                 retries: int | None = None, progress: bool = True) -> RunReport:
+    """Open ``transport`` (a spec), optionally wrap it in a
+    :class:`~psconv.firmware.faults.FaultInjectingTransport` with ``faults`` per frame, run
+    ``program`` on ``image`` and return the :class:`RunReport` (what ``psconv run`` prints)."""
+    from psconv.firmware.faults import FaultInjectingTransport
+
+    inner = open_transport(transport, program.config)
+    link = inner
+    injector = None
+    if faults:
+        # a dropped frame costs a host timeout, so keep it short; a delay stays below it
+        timeout_s = timeout_s or 0.3
+        injector = link = FaultInjectingTransport(inner, seed=fault_seed,
+                                                  rates=uniform_fault_rates(faults),
+                                                  max_delay_s=timeout_s / 3, silence_s=0.05)
+    driver = Driver(link, program.config, timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+                    retries=retries if retries is not None else (20 if faults else DEFAULT_RETRIES))
+    try:
+        report = driver.run_program(program, image, progress=progress)
+    finally:
+        link.close()
+    report.transport = transport
+    if injector is not None:
+        report.faults_injected = sum(injector.injected.values())
+        report.fault_summary = injector.summary()
+    return report

@@ -1,0 +1,88 @@
+"""``psconv run``: one image through a quantized ResNet18 on a board (or the simulated board),
+layer by layer, checked bit-exactly against the golden model.
+
+A thin front over :func:`psconv.firmware.driver.run_on_board`: compile the model for the engine
+configuration, open the transport, run every step with a progress bar, then print the per-layer
+table, the logits, the golden logits and the verdict. Exit status 1 when anything differs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from psconv.errors import PsconvError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a quantized ResNet18 on the board (or the simulated board), bit-exact check",
+        description="Stream a quantized ResNet18 layer by layer into the accelerator over the host "
+                    "link and compare every layer and the logits with the integer golden model. "
+                    "Without --model it uses the embedded default (seeded PSD1_P16 ResNet18).")
+    parser.add_argument("--model", help="quantized model file (.npz from `psconv quantize`)")
+    parser.add_argument("--family", default=None,
+                        help="family of the embedded default (default PSD1_P16)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="base width of the embedded default ResNet18 (default 16; 64 is full)")
+    parser.add_argument("--config", metavar="FILE.json",
+                        help="engine configuration the board runs (default: the ULX3S engine, "
+                             "Tm=4 Tn=16)")
+    parser.add_argument("--transport", default="sim", metavar="SPEC",
+                        help="sim (the board top in Verilator, default), serial:/dev/ttyUSB0[@baud] "
+                             "or tcp:HOST:PORT")
+    parser.add_argument("--image-seed", type=int, default=0,
+                        help="seed of the input image (the same image as `psconv golden --seed`)")
+    parser.add_argument("--faults", type=float, default=0.0, metavar="RATE",
+                        help="inject link faults (bit flips, drops, duplicates, truncation, delays, "
+                             "garbage) with this probability per frame, split evenly")
+    parser.add_argument("--fault-seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="seconds to wait for each answer before resending (default 1, 0.3 "
+                             "with --faults)")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="resends per command before giving up (default 8, 20 with --faults)")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def load_program(args):
+    """The model (file or embedded default), its image and its compiled program."""
+    from psconv.commands.golden import load_or_default
+    from psconv.config import EngineConfig
+    from psconv.firmware.compiler import compile_model
+    from psconv.nn.default import default_images
+    from psconv.sim.golden.ops import quantize_input
+
+    model = load_or_default(args)
+    config = EngineConfig.load(args.config) if args.config else EngineConfig()
+    image = quantize_input(default_images(1, seed=1000 + args.image_seed)[0], model.input_scale)
+    return compile_model(model, config), image
+
+
+def print_report(report, stream=sys.stdout) -> None:
+    print(report.table(), file=stream)
+    for line in report.summary_lines():
+        print(line, file=stream)
+
+
+def run(args) -> int:
+    from psconv.firmware.driver import run_on_board
+
+    if not 0.0 <= args.faults <= 1.0:
+        raise PsconvError(f"--faults is {args.faults}; allowed: a probability per frame, 0..1")
+    program, image = load_program(args)
+    model = program.model
+    print(f"psconv {getattr(args, 'command', None) or 'run'}: {model.arch} {model.family_name}, {len(program.engine_steps)} engine steps "
+          f"+ {len(program.steps) - len(program.engine_steps)} host steps, engine "
+          f"Tm={program.config.tm} Tn={program.config.tn}, transport {args.transport}"
+          + (f", faults {args.faults:g} per frame" if args.faults else ""), flush=True)
+    report = run_on_board(program, image, args.transport, faults=args.faults,
+                          fault_seed=args.fault_seed, timeout_s=args.timeout,
+                          retries=args.retries, progress=not args.no_progress)
+    print_report(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.to_json(), f, indent=1)
+    return 0 if report.bit_exact else 1

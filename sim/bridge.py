@@ -1,0 +1,245 @@
+"""The simulated board: ``BoardTop(bridge=True)`` in Verilator behind a TCP socket on 127.0.0.1.
+
+:class:`SimBoard` (``config``) builds the board top's Verilog in bridge mode (the UART replaced by
+byte streams, see :mod:`psconv.hw.board_top`) and compiles it with Verilator through
+:mod:`psconv.sim.runner` (cached under ``build/rtl/<config key>/board_bridge/``, the key covering
+the configuration and the gateware sources, as for the engine's own builds). It then starts the
+cocotb bench :mod:`psconv.sim.tb.board_bridge_tb` in a child process, which listens on an
+ephemeral loopback port and passes the port back through a file. :meth:`SimBoard.connect` returns a
+:class:`SimTransport` (a :class:`~psconv.firmware.transport.SocketTransport`): the driver sees a
+byte pipe exactly like a serial port.
+
+Lifetime: closing the transport closes the connection; the bench sees the end of the stream,
+finishes, and the simulator exits (:meth:`SimBoard.close` waits for it, and kills the child's
+process group only if it does not end). If the host dies, the kernel closes the socket and the
+simulator ends the same way; if nobody connects within ``accept_timeout_s`` it ends by itself.
+Each session gets its own directory (session file, simulator log, results) so several boards can
+run side by side.
+
+``transport_from_spec("sim")`` opens a fresh board with the default :class:`EngineConfig`
+(``"sim:CONFIG.json"`` with that configuration); :func:`open_sim` takes a config object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from psconv.config import EngineConfig
+from psconv.errors import PsconvError
+from psconv.firmware.transport import SocketTransport, register_transport
+
+DEFAULT_BUILD_ROOT = Path("build") / "rtl"
+TB_MODULE = "psconv.sim.tb.board_bridge_tb"
+TOP = "psconv_board"
+CLOCK_HZ = 45_000_000             # nominal: the clock the bridge-mode top is built for
+BAUD = 3_000_000                  # validated like a real board's (divisor 15), then bypassed
+LINK_TIMEOUT_CYCLES = 20_000      # the device's inter-byte timeout, in simulated cycles
+MAX_IDLE_CYCLES = 4096
+SIM_PERIOD_NS = 10                # simulated time per cycle (only cycles matter)
+STARTUP_TIMEOUT_S = 120.0
+ACCEPT_TIMEOUT_S = 300.0
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def build_board(config: EngineConfig, build_root=None, waves: bool | None = None,
+                quiet: bool = False):
+    """Generate (if stale) and Verilate the bridge-mode board top for ``config``; returns the
+    :class:`~psconv.sim.runner.SimBuild`."""
+    from psconv.hw.board_top import BoardTop
+    from psconv.rtl_gen.verilog import generate_verilog
+    from psconv.sim import runner
+    from psconv.sim.engine_rtl import _config_key   # the project's one build key: config + hw/ sources
+
+    root = Path(build_root or DEFAULT_BUILD_ROOT) / _config_key(config) / "board_bridge"
+    verilog = root / "verilog" / f"{TOP}.v"
+    waves = runner.waves_requested(waves)
+    build_dir = root / ("sim-waves" if waves else "sim")
+    fresh = verilog.is_file()
+    if (not fresh or not (build_dir / runner.MANIFEST).is_file()) and not quiet:
+        print(f"simulated board: building {TOP} (Tm={config.tm} Tn={config.tn}) with "
+              f"Verilator under {root}; this takes a minute or two once, then it is cached",
+              file=sys.stderr, flush=True)
+    if not fresh:
+        top = BoardTop(config, CLOCK_HZ, BAUD, bridge=True, timeout_cycles=LINK_TIMEOUT_CYCLES)
+        header = [*config.summary_lines(),
+                  f"board top in bridge mode: rx_data/tx_data byte streams replace the UART; "
+                  f"link timeout {LINK_TIMEOUT_CYCLES} cycles"]
+        text = generate_verilog(top, TOP, header)
+        verilog.parent.mkdir(parents=True, exist_ok=True)
+        tmp = verilog.with_suffix(f".v.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(verilog)        # never a half-written file for the next run to trust
+    return runner.build(verilog, TOP, build_dir, waves=waves)
+
+
+class SimTransport(SocketTransport):
+    """A socket to a :class:`SimBoard`; ``close()`` also shuts the board down if it owns it."""
+
+    def __init__(self, board: "SimBoard", *, owns_board: bool):
+        super().__init__("127.0.0.1", board.port)
+        self.board = board
+        self.owns_board = owns_board
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        try:
+            return super().read(max_bytes, timeout_s)
+        except PsconvError as e:
+            raise PsconvError(f"simulated board: {e}; the simulator's log "
+                              f"({self.board.log}) ends:\n{self.board._log_tail()}") from None
+
+    def close(self) -> None:
+        super().close()
+        if self.owns_board:
+            self.board.close()
+
+
+class SimBoard:
+    """``BoardTop(bridge=True)`` of ``config`` running in Verilator, reachable on a loopback port.
+
+    See the module docstring. Use as a context manager or call :meth:`close`. ``waves`` records
+    an FST/VCD trace of the whole session into the session directory (slow; for debugging).
+    """
+
+    def __init__(self, config: EngineConfig | None = None, *, build_root=None,
+                 waves: bool | None = None, accept_timeout_s: float = ACCEPT_TIMEOUT_S,
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S, max_idle_cycles: int = MAX_IDLE_CYCLES,
+                 quiet: bool = False):
+        self.config = config if config is not None else EngineConfig()
+        self.build = build_board(self.config, build_root, waves, quiet)
+        self.session_dir = Path(tempfile.mkdtemp(prefix="psconv-simboard-"))
+        self.port_file = self.session_dir / "port"
+        self.log = self.session_dir / "sim.log"
+        self.session_file = self.session_dir / "session.json"
+        self.session_file.write_text(json.dumps({
+            "build_dir": str(self.build.build_dir), "session_dir": str(self.session_dir),
+            "port_file": str(self.port_file), "accept_timeout_s": accept_timeout_s,
+            "clock_period_ns": SIM_PERIOD_NS, "max_idle_cycles": max_idle_cycles,
+            "waves": self.build.waves,
+        }))
+        self._closed = False
+        self.port = None
+        with open(self.session_dir / "launcher.log", "wb") as launcher_log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "psconv.sim.bridge", str(self.session_file)],
+                stdout=launcher_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)   # its own process group: close() can end the simulator too
+        try:
+            self.port = self._wait_for_port(startup_timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_for_port(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.port_file.is_file():
+                return int(self.port_file.read_text())
+            if self.process.poll() is not None:
+                raise PsconvError(f"simulated board: the simulator exited (status "
+                                  f"{self.process.returncode}) before listening\n{self._log_tail()}")
+            time.sleep(0.05)
+        raise PsconvError(f"simulated board: the simulator did not listen within {timeout_s:g} s"
+                          f"\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 25) -> str:
+        texts = []
+        for path in (self.session_dir / "launcher.log", self.log):
+            try:
+                texts += path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                pass
+        return "\n".join(texts) or "(no log)"
+
+    def connect(self, *, owns_board: bool = False) -> SimTransport:
+        """A transport to the board (one connection per board session)."""
+        if self._closed or self.port is None:
+            raise PsconvError("simulated board: already closed")
+        return SimTransport(self, owns_board=owns_board)
+
+    def close(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Wait for the simulator to end (it does once the connection is closed); then clean up."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.port is not None:
+            # a board nobody connected to would wait for accept_timeout_s: connect and leave
+            try:
+                SocketTransport("127.0.0.1", self.port, connect_timeout_s=1.0).close()
+            except PsconvError:
+                pass
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)   # our child's group: launcher + simulator
+            except ProcessLookupError:
+                pass
+            self.process.wait()
+        if self.process.returncode == 0:
+            shutil.rmtree(self.session_dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_sim(config: EngineConfig | None = None, **options) -> SimTransport:
+    """A transport to a fresh :class:`SimBoard`; closing it shuts the board down."""
+    return SimBoard(config, **options).connect(owns_board=True)
+
+
+def _open_sim_spec(rest: str) -> SimTransport:
+    config = EngineConfig.load(rest) if rest else EngineConfig()
+    return open_sim(config)
+
+
+register_transport("sim", _open_sim_spec)
+
+
+def _serve(session_file: str) -> int:
+    """Child process: run the bridge bench on the session's build until the host goes away."""
+    from cocotb_tools.runner import get_runner
+
+    from psconv.sim import runner
+    from psconv.sim.verilator import verilator_environment
+
+    session = json.loads(Path(session_file).read_text())
+    build = runner.load_build(session["build_dir"])
+    session_dir = Path(session["session_dir"])
+    test_args = []
+    if session.get("waves"):
+        test_args = ["--trace-file", str(session_dir / f"waves.{build.wave_format or 'vcd'}")]
+    env = {runner.TB_DATA_ENV: session_file}
+    # a shared lock on the build: nobody rebuilds it under a running session
+    with verilator_environment({**env, "WAVES": "1" if session.get("waves") else "0"}), \
+            runner._locked(build.build_dir, shared=True):
+        get_runner("verilator").test(
+            test_module=TB_MODULE, hdl_toplevel=build.top, hdl_toplevel_lang="verilog",
+            build_dir=build.build_dir, test_dir=session_dir, extra_env=env,
+            results_xml=str(session_dir / "results.xml"), log_file=session_dir / "sim.log",
+            test_args=test_args, waves=bool(session.get("waves")))
+    results = runner.parse_results(session_dir / "results.xml")
+    failed = [t for t in results if t.status == "failed"]
+    for test in failed:
+        print(f"bridge bench failed: {test.message}\n{test.traceback}", file=sys.stderr)
+    if failed or not results:
+        return 1
+    # done: the host may be gone (then nobody else would clean up); a failed session keeps its logs
+    shutil.rmtree(session_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m psconv.sim.bridge SESSION.json (started by SimBoard)")
+    sys.exit(_serve(sys.argv[1]))

@@ -1,0 +1,113 @@
+"""Shared pieces of the end-to-end tests: configurations, a processor harness, a mock engine."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from psconv.config import EngineConfig
+from psconv.families import family_by_name, paper_family
+from psconv.firmware.protocol import MAX_PAYLOAD
+from psconv.hw.command_processor import CommandProcessor, engine_signature
+from psconv.hw.framing import LinkLayer
+
+# Verilator: big enough for a width-8 ResNet18 (64 channels, 32x32 maps), small enough to build fast
+SIM_CONFIG = EngineConfig(tm=4, tn=8, family=family_by_name("PSD1_P16"), max_in_channels=64,
+                          max_out_channels=64, fmap_depth=16384, weight_depth=1024)
+
+# Amaranth simulator: tiny
+TINY_CONFIG = EngineConfig(tm=2, tn=4, family=paper_family(1, 4, dense_kernel=True),
+                           max_in_channels=16, max_out_channels=16, max_height=8, max_width=8,
+                           fmap_depth=1024, weight_depth=512)
+
+ENGINE_INPUTS = ("mask_in", "quant_in", "weight_in", "fmap_in", "residual_in")
+ENGINE_COUNTERS = ("busy_cycles", "stall_cycles", "idle_cycles", "macs")
+
+
+class ProcessorHarness(wiring.Component):
+    """LinkLayer + CommandProcessor with the engine side left as a port (for a mock engine)."""
+
+    def __init__(self, config, output_fifo_depth=256, timeout_cycles=400):
+        self.config = config
+        self.output_fifo_depth = output_fifo_depth
+        self.timeout_cycles = timeout_cycles
+        super().__init__({
+            "rx_data": In(stream.Signature(8)),
+            "tx_data": Out(stream.Signature(8)),
+            "engine": In(engine_signature(config)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.link = link = LinkLayer(MAX_PAYLOAD, timeout_cycles=self.timeout_cycles)
+        m.submodules.processor = processor = CommandProcessor(
+            self.config, output_fifo_depth=self.output_fifo_depth)
+        wiring.connect(m, wiring.flipped(self.rx_data), link.rx_data)
+        wiring.connect(m, wiring.flipped(self.tx_data), link.tx_data)
+        wiring.connect(m, link.command, processor.command)
+        wiring.connect(m, link.command_payload, processor.command_payload)
+        wiring.connect(m, processor.reply, link.reply)
+        wiring.connect(m, processor.reply_payload, link.reply_payload)
+        m.d.comb += processor.link_counters.eq(link.counters)
+        wiring.connect(m, wiring.flipped(self.engine), processor.engine)
+        return m
+
+
+def raw(value):
+    return value.as_value() if hasattr(value, "as_value") else value
+
+
+class MockEngine:
+    """A testbench standing in for the engine: takes every input beat (recording it), goes busy
+    on ``start``, offers ``outputs`` on ``out``, and shows ``counters``. ``finish()`` makes it
+    pulse ``done`` and drop ``busy``."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        self.beats = {name: [] for name in ENGINE_INPUTS}
+        self.starts = []          # the layer port's value at each start
+        self.outputs = []         # beats to offer on out
+        self.taken = 0            # output beats accepted by the processor
+        self.counters = {name: 0 for name in ENGINE_COUNTERS}
+        self.busy = False
+        self._finish = False
+        self.accepting = {name: True for name in ENGINE_INPUTS}
+
+    def finish(self):
+        self._finish = True
+
+    async def run(self, ctx):
+        eng = self.dut.engine
+        ports = [getattr(eng, name) for name in ENGINE_INPUTS]
+        while True:
+            for name, port in zip(ENGINE_INPUTS, ports):
+                ctx.set(port.ready, int(self.accepting[name]))
+            ctx.set(eng.busy, int(self.busy))
+            for name, value in self.counters.items():
+                ctx.set(getattr(eng, name), value)
+            offering = bool(self.outputs)
+            ctx.set(eng.out.valid, int(offering))
+            if offering:
+                ctx.set(raw(eng.out.payload), self.outputs[0])
+            done = self._finish and self.busy
+            ctx.set(eng.done, int(done))
+            signals = [eng.start, raw(eng.layer), eng.out.ready]
+            for port in ports:
+                signals += [port.valid, raw(port.payload)]
+            values = await ctx.tick().sample(*signals)
+            start, layer, out_ready = values[2:5]
+            rest = values[5:]
+            for k, name in enumerate(ENGINE_INPUTS):
+                valid, payload = rest[2 * k], rest[2 * k + 1]
+                if valid and self.accepting[name]:
+                    self.beats[name].append(payload)
+            if offering and out_ready:
+                self.outputs.pop(0)
+                self.taken += 1
+            if done:
+                self.busy = False
+                self._finish = False
+            if start and not self.busy:
+                self.starts.append(layer)
+                self.busy = True

@@ -1,0 +1,133 @@
+# amaranth: UnusedElaboratable=no
+"""The board top in the Amaranth simulator: the Driver runs layers on it through the real link.
+
+``BoardTop(bridge=True)`` (link layer, command processor and the real engine, small config) is
+driven by the same ``Driver`` that talks to a serial port, over ``SimulatorTransport``; every
+layer kind must come back bit-exact. A second test goes through the UART pins (a host-side UART
+on the board's rx/tx lines), as on a real board.
+"""
+
+import pytest
+import torch
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from psconv.errors import PsconvError
+from psconv.families import dense_family, paper_family, pointwise_family
+from psconv.firmware.compiler import EngineStep
+from psconv.firmware.driver import Driver, describe_mismatch
+from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
+from psconv.firmware.protocol import Command, LinkClient, LinkNak, read_output_payload
+from psconv.hw.board_top import BoardTop
+from psconv.hw.command_processor import identity_blob
+from psconv.hw.layer import LayerSpec
+from psconv.hw.uart import UART
+from psconv.sim.amaranth_transport import SimulatorTransport
+from psconv.sim.golden.ops import conv2d_int, requantize
+
+from e2e_helpers import TINY_CONFIG
+
+CFG = TINY_CONFIG
+
+
+def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True, residual=False):
+    """A compiled-looking EngineStep with random data, its input, residual and golden output."""
+    k = family.kernel_size
+    g = generator
+    weight = torch.randint(-128, 128, (c_out, c_in, k, k), generator=g)
+    weight = weight * family.weight_mask(c_out, c_in).to(torch.int64)
+    x = torch.randint(-128, 128, (c_in, size, size), generator=g)
+    masks = rotated_masks(family)
+    spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=size, in_width=size,
+                     stride=stride, kernel=k, relu=relu, residual=residual, period=len(masks))
+    bias = torch.randint(-3000, 3000, (c_out,), generator=g)
+    multiplier = torch.randint(1 << 28, 1 << 29, (c_out,), generator=g)
+    shift = torch.full((c_out,), 35 if k == 3 else 33)
+    res_mult = torch.randint(1 << 27, 1 << 29, (c_out,), generator=g) if residual else torch.zeros(c_out, dtype=torch.int64)
+    res = (torch.randint(-128, 128, (c_out, spec.out_height, spec.out_width), generator=g)
+           if residual else None)
+    expected = requantize(conv2d_int(x, weight, stride, k // 2), bias, multiplier, shift, relu,
+                          res, res_mult if residual else None)
+    packed = pack_layer(weight.to(torch.int8), family)
+    step = EngineStep(layer=name, tile=0, tiles=1, first_channel=0, descriptor=spec, masks=masks,
+                      weight_words=engine_weight_words(packed, CFG.tn), bias=bias,
+                      multiplier=multiplier, shift=shift, residual_multiplier=res_mult,
+                      input="input", residual="residual" if residual else None,
+                      useful_macs=int(family.weight_mask(c_out, c_in).sum()) * spec.out_height * spec.out_width)
+    return step, x, res, expected
+
+
+def test_driver_runs_every_layer_kind_on_the_gateware():
+    g = torch.Generator().manual_seed(11)
+    steps = [
+        make_step("first layer (dense, 3 channels)", dense_family(), 3, 4, 6, g),
+        make_step("3x3 PSD1_P4 residual relu", paper_family(1, 4, dense_kernel=True), 6, 5, 5, g,
+                  residual=True),
+        make_step("3x3 PS2_P4 stride 2", paper_family(2, 4), 7, 3, 7, g, stride=2, relu=False),
+        make_step("1x1 stride 2 shortcut", pointwise_family(), 5, 6, 6, g, stride=2, relu=False),
+    ]
+    top = BoardTop(CFG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400)
+    transport = SimulatorTransport(top, top.rx_data, top.tx_data)
+    driver = Driver(transport, CFG, timeout_s=5e-3, retries=2)
+    assert driver.identify()["tn"] == CFG.tn
+    for step, x, res, expected in steps:
+        out, report = driver._run_step(step, x, res)
+        assert describe_mismatch(step.layer, expected, out) is None
+        assert report.macs > 0 and report.cycles == report.busy_cycles + report.stall_cycles + report.idle_cycles
+        assert report.payload_bytes_received == step.descriptor.output_beats(CFG) * CFG.tm
+    assert driver.link.stats.retransmissions == 0
+
+
+class SerialHarness(wiring.Component):
+    """The board top on its UART pins, with a host-side UART (the FTDI chip) in front."""
+
+    def __init__(self, config, clk_freq, baud):
+        self.board = BoardTop(config, clk_freq, baud)
+        super().__init__({"rx_data": In(stream.Signature(8)), "tx_data": Out(stream.Signature(8))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.board = board = self.board
+        m.submodules.ftdi = ftdi = UART(divisor=board.divisor)
+        m.d.comb += [board.rx.eq(ftdi.tx), ftdi.rx.eq(board.tx)]
+        wiring.connect(m, wiring.flipped(self.rx_data), ftdi.tx_data)
+        wiring.connect(m, ftdi.rx_data, wiring.flipped(self.tx_data))
+        return m
+
+
+def test_identify_and_nak_over_the_uart_pins():
+    dut = SerialHarness(CFG, 4_000_000, 1_000_000)      # divisor 4: 40 cycles per byte
+    assert dut.board.divisor == 4 and dut.board.timeout_cycles == 20_000
+    transport = SimulatorTransport(dut, dut.rx_data, dut.tx_data)
+    client = LinkClient(transport, timeout_s=8e-3, retries=1)
+    assert client.request(Command.IDENTIFY).payload == identity_blob(CFG)
+    with pytest.raises(LinkNak, match=r"READ_OUTPUT \(seq \d+\) refused by the device: NAK BAD_STATE"):
+        client.request(Command.READ_OUTPUT, read_output_payload(16))
+    assert client.stats.retransmissions == 0
+
+
+@pytest.mark.parametrize("board, clock_mhz, constraints", [
+    ("icebreaker", None, "top.pcf"),
+    ("ulx3s-85f", 45, "top.lpf"),
+])
+def test_board_top_requests_only_the_uart_and_takes_the_planned_clock(board, clock_mhz,
+                                                                     constraints, tmp_path):
+    """What ``psconv build`` elaborates (no tools run): the FTDI UART's rx/tx pins, nothing else
+    (ULX3S's uart_tx_enable stays unrequested), in a sync domain at the planned clock."""
+    from psconv.rtl_gen.build import make_platform, plan_clock
+
+    plan = plan_clock(board, clock_mhz)
+    top = BoardTop(CFG, plan.actual_hz, 3_000_000)
+    assert top.divisor == {"icebreaker": 4, "ulx3s-85f": 15}[board]
+    files = make_platform(board, plan).build(top, name="top", build_dir=str(tmp_path),
+                                             do_build=False).files
+    pins = files[constraints]
+    assert "uart_0__rx__io" in pins and "uart_0__tx__io" in pins
+    assert "uart_tx_enable" not in pins and "led" not in pins
+
+
+def test_board_top_refuses_a_baud_its_clock_cannot_make():
+    with pytest.raises(PsconvError, match=r"3000000 at 25000000 Hz: divisor 8 .*4\.2% off"):
+        BoardTop(CFG, 25_000_000, 3_000_000)
+    assert BoardTop(CFG, 25_000_000, 115_200).divisor == 217
