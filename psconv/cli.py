@@ -36,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"psconv.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"psconv.commands.{name}":
-                continue  # a command not built yet is simply absent from --help
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"psconv.commands.{name}").register(subparsers)
     return parser
 
 

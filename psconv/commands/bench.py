@@ -17,11 +17,5 @@ def register(subparsers) -> None:
                     "results/<benchmark>/ (or --out). Long runs live here, not in the tests.")
     benches = parser.add_subparsers(dest="bench", metavar="BENCHMARK")
     for name in SUB_BENCHMARKS:
-        try:
-            module = importlib.import_module(f"psconv.bench.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"psconv.bench.{name}":
-                raise
-            continue
-        module.register(benches)
+        importlib.import_module(f"psconv.bench.{name}").register(benches)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

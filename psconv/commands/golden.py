@@ -15,14 +15,19 @@ def register(subparsers) -> None:
         description="Run the pure-integer golden model on one image and print every layer's "
                     "shape, nonzero count and checksum, then the logits. Without --model it uses "
                     "the embedded default: a seeded PSD1_P16 ResNet18 and a seeded input.")
+    add_model_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the default input image")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run)
+
+
+def add_model_arguments(parser) -> None:
+    """--model FILE, or the embedded default's --family/--width (read by :func:`load_or_default`)."""
     parser.add_argument("--model", help="quantized model file (.npz from `psconv quantize`)")
     parser.add_argument("--family", default=None,
                         help="family of the embedded default (default PSD1_P16)")
     parser.add_argument("--width", type=int, default=None,
                         help="base width of the embedded default ResNet18 (default 16; 64 is full)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the default input image")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(func=run)
 
 
 def load_or_default(args):

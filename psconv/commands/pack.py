@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .golden import add_model_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -13,9 +15,7 @@ def register(subparsers) -> None:
                     "print bytes per layer: ours (weights, metadata) against dense int8, bitmap, "
                     "CSR (16-bit column indices, 32-bit row pointers) and 2:4 structured sparsity. "
                     "Without --model the embedded default is used.")
-    parser.add_argument("--model", help="quantized model file (.npz)")
-    parser.add_argument("--family", default=None, help="family of the embedded default")
-    parser.add_argument("--width", type=int, default=None, help="width of the embedded default")
+    add_model_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
 

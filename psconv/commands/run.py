@@ -13,6 +13,8 @@ import sys
 
 from psconv.errors import PsconvError
 
+from .golden import add_model_arguments
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -20,11 +22,7 @@ def register(subparsers) -> None:
         description="Stream a quantized ResNet18 layer by layer into the accelerator over the host "
                     "link and compare every layer and the logits with the integer golden model. "
                     "Without --model it uses the embedded default (seeded PSD1_P16 ResNet18).")
-    parser.add_argument("--model", help="quantized model file (.npz from `psconv quantize`)")
-    parser.add_argument("--family", default=None,
-                        help="family of the embedded default (default PSD1_P16)")
-    parser.add_argument("--width", type=int, default=None,
-                        help="base width of the embedded default ResNet18 (default 16; 64 is full)")
+    add_model_arguments(parser)
     parser.add_argument("--config", metavar="FILE.json",
                         help="engine configuration the board runs (default: the ULX3S engine, "
                              "Tm=4 Tn=16)")
