@@ -9,13 +9,14 @@ reads ``rx_data__ready``, ``tx_data__valid`` and ``tx_data__payload``: under Ver
 the values of the cycle that just ended (sampled at the edge, before the design's registers
 update), so a byte moved at this edge exactly when valid and ready were both high in that cycle.
 It then drives the next cycle: the next host byte on ``rx_data`` and ``tx_data__ready`` high.
-When nothing flows (no host byte pending, nothing offered on ``tx_data``) it sends the collected
-bytes to the host, polls the socket without blocking and, if that is empty too, drops
-``tx_data__ready`` and lets Verilator run alone until ``tx_data__valid`` rises or a chunk of
-cycles passes (64 cycles after activity, doubling up to ``max_idle_cycles``): the engine
-computes at Verilator speed and a new command is still noticed quickly. With ready low no byte
-can move while Python is not looking; the cycle after waking is sampled with ready low, then
-ready goes high again.
+When nothing flows (no host byte pending, nothing offered on ``tx_data``) for ``FLUSH_AFTER``
+cycles in a row (the short gaps between output beats inside one answer do not count), it sends
+the collected bytes to the host and polls the socket without blocking; after ``IDLE_AFTER`` such
+cycles with an empty socket it drops ``tx_data__ready`` and lets Verilator run alone until
+``tx_data__valid`` rises or a chunk of cycles passes (64 cycles after activity, doubling up to
+``max_idle_cycles``): the engine computes at Verilator speed and a new command is still noticed
+quickly. With ready low no byte can move while Python is not looking; the cycle after waking is
+sampled with ready low, then ready goes high again.
 
 Shutdown: the host closing the connection (or dying: the kernel closes it) ends the test and the
 simulator; no connection within ``accept_timeout_s`` ends it too.
@@ -34,6 +35,8 @@ from psconv.sim.runner import tb_data
 
 MIN_IDLE_CYCLES = 64
 POLL_EVERY = 4096       # cycles between socket polls while host bytes are still being fed in
+FLUSH_AFTER = 4         # quiet cycles before the collected bytes go to the host
+IDLE_AFTER = 16         # quiet cycles (and an empty socket) before Verilator runs alone
 
 
 def _write_port_file(path, port):
@@ -82,6 +85,7 @@ async def serve(dut):
     tx_open = False       # tx_data__ready as driven during the cycle now ending
     idle_cycles = MIN_IDLE_CYCLES
     since_poll = 0
+    quiet = 0             # cycles in a row with nothing to send either way
     stats = {"to_board": 0, "to_host": 0}
     started = time.perf_counter()
 
@@ -117,26 +121,34 @@ async def serve(dut):
             pos += 1
         # drive the next cycle
         if pos == len(rx) and not sending:
+            quiet += 1
             if pos:
                 rx.clear()
                 pos = 0
                 driven = -1
-            if not flush():
-                break
-            data = poll()
-            if data is None:
-                break
-            rx += data
-            if not rx:
-                # nothing flows: Verilator runs alone, tx ready low so no byte goes unseen
-                if offering:
-                    rx_valid.value = 0
-                    offering = False
-                tx_ready.value = 0
-                tx_open = False
-                await First(RisingEdge(tx_valid), Timer(idle_cycles * period_ns, unit="ns"))
-                idle_cycles = min(2 * idle_cycles, max_idle)
-                continue
+            # a cycle or two of silence inside an answer (between output beats) is not the end
+            # of it: only after FLUSH_AFTER quiet cycles are the bytes sent and the socket polled
+            if quiet >= FLUSH_AFTER:
+                if not flush():
+                    break
+                data = poll()
+                if data is None:
+                    break
+                rx += data
+                if not rx and quiet >= IDLE_AFTER:
+                    # nothing flows: Verilator runs alone, tx ready low so no byte goes unseen
+                    if offering:
+                        rx_valid.value = 0
+                        offering = False
+                    tx_ready.value = 0
+                    tx_open = False
+                    await First(RisingEdge(tx_valid), Timer(idle_cycles * period_ns, unit="ns"))
+                    idle_cycles = min(2 * idle_cycles, max_idle)
+                    continue
+                if rx:
+                    quiet = 0
+        else:
+            quiet = 0
         idle_cycles = MIN_IDLE_CYCLES
         if not tx_open:
             tx_ready.value = 1
