@@ -5,7 +5,6 @@ MAC demo, so each takes seconds once the yowasp tools have compiled themselves (
 on first use on a machine).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ from amaranth.sim import Simulator
 
 from psconv.commands import build as build_command
 from psconv.config import EngineConfig
+from psconv.cli import main as run_cli
 from psconv.errors import PsconvError
 from psconv.rtl_gen.boards import BOARDS, DEFAULT_BOARD, get_board
 from psconv.rtl_gen.build import (YOWASP_TOOLS, ClockPlan, UartMacDemo, build_bitstream,
@@ -25,16 +25,6 @@ from psconv.rtl_gen.build import (YOWASP_TOOLS, ClockPlan, UartMacDemo, build_bi
 TOOL_VARS = (*YOWASP_TOOLS, "OPENFPGALOADER")
 
 
-def run_cli(argv):
-    """`psconv build ...` through the command module's own parser (as cli.main would)."""
-    parser = argparse.ArgumentParser(prog="psconv")
-    build_command.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except PsconvError as e:
-        print(f"psconv {args.command}: error: {e}", file=sys.stderr)
-        return 2
 
 
 # ---- registry ------------------------------------------------------------------------------

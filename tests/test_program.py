@@ -6,15 +6,12 @@ else the board); a stand-in binary (``PSCONV_OPENFPGALOADER``) replays openFPGAL
 real failure messages and a success.
 """
 
-import argparse
 import stat
-import sys
 import time
 
 import pytest
 
-from psconv.commands import program as program_command_module
-from psconv.errors import PsconvError
+from psconv.cli import main as run_cli
 from psconv.rtl_gen.program import (OPENFPGALOADER_ENV, ProgramError, classify_failure,
                                     libusb_available, openfpgaloader_path, program_bitstream,
                                     program_command)
@@ -28,15 +25,6 @@ NO_LIBUSB = ("openFPGALoader: error while loading shared libraries: libusb-1.0.s
 NO_PERMISSION = "unable to open ftdi device: -8 (inappropriate permissions on device!)\n"
 
 
-def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="psconv")
-    program_command_module.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except PsconvError as e:
-        print(f"psconv {args.command}: error: {e}", file=sys.stderr)
-        return 2
 
 
 @pytest.fixture
