@@ -21,7 +21,6 @@ the program as :class:`HostStep` s.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -29,9 +28,8 @@ import torch
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import PatternFamily
-from psconv.hw.layer import LayerSpec
-from psconv.firmware.packing import (PackedLayer, engine_weight_words, entries_per_output_channel,
-                                     pack_layer)
+from psconv.hw.layer import LayerSpec, cycles_per_output_channel
+from psconv.firmware.packing import PackedLayer, engine_weight_words, pack_layer
 from psconv.qmodel import QLayer, QuantizedModel
 
 PROGRAM_VERSION = 1
@@ -100,8 +98,17 @@ def _check_fits(layer: QLayer, config: EngineConfig, height: int, width: int, pe
         raise PsconvError(f"compile: layer {layer.name!r} does not fit the engine: {e}") from None
 
 
-def _rows_per_channel(packed: PackedLayer, tn: int) -> int:
-    return math.ceil(entries_per_output_channel(packed.masks, packed.in_channels) / tn)
+def output_channel_tiles(config: EngineConfig, masks, in_channels: int, out_channels: int,
+                         name: str = "layer") -> list[int]:
+    """Output channels of each invocation of a layer: as many as the weight buffer (and
+    ``max_out_channels``) holds, the last tile taking the rest."""
+    rows = cycles_per_output_channel(config, masks, in_channels)
+    per_tile = min(out_channels, config.max_out_channels, config.weight_depth // rows)
+    if per_tile < 1:
+        raise PsconvError(f"compile: layer {name!r} needs {rows} weight words per output "
+                          f"channel; weight_depth is {config.weight_depth}")
+    full, rest = divmod(out_channels, per_tile)
+    return [per_tile] * full + ([rest] if rest else [])
 
 
 def compile_model(model: QuantizedModel, config: EngineConfig) -> LayerProgram:
@@ -119,16 +126,12 @@ def compile_model(model: QuantizedModel, config: EngineConfig) -> LayerProgram:
                               f"channels, its input {layer.input!r} has {c}")
         packed = pack_layer(layer.weight, layer.family, layer.name)
         _check_fits(layer, config, h, w, packed.period)
-        rows = _rows_per_channel(packed, config.tn)
-        per_tile = min(config.max_out_channels, config.weight_depth // rows)
-        if per_tile < 1:
-            raise PsconvError(f"compile: layer {layer.name!r} needs {rows} weight words per output "
-                              f"channel; weight_depth is {config.weight_depth}")
-        tiles = math.ceil(layer.out_channels / per_tile)
-        for tile in range(tiles):
-            first = tile * per_tile
-            count = min(per_tile, layer.out_channels - first)
-            program.steps.append(_engine_step(layer, packed, config, tile, tiles, first, count, h, w))
+        tiles = output_channel_tiles(config, packed.masks, c, layer.out_channels, layer.name)
+        first = 0
+        for tile, count in enumerate(tiles):
+            program.steps.append(
+                _engine_step(layer, packed, config, tile, len(tiles), first, count, h, w))
+            first += count
         shapes[layer.name] = (layer.out_channels, program.steps[-1].descriptor.out_height,
                               program.steps[-1].descriptor.out_width)
     return program

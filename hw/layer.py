@@ -90,14 +90,11 @@ def output_size_value(size, stride):
     return Mux(stride == 2, ((size - 1) >> 1) + 1, size)
 
 
-def taps_per_period(masks) -> int:
-    return sum(bin(m).count("1") for m in masks)
-
-
 def cycles_per_output_channel(config, masks, in_channels: int) -> int:
     """Engine cycles (weight words) per output channel: ceil(ceil(C_in / P) * T / tn)."""
-    slots = math.ceil(in_channels / len(masks)) * taps_per_period(masks)
-    return math.ceil(slots / config.tn)
+    from psconv.firmware.packing import entries_per_output_channel
+
+    return math.ceil(entries_per_output_channel(masks, in_channels) / config.tn)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ of the whole layer's tiles back to back.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import torch
 
 from psconv.config import EngineConfig
 from psconv.families import dense_family, family_by_name, pointwise_family
+from psconv.firmware.compiler import output_channel_tiles
 from psconv.firmware.packing import rotated_masks
 
 from .results import write_results
@@ -83,13 +83,9 @@ def bench_config(family_name: str, tm: int = 4, tn: int = 16) -> EngineConfig:
 
 
 def _tiles(shape: LayerShape, family, config: EngineConfig) -> list[int]:
-    """Output channels of each tile, as the compiler splits the layer (weight buffer limit)."""
-    masks = rotated_masks(family)
-    slots = math.ceil(shape.in_channels / len(masks)) * sum(bin(m).count("1") for m in masks)
-    rows = math.ceil(slots / config.tn)
-    per_tile = min(shape.out_channels, config.max_out_channels, config.weight_depth // rows)
-    full, rest = divmod(shape.out_channels, per_tile)
-    return [per_tile] * full + ([rest] if rest else [])
+    """Output channels of each tile, exactly as the compiler splits the layer."""
+    return output_channel_tiles(config, rotated_masks(family), shape.in_channels,
+                                shape.out_channels, shape.name)
 
 
 def _case(shape: LayerShape, family, config: EngineConfig, channels: int, generator):
