@@ -258,21 +258,6 @@ class RunReport:
         return lines
 
 
-def describe_mismatch(name: str, expected: torch.Tensor, actual: torch.Tensor) -> str | None:
-    """None if equal, else how many elements differ and the first (channel, row, column)."""
-    expected = expected.to(torch.int64)
-    actual = actual.to(torch.int64)
-    if tuple(actual.shape) != tuple(expected.shape):
-        return f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
-    differ = actual != expected
-    count = int(differ.sum())
-    if count == 0:
-        return None
-    index = tuple(int(v) for v in torch.nonzero(differ)[0])
-    return (f"{name}: {count} of {expected.numel()} elements differ; first at {index}: "
-            f"expected {int(expected[index])}, got {int(actual[index])}")
-
-
 def _with_context(error: PsconvError, context: str) -> PsconvError:
     """The same kind of link error with ``context`` (which step) in front of its message."""
     message = f"{context}: {error}"
@@ -463,7 +448,7 @@ class Driver:
         from tqdm import tqdm
 
         from psconv.firmware.execute import execute_program
-        from psconv.sim.golden.network import run_golden
+        from psconv.sim.golden.network import describe_mismatch, run_golden
 
         if program.config != self.config:
             raise DriverError("the program was compiled for another engine configuration than "

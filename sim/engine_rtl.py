@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from psconv.config import EngineConfig
-from psconv.errors import PsconvError
 from psconv.families import PatternFamily
 from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
 from psconv.hw.layer import LayerSpec
+from psconv.sim.golden.network import describe_mismatch
 from psconv.sim.golden.ops import conv2d_int, requantize
 
 DEFAULT_BUILD_ROOT = Path("build") / "rtl"
@@ -148,18 +148,8 @@ class LayerRun:
 
 
 def mismatch_report(case: LayerCase, actual: torch.Tensor) -> str | None:
-    """None if bit-exact, else a message naming the first difference and the count."""
-    expected = case.expected.to(torch.int64)
-    if tuple(actual.shape) != tuple(expected.shape):
-        return f"{case.name} ({case.shape_text()}): output shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
-    differ = actual != expected
-    count = int(differ.sum())
-    if count == 0:
-        return None
-    c, y, x = (int(v) for v in torch.nonzero(differ)[0])
-    return (f"{case.name} ({case.shape_text()}): {count} of {expected.numel()} elements differ; "
-            f"first at (channel {c}, row {y}, column {x}): expected {int(expected[c, y, x])}, "
-            f"got {int(actual[c, y, x])}")
+    """None if bit-exact, else a message naming the layer, the first difference and the count."""
+    return describe_mismatch(f"{case.name} ({case.shape_text()})", case.expected, actual)
 
 
 def check_run(run: LayerRun) -> None:

@@ -70,6 +70,24 @@ def run_golden(model: QuantizedModel, image: torch.Tensor) -> GoldenResult:
     return GoldenResult(outputs=outputs, logits=logits)
 
 
+def describe_mismatch(label: str, expected: torch.Tensor, actual: torch.Tensor) -> str | None:
+    """None if ``actual`` equals ``expected`` element for element; else a message with how many
+    elements differ and the first one, as (channel, row, column) for CHW maps."""
+    expected = expected.to(torch.int64)
+    actual = actual.to(torch.int64)
+    if tuple(actual.shape) != tuple(expected.shape):
+        return f"{label}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    differ = actual != expected
+    count = int(differ.sum())
+    if count == 0:
+        return None
+    index = tuple(int(v) for v in torch.nonzero(differ)[0])
+    where = (f"channel {index[0]}, row {index[1]}, column {index[2]}" if len(index) == 3
+             else f"index {index}")
+    return (f"{label}: {count} of {expected.numel()} elements differ; first at ({where}): "
+            f"expected {int(expected[index])}, got {int(actual[index])}")
+
+
 def checksum(t: torch.Tensor) -> int:
     """A position-sensitive 32-bit checksum of an integer tensor (for printing and comparing)."""
     flat = t.reshape(-1).to(torch.int64)

@@ -16,7 +16,8 @@ from amaranth.lib.wiring import In, Out
 from psconv.errors import PsconvError
 from psconv.families import dense_family, paper_family, pointwise_family
 from psconv.firmware.compiler import EngineStep
-from psconv.firmware.driver import Driver, describe_mismatch
+from psconv.firmware.driver import Driver
+from psconv.sim.golden.network import describe_mismatch
 from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
 from psconv.firmware.protocol import Command, LinkClient, LinkNak, read_output_payload
 from psconv.hw.board_top import BoardTop
