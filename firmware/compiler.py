@@ -100,15 +100,17 @@ def _check_fits(layer: QLayer, config: EngineConfig, height: int, width: int, pe
 
 def output_channel_tiles(config: EngineConfig, masks, in_channels: int, out_channels: int,
                          name: str = "layer") -> list[int]:
-    """Output channels of each invocation of a layer: as many as the weight buffer (and
-    ``max_out_channels``) holds, the last tile taking the rest."""
+    """Output channels of each invocation of a layer: the fewest tiles the weight buffer (and
+    ``max_out_channels``) allows, balanced so they differ by at most one channel (a small last
+    tile would pay a whole input-map load for little compute)."""
     rows = cycles_per_output_channel(config, masks, in_channels)
     per_tile = min(out_channels, config.max_out_channels, config.weight_depth // rows)
     if per_tile < 1:
         raise PsconvError(f"compile: layer {name!r} needs {rows} weight words per output "
                           f"channel; weight_depth is {config.weight_depth}")
-    full, rest = divmod(out_channels, per_tile)
-    return [per_tile] * full + ([rest] if rest else [])
+    tiles = -(-out_channels // per_tile)
+    base, extra = divmod(out_channels, tiles)
+    return [base + 1] * extra + [base] * (tiles - extra)
 
 
 def compile_model(model: QuantizedModel, config: EngineConfig) -> LayerProgram:
@@ -163,7 +165,7 @@ def _engine_step(layer: QLayer, packed: PackedLayer, config: EngineConfig, tile:
     kept_taps = int(tile_family.weight_mask(count, packed.in_channels).sum())
     return EngineStep(
         layer=layer.name, tile=tile, tiles=tiles, first_channel=first, descriptor=descriptor,
-        masks=masks, weight_words=engine_weight_words(tile_packed, config.tn),
+        masks=masks, weight_words=engine_weight_words(tile_packed, config.tn, config.patch_channels),
         bias=layer.bias[channels].to(torch.int32), multiplier=layer.multiplier[channels].to(torch.int64),
         shift=layer.shift[channels].to(torch.int64), residual_multiplier=residual_multiplier,
         input=layer.input, residual=layer.residual,

@@ -158,31 +158,72 @@ def entries_per_output_channel(masks, in_channels: int) -> int:
     return math.ceil(in_channels / len(masks)) * sum(bin(m).count("1") for m in masks)
 
 
-def engine_weight_words(packed: PackedLayer, tn: int) -> torch.Tensor:
-    """The weight buffer image for an engine with ``tn`` lanes: (C_out * cycles, tn) int8.
+def input_channel_passes(in_channels: int, patch_channels: int | None = None) -> list[tuple[int, int]]:
+    """``(first channel, channel count)`` of each input-channel pass of a layer on an engine whose
+    patch buffer holds ``patch_channels`` channels (``None``: one pass).
 
-    Row ``o * cycles + c`` holds stream slots ``c * tn .. c * tn + tn - 1`` of output channel o,
-    where the slots are the stream order of the module docstring *without* skipping channels
-    >= C_in (those slots, and the tail of the last row, hold 0). ``cycles`` =
-    ``ceil(entries_per_output_channel / tn)``. Lane l reads column l, so bank l of the buffer
-    holds column l.
+    Why passes: the patch memory is copied for every lane, so its depth decides whether an engine
+    fits an FPGA; a layer with more input channels is accumulated over several passes per pixel
+    group, the partial sums staying in the PE array (:mod:`psconv.hw.pe_array`).
+    """
+    step = patch_channels or in_channels
+    return [(first, min(step, in_channels - first)) for first in range(0, in_channels, step)]
+
+
+def check_passes(masks, in_channels: int, patch_channels: int | None, name: str = "layer") -> None:
+    """A layer split into passes needs P to divide ``patch_channels`` (so each pass starts on a
+    period boundary and kernel (o, i) keeps mask ``(o + i) % P``)."""
+    if len(input_channel_passes(in_channels, patch_channels)) > 1 and patch_channels % len(masks):
+        raise PsconvError(
+            f"layer {name!r}: {in_channels} input channels need "
+            f"{len(input_channel_passes(in_channels, patch_channels))} passes of {patch_channels} "
+            f"channels, but its period P = {len(masks)} does not divide patch_channels; allowed: "
+            f"a period dividing {patch_channels}, or at most {patch_channels} input channels")
+
+
+def pass_cycles(masks, in_channels: int, tn: int, patch_channels: int | None = None) -> list[int]:
+    """Engine cycles (weight words) of each pass of one output channel: whole periods of the
+    pass's channels, padded to a whole number of ``tn``-slot cycles."""
+    return [math.ceil(entries_per_output_channel(masks, count) / tn)
+            for _, count in input_channel_passes(in_channels, patch_channels)]
+
+
+def words_per_output_channel(masks, in_channels: int, tn: int, patch_channels: int | None = None) -> int:
+    """Weight words one output channel occupies in the engine's weight buffer."""
+    return sum(pass_cycles(masks, in_channels, tn, patch_channels))
+
+
+def engine_weight_words(packed: PackedLayer, tn: int, patch_channels: int | None = None) -> torch.Tensor:
+    """The weight buffer image for an engine with ``tn`` lanes: (C_out * words, tn) int8.
+
+    Output channel o occupies rows ``o * words .. (o + 1) * words - 1``
+    (:func:`words_per_output_channel`): for each input-channel pass in order
+    (:func:`input_channel_passes`), ``cycles`` rows holding the pass's stream slots, ``c * tn ..
+    c * tn + tn - 1`` in row c. A pass's slots are the stream order of the module docstring over
+    its own channels ``first + p * P + (q - o) % P`` *without* skipping channels past the pass's
+    end (those slots, and the tail of the pass's last row, hold 0). With one pass this is simply
+    ``ceil(entries_per_output_channel / tn)`` rows per output channel. Lane l reads column l, so
+    bank l of the buffer holds column l.
     """
     p = packed.period
     seq = packed.tap_sequence
-    slots = entries_per_output_channel(packed.masks, packed.in_channels)
-    cycles = math.ceil(slots / tn)
+    check_passes(packed.masks, packed.in_channels, patch_channels, packed.name)
     taps = _weight_taps(unpack_layer(packed), packed.name).to(torch.int64)
-    periods = math.ceil(packed.in_channels / p)
     q = torch.tensor([e[0] for e in seq], dtype=torch.int64)
     t = torch.tensor([e[1] for e in seq], dtype=torch.int64)
     o = torch.arange(packed.out_channels)[:, None, None]
-    i = torch.arange(periods)[None, :, None] * p + (q[None, None, :] - o) % p
-    valid = i < packed.in_channels
-    values = taps[o.expand(i.shape), i.clamp(max=packed.in_channels - 1), t.expand(i.shape)]
-    values = torch.where(valid, values, torch.zeros_like(values)).reshape(packed.out_channels, slots)
-    words = torch.zeros((packed.out_channels, cycles * tn), dtype=torch.int64)
-    words[:, :slots] = values
-    return words.reshape(packed.out_channels * cycles, tn).to(torch.int8)
+    blocks = []
+    for first, count in input_channel_passes(packed.in_channels, patch_channels):
+        slots = entries_per_output_channel(packed.masks, count)
+        cycles = math.ceil(slots / tn)
+        i = torch.arange(math.ceil(count / p))[None, :, None] * p + (q[None, None, :] - o) % p
+        valid = i < count
+        values = taps[o.expand(i.shape), (first + i).clamp(max=packed.in_channels - 1), t.expand(i.shape)]
+        values = torch.where(valid, values, torch.zeros_like(values)).reshape(packed.out_channels, slots)
+        words = torch.zeros((packed.out_channels, cycles * tn), dtype=torch.int64)
+        words[:, :slots] = values
+        blocks.append(words.reshape(packed.out_channels, cycles, tn))
+    return torch.cat(blocks, dim=1).reshape(-1, tn).to(torch.int8)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,19 @@ period when j wraps — one add and one compare per lane, no division per cycle.
 of a few bits, LUT RAM on an FPGA, :class:`~psconv.hw.multiport.MultiReadMemory`), then
 i = base + (q - o mod P) mod P.
 
-Per-layer setup (after ``start``): the P mask beats are expanded at 9 cycles per beat, then
-periods = ceil(C_in / P), N = periods*T, cycles = ceil(N / tn), (a, b) = divmod(tn, T) are computed
-with one serial divider and the tn lane start positions are generated (tn cycles). ``ready`` rises
-when done; ``cycles_per_output`` is then valid.
+**Input-channel passes.** When C_in exceeds ``patch_channels`` (a power of two that P divides),
+each pixel group runs ``passes = ceil(C_in / patch_channels)`` passes; pass k covers channels
+``k*patch_channels ..`` and the lanes restart at the first cycle of every (pass, output channel),
+so ``lane_channel`` is the channel *within the pass* (the patch address) and a slot is valid
+below the pass's channel count (``last_pass`` selects the last pass's count). With one pass (the
+default config) this is exactly the description above.
+
+Per-layer setup (after ``start``): the P mask beats are expanded at 9 cycles per beat, then for
+the last pass's channels periods = ceil(C / P), N = periods*T, cycles = ceil(N / tn), (for several
+passes the same again for a full pass, and the words per output channel), then
+(a, b) = divmod(tn, T), all with one serial divider; the tn lane start positions are generated
+(tn cycles). ``ready`` rises when done; ``cycles_per_output`` (weight words per output channel),
+``passes``, ``full_pass_cycles`` and ``last_pass_cycles`` are then valid.
 
 Timing: lane outputs for an ``issue`` in cycle n appear in cycle n + :attr:`LATENCY`
 (``slot_valid`` marks them). ``in_channels`` and ``period`` must be stable from ``start`` to the
@@ -59,6 +68,8 @@ class AddressGenerator(wiring.Component):
         self.seq_depth = NUM_TAPS * max_p
         self.max_slots = NUM_TAPS * (max_in + max_p)
         self.channel_width = lane_channel_width(config)
+        self.pass_bits = (config.patch_channels - 1).bit_length()   # log2(patch_channels)
+        self.max_passes = -(-max_in // config.patch_channels)
         self.q_width = _bits(max_p - 1)
         self.seq_layout = data.StructLayout({"q": unsigned(self.q_width), "t": unsigned(4)})
         super().__init__({
@@ -69,8 +80,12 @@ class AddressGenerator(wiring.Component):
             "ready": Out(1),
             "taps_per_period": Out(_bits(self.seq_depth)),
             "cycles_per_output": Out(_bits(self.max_slots)),
+            "passes": Out(_bits(self.max_passes)),
+            "full_pass_cycles": Out(_bits(self.max_slots)),
+            "last_pass_cycles": Out(_bits(self.max_slots)),
             "issue": In(1),
             "first": In(1),
+            "last_pass": In(1, init=1),
             "out_mod": In(_bits(max_p - 1)),
             "slot_valid": Out(1),
             "lane_channel": Out(data.ArrayLayout(unsigned(self.channel_width), tn)),
@@ -106,10 +121,18 @@ class AddressGenerator(wiring.Component):
         gen_count = Signal(_bits(tn))
 
         bit = self.mask_in.payload.bit_select(tap_k, 1)
+        # Input-channel passes (patch_channels a power of two): the last pass takes the rest.
+        full_round = Signal()      # second round of the setup arithmetic: a full pass
+        last_pass_channels = Signal(range(cfg.patch_channels + 1))
+        m.d.comb += [
+            self.passes.eq(((self.in_channels - 1) >> self.pass_bits) + 1),
+            last_pass_channels.eq(((self.in_channels - 1) & (cfg.patch_channels - 1)) + 1),
+        ]
+        pass_channels = Mux(full_round, cfg.patch_channels, last_pass_channels)
         with m.FSM(name="setup"):
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [taps.eq(0), mask_q.eq(0), tap_k.eq(0)]
+                    m.d.sync += [taps.eq(0), mask_q.eq(0), tap_k.eq(0), full_round.eq(0)]
                     m.next = "MASKS"
             with m.State("MASKS"):
                 with m.If(self.mask_in.valid):
@@ -125,7 +148,7 @@ class AddressGenerator(wiring.Component):
                     with m.Else():
                         m.d.sync += tap_k.eq(tap_k + 1)
             with m.State("DIV_PERIODS"):
-                m.d.comb += [div.start.eq(1), div.dividend.eq(self.in_channels + self.period - 1),
+                m.d.comb += [div.start.eq(1), div.dividend.eq(pass_channels + self.period - 1),
                              div.divisor.eq(self.period)]
                 m.next = "WAIT_PERIODS"
             with m.State("WAIT_PERIODS"):
@@ -140,8 +163,23 @@ class AddressGenerator(wiring.Component):
                 m.next = "WAIT_CYCLES"
             with m.State("WAIT_CYCLES"):
                 with m.If(div.done):
-                    m.d.sync += self.cycles_per_output.eq(div.quotient)
-                    m.next = "DIV_LANES"
+                    with m.If(full_round):
+                        m.d.sync += self.full_pass_cycles.eq(div.quotient)
+                        m.next = "MUL_WORDS"
+                    with m.Else():
+                        m.d.sync += [self.last_pass_cycles.eq(div.quotient),
+                                     self.full_pass_cycles.eq(div.quotient),
+                                     self.cycles_per_output.eq(div.quotient)]
+                        with m.If(self.passes == 1):
+                            m.next = "DIV_LANES"
+                        with m.Else():
+                            m.d.sync += full_round.eq(1)
+                            m.next = "DIV_PERIODS"
+            with m.State("MUL_WORDS"):
+                # Several passes: (passes - 1) full passes, then the last one.
+                m.d.sync += self.cycles_per_output.eq((self.passes - 1) * self.full_pass_cycles
+                                                      + self.last_pass_cycles)
+                m.next = "DIV_LANES"
             with m.State("DIV_LANES"):
                 m.d.comb += [div.start.eq(1), div.dividend.eq(tn), div.divisor.eq(taps)]
                 m.next = "WAIT_LANES"
@@ -168,14 +206,17 @@ class AddressGenerator(wiring.Component):
             with m.State("READY"):
                 m.d.comb += self.ready.eq(1)
                 with m.If(self.start):
-                    m.d.sync += [taps.eq(0), mask_q.eq(0), tap_k.eq(0)]
+                    m.d.sync += [taps.eq(0), mask_q.eq(0), tap_k.eq(0), full_round.eq(0)]
                     m.next = "MASKS"
 
         # Stage 0: lane positions of this issue cycle; sequence read.
         base1 = [Signal(cw, name=f"base1_{l}") for l in range(tn)]
         out_mod1 = Signal.like(self.out_mod)
         issue1 = Signal()
-        m.d.sync += [out_mod1.eq(self.out_mod), issue1.eq(self.issue)]
+        last_pass1 = Signal()
+        m.d.sync += [out_mod1.eq(self.out_mod), issue1.eq(self.issue), last_pass1.eq(self.last_pass)]
+        pass_limit = Signal(range(cfg.patch_channels + 1))
+        m.d.comb += pass_limit.eq(Mux(last_pass1, last_pass_channels, cfg.patch_channels))
         for l in range(tn):
             st_base = Signal(cw, name=f"lane_base{l}")
             st_j = Signal(_bits(self.seq_depth), name=f"lane_j{l}")
@@ -203,6 +244,6 @@ class AddressGenerator(wiring.Component):
             m.d.sync += [
                 self.lane_channel[l].eq(channel),
                 self.lane_tap[l].eq(entry.t),
-                self.lane_valid[l].eq(channel < self.in_channels),
+                self.lane_valid[l].eq(channel < pass_limit),
             ]
         return m

@@ -19,8 +19,9 @@ ports are ``<name>__valid``, ``<name>__ready``, ``<name>__payload``; multi-byte 
 * ``quant_in`` In(stream :data:`~psconv.hw.layer.QUANT_ENTRY_LAYOUT`): bias, multiplier, shift,
   residual_multiplier of output channel 0, 1, ..; C_out beats.
 * ``weight_in`` In(stream ArrayLayout(signed(8), tn)): the rows of
-  :func:`psconv.firmware.packing.engine_weight_words` in order; C_out * cycles beats, cycles =
-  ceil(ceil(C_in / P) * T / tn), T = kept taps of the table.
+  :func:`psconv.firmware.packing.engine_weight_words` in order; C_out * words beats,
+  words = :func:`psconv.firmware.packing.words_per_output_channel` (one input-channel pass:
+  ceil(ceil(C_in / P) * T / tn), T = kept taps of the table).
 * ``fmap_in`` In(stream ArrayLayout(signed(8), tn)): the input map, CHW order, as a flat byte
   stream of tn bytes per beat, the last beat zero-padded; ceil(C_in*H*W / tn) beats.
 * ``residual_in`` In(stream ArrayLayout(signed(8), tm)): only when ``residual`` is set; same beat
@@ -125,6 +126,9 @@ class PeriodicSparseEngine(wiring.Component):
             seq.period.eq(desc.period),
             seq.residual.eq(desc.residual),
             seq.cycles_per_output.eq(ag.cycles_per_output),
+            seq.passes.eq(ag.passes),
+            seq.full_pass_cycles.eq(ag.full_pass_cycles),
+            seq.last_pass_cycles.eq(ag.last_pass_cycles),
             seq.setup_ready.eq(ag.ready),
             seq.patch_full.eq(wg.patch_full),
             seq.weights_loaded.eq(wb.loaded_channels),
@@ -140,6 +144,7 @@ class PeriodicSparseEngine(wiring.Component):
             ag.period.eq(desc.period),
             ag.issue.eq(seq.issue),
             ag.first.eq(seq.first),
+            ag.last_pass.eq(seq.last_pass),
             ag.out_mod.eq(seq.out_mod),
 
             wg.start.eq(begin),
@@ -173,20 +178,24 @@ class PeriodicSparseEngine(wiring.Component):
         waddr1 = Signal.like(seq.weight_addr)
         m.d.sync += waddr1.eq(seq.weight_addr)
         m.d.comb += wb.read_addr.eq(waddr1)
-        ctl = [seq.first, seq.last, seq.buffer, seq.pixels]
+        ctl = [seq.first, seq.last, seq.buffer, seq.pixels, seq.out_channel, seq.first_pass,
+               seq.last_pass]
         delayed = []
         for sig in ctl:
             d1 = Signal.like(sig, name=f"{sig.name}_s1")
             d2 = Signal.like(sig, name=f"{sig.name}_s2")
             m.d.sync += [d1.eq(sig), d2.eq(d1)]
             delayed.append(d2)
-        first2, last2, buf2, pixels2 = delayed
+        first2, last2, buf2, pixels2, channel2, first_pass2, last_pass2 = delayed
         m.d.comb += [
             pe.valid.eq(ag.slot_valid),
             pe.first.eq(first2),
             pe.last.eq(last2),
             pe.buffer.eq(buf2),
             pe.pixels.eq(pixels2),
+            pe.out_channel.eq(channel2),
+            pe.first_pass.eq(first_pass2),
+            pe.last_pass.eq(last_pass2),
             pe.lane_channel.eq(ag.lane_channel),
             pe.lane_tap.eq(ag.lane_tap),
             pe.lane_valid.eq(ag.lane_valid),

@@ -91,10 +91,11 @@ def output_size_value(size, stride):
 
 
 def cycles_per_output_channel(config, masks, in_channels: int) -> int:
-    """Engine cycles (weight words) per output channel: ceil(ceil(C_in / P) * T / tn)."""
-    from psconv.firmware.packing import entries_per_output_channel
+    """Engine cycles (weight words) per output channel over all input-channel passes; one pass:
+    ceil(ceil(C_in / P) * T / tn) (:func:`psconv.firmware.packing.words_per_output_channel`)."""
+    from psconv.firmware.packing import words_per_output_channel
 
-    return math.ceil(entries_per_output_channel(masks, in_channels) / config.tn)
+    return words_per_output_channel(masks, in_channels, config.tn, config.patch_channels)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,9 @@ class LayerSpec:
         if self.in_channels * self.in_height > rows:
             bad("in_channels * in_height", self.in_channels * self.in_height,
                 f"at most {rows} rows (fmap_depth // max_width) in the feature-map buffer")
+        if self.in_channels > config.patch_channels and config.patch_channels % self.period:
+            bad("period", self.period, f"a divisor of patch_channels = {config.patch_channels} "
+                f"(C_in = {self.in_channels} runs in several input-channel passes)")
         if masks is not None:
             if len(masks) != self.period:
                 bad("period", self.period, f"the mask table's length {len(masks)}")

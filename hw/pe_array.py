@@ -4,7 +4,7 @@ Row r computes output pixel x = xb*tm + r of the current output channel o; lane 
 ``c*tn + l`` of o's tap stream. All rows use the same weight in a lane (weights are broadcast down
 the rows), so one ``tn``-byte weight word per cycle feeds all ``tm*tn`` multipliers.
 
-**Patch memory.** Two buffers of ``2**ceil(log2(max_in_channels))`` patch words (one per input
+**Patch memory.** Two buffers of ``patch_channels`` patch words (one per input
 channel; a word is tm x 9 int8 taps, see :func:`psconv.hw.window.patch_layout`), written by the
 window generator, read by every lane at the channel the address generator gave it. It has ``tn``
 read ports: in the Verilog that is one array with ``tn`` reads (cheap to simulate); an FPGA tool
@@ -21,9 +21,14 @@ and why it is not used).
 * C: int8 x int8 multiply, registered product (:class:`~psconv.hw.dsp.RegisteredMultiplier`: on
   an ECP5 the MULT18X18D's own input and output registers).
 * tree: per row a binary adder tree over the tn lanes, one register per level.
-* accumulate: ``acc_r = first ? sum_r : acc_r + sum_r`` (``acc_width`` bits); on ``last`` the total
-  is presented on ``result`` with ``result_valid`` for one cycle. The next output channel's
-  ``first`` cycle may follow immediately: no bubble between output channels.
+* accumulate: ``acc_r = first ? carried_r + sum_r : acc_r + sum_r`` (``acc_width`` bits); on
+  ``last`` of the last input-channel pass the total is presented on ``result`` with
+  ``result_valid`` for one cycle. The next output channel's ``first`` cycle may follow
+  immediately: no bubble between output channels.
+* partial sums (only if ``config.multi_pass``): on ``last`` of an earlier pass the total is
+  written to a memory of ``max_out_channels`` entries at ``out_channel``; ``carried_r`` is that
+  entry (0 in the first pass), read the cycle before and transparent to a write in that cycle,
+  so a pass of one cycle may follow the previous one directly.
 
 Latency from an input cycle to ``result_valid`` of a ``last`` cycle: :meth:`latency`.
 Datapath registers (patch words, taps, weights, products, adder tree, accumulators) have no
@@ -35,7 +40,7 @@ cycle that entered 2 cycles earlier (0 when not valid); the counters sum it.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
@@ -62,6 +67,9 @@ class PEArray(wiring.Component):
             "valid": In(1),
             "first": In(1),
             "last": In(1),
+            "out_channel": In(range(config.max_out_channels)),
+            "first_pass": In(1, init=1),
+            "last_pass": In(1, init=1),
             "buffer": In(1),
             "pixels": In(tm),
             "lane_channel": In(data.ArrayLayout(unsigned(lane_channel_width(config)), tn)),
@@ -150,20 +158,48 @@ class PEArray(wiring.Component):
             level = nxt
         sums = [level[r][0] for r in range(tm)]
 
-        # Control delayed to the accumulate stage (4 + tree levels after stage A).
+        # Control delayed to the accumulate stage (4 + tree levels after stage A); the stage
+        # before it addresses the partial-sum memory.
         delay = 4 + depth
-        ctl = Cat(self.valid, self.first, self.last, self.pixels)
+        ctl = Cat(self.valid, self.first, self.last, self.first_pass, self.last_pass,
+                  self.out_channel, self.pixels)
+        chain = [ctl]
         for k in range(delay):
             d = Signal(len(ctl), name=f"ctl_d{k + 1}")
-            m.d.sync += d.eq(ctl)
-            ctl = d
-        valid_z, first_z, last_z, pixels_z = ctl[0], ctl[1], ctl[2], ctl[3:3 + tm]
+            m.d.sync += d.eq(chain[-1])
+            chain.append(d)
+        o_bits = len(self.out_channel)
+        valid_z, first_z, last_z, first_pass_z, last_pass_z = (chain[-1][k] for k in range(5))
+        pixels_z = chain[-1][5 + o_bits:5 + o_bits + tm]
 
-        m.d.sync += self.result_valid.eq(valid_z & last_z)
+        # Partial sums of passes before the last, one entry per output channel (only when the
+        # config allows several input-channel passes). Read one cycle ahead of the accumulate
+        # stage, transparent so a write in that cycle is seen.
+        acc_layout = data.ArrayLayout(signed(cfg.acc_width), tm)
+        carried = Signal(acc_layout)
+        if cfg.multi_pass:
+            psums = m.submodules.partial_sums = memory.Memory(
+                shape=acc_layout, depth=cfg.max_out_channels, init=[])
+            pw = psums.write_port()
+            pr = psums.read_port(domain="sync", transparent_for=(pw,))
+            totals = Signal(acc_layout)
+            m.d.comb += [
+                pr.addr.eq(chain[-2][5:5 + o_bits]),
+                carried.eq(Mux(first_pass_z, 0, pr.data.as_value())),
+                pw.addr.eq(chain[-1][5:5 + o_bits]),
+                pw.data.eq(totals),
+                pw.en.eq(valid_z & last_z & ~last_pass_z),
+            ]
+        else:
+            m.d.comb += carried.eq(0)
+
+        m.d.sync += self.result_valid.eq(valid_z & last_z & last_pass_z)
         for r in range(tm):
             acc = Signal(signed(cfg.acc_width), name=f"acc{r}", reset_less=True)
             total = Signal(signed(cfg.acc_width), name=f"total{r}")
-            m.d.comb += total.eq(Mux(first_z, sums[r], acc + sums[r]))
+            m.d.comb += total.eq(Mux(first_z, carried[r] + sums[r], acc + sums[r]))
+            if cfg.multi_pass:
+                m.d.comb += totals[r].eq(total)
             with m.If(valid_z):
                 m.d.sync += acc.eq(total)
                 with m.If(last_z):

@@ -4,12 +4,15 @@ Loop order (outer to inner)::
 
     for y in range(H_out):                    # output row
         for xb in range(ceil(W_out / tm)):    # column block: pixels x = xb*tm + r, one per PE row
-            for o in range(C_out):            # output channel: one result beat
-                for c in range(cycles):       # slot cycles: lane l takes slot c*tn + l
-                    issue                     # weight word o*cycles + c
+            for k in range(passes):           # input-channel pass (one patch buffer each)
+                for o in range(C_out):        # output channel: one result beat in the last pass
+                    for c in range(cycles_k): # slot cycles: lane l takes slot c*tn + l
+                        issue                 # weight word o*words + sum(cycles_j, j < k) + c
 
-Pixel groups (y, xb) are outer so one patch (tm pixels x C_in channels) serves all C_out output
-channels; the weights, resident in the weight buffer, are re-read per group.
+Pixel groups (y, xb) are outer so one patch (tm pixels x the pass's channels) serves all C_out
+output channels; the weights, resident in the weight buffer, are re-read per group. Passes
+before the last leave partial sums in the PE array; only the last pass claims output-FIFO room
+and a residual beat. With one pass (``passes = 1``) the weight word is simply o*cycles + c.
 
 An output channel is started (its first slot cycle issued) only when everything it will need is
 guaranteed: the group's patch buffer is full, its weights and quantization entry are loaded,
@@ -45,6 +48,7 @@ class Sequencer(wiring.Component):
         self.config = config
         depth = PostProcessor.FIFO_DEPTH
         self.fifo_depth = depth
+        self.max_passes = -(-config.max_in_channels // config.patch_channels)
         super().__init__({
             "start": In(1),   # ignored unless idle
             "out_channels": In(range(config.max_out_channels + 1)),
@@ -53,6 +57,9 @@ class Sequencer(wiring.Component):
             "period": In(range(config.max_period + 1)),
             "residual": In(1),
             "cycles_per_output": In(range(config.weight_depth + 1)),
+            "passes": In(range(self.max_passes + 1)),
+            "full_pass_cycles": In(range(config.weight_depth + 1)),
+            "last_pass_cycles": In(range(config.weight_depth + 1)),
             "setup_ready": In(1),
             "patch_full": In(2),
             "weights_loaded": In(range(config.max_out_channels + 1)),
@@ -66,6 +73,9 @@ class Sequencer(wiring.Component):
             "first": Out(1),
             "last": Out(1),
             "out_mod": Out(range(config.max_period)),
+            "out_channel": Out(range(config.max_out_channels)),
+            "first_pass": Out(1),
+            "last_pass": Out(1),
             "weight_addr": Out(range(config.weight_depth)),
             "buffer": Out(1),
             "pixels": Out(config.tm),
@@ -87,29 +97,44 @@ class Sequencer(wiring.Component):
         counters = m.submodules.counters = PerformanceCounters(tm * cfg.tn)
 
         cycle = Signal(range(cfg.weight_depth + 1))
-        channel = Signal(range(cfg.max_out_channels + 1))
+        channel = self.out_channel
+        pass_index = Signal(range(self.max_passes + 1))
         out_mod = self.out_mod
         waddr = self.weight_addr
+        channel_start = Signal(range(cfg.weight_depth + 1))   # word of (pass, channel) cycle 0
+        pass_start = Signal(range(cfg.weight_depth + 1))      # word of (pass, channel 0) cycle 0
         buf = self.buffer
         x0 = Signal(range(cfg.max_width + tm + 1))
         y = Signal(range(cfg.max_height + 1))
         inflight = Signal(range(self.fifo_depth + 2))
         res_pending = Signal(range(self.fifo_depth + 2))
 
+        pass_cycles = Signal.like(self.full_pass_cycles)
         m.d.comb += [
+            self.first_pass.eq(pass_index == 0),
+            self.last_pass.eq(pass_index + 1 == self.passes),
+            pass_cycles.eq(Mux(self.last_pass, self.last_pass_cycles, self.full_pass_cycles)),
             self.first.eq(cycle == 0),
-            self.last.eq(cycle + 1 == self.cycles_per_output),
+            self.last.eq(cycle + 1 == pass_cycles),
             self.pixels.eq(Cat(*[(x0 + r) < self.out_width for r in range(tm)])),
         ]
+        # Output FIFO room and the residual beat matter only in the last pass (the only one
+        # that produces a result).
+        # A buffer this sequencer has finished with stays "full" until its delayed release lands;
+        # a pass shorter than that must not be mistaken for the next build of the buffer.
+        consumed = Signal(2)
         ready_to_start = Signal()
         m.d.comb += ready_to_start.eq(
-            self.patch_full.bit_select(buf, 1)
+            (self.patch_full & ~consumed).bit_select(buf, 1)
             & (channel < self.weights_loaded) & (channel < self.quant_loaded)
-            & (self.out_level + inflight < self.fifo_depth)
-            & (~self.residual | (self.residual_level > res_pending)))
+            & (~self.last_pass
+               | ((self.out_level + inflight < self.fifo_depth)
+                  & (~self.residual | (self.residual_level > res_pending)))))
 
         running = Signal()
         start_new = self.issue & self.first
+        result_new = start_new & self.last_pass
+        pass_done = self.issue & self.last & (channel + 1 == self.out_channels)
         with m.FSM(name="phase") as phase:
             with m.State("IDLE"):
                 m.d.comb += self.accept_start.eq(self.start)
@@ -119,7 +144,8 @@ class Sequencer(wiring.Component):
                 m.d.comb += self.begin.eq(1)
                 # the blocks reset their load state this cycle; wait one cycle for fresh status
                 m.d.sync += [cycle.eq(0), channel.eq(0), out_mod.eq(0), waddr.eq(0), buf.eq(0),
-                             x0.eq(0), y.eq(0)]
+                             x0.eq(0), y.eq(0), pass_index.eq(0), channel_start.eq(0),
+                             pass_start.eq(0)]
                 m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If(self.setup_ready & self.patch_full[0] & (self.weights_loaded != 0)
@@ -131,15 +157,26 @@ class Sequencer(wiring.Component):
                     with m.If(self.last):
                         m.d.sync += cycle.eq(0)
                         with m.If(channel + 1 == self.out_channels):
-                            m.d.sync += [channel.eq(0), out_mod.eq(0), waddr.eq(0), buf.eq(~buf)]
-                            with m.If(x0 + tm >= self.out_width):
-                                m.d.sync += [x0.eq(0), y.eq(y + 1)]
-                                with m.If(y + 1 == self.out_height):
-                                    m.next = "DRAIN"
+                            # end of a pass: the next pass (or pixel group) uses the other buffer
+                            m.d.sync += [channel.eq(0), out_mod.eq(0), buf.eq(~buf)]
+                            with m.If(~self.last_pass):
+                                next_pass = pass_start + self.full_pass_cycles
+                                m.d.sync += [pass_index.eq(pass_index + 1), pass_start.eq(next_pass),
+                                             channel_start.eq(next_pass), waddr.eq(next_pass)]
                             with m.Else():
-                                m.d.sync += x0.eq(x0 + tm)
+                                m.d.sync += [pass_index.eq(0), pass_start.eq(0), channel_start.eq(0),
+                                             waddr.eq(0)]
+                                with m.If(x0 + tm >= self.out_width):
+                                    m.d.sync += [x0.eq(0), y.eq(y + 1)]
+                                    with m.If(y + 1 == self.out_height):
+                                        m.next = "DRAIN"
+                                with m.Else():
+                                    m.d.sync += x0.eq(x0 + tm)
                         with m.Else():
-                            m.d.sync += [channel.eq(channel + 1), waddr.eq(waddr + 1),
+                            # next output channel: its words start cycles_per_output further on
+                            next_channel = channel_start + self.cycles_per_output
+                            m.d.sync += [channel.eq(channel + 1), channel_start.eq(next_channel),
+                                         waddr.eq(next_channel),
                                          out_mod.eq(Mux(out_mod + 1 == self.period, 0, out_mod + 1))]
                     with m.Else():
                         m.d.sync += [cycle.eq(cycle + 1), waddr.eq(waddr + 1)]
@@ -153,13 +190,14 @@ class Sequencer(wiring.Component):
             m.d.sync += self.done.eq(0)
 
         # Credits: beats started but not yet in the output FIFO; residual beats claimed.
-        m.d.sync += inflight.eq(inflight + start_new - self.written)
-        m.d.sync += res_pending.eq(res_pending + (start_new & self.residual) - self.residual_popped)
+        m.d.sync += inflight.eq(inflight + result_new - self.written)
+        m.d.sync += res_pending.eq(res_pending + (result_new & self.residual) - self.residual_popped)
 
-        # Release a patch buffer after the last read of its group.
+        m.d.sync += consumed.eq((consumed & self.patch_full) | Mux(pass_done, Mux(buf, 0b10, 0b01), 0))
+
+        # Release a patch buffer after the last read of its pass.
         release = Signal(2)
-        m.d.comb += release.eq(Mux(self.issue & self.last & (channel + 1 == self.out_channels),
-                                   Mux(buf, 0b10, 0b01), 0))
+        m.d.comb += release.eq(Mux(pass_done, Mux(buf, 0b10, 0b01), 0))
         for k in range(self.RELEASE_DELAY):
             d = Signal(2, name=f"release_d{k + 1}")
             m.d.sync += d.eq(release)

@@ -1,7 +1,8 @@
 """Compressed weight buffer: only the kept weights, in exactly the order the lanes consume them.
 
 The buffer image is :func:`psconv.firmware.packing.engine_weight_words` unchanged: word
-``o * cycles + c`` holds the ``tn`` weights lanes 0..tn-1 multiply at cycle c of output channel o.
+``o * cycles + c`` holds the ``tn`` weights lanes 0..tn-1 multiply at cycle c of output channel o
+(``cycles``: ``cycles_per_output``, the words of all input-channel passes of one output channel).
 It is ``tn`` byte-wide banks (bank l = column l, read by lane l) sharing one address, so it is
 stored as one Memory of ``tn``-byte words (an FPGA tool splits the width over block RAMs anyway).
 There is no index metadata: the address generator derives every weight's (channel, tap) from the

@@ -21,10 +21,12 @@ x >= W_out. A 1x1 layer is built the same way (its centre tap t = 4 is ``x[c, y*
 table selects only that tap). Per cycle: read 3 banks (R0), cut a ``2*tm + 1``-byte window out of
 each row at column ``x0*s - 1`` (a mux over ``max_width / tm`` block positions; R1), rotate the
 banks into dy order, mask, pick the taps for stride 1|2 (R2), write the patch word (R3). One
-channel per cycle; a group's buffer is flagged full C_in + 3 cycles after its first read.
+channel per cycle; a group's buffer is flagged full C_in + 3 cycles after its first read. With
+input-channel passes (C_in > ``patch_channels``) a group is built once per pass, each build reading
+the pass's channels (the next build continues where the last stopped) into the next buffer.
 
-**Double-buffered patch memory.** Patch words go to buffer ``g mod 2`` of the PE array's patch
-memory at address ``(g mod 2) * 2**ceil(log2(max_in_channels)) + c``. ``patch_full[b]`` is set when
+**Double-buffered patch memory.** Patch words go to buffer ``b mod 2`` (b counts builds) of the PE
+array's patch memory at address ``(b mod 2) * patch_channels + (c mod patch_channels)``. ``patch_full[b]`` is set when
 buffer b holds a complete group and cleared by ``patch_release[b]`` (the compute side is done
 reading it); the generator fills the other buffer meanwhile, so the next group's patch is ready
 when the current group's output channels finish.
@@ -48,8 +50,9 @@ def patch_layout(config) -> data.ArrayLayout:
 
 
 def patch_address_bits(config) -> int:
-    """Channel bits of a patch address (buffer select is the bit above)."""
-    return max(1, ceil_log2(config.max_in_channels))
+    """Channel bits of a patch address (buffer select is the bit above): the channel within its
+    input-channel pass, ``patch_channels`` per buffer."""
+    return max(1, ceil_log2(config.patch_channels))
 
 
 class WindowGenerator(wiring.Component):
@@ -156,6 +159,8 @@ class WindowGenerator(wiring.Component):
         rd_r = Signal(range(3))
         building = Signal()
         all_built = Signal()
+        resume = Signal()        # the next build is the next pass of the same pixel group
+        pass_bits = (cfg.patch_channels - 1).bit_length()
 
         # R0 -> R1 pipeline registers
         v1 = Signal()
@@ -169,20 +174,31 @@ class WindowGenerator(wiring.Component):
         col_ok1 = Signal(win)
         pix_ok1 = Signal(tm)
         stride2_1 = Signal()
+        v2, last2, buf2 = Signal(), Signal(), Signal()      # R1 -> R2
+        last3, buf3 = Signal(), Signal()                    # R2 -> R3
 
         for k, (_, rp) in enumerate(banks):
             m.d.comb += rp.addr.eq(rd_q + (k < rd_r))
 
+        # A build of 1-2 channels can end before the one two builds back (same buffer) has set
+        # its full flag: do not start on a buffer whose flag is still on its way.
+        flag_pending = Signal()
+        m.d.comb += flag_pending.eq((v1 & last1 & (buf1 == g_buf)) | (v2 & last2 & (buf2 == g_buf))
+                                    | (last3 & (buf3 == g_buf)))
         m.d.sync += [v1.eq(0)]
         with m.If(self.start):
             m.d.sync += [g_y.eq(0), g_ys.eq(0), g_ysq.eq(0), g_ysr.eq(0), g_x0.eq(0), g_x0s.eq(0),
-                         g_blk.eq(0), g_buf.eq(0), building.eq(0), all_built.eq(0)]
-        with m.Elif(~building & ~all_built & self.loaded & div.done & ~self.patch_full.bit_select(g_buf, 1)):
-            m.d.sync += [building.eq(1), rd_c.eq(0), rd_q.eq(g_ysq), rd_r.eq(g_ysr)]
+                         g_blk.eq(0), g_buf.eq(0), building.eq(0), all_built.eq(0), resume.eq(0)]
+        with m.Elif(~building & ~all_built & self.loaded & div.done
+                    & ~self.patch_full.bit_select(g_buf, 1) & ~flag_pending):
+            m.d.sync += building.eq(1)
+            with m.If(~resume):
+                m.d.sync += [rd_c.eq(0), rd_q.eq(g_ysq), rd_r.eq(g_ysr)]
         with m.Elif(building):
             last = rd_c + 1 == self.in_channels
+            pass_end = rd_c[:pass_bits].all() if pass_bits else C(1, 1)
             m.d.sync += [
-                v1.eq(1), last1.eq(last), c1.eq(rd_c), buf1.eq(g_buf), r1.eq(rd_r), blk1.eq(g_blk),
+                v1.eq(1), last1.eq(last | pass_end), c1.eq(rd_c), buf1.eq(g_buf), r1.eq(rd_r), blk1.eq(g_blk),
                 top_ok1.eq(g_ys != 0), bottom_ok1.eq(g_ys + 1 < height), stride2_1.eq(stride == 2),
                 col_ok1.eq(Cat(*[(g_x0s + k) <= width for k in range(win)])),
                 pix_ok1.eq(Cat(*[(g_x0 + r) < out_width for r in range(tm)])),
@@ -192,8 +208,11 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += [rd_r.eq(rd_r + height_r - 3), rd_q.eq(rd_q + height_q + 1)]
             with m.Else():
                 m.d.sync += [rd_r.eq(rd_r + height_r), rd_q.eq(rd_q + height_q)]
+            with m.If(pass_end & ~last):
+                # end of an input-channel pass: the next build continues with the next channel
+                m.d.sync += [building.eq(0), g_buf.eq(~g_buf), resume.eq(1)]
             with m.If(last):
-                m.d.sync += [building.eq(0), g_buf.eq(~g_buf)]
+                m.d.sync += [building.eq(0), g_buf.eq(~g_buf), resume.eq(0)]
                 with m.If(g_x0 + tm >= out_width):
                     m.d.sync += [g_x0.eq(0), g_x0s.eq(0), g_blk.eq(0), g_y.eq(g_y + 1),
                                  g_ys.eq(g_ys + stride)]
@@ -220,7 +239,7 @@ class WindowGenerator(wiring.Component):
             w = Signal(win * 8, name=f"bank_window{k}")
             m.d.sync += w.eq(Array(candidates)[blk1])
             bank_windows.append(w)
-        v2, last2, c2, buf2, r2 = Signal(), Signal(), Signal.like(c1), Signal(), Signal.like(r1)
+        c2, r2 = Signal.like(c1), Signal.like(r1)
         top_ok2, bottom_ok2, col_ok2, pix_ok2, stride2_2 = (Signal(), Signal(), Signal.like(col_ok1),
                                                             Signal.like(pix_ok1), Signal())
         m.d.sync += [v2.eq(v1), last2.eq(last1), c2.eq(c1), buf2.eq(buf1), r2.eq(r1),
@@ -251,11 +270,9 @@ class WindowGenerator(wiring.Component):
         abits = patch_address_bits(cfg)
         m.d.sync += [
             self.patch_en.eq(v2),
-            self.patch_addr.eq(Cat(c2[:abits], buf2)),
+            self.patch_addr.eq(Cat((c2 & (cfg.patch_channels - 1))[:abits], buf2)),
             self.patch_data.eq(patch),
         ]
-        last3 = Signal()
-        buf3 = Signal()
         m.d.sync += [last3.eq(v2 & last2), buf3.eq(buf2)]
 
         full = Signal(2)

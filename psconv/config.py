@@ -32,6 +32,10 @@ def required_accumulator_width(max_in_channels: int, data_width: int = DATA_WIDT
     return worst.bit_length() + 1
 
 
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
 def _positive_int(name, value, low=1, high=None):
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         allowed = f"an integer >= {low}" if high is None else f"an integer {low}..{high}"
@@ -54,6 +58,11 @@ class EngineConfig:
     * ``acc_width``: accumulator bits; ``None`` derives :func:`required_accumulator_width`.
     * ``max_in_channels``, ``max_out_channels``, ``max_height``, ``max_width``: the largest layer
       one engine invocation accepts (larger layers are tiled by the compiler).
+    * ``patch_channels``: input channels one patch buffer holds (a power of two; ``None``: the
+      smallest power of two >= ``max_in_channels``, so every layer runs in one pass). A layer
+      with more input channels runs ``ceil(C_in / patch_channels)`` *input-channel passes* per
+      pixel group, keeping partial sums on chip. The patch memory is copied for every lane, so
+      this is the parameter that decides whether an engine fits an FPGA's block RAM.
     * ``fmap_depth``: input feature-map buffer capacity in bytes (C * H * W of one invocation).
     * ``weight_depth``: weight buffer capacity in ``tn``-byte words.
     """
@@ -68,6 +77,7 @@ class EngineConfig:
     max_out_channels: int = 512
     max_height: int = 32
     max_width: int = 32
+    patch_channels: int | None = None
     fmap_depth: int = 65536
     weight_depth: int = 8192
 
@@ -96,6 +106,15 @@ class EngineConfig:
         _positive_int("max_out_channels", self.max_out_channels, 1, 4096)
         _positive_int("max_height", self.max_height, 1, 1024)
         _positive_int("max_width", self.max_width, 1, 1024)
+        one_pass = _next_power_of_two(self.max_in_channels)
+        if self.patch_channels is None:
+            object.__setattr__(self, "patch_channels", one_pass)
+        if (not isinstance(self.patch_channels, int) or isinstance(self.patch_channels, bool)
+                or self.patch_channels < 1 or self.patch_channels > one_pass
+                or self.patch_channels & (self.patch_channels - 1)):
+            raise PsconvError(
+                f"engine config: patch_channels is {self.patch_channels!r}; allowed: a power of "
+                f"two 1..{one_pass} (max_in_channels = {self.max_in_channels})")
         _positive_int("fmap_depth", self.fmap_depth, 1)
         _positive_int("weight_depth", self.weight_depth, 1)
         needed = required_accumulator_width(self.max_in_channels, self.data_width)
@@ -111,6 +130,11 @@ class EngineConfig:
     def multipliers(self) -> int:
         return self.tm * self.tn
 
+    @property
+    def multi_pass(self) -> bool:
+        """True if a layer may need several input-channel passes (partial sums on chip)."""
+        return self.patch_channels < self.max_in_channels
+
     def replace(self, **changes) -> "EngineConfig":
         """A new validated config with ``changes`` applied."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -118,6 +142,9 @@ class EngineConfig:
             values["max_period"] = None
         if "max_in_channels" in changes and "acc_width" not in changes:
             values["acc_width"] = None
+        if ("max_in_channels" in changes and "patch_channels" not in changes
+                and self.patch_channels == _next_power_of_two(self.max_in_channels)):
+            values["patch_channels"] = None
         values.update(changes)
         return EngineConfig(**values)
 
@@ -167,5 +194,6 @@ class EngineConfig:
             f"data_width={self.data_width} acc_width={self.acc_width}",
             f"max layer: C_in<={self.max_in_channels} C_out<={self.max_out_channels} "
             f"H<={self.max_height} W<={self.max_width}; fmap_depth={self.fmap_depth} bytes; "
-            f"weight_depth={self.weight_depth} words of {self.tn} bytes",
+            f"weight_depth={self.weight_depth} words of {self.tn} bytes; "
+            f"patch_channels={self.patch_channels}",
         ]

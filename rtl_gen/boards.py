@@ -56,8 +56,11 @@ class DeviceResources:
 
 
 def _ulx3s_engine_config() -> EngineConfig:
-    """The default engine (Tm=4, Tn=16: 64 multipliers) fits every ECP5 with >= 64 MULT18X18D."""
-    return EngineConfig()
+    """The default engine's datapath (Tm=4, Tn=16: 64 multipliers, every ResNet18-CIFAR layer
+    shape) with 128 channels per patch buffer, so the 16 lane copies of the patch memory take
+    128 of the 85F's 208 EBRs; deeper layers run in input-channel passes. A 2048-word weight
+    buffer leaves room for the 64 KiB feature-map buffer (ResNet18's largest input map)."""
+    return EngineConfig(patch_channels=128, weight_depth=2048)
 
 
 def _ulx3s_small_engine_config() -> EngineConfig:
@@ -96,6 +99,9 @@ class Board:
     bitstream_suffix: str       # ".bit" (ECP5, SRAM load) or ".bin" (iCE40)
     openfpgaloader_board: str   # openFPGALoader -b NAME
     engine_config_factory: Callable[[], EngineConfig]
+    link_clock_mhz: float | None = None
+    """Default ``sync`` clock of a build (None: the oscillator): a clock the 3 Mbaud host link
+    divides exactly (ULX3S: 45 MHz from the PLL, divisor 15; iCEBreaker: 12 MHz, divisor 4)."""
 
     @property
     def platform_class(self):
@@ -140,6 +146,7 @@ def _ulx3s(size: str, luts: int, dsps: int, brams: int, config_factory) -> Board
         resources=DeviceResources(luts=luts, ffs=luts, dsps=dsps, brams=brams),
         bitstream_suffix=".bit", openfpgaloader_board="ulx3s",
         engine_config_factory=config_factory,
+        link_clock_mhz=45.0,
     )
 
 

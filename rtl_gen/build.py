@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -401,6 +402,8 @@ class BuildReport:
     build_seconds: float
     cells: dict = field(default_factory=dict)
     """nextpnr's raw utilization: cell type -> {"used", "available"}."""
+    notes: tuple[str, ...] = ()
+    """Anything the flow did differently from the default (e.g. a synthesis retry)."""
 
     @property
     def resources(self) -> list[ResourceUse]:
@@ -427,6 +430,7 @@ class BuildReport:
             "bitstream": str(self.bitstream), "outdir": str(self.outdir),
             "build_seconds": round(self.build_seconds, 1),
             "nextpnr_utilization": self.cells,
+            "notes": list(self.notes),
         }
 
     def format(self) -> str:
@@ -459,6 +463,7 @@ class BuildReport:
         lines.append("")
         lines.append(f"bitstream: {self.bitstream}")
         lines.append(f"build time: {self.build_seconds:.1f} s (logs and reports in {self.outdir})")
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -649,9 +654,12 @@ def _failure_message(outdir: Path, label: str, returncode: int) -> str:
     needs more of than the device has (from nextpnr's utilization table), and a log tail."""
     stage = _stage(outdir, DESIGN_NAME)
     log_path, tim = outdir / BUILD_LOG, outdir / f"{DESIGN_NAME}.tim"
+    rpt = outdir / f"{DESIGN_NAME}.rpt"
     log = log_path.read_text(errors="replace").splitlines()
     tim_lines = tim.read_text(errors="replace").splitlines() if tim.exists() else []
-    errors = list(dict.fromkeys(line.strip() for line in log + tim_lines if "ERROR" in line))
+    rpt_lines = rpt.read_text(errors="replace").splitlines()[-2000:] if rpt.exists() else []
+    errors = list(dict.fromkeys(line.strip() for line in log + rpt_lines + tim_lines
+                                if "ERROR" in line))
     over = []
     for line in tim_lines:
         match = re.search(r"(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", line)
@@ -661,7 +669,7 @@ def _failure_message(outdir: Path, label: str, returncode: int) -> str:
     lines = [f"bitstream build for {label} failed during {stage} (exit status {returncode})"]
     lines += [f"  {e}" for e in errors[:10]] + [f"  {o}" for o in over]
     if not errors:
-        tail = tim_lines if stage != "synthesis (yosys)" and tim_lines else log
+        tail = tim_lines if stage != "synthesis (yosys)" and tim_lines else (log or rpt_lines)
         lines += ["last lines of the log:"] + [f"  | {t}" for t in tail[-20:]]
     logs = f"{log_path}" + (f" and {tim}" if tim_lines else "")
     lines.append(f"full logs: {logs}")
@@ -730,7 +738,22 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
         except ResourceError as e:  # a resource the board lacks or one requested twice
             raise PsconvError(f"elaborating {design} for {board.name} failed: {e}") from None
         plan_files.extract(str(outdir))
-        _run_script(outdir, f"{plan_files.script}.sh", dict(os.environ), progress, label)
+        try:
+            _run_script(outdir, f"{plan_files.script}.sh", dict(os.environ), progress, label)
+        except PsconvError:
+            if not _abc9_crashed(outdir, board):
+                raise
+            # yowasp Yosys 0.70's ABC9 hits an internal assertion on some large netlists
+            # (seen on the full ULX3S board top); plain ABC maps them. Retry once without ABC9.
+            overrides["synth_opts"] = f"{overrides.get('synth_opts', '')} -noabc9".strip()
+            synth_note = "synthesized with -noabc9: Yosys' ABC9 crashed on this netlist"
+            plan_files = platform.build(top, name=DESIGN_NAME, build_dir=str(outdir),
+                                        do_build=False, **overrides)
+            plan_files.extract(str(outdir))
+            _run_script(outdir, f"{plan_files.script}.sh", dict(os.environ), progress,
+                        f"{label} (without ABC9)")
+        else:
+            synth_note = None
     seconds = time.monotonic() - start
 
     bitstream = outdir / f"{DESIGN_NAME}{board.bitstream_suffix}"
@@ -740,8 +763,19 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
     report = parse_nextpnr_report(outdir / NEXTPNR_REPORT, board, plan, design=design,
                                   bitstream=bitstream, build_seconds=seconds,
                                   yosys_log=outdir / f"{DESIGN_NAME}.rpt")
+    if synth_note:
+        report = dataclasses.replace(report, notes=report.notes + (synth_note,))
     (outdir / BUILD_REPORT).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report
+
+
+def _abc9_crashed(outdir: Path, board) -> bool:
+    """True if an ECP5 synthesis failed inside Yosys' ABC9 step (see :func:`build_bitstream`)."""
+    rpt = outdir / f"{DESIGN_NAME}.rpt"
+    if board.family != "ecp5" or not rpt.exists() or (outdir / f"{DESIGN_NAME}.tim").exists():
+        return False
+    tail = rpt.read_text(errors="replace")[-20000:]
+    return "ABC" in tail and "ERROR: Assert" in tail
 
 
 # --------------------------------------------------------------------------------------------

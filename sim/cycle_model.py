@@ -19,6 +19,10 @@ The model is the engine's schedule written out (see docs/architecture.md), not a
 * **Issue**: the first group starts one cycle after its patch is full and the first output
   channel's weights are in; group g starts at ``max(E_{g-1}, F_g)`` and issues
   ``C_out * cycles`` back-to-back slot cycles (``cycles = ceil(ceil(C_in/P) * T / tn)``).
+* **Input-channel passes** (C_in > ``patch_channels``): every pixel group is built and issued
+  once per pass, so the recurrences above run over (group, pass) with each pass's channel count
+  and cycles (:func:`psconv.firmware.packing.pass_cycles`); the first output channel's weights
+  are all its passes' words; setup takes two more divisions and a multiply.
 * **Drain**: ``done`` is visible ``issue_to_output_latency + 2`` cycles after the last issue.
 
 Definitions of the returned figures: ``load`` = cycles before the first issue; ``compute`` =
@@ -33,6 +37,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+
+from psconv.firmware.packing import input_channel_passes, pass_cycles
 
 NUM_TAPS = 9
 PE_FIXED_STAGES = 5          # patch read, patch register, tap mux, multiply, accumulate (psconv.hw.pe_array)
@@ -67,11 +73,13 @@ def issue_to_output_latency(config) -> int:
     return ADDRESS_LATENCY + PE_FIXED_STAGES + levels + POST_LATENCY
 
 
-def setup_ready_cycle(config, period: int) -> int:
-    """Cycle (after ``start``) at which the address generator is ready and weights may load."""
+def setup_ready_cycle(config, period: int, passes: int = 1) -> int:
+    """Cycle (after ``start``) at which the address generator is ready and weights may load
+    (several input-channel passes add a second periods/cycles division and a multiply)."""
     div_width = max(_bits(config.max_in_channels + config.max_period),
                     _bits(NUM_TAPS * (config.max_in_channels + config.max_period) + config.tn))
-    return START_CYCLES + NUM_TAPS * period + 3 * (div_width + 2) + 2 + config.tn
+    extra = 0 if passes == 1 else 2 * (div_width + 2) + 2
+    return START_CYCLES + NUM_TAPS * period + 3 * (div_width + 2) + 2 + config.tn + extra
 
 
 def fmap_load_cycles(config, channels: int, height: int, width: int) -> int:
@@ -112,28 +120,42 @@ def predict_cycles(config, shape, masks) -> dict:
     out_h = (height - 1) // stride + 1
     out_w = (width - 1) // stride + 1
     groups = out_h * math.ceil(out_w / tm)
-    cycles_per_o = math.ceil(math.ceil(c_in / period) * taps / tn)
-    group_cycles = c_out * cycles_per_o
+    passes = input_channel_passes(c_in, config.patch_channels)
+    cycles = pass_cycles(rotated, c_in, tn, config.patch_channels)
+    cycles_per_o = sum(cycles)
 
-    weights_ready = setup_ready_cycle(config, period) + cycles_per_o
-    build_start = START_CYCLES + fmap_load_cycles(config, c_in, height, width) + 1
-    starts, ends = [], []
-    builds = [build_start]
-    for g in range(groups):
-        if g >= 1:
-            candidates = [builds[g - 1] + c_in + 1]
-            if g >= 2:
-                candidates.append(ends[g - 2] + RELEASE_TO_BUILD)
-            builds.append(max(candidates))
-        full = builds[g] + c_in + BUILD_TAIL
-        begin = max(full, weights_ready) + 1 if g == 0 else max(ends[g - 1], full)
+    setup = setup_ready_cycle(config, period, len(passes))
+    weights_ready = setup + cycles_per_o
+    # Builds (one per pixel group and pass, alternating buffers) and issue phases.
+    work = [(count, c_out * pass_cyc) for _ in range(groups)
+            for (_, count), pass_cyc in zip(passes, cycles)]
+    starts, ends, builds, fulls = [], [], [], []
+    for b, (count, issue_cycles) in enumerate(work):
+        if b == 0:
+            build = START_CYCLES + fmap_load_cycles(config, c_in, height, width) + 1
+        else:
+            build = builds[b - 1] + work[b - 1][0] + 1
+            if b >= 2:
+                build = max(build, ends[b - 2] + RELEASE_TO_BUILD)
+        builds.append(build)
+        fulls.append(build + count + BUILD_TAIL)
+        if b == 0:
+            # Output channel o may start once all its passes' words are in: with several passes
+            # the first pass of the first group outruns the weight stream.
+            begin = max(fulls[b], weights_ready) + 1
+            end = begin
+            for o in range(c_out):
+                end = max(end, setup + (o + 1) * cycles_per_o) + cycles[0]
+        else:
+            begin = max(ends[b - 1], fulls[b])
+            end = begin + issue_cycles
         starts.append(begin)
-        ends.append(begin + group_cycles)
+        ends.append(end)
 
     load = starts[0]
     total = ends[-1] + issue_to_output_latency(config) + 2
     compute = total - load
-    busy = groups * group_cycles
+    busy = groups * c_out * cycles_per_o
     stall = ends[-1] - starts[0] - busy
     macs = useful_macs(rotated, c_in, c_out, out_h * out_w)
     dense_macs = c_out * c_in * kernel * kernel * out_h * out_w

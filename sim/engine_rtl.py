@@ -82,7 +82,7 @@ def make_case(name: str, weight: torch.Tensor, family: PatternFamily, fmap: torc
                      residual=residual is not None, period=family.period)
     return LayerCase(
         name=name, kind=kind, spec=spec, masks=rotated_masks(family),
-        weight_words=engine_weight_words(packed, config.tn), bias=torch.as_tensor(bias),
+        weight_words=engine_weight_words(packed, config.tn, config.patch_channels), bias=torch.as_tensor(bias),
         multiplier=torch.as_tensor(multiplier), shift=torch.as_tensor(shift),
         residual_multiplier=None if residual is None else torch.as_tensor(residual_multiplier),
         fmap=fmap, residual=residual, expected=expected,

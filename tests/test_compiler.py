@@ -18,16 +18,22 @@ def model():
     return default_quantized_model("PSD1_P16", width=8)
 
 
-@pytest.mark.parametrize("tn,weight_depth", [(16, 8192), (4, 40), (7, 23)])
-def test_program_is_bit_exact_at_every_layer(model, tn, weight_depth):
-    config = EngineConfig(tm=4, tn=tn, weight_depth=weight_depth)
+@pytest.mark.parametrize("tn,weight_depth,patch_channels", [
+    (16, 8192, None), (4, 40, None), (7, 23, None),
+    (16, 8192, 16),   # width-8 ResNet18 has 8..64 channels: 1-4 input-channel passes
+    (5, 60, 32),      # passes and output-channel tiles together
+])
+def test_program_is_bit_exact_at_every_layer(model, tn, weight_depth, patch_channels):
+    config = EngineConfig(tm=4, tn=tn, weight_depth=weight_depth, patch_channels=patch_channels)
     program = compile_model(model, config)
     if weight_depth < 100:
         assert any(step.tiles > 1 for step in program.engine_steps)
+    if patch_channels:
+        assert any(step.descriptor.in_channels > patch_channels for step in program.engine_steps)
     image = quantize_input(default_images(1)[0], model.input_scale)
     golden = run_golden(model, image)
     result = execute_program(program, image,
-                             lambda step, x, r: engine_model.run_step(step, x, r, config.tn))
+                             lambda step, x, r: engine_model.run_step(step, x, r, config.tn, config.patch_channels))
     for name, expected in golden.outputs.items():
         assert torch.equal(result.outputs[name], expected), name
     assert torch.equal(result.logits, golden.logits)
@@ -46,3 +52,18 @@ def test_layer_too_large_is_refused_with_its_name(model):
     with pytest.raises(PsconvError, match="layer1.0.conv1.*period is 16; allowed: 1..8"):
         from psconv.families import paper_family
         compile_model(model, EngineConfig(family=paper_family(4, 8)))
+
+
+def test_output_channel_tiles_are_balanced():
+    from psconv.families import family_by_name
+    from psconv.firmware.compiler import output_channel_tiles
+    from psconv.firmware.packing import rotated_masks
+
+    masks = rotated_masks(family_by_name("PSD1_P16"))
+    config = EngineConfig()                 # 48 words per output channel at C_in = 512
+    assert output_channel_tiles(config, masks, 512, 512) == [128, 128, 128, 128]
+    assert output_channel_tiles(config, masks, 512, 130) == [130]
+    tiles = output_channel_tiles(config.replace(weight_depth=48 * 100), masks, 512, 512)
+    assert tiles == [86, 86, 85, 85, 85, 85] and sum(tiles) == 512      # 6 tiles of <= 100
+    with pytest.raises(PsconvError, match="needs 48 weight words.*weight_depth is 40"):
+        output_channel_tiles(config.replace(weight_depth=40), masks, 512, 8, "layer4.1.conv2")

@@ -106,6 +106,43 @@ def test_engine_words_hold_the_stream_in_tn_banks(family, tn):
             assert int(flat[slot]) == expected
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
+def test_engine_words_with_input_channel_passes(family):
+    """Passes of 16 channels: each output channel's rows are the passes' streams one after the
+    other, each pass padded to whole rows; every kept weight appears exactly once."""
+    c_out, c_in, tn, patch = 3, 37, 5, 16
+    w = _weight(family, c_out, c_in, seed=7)
+    packed = packing.pack_layer(w, family, "conv")
+    words = packing.engine_weight_words(packed, tn, patch)
+    assert packing.input_channel_passes(c_in, patch) == [(0, 16), (16, 16), (32, 5)]
+    cycles = packing.pass_cycles(packed.masks, c_in, tn, patch)
+    rows = packing.words_per_output_channel(packed.masks, c_in, tn, patch)
+    assert rows == sum(cycles) and words.shape == (c_out * rows, tn)
+    seq = packed.tap_sequence
+    taps = w.reshape(c_out, c_in, -1)
+    for o in range(c_out):
+        row0 = o * rows
+        for (first, count), pass_rows in zip(packing.input_channel_passes(c_in, patch), cycles):
+            flat = words[row0:row0 + pass_rows].reshape(-1)
+            for slot in range(pass_rows * tn):
+                p, e = divmod(slot, len(seq))
+                q, t = seq[e]
+                i = p * packed.period + (q - o) % packed.period
+                inside = slot < math.ceil(count / packed.period) * len(seq) and i < count
+                expected = int(taps[o, first + i, 0 if w.shape[2] == 1 else t]) if inside else 0
+                assert int(flat[slot]) == expected
+            row0 += pass_rows
+    assert words.to(torch.int64).abs().sum() == w.to(torch.int64).abs().sum()
+
+
+def test_passes_need_a_period_dividing_patch_channels():
+    family = paper_family(2, 6)
+    packed = packing.pack_layer(_weight(family, 2, 20), family, "conv6")
+    with pytest.raises(PsconvError, match="conv6.*period P = 6 does not divide patch_channels"):
+        packing.engine_weight_words(packed, 4, 16)
+    assert packing.engine_weight_words(packed, 4, 32).shape[1] == 4   # one pass: any period
+
+
 def test_storage_report_compares_formats():
     family = paper_family(1, 16, True)
     report = packing.storage_report(packing.pack_layer(_weight(family, 64, 64), family, "c"))

@@ -27,7 +27,7 @@ CONFIGS = {
 
 def _config(tm: int, tn: int) -> EngineConfig:
     return EngineConfig(tm=tm, tn=tn, family=family_by_name("PSD1_P16"), max_in_channels=256,
-                        max_out_channels=256, fmap_depth=65536, weight_depth=4096)
+                        max_out_channels=256, fmap_depth=65536, weight_depth=8192)
 
 
 def run(configs=tuple(CONFIGS), outdir=None):
@@ -43,7 +43,7 @@ def run(configs=tuple(CONFIGS), outdir=None):
             build_seconds = time.perf_counter() - started
             g = torch.Generator().manual_seed(0)
             cases = {
-                "compute-bound 256x8x8->256": make_case(
+                "compute-bound 256x8x8->128": make_case(
                     "compute", random_weight(family, 128, 256, g), family,
                     random_int8((256, 8, 8), g), config),
                 "stream-bound 16x32x32->16": make_case(

@@ -15,7 +15,7 @@ import sys
 from psconv.errors import PsconvError
 
 DESIGNS = ("engine", "mac-demo")
-DEFAULT_BAUD = 115200
+DEFAULT_BAUD = 3_000_000   # psconv run --transport serial:... uses the same default
 
 
 def register(subparsers) -> None:
@@ -36,8 +36,8 @@ def register(subparsers) -> None:
                         help="engine configuration (default: the board's own, see --list-boards)")
     parser.add_argument("--clock-mhz", type=float, default=None, metavar="N",
                         help="sync clock in MHz; other than the board oscillator's it comes from "
-                             "the FPGA's PLL (default: the oscillator, 25 MHz on ULX3S, 12 MHz "
-                             "on iCEBreaker)")
+                             "the FPGA's PLL (default: one the 3 Mbaud link divides exactly: "
+                             "45 MHz from the PLL on ULX3S, the 12 MHz oscillator on iCEBreaker)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                         help=f"UART baud rate of the host link (default {DEFAULT_BAUD})")
     parser.add_argument("--design", choices=DESIGNS, default="engine",
@@ -90,9 +90,11 @@ def _board_table() -> str:
              f"{'BRAMs':>6}  engine"]
     for board in BOARDS.values():
         r, c = board.resources, board.engine_config()
-        lines.append(f"{board.name:<12} {board.device:<11} {board.clock_mhz:>4g} MHz "
+        clock = board.link_clock_mhz or board.clock_mhz
+        lines.append(f"{board.name:<12} {board.device:<11} {clock:>4g} MHz "
                      f"{r.luts:>7} {r.dsps:>5} {r.brams:>6}  Tm={c.tm} Tn={c.tn} "
-                     f"({c.multipliers} mult), C_in<={c.max_in_channels}")
+                     f"({c.multipliers} mult), C_in<={c.max_in_channels} "
+                     f"({c.patch_channels} per pass)")
     return "\n".join(lines)
 
 
@@ -108,14 +110,15 @@ def run(args) -> int:
     if not isinstance(args.baud, int) or args.baud <= 0:
         raise PsconvError(f"--baud is {args.baud!r}; allowed: a positive integer")
     config = EngineConfig.load(args.config) if args.config else board.engine_config()
-    plan = plan_clock(board, args.clock_mhz)
+    clock_mhz = args.clock_mhz if args.clock_mhz is not None else board.link_clock_mhz
+    plan = plan_clock(board, clock_mhz)
     if args.design == "engine" and config.multipliers > board.resources.dsps:
         print(f"psconv build: warning: the config has {config.multipliers} multipliers but "
               f"{board.device} has {board.resources.dsps} DSPs; the rest become LUT multipliers "
               f"(if they fit)", file=sys.stderr)
     top = make_top(args.design, board, config, plan.actual_hz, args.baud)
     outdir = args.outdir or f"build/{board.name}"
-    report = build_bitstream(top, board, outdir, clock_mhz=args.clock_mhz,
+    report = build_bitstream(top, board, outdir, clock_mhz=clock_mhz,
                              progress=not args.no_progress)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

@@ -13,8 +13,11 @@ from psconv.hw.command_processor import CommandProcessor, engine_signature
 from psconv.hw.framing import LinkLayer
 
 # Verilator: big enough for a width-8 ResNet18 (64 channels, 32x32 maps), small enough to build fast
+# 16 channels per patch buffer: the width-8 ResNet18's 32- and 64-channel layers run in 2 and 4
+# input-channel passes, as the ULX3S build runs ResNet18's 256- and 512-channel layers.
 SIM_CONFIG = EngineConfig(tm=4, tn=8, family=family_by_name("PSD1_P16"), max_in_channels=64,
-                          max_out_channels=64, fmap_depth=16384, weight_depth=1024)
+                          patch_channels=16, max_out_channels=64, fmap_depth=16384,
+                          weight_depth=1024)
 
 # Amaranth simulator: tiny
 TINY_CONFIG = EngineConfig(tm=2, tn=4, family=paper_family(1, 4, dense_kernel=True),

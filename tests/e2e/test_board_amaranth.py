@@ -52,7 +52,7 @@ def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True
                           res, res_mult if residual else None)
     packed = pack_layer(weight.to(torch.int8), family)
     step = EngineStep(layer=name, tile=0, tiles=1, first_channel=0, descriptor=spec, masks=masks,
-                      weight_words=engine_weight_words(packed, CFG.tn), bias=bias,
+                      weight_words=engine_weight_words(packed, CFG.tn, CFG.patch_channels), bias=bias,
                       multiplier=multiplier, shift=shift, residual_multiplier=res_mult,
                       input="input", residual="residual" if residual else None,
                       useful_macs=int(family.weight_mask(c_out, c_in).sum()) * spec.out_height * spec.out_width)

@@ -6,8 +6,9 @@ golden model at every layer and at the logits; the same through a fault-injectin
 error paths a user meets (wrong engine, missing serial port, silent device, NAK), plus the
 ``psconv run`` command and the simulator's shutdown when the host dies.
 
-The engine configuration is smaller than the ULX3S one (Tm=4, Tn=8, 64 channels) so the
-Verilator build takes well under a minute the first time; it is cached under build/rtl.
+The engine configuration is smaller than the ULX3S one (Tm=4, Tn=8, 64 channels, 16 per patch
+buffer, so the deeper layers run in input-channel passes as on the ULX3S) so the Verilator build
+takes well under a minute the first time; it is cached under build/rtl.
 """
 
 import json
@@ -66,6 +67,7 @@ def test_reduced_resnet18_is_bit_exact_on_the_simulated_board(board_build, width
         print(f"\n{report.table()}\n" + "\n".join(report.summary_lines())
               + f"\nreduced ResNet18 (width 8) on the simulated board: {seconds:.1f} s")
     assert len(report.steps) == 20 and len(report.layers) == 22      # 20 conv + avgpool + fc
+    assert max(s.descriptor.in_channels for s in program.engine_steps) == 4 * SIM_CONFIG.patch_channels
     assert sum(layer.op in ("conv", "fc") for layer in program.model.layers) == 21
     assert report.bit_exact, report.first_mismatch
     assert all(s.bit_exact for s in report.steps)

@@ -110,7 +110,7 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
     dut = PeriodicSparseEngine(config)
     masks = rotated_masks(family)
     packed = pack_layer(layer["w"].to(torch.int8), family)
-    words = engine_weight_words(packed, config.tn)
+    words = engine_weight_words(packed, config.tn, config.patch_channels)
     streams = {
         "mask_in": list(masks),
         "quant_in": [encode_quant_entry(int(b), int(m), int(s), int(r)) for b, m, s, r in

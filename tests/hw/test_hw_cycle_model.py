@@ -21,12 +21,21 @@ CASES = [
     ("small", PSD1_P4, LayerSpec(7, 3, 3, 4, stride=1, kernel=3, period=4)),
     ("small", pointwise_family(), LayerSpec(4, 9, 4, 6, stride=1, kernel=1, period=1)),
     ("small", dense_family(), LayerSpec(16, 2, 8, 8, stride=2, kernel=3, period=1)),
+    ("small", dense_family(), LayerSpec(1, 3, 5, 4, stride=1, kernel=3, period=1)),
+    # input-channel passes of 4 channels: 4 + 3, then 4 + 4 + 1 (a one-channel build)
+    ("passes", PSD1_P4, LayerSpec(7, 3, 3, 4, stride=1, kernel=3, period=4)),
+    ("passes", PSD1_P4, LayerSpec(9, 5, 4, 5, stride=2, kernel=3, period=4)),
+    ("passes", pointwise_family(), LayerSpec(13, 1, 4, 3, stride=1, kernel=1, period=1)),
 ]
+
+CONFIGS = {"default": lambda: EngineConfig(family=PSD1_P16),
+           "small": lambda: small_config(family=PSD1_P4),
+           "passes": lambda: small_config(family=PSD1_P4, patch_channels=4)}
 
 
 @pytest.mark.parametrize("which,family,spec", CASES, ids=lambda v: getattr(v, "name", None))
 def test_model_matches_rtl(which, family, spec):
-    config = EngineConfig(family=PSD1_P16) if which == "default" else small_config(family=PSD1_P4)
+    config = CONFIGS[which]()
     layer = random_layer(config, family, spec, seed=spec.in_channels)
     res = simulate_engine(config, family, spec, layer)
     assert (res["out"] == golden_output(spec, layer)).all()

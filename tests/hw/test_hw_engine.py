@@ -102,3 +102,34 @@ def test_odd_engine_shapes(tm, tn, family):
     config = small_config(tm=tm, tn=tn, family=family)
     spec = LayerSpec(5, 3, 4, 7, stride=2, kernel=3, relu=True, residual=True, period=family.period)
     check(config, family, spec, seed=tm * 10 + tn)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(1, 2), (4, 1), (5, 1)])
+def test_groups_shorter_than_the_buffer_release(c_in, c_out):
+    """Pixel groups of 1-2 cycles and builds of 1-2 channels: a buffer just finished with must
+    not be taken for its next build (regression: rows came out shifted by one group)."""
+    family = pointwise_family()
+    config = small_config(family=SPARSE)
+    spec = LayerSpec(c_in, c_out, 4, 3, stride=1, kernel=1, relu=False, period=1)
+    layer = random_layer(config, family, spec, seed=c_in)
+    res = simulate_engine(config, family, spec, layer)
+    assert (res["out"] == golden_output(spec, layer)).all()
+
+
+@pytest.mark.parametrize("c_in,family,residual", [
+    (7, SPARSE, True),                 # passes of 4 + 3 channels
+    (9, SPARSE, False),                # 4 + 4 + 1: a one-channel pass
+    (13, pointwise_family(), False),   # 1x1, one cycle per pass
+    (16, dense_family(), True),        # four full passes
+], ids=["4+3-residual", "4+4+1", "1x1-4x1-cycle", "dense-4x4"])
+def test_input_channel_passes(c_in, family, residual):
+    """Layers deeper than the patch buffer (patch_channels = 4) accumulate partial sums on chip
+    over several passes per pixel group."""
+    config = small_config(family=SPARSE, patch_channels=4)
+    kernel = family.kernel_size
+    spec = LayerSpec(c_in, 3, 4, 5, stride=1, kernel=kernel, relu=residual, residual=residual,
+                     period=family.period)
+    layer = random_layer(config, family, spec, seed=c_in)
+    res = simulate_engine(config, family, spec, layer, input_gaps=0.2, output_stalls=0.2, seed=c_in)
+    assert (res["out"] == golden_output(spec, layer)).all()
+    assert res["counters"]["macs"] == expected_mac_count(family, spec)

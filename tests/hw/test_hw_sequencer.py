@@ -1,28 +1,37 @@
-"""Sequencer: loop order, start conditions (patch, residual, output credits), counters, done."""
+"""Sequencer: loop order (with input-channel passes), start conditions (patch, residual, output
+credits), counters, done."""
 
 import random
+
+import pytest
 
 from psconv.hw.sequencer import Sequencer
 
 from hw_sim_helpers import run, small_config
 
 
-def expected_issues(c_out, out_h, out_w, period, cycles, tm):
+def expected_issues(c_out, out_h, out_w, period, pass_cycles, tm):
+    """(first, last, o mod P, weight word, buffer, pixels, first pass, last pass) per issue."""
     seq = []
-    g = 0
+    build = 0
+    words = sum(pass_cycles)
     for y in range(out_h):
         for x0 in range(0, out_w, tm):
             pixels = sum(1 << r for r in range(tm) if x0 + r < out_w)
-            for o in range(c_out):
-                for c in range(cycles):
-                    seq.append((c == 0, c == cycles - 1, o % period, o * cycles + c, g % 2, pixels))
-            g += 1
+            for k, cycles in enumerate(pass_cycles):
+                for o in range(c_out):
+                    for c in range(cycles):
+                        seq.append((c == 0, c == cycles - 1, o % period,
+                                    o * words + sum(pass_cycles[:k]) + c, build % 2, pixels,
+                                    k == 0, k == len(pass_cycles) - 1))
+                build += 1
     return seq
 
 
-def test_loop_order_conditions_and_counters():
-    config = small_config(tm=2)
-    c_out, out_h, out_w, period, cycles = 5, 2, 3, 2, 2
+@pytest.mark.parametrize("pass_cycles", [[2], [3, 3, 1]])
+def test_loop_order_conditions_and_counters(pass_cycles):
+    config = small_config(tm=2, max_in_channels=48, patch_channels=16)
+    c_out, out_h, out_w, period = 5, 2, 3, 2
     latency = 9                          # issue of a last cycle -> residual pop; +4 -> written
     rng = random.Random(3)
     dut = Sequencer(config)
@@ -35,7 +44,10 @@ def test_loop_order_conditions_and_counters():
         ctx.set(dut.out_width, out_w)
         ctx.set(dut.period, period)
         ctx.set(dut.residual, 1)
-        ctx.set(dut.cycles_per_output, cycles)
+        ctx.set(dut.cycles_per_output, sum(pass_cycles))
+        ctx.set(dut.passes, len(pass_cycles))
+        ctx.set(dut.full_pass_cycles, pass_cycles[0])
+        ctx.set(dut.last_pass_cycles, pass_cycles[-1])
         ctx.set(dut.weights_loaded, c_out)
         ctx.set(dut.quant_loaded, c_out)
         ctx.set(dut.macs_add, 3)
@@ -72,9 +84,11 @@ def test_loop_order_conditions_and_counters():
                 ctx.get(dut.issue), ctx.get(dut.first), ctx.get(dut.last), ctx.get(dut.out_mod),
                 ctx.get(dut.weight_addr), ctx.get(dut.buffer), ctx.get(dut.pixels),
                 ctx.get(dut.patch_release), ctx.get(dut.done))
+            last_pass = bool(ctx.get(dut.last_pass))
             if issue:
-                issues.append((bool(first), bool(last), mod, waddr, buf, pixels))
-                if last:
+                issues.append((bool(first), bool(last), mod, waddr, buf, pixels,
+                               bool(ctx.get(dut.first_pass)), last_pass))
+                if last and last_pass:
                     pops.append(cycle + latency)
                     writes.append(cycle + latency + 4)
             for b in (0, 1):
@@ -93,7 +107,7 @@ def test_loop_order_conditions_and_counters():
             cycle += 1
 
     run(dut, env)
-    assert issues == expected_issues(c_out, out_h, out_w, period, cycles, config.tm)
+    assert issues == expected_issues(c_out, out_h, out_w, period, pass_cycles, config.tm)
     assert len(state["done_cycles"]) == 1
     counters = state["counters"]
     assert counters["busy_cycles"] == len(issues)

@@ -16,7 +16,7 @@ def test_load_count_and_readback():
     c_out, c_in = 5, 6
     g = torch.Generator().manual_seed(11)
     weight = torch.randint(-128, 128, (c_out, c_in, 3, 3), generator=g) * family.weight_mask(c_out, c_in).to(torch.int64)
-    words = engine_weight_words(pack_layer(weight.to(torch.int8), family), config.tn)
+    words = engine_weight_words(pack_layer(weight.to(torch.int8), family), config.tn, config.patch_channels)
     cycles = words.shape[0] // c_out
     beats = weight_beats(words)
     dut = WeightBuffer(config)

@@ -4,7 +4,9 @@ Each configuration is built once; all its cases run in one simulator launch. The
 loaded per layer, so one build runs every family up to its ``max_period``: the balanced
 PS4_P8, the paper's reference PSD4_P8, the headline PSD1_P16 and the dense baseline (K = 9,
 P = 1), plus the dense first layer and 1x1 shortcuts. A separate dense-baseline build
-(``family=dense``, ``max_period=1``) is checked as well.
+(``family=dense``, ``max_period=1``) is checked as well. The ``passes16`` configuration holds 16
+channels per patch buffer, so most cases run in 2-3 input-channel passes with on-chip partial
+sums (the last pass shorter than the others).
 """
 
 import time
@@ -23,6 +25,9 @@ CONFIGS = {
                              max_out_channels=64, fmap_depth=32 * 64 * 32, weight_depth=1024),
     "tm3_tn5": EngineConfig(tm=3, tn=5, family=family_by_name("PSD1_P16"), max_in_channels=32,
                             max_out_channels=32, fmap_depth=32 * 32 * 32, weight_depth=2048),
+    "tm4_tn16_passes16": EngineConfig(tm=4, tn=16, family=family_by_name("PSD1_P16"),
+                                      max_in_channels=64, patch_channels=16, max_out_channels=64,
+                                      fmap_depth=32 * 64 * 32, weight_depth=1024),
 }
 
 
@@ -68,6 +73,15 @@ def _cases(config, seed):
                            residual=random_int8((9, 6, 10), g),
                            residual_multiplier=torch.full((9,), 1 << 28, dtype=torch.int64),
                            input_gap_probability=0.3, output_backpressure=0.4))
+    if config.multi_pass:
+        # one output channel whose passes are one cycle each: a partial sum is read back the
+        # cycle after it is written
+        cases.append(make_case("1 output, 1-cycle passes", random_weight(point, 1, 20, g), point,
+                               random_int8((20, 3, 5), g), config))
+        cases.append(make_case("4 passes, residual", random_weight(fam, 6, 64, g), fam,
+                               random_int8((64, 4, 4), g), config, relu=True,
+                               residual=random_int8((6, 4, 4), g),
+                               residual_multiplier=torch.full((6,), 1 << 27, dtype=torch.int64)))
     return cases
 
 
@@ -81,7 +95,7 @@ def test_engine_is_bit_exact(config_name, tmp_path_factory):
     for run in runs:
         assert run.counters["macs"] == run.case.useful_macs, run.case.name
         assert run.cycles > 0
-    assert len(runs) == 3 * len(FAMILIES) + 8
+    assert len(runs) == 3 * len(FAMILIES) + 8 + (2 if config.multi_pass else 0)
 
 
 def test_dense_baseline_configuration():
