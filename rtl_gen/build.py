@@ -548,6 +548,10 @@ def parse_nextpnr_report(path, board, plan: ClockPlan, *, design: str = DESIGN_N
             continue
         clocks.append(ClockTiming(net=net, achieved_mhz=achieved, constraint_mhz=constraint,
                                   domain=_clock_domain(net)))
+    if len(clocks) == 1 and clocks[0].domain is None:
+        # The tops built here have one clock domain, sync; LUT mapping with plain ABC keeps the
+        # top's port name for its net ("$glbnet$clk") instead of the domain's.
+        clocks[0] = dataclasses.replace(clocks[0], domain="sync")
     return BuildReport(
         board=board.name, device=board.device, design=design, clock=plan,
         luts=luts, ffs=ffs, dsps=dsps, brams=brams, sprams=sprams, clocks=clocks,
@@ -744,9 +748,13 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
             if not _abc9_crashed(outdir, board):
                 raise
             # yowasp Yosys 0.70's ABC9 hits an internal assertion on some large netlists
-            # (seen on the full ULX3S board top); plain ABC maps them. Retry once without ABC9.
-            overrides["synth_opts"] = f"{overrides.get('synth_opts', '')} -noabc9".strip()
-            synth_note = "synthesized with -noabc9: Yosys' ABC9 crashed on this netlist"
+            # (seen on the full ULX3S board top) and synth_ecp5 has no switch to avoid it: stop
+            # it before its LUT mapping, map LUTs with plain ABC, and let it finish from there.
+            overrides["synth_opts"] = f"{overrides.get('synth_opts', '')} -run :map_luts".strip()
+            overrides["script_after_synth"] = "\n".join(_PLAIN_ABC_LUT_MAPPING)
+            synth_note = ("LUTs mapped with plain ABC (abc -lut 4): Yosys' ABC9 crashed on this "
+                          "netlist")
+            platform = make_platform(board, plan)
             plan_files = platform.build(top, name=DESIGN_NAME, build_dir=str(outdir),
                                         do_build=False, **overrides)
             plan_files.extract(str(outdir))
@@ -767,6 +775,15 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
         report = dataclasses.replace(report, notes=report.notes + (synth_note,))
     (outdir / BUILD_REPORT).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report
+
+
+_PLAIN_ABC_LUT_MAPPING = (
+    "techmap -map +/lattice/latches_map.v",
+    "abc -lut 4",
+    "clean",
+    f"synth_ecp5 -top {DESIGN_NAME} -run map_cells:",
+)
+"""synth_lattice's ``map_luts`` step with ``abc`` instead of ``abc9``, then its remaining steps."""
 
 
 def _abc9_crashed(outdir: Path, board) -> bool:
