@@ -67,3 +67,20 @@ def test_output_channel_tiles_are_balanced():
     assert tiles == [86, 86, 85, 85, 85, 85] and sum(tiles) == 512      # 6 tiles of <= 100
     with pytest.raises(PsconvError, match="needs 48 weight words.*weight_depth is 40"):
         output_channel_tiles(config.replace(weight_depth=40), masks, 512, 8, "layer4.1.conv2")
+
+
+def test_full_resnet18_compiles_for_the_ulx3s_board():
+    """The ULX3S-85F engine (128 channels per patch buffer, 2048 weight words) takes every layer
+    of the full-width ResNet18: 256/512-channel layers in input-channel passes, large weight
+    sets in output-channel tiles. (Bit-exactness of passes: the tests above, tests/hw and
+    tests/rtl; the whole network on this config's gateware: `psconv bench e2e --board ulx3s-85f`.)"""
+    from psconv.rtl_gen.boards import get_board
+
+    config = get_board("ulx3s-85f").engine_config()
+    program = compile_model(default_quantized_model("PSD1_P16", width=64), config)
+    passes = {s.layer: -(-s.descriptor.in_channels // config.patch_channels)
+              for s in program.engine_steps}
+    assert passes["layer3.1.conv2"] == 2 and passes["layer4.1.conv2"] == 4 and passes["stem"] == 1
+    for step in program.engine_steps:
+        step.descriptor.check(config, step.masks)
+        assert step.weight_words.shape[0] <= config.weight_depth

@@ -127,8 +127,13 @@ def register(benches) -> None:
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("--width", type=int, default=64, help="ResNet18 base width (64: full)")
     parser.add_argument("--family", default="PSD1_P16")
-    parser.add_argument("--config", metavar="FILE.json",
-                        help="engine configuration (default: the ULX3S engine, Tm=4 Tn=16)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="FILE.json",
+                        help="engine configuration (default: the default EngineConfig, Tm=4 "
+                             "Tn=16, one input-channel pass for every layer)")
+    source.add_argument("--board", metavar="BOARD",
+                        help="use that board's engine configuration (e.g. ulx3s-85f: 128 "
+                             "channels per pass, so the deeper layers run in 2-4 passes)")
     parser.add_argument("--image-seed", type=int, default=0)
     parser.add_argument("--out", help="results folder (default results/e2e)")
     parser.add_argument("--no-progress", action="store_true")
@@ -143,7 +148,12 @@ def _command(args) -> int:
     if args.width < 1:
         raise PsconvError(f"--width is {args.width}; allowed: an integer >= 1")
     family_by_name(args.family)
-    config = EngineConfig.load(args.config) if args.config else None
+    if args.board:
+        from psconv.rtl_gen.boards import get_board
+
+        config = get_board(args.board).engine_config()
+    else:
+        config = EngineConfig.load(args.config) if args.config else None
     _, report = run(args.width, args.family, config, args.image_seed, args.out,
                     progress=not args.no_progress)
     return 0 if report.bit_exact else 1
