@@ -16,22 +16,35 @@ In(stream 8) and ``tx_data`` Out(stream 8). The bytes are exactly those the UART
 up to one byte per cycle each way instead of one per ``10 * divisor`` cycles; everything behind
 the UART is the same gateware, so the driver cannot tell the simulated board from a real one.
 
+``bridge_beat_bytes=N`` (N > 1, bridge mode only) widens the bridge so a testbench touches its
+ports once per N bytes instead of once per byte (Python per cycle is what makes a cocotb bench
+slow): the ports become ``rx_beats`` In(stream of
+:func:`~psconv.hw.byte_gearbox.bridge_beat_layout`) and ``tx_beats`` Out(the same), and two
+gearboxes in gateware (:mod:`psconv.hw.byte_gearbox`), each with a FIFO of ``bridge_fifo_beats``
+beats, turn them into the link layer's byte streams.
+The link layer still receives and sends one byte per cycle at most, the same bytes in the same
+order; only the bench side is wide. Two more differences serve Verilator's speed and nothing
+on the board sees them: the logic runs in a local ``board`` domain on ``sync``'s clock, reset by
+a :data:`POWER_ON_RESET_CYCLES` counter (the ``rst`` input is left unconnected: a reset input
+would put every register's next-state logic among what Verilator re-evaluates on each input
+change), and the output ``engine_active`` tells the bench the engine is still computing
+(:data:`ENGINE_ACTIVE_CYCLES`), so it keeps the clock running while the host is silent.
+
 Clock and baud. The UART needs ``clk_freq / baud`` within 2 % of an integer
 (:func:`psconv.hw.uart.uart_divisor`). iCEBreaker's 12 MHz oscillator gives 3 Mbaud exactly
 (divisor 4). ULX3S's 25 MHz cannot make 3 Mbaud (divisor 8 is 4.2 % off), so on ULX3S the
 ``sync`` domain comes from the PLL (:data:`RECOMMENDED_LINK`): 45 MHz exactly (25 x 9 / 5) gives
-3 Mbaud with divisor 15 and fits today's engine, which closes timing at about 60 MHz on the
-ECP5-85F (``psconv build --board ulx3s-85f --clock-mhz 45 --baud 3000000``); 75 MHz (divisor 25)
-is the pair to use once the engine is faster. Any pair that :func:`~psconv.hw.uart.uart_divisor`
-accepts works, e.g. the oscillator's 25 MHz at 115200 baud (divisor 217, ``psconv build``'s
-default; the host then opens ``serial:/dev/ttyUSB0@115200``).
+3 Mbaud with divisor 15 (``psconv build``'s default on ULX3S); 75 MHz (divisor 25) is the pair
+to use once the engine is faster. Any pair that :func:`~psconv.hw.uart.uart_divisor` accepts
+works, e.g. the oscillator's 25 MHz at 115200 baud (divisor 217: ``--clock-mhz 25 --baud
+115200``; the host then opens ``serial:/dev/ttyUSB0@115200``).
 
 The link's inter-byte timeout is ``timeout_cycles`` (default 5 ms of ``clk_freq``).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, Signal
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -39,6 +52,8 @@ from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.firmware.protocol import MAX_PAYLOAD
 
+from .byte_gearbox import (BRIDGE_FIFO_BEATS, BRIDGE_FLUSH_CYCLES, BeatsToBytes, BytesToBeats,
+                           bridge_beat_layout, check_beat_bytes, check_fifo_beats)
 from .command_processor import OUTPUT_FIFO_DEPTH, CommandProcessor
 from .engine import PeriodicSparseEngine
 from .framing import LinkLayer
@@ -53,20 +68,31 @@ RECOMMENDED_LINK = {
 }
 """Board family -> (sync clock Hz, baud) pairs with an exact integer UART divisor."""
 
+ENGINE_ACTIVE_CYCLES = 64
+"""The wide-bridge top's ``engine_active`` stays high this many cycles after the engine's last
+issue cycle."""
+
+POWER_ON_RESET_CYCLES = 4
+"""Cycles the wide-bridge top holds its own reset after time 0 (it ignores the ``rst`` input)."""
+
 
 class BoardTop(wiring.Component):
     """UART (or bridge) + :class:`~psconv.hw.framing.LinkLayer` + :class:`CommandProcessor` + engine.
 
     Ports: ``rx`` In(1) and ``tx`` Out(1) (the UART lines, idle high; used when elaborated
     without a platform), or with ``bridge=True`` ``rx_data`` In(stream 8) and ``tx_data``
-    Out(stream 8) (see the module docstring). ``clk_freq`` (Hz) must be the real ``sync``
-    frequency: it sets the UART divisor and the link timeout, and ``psconv build`` checks it
-    against the board's clock plan.
+    Out(stream 8), or with ``bridge=True, bridge_beat_bytes=N`` (N > 1) ``rx_beats`` /
+    ``tx_beats`` (streams of :func:`bridge_beat_layout` (N)) and ``engine_active`` Out(1) (see
+    the module docstring).
+    ``clk_freq`` (Hz) must be the real ``sync`` frequency: it sets the UART divisor and the link
+    timeout, and ``psconv build`` checks it against the board's clock plan.
     """
 
     def __init__(self, config: EngineConfig | None = None, clk_freq: float = DEFAULT_CLK_FREQ,
                  baud: int = DEFAULT_BAUD, *, bridge: bool = False,
-                 timeout_cycles: int | None = None, output_fifo_depth: int = OUTPUT_FIFO_DEPTH):
+                 timeout_cycles: int | None = None, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
+                 bridge_beat_bytes: int = 1, bridge_fifo_beats: int = BRIDGE_FIFO_BEATS,
+                 bridge_flush_cycles: int = BRIDGE_FLUSH_CYCLES):
         self.config = config if config is not None else EngineConfig()
         if not isinstance(self.config, EngineConfig):
             raise PsconvError(f"board top: config is {config!r}; allowed: an EngineConfig")
@@ -80,7 +106,16 @@ class BoardTop(wiring.Component):
         self.timeout_cycles = int(timeout_cycles if timeout_cycles is not None
                                   else max(2, clk_freq // 200))
         self.output_fifo_depth = output_fifo_depth
-        if self.bridge:
+        self.bridge_beat_bytes = check_beat_bytes(bridge_beat_bytes)
+        self.bridge_fifo_beats = check_fifo_beats(bridge_fifo_beats)
+        self.bridge_flush_cycles = bridge_flush_cycles
+        if self.bridge_beat_bytes > 1 and not self.bridge:
+            raise PsconvError(f"board top: bridge_beat_bytes={bridge_beat_bytes} needs "
+                              f"bridge=True (the UART build has no wide ports)")
+        if self.bridge and self.bridge_beat_bytes > 1:
+            beat = stream.Signature(bridge_beat_layout(self.bridge_beat_bytes))
+            members = {"rx_beats": In(beat), "tx_beats": Out(beat), "engine_active": Out(1)}
+        elif self.bridge:
             members = {"rx_data": In(stream.Signature(8)), "tx_data": Out(stream.Signature(8))}
         else:
             members = {"rx": In(1, init=1), "tx": Out(1, init=1)}
@@ -93,7 +128,16 @@ class BoardTop(wiring.Component):
             self.config, output_fifo_depth=self.output_fifo_depth, max_payload=MAX_PAYLOAD)
         m.submodules.engine = engine = PeriodicSparseEngine(self.config)
 
-        if self.bridge:
+        if self.bridge and self.bridge_beat_bytes > 1:
+            m.submodules.bridge_rx = bridge_rx = BeatsToBytes(self.bridge_beat_bytes,
+                                                              self.bridge_fifo_beats)
+            m.submodules.bridge_tx = bridge_tx = BytesToBeats(
+                self.bridge_beat_bytes, self.bridge_fifo_beats, self.bridge_flush_cycles)
+            wiring.connect(m, wiring.flipped(self.rx_beats), bridge_rx.beats)
+            wiring.connect(m, bridge_rx.bytes, link.rx_data)
+            wiring.connect(m, link.tx_data, bridge_tx.bytes)
+            wiring.connect(m, bridge_tx.beats, wiring.flipped(self.tx_beats))
+        elif self.bridge:
             wiring.connect(m, wiring.flipped(self.rx_data), link.rx_data)
             wiring.connect(m, wiring.flipped(self.tx_data), link.tx_data)
         else:
@@ -115,4 +159,32 @@ class BoardTop(wiring.Component):
         wiring.connect(m, processor.reply_payload, link.reply_payload)
         m.d.comb += processor.link_counters.eq(link.counters)
         wiring.connect(m, processor.engine, engine)
+        if self.bridge and self.bridge_beat_bytes > 1:
+            # a hint for the bench, read by nothing on the board: the engine is computing (its
+            # busy counter moved in the last ENGINE_ACTIVE_CYCLES cycles), so the clock must run
+            # even while the host is silent
+            busy_before = Signal.like(engine.busy_cycles)
+            active_for = Signal(range(ENGINE_ACTIVE_CYCLES + 1))
+            m.d.sync += busy_before.eq(engine.busy_cycles)
+            with m.If(engine.busy_cycles != busy_before):
+                m.d.sync += active_for.eq(ENGINE_ACTIVE_CYCLES)
+            with m.Elif(active_for != 0):
+                m.d.sync += active_for.eq(active_for - 1)
+            m.d.comb += self.engine_active.eq(active_for != 0)
+            return self._with_power_on_reset(m)
+        return m
+
+    @staticmethod
+    def _with_power_on_reset(core):
+        """``core`` in a local ``board`` domain on ``sync``'s clock, reset for
+        :data:`POWER_ON_RESET_CYCLES` after time 0 instead of by ``sync``'s reset input (see the
+        module docstring: an input reaching every next-state function slows Verilator down)."""
+        m = Module()
+        m.submodules.core = DomainRenamer("board")(core)
+        m.domains.board = board = ClockDomain("board", local=True)
+        powering_up = Signal(range(POWER_ON_RESET_CYCLES + 1), init=POWER_ON_RESET_CYCLES,
+                             reset_less=True)
+        with m.If(powering_up != 0):
+            m.d.sync += powering_up.eq(powering_up - 1)
+        m.d.comb += [board.clk.eq(ClockSignal("sync")), board.rst.eq(powering_up != 0)]
         return m

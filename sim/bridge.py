@@ -1,13 +1,15 @@
 """The simulated board: ``BoardTop(bridge=True)`` in Verilator behind a TCP socket on 127.0.0.1.
 
-:class:`SimBoard` (``config``) builds the board top's Verilog in bridge mode (the UART replaced by
-byte streams, see :mod:`psconv.hw.board_top`) and compiles it with Verilator through
-:mod:`psconv.sim.runner` (cached under ``build/rtl/<config key>/board_bridge/``, the key covering
-the configuration and the gateware sources, as for the engine's own builds). It then starts the
+:class:`SimBoard` (``config``) builds the board top's Verilog in bridge mode with the wide bridge
+(the UART replaced by ``BEAT_BYTES``-byte beat streams and gearboxes that feed the link layer one
+byte per cycle, see :mod:`psconv.hw.board_top`) and compiles it with Verilator through
+:mod:`psconv.sim.runner` (cached under ``build/rtl/<config key>/board_bridge_<beat>x<fifo>/``,
+the key covering the configuration and the gateware sources, as for the engine's own builds),
+with only the top's ports visible to cocotb (:func:`_ports_only_public`). It then starts the
 cocotb bench :mod:`psconv.sim.tb.board_bridge_tb` in a child process, which listens on an
-ephemeral loopback port and passes the port back through a file. :meth:`SimBoard.connect` returns a
-:class:`SimTransport` (a :class:`~psconv.firmware.transport.SocketTransport`): the driver sees a
-byte pipe exactly like a serial port.
+ephemeral loopback port and passes the port back through a file. :meth:`SimBoard.connect`
+returns a :class:`SimTransport` (a :class:`~psconv.firmware.transport.SocketTransport`): the
+driver sees a byte pipe exactly like a serial port.
 
 Lifetime: closing the transport closes the connection; the bench sees the end of the stream,
 finishes, and the simulator exits (:meth:`SimBoard.close` waits for it, and kills the child's
@@ -22,6 +24,7 @@ run side by side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,7 +45,9 @@ TOP = "psconv_board"
 CLOCK_HZ = 45_000_000             # nominal: the clock the bridge-mode top is built for
 BAUD = 3_000_000                  # validated like a real board's (divisor 15), then bypassed
 LINK_TIMEOUT_CYCLES = 20_000      # the device's inter-byte timeout, in simulated cycles
-MAX_IDLE_CYCLES = 4096
+BEAT_BYTES = 64                   # bytes per bridge beat: the bench wakes per beat, not per byte
+FIFO_BEATS = 16                   # beats in each gearbox FIFO (1 KiB: about one full frame)
+MAX_IDLE_CYCLES = 1024            # longest Verilator runs alone before the bench looks again
 SIM_PERIOD_NS = 10                # simulated time per cycle (only cycles matter)
 STARTUP_TIMEOUT_S = 120.0
 ACCEPT_TIMEOUT_S = 300.0
@@ -58,7 +63,9 @@ def build_board(config: EngineConfig, build_root=None, waves: bool | None = None
     from psconv.sim import runner
     from psconv.sim.engine_rtl import _config_key   # the project's one build key: config + hw/ sources
 
-    root = Path(build_root or DEFAULT_BUILD_ROOT) / _config_key(config) / "board_bridge"
+    # the bridge's width is not under hw/, so it names the directory
+    root = (Path(build_root or DEFAULT_BUILD_ROOT) / _config_key(config)
+            / f"board_bridge_{BEAT_BYTES}x{FIFO_BEATS}")
     verilog = root / "verilog" / f"{TOP}.v"
     waves = runner.waves_requested(waves)
     build_dir = root / ("sim-waves" if waves else "sim")
@@ -68,16 +75,41 @@ def build_board(config: EngineConfig, build_root=None, waves: bool | None = None
               f"Verilator under {root}; this takes a minute or two once, then it is cached",
               file=sys.stderr, flush=True)
     if not fresh:
-        top = BoardTop(config, CLOCK_HZ, BAUD, bridge=True, timeout_cycles=LINK_TIMEOUT_CYCLES)
+        top = BoardTop(config, CLOCK_HZ, BAUD, bridge=True, timeout_cycles=LINK_TIMEOUT_CYCLES,
+                       bridge_beat_bytes=BEAT_BYTES, bridge_fifo_beats=FIFO_BEATS)
         header = [*config.summary_lines(),
-                  f"board top in bridge mode: rx_data/tx_data byte streams replace the UART; "
-                  f"link timeout {LINK_TIMEOUT_CYCLES} cycles"]
+                  f"board top in bridge mode: rx_beats/tx_beats ({BEAT_BYTES} bytes per beat, "
+                  f"{FIFO_BEATS}-beat gearbox FIFOs) replace the UART; link timeout "
+                  f"{LINK_TIMEOUT_CYCLES} cycles"]
         text = generate_verilog(top, TOP, header)
         verilog.parent.mkdir(parents=True, exist_ok=True)
         tmp = verilog.with_suffix(f".v.{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.replace(verilog)        # never a half-written file for the next run to trust
-    return runner.build(verilog, TOP, build_dir, waves=waves)
+    public_ports = _ports_only_public(verilog).resolve()
+    return runner.build(verilog, TOP, build_dir, waves=waves,
+                        build_args=["--no-public-flat-rw", str(public_ports)])
+
+
+def _ports_only_public(verilog: Path) -> Path:
+    """A Verilator control file making only the top's ports visible to VPI (cocotb).
+
+    cocotb's runner builds with ``--public-flat-rw``: every signal writable from VPI, so
+    Verilator must treat each like an input, re-evaluates nearly all combinational logic at every
+    evaluation (twice a cycle) and cannot optimize across signals; the bench only touches ports.
+    (``--no-public-flat-rw`` after it undoes it; the control file then names the ports.) The
+    file's name carries a hash of its text, so another port list is another build key."""
+    from psconv.rtl_gen.verilog import verilog_ports
+
+    ports = sorted(verilog_ports(verilog.read_text(), TOP))
+    text = "`verilator_config\n" + "".join(
+        f'public_flat_rw -module "{TOP}" -var "{port}"\n' for port in ports)
+    path = verilog.parent / f"ports-{hashlib.sha256(text.encode()).hexdigest()[:10]}.vlt"
+    if not path.is_file() or path.read_text() != text:
+        tmp = path.with_suffix(f".vlt.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
 
 
 class SimTransport(SocketTransport):
@@ -122,7 +154,7 @@ class SimBoard:
             "build_dir": str(self.build.build_dir), "session_dir": str(self.session_dir),
             "port_file": str(self.port_file), "accept_timeout_s": accept_timeout_s,
             "clock_period_ns": SIM_PERIOD_NS, "max_idle_cycles": max_idle_cycles,
-            "waves": self.build.waves,
+            "waves": self.build.waves, "beat_bytes": BEAT_BYTES, "fifo_beats": FIFO_BEATS,
         }))
         self._closed = False
         self.port = None
