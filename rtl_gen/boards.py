@@ -56,11 +56,13 @@ class DeviceResources:
 
 
 def _ulx3s_engine_config() -> EngineConfig:
-    """The default engine's datapath (Tm=4, Tn=16: 64 multipliers, every ResNet18-CIFAR layer
-    shape) with 128 channels per patch buffer, so the 16 lane copies of the patch memory take
-    128 of the 85F's 208 EBRs; deeper layers run in input-channel passes. A 2048-word weight
-    buffer leaves room for the 64 KiB feature-map buffer (ResNet18's largest input map)."""
-    return EngineConfig(patch_channels=128, weight_depth=2048)
+    """Every ResNet18-CIFAR layer shape on 32 multipliers (Tm=4, Tn=8) with 128 channels per
+    patch buffer (deeper layers run in input-channel passes): the 8 lane copies of the patch
+    memory take 64 EBRs, the 64 KiB feature-map buffer 45. Why not the default 64 multipliers:
+    that engine fits (29.8k LUTs, 201 of 208 EBRs with a 2048-word weight buffer) but nextpnr
+    could not route it in 25 minutes here, and on a board the 3 Mbaud link, not compute, sets
+    the inference time (docs/fpga.md)."""
+    return EngineConfig(tn=8, patch_channels=128)
 
 
 def _ulx3s_small_engine_config() -> EngineConfig:
