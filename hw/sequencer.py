@@ -118,11 +118,11 @@ class Sequencer(wiring.Component):
             self.last.eq(cycle + 1 == pass_cycles),
             self.pixels.eq(Cat(*[(x0 + r) < self.out_width for r in range(tm)])),
         ]
-        # Output FIFO room and the residual beat matter only in the last pass (the only one
-        # that produces a result).
         # A buffer this sequencer has finished with stays "full" until its delayed release lands;
         # a pass shorter than that must not be mistaken for the next build of the buffer.
         consumed = Signal(2)
+        # Output FIFO room and the residual beat matter only in the last pass (the only one
+        # that produces a result).
         ready_to_start = Signal()
         m.d.comb += ready_to_start.eq(
             (self.patch_full & ~consumed).bit_select(buf, 1)
