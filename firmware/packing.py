@@ -170,14 +170,16 @@ def input_channel_passes(in_channels: int, patch_channels: int | None = None) ->
     return [(first, min(step, in_channels - first)) for first in range(0, in_channels, step)]
 
 
-def check_passes(masks, in_channels: int, patch_channels: int | None, name: str = "layer") -> None:
+def check_passes(period: int, in_channels: int, patch_channels: int | None,
+                 what: str = "layer") -> None:
     """A layer split into passes needs P to divide ``patch_channels`` (so each pass starts on a
-    period boundary and kernel (o, i) keeps mask ``(o + i) % P``)."""
-    if len(input_channel_passes(in_channels, patch_channels)) > 1 and patch_channels % len(masks):
+    period boundary and kernel (o, i) keeps mask ``(o + i) % P``). ``what`` names the layer in
+    the error."""
+    passes = len(input_channel_passes(in_channels, patch_channels))
+    if passes > 1 and patch_channels % period:
         raise PsconvError(
-            f"layer {name!r}: {in_channels} input channels need "
-            f"{len(input_channel_passes(in_channels, patch_channels))} passes of {patch_channels} "
-            f"channels, but its period P = {len(masks)} does not divide patch_channels; allowed: "
+            f"{what}: {in_channels} input channels need {passes} passes of {patch_channels} "
+            f"channels, but its period P = {period} does not divide patch_channels; allowed: "
             f"a period dividing {patch_channels}, or at most {patch_channels} input channels")
 
 
@@ -207,7 +209,7 @@ def engine_weight_words(packed: PackedLayer, tn: int, patch_channels: int | None
     """
     p = packed.period
     seq = packed.tap_sequence
-    check_passes(packed.masks, packed.in_channels, patch_channels, packed.name)
+    check_passes(packed.period, packed.in_channels, patch_channels, f"layer {packed.name!r}")
     taps = _weight_taps(unpack_layer(packed), packed.name).to(torch.int64)
     q = torch.tensor([e[0] for e in seq], dtype=torch.int64)
     t = torch.tensor([e[1] for e in seq], dtype=torch.int64)

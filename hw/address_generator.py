@@ -69,7 +69,6 @@ class AddressGenerator(wiring.Component):
         self.max_slots = NUM_TAPS * (max_in + max_p)
         self.channel_width = lane_channel_width(config)
         self.pass_bits = (config.patch_channels - 1).bit_length()   # log2(patch_channels)
-        self.max_passes = -(-max_in // config.patch_channels)
         self.q_width = _bits(max_p - 1)
         self.seq_layout = data.StructLayout({"q": unsigned(self.q_width), "t": unsigned(4)})
         super().__init__({
@@ -80,7 +79,7 @@ class AddressGenerator(wiring.Component):
             "ready": Out(1),
             "taps_per_period": Out(_bits(self.seq_depth)),
             "cycles_per_output": Out(_bits(self.max_slots)),
-            "passes": Out(_bits(self.max_passes)),
+            "passes": Out(_bits(config.max_passes)),
             "full_pass_cycles": Out(_bits(self.max_slots)),
             "last_pass_cycles": Out(_bits(self.max_slots)),
             "issue": In(1),

@@ -469,6 +469,15 @@ class CommandProcessor(wiring.Component):
         def ack():
             reply(Status.ACK, 0, KIND_NONE)
 
+        def gather_byte():
+            """Take the next payload byte into ``gather`` (shifted in at the top) and count it;
+            returns the condition under which a byte is taken this cycle."""
+            m.d.comb += self.command_payload.ready.eq(1)
+            with m.If(self.command_payload.valid):
+                m.d.sync += [gather.eq(Cat(gather[8:], self.command_payload.payload.data)),
+                             gathered.eq(gathered + 1)]
+            return self.command_payload.valid
+
         def data_blob(value, nbytes):
             m.d.sync += blob.eq(value)
             reply(Status.DATA, nbytes, KIND_BLOB)
@@ -595,10 +604,7 @@ class CommandProcessor(wiring.Component):
                                         m.next = "GATHER"
 
             with m.State("GATHER"):
-                m.d.comb += self.command_payload.ready.eq(1)
-                with m.If(self.command_payload.valid):
-                    m.d.sync += [gather.eq(Cat(gather[8:], self.command_payload.payload.data)),
-                                 gathered.eq(gathered + 1)]
+                with m.If(gather_byte()):
                     with m.Switch(code):
                         for command in DATA_COMMANDS:
                             with m.Case(command):
@@ -624,10 +630,7 @@ class CommandProcessor(wiring.Component):
                                     m.next = "GATHER"
 
             with m.State("RECEIVE_LAYER"):
-                m.d.comb += self.command_payload.ready.eq(1)
-                with m.If(self.command_payload.valid):
-                    m.d.sync += [gather.eq(Cat(gather[8:], self.command_payload.payload.data)),
-                                 gathered.eq(gathered + 1)]
+                with m.If(gather_byte()):
                     with m.If(gathered == self.descriptor_bytes - 1):
                         m.next = "LOAD_LAYER"
             with m.State("LOAD_LAYER"):
@@ -636,10 +639,7 @@ class CommandProcessor(wiring.Component):
                 ack()
 
             with m.State("RECEIVE_MAX"):
-                m.d.comb += self.command_payload.ready.eq(1)
-                with m.If(self.command_payload.valid):
-                    m.d.sync += [gather.eq(Cat(gather[8:], self.command_payload.payload.data)),
-                                 gathered.eq(gathered + 1)]
+                with m.If(gather_byte()):
                     with m.If(gathered == 1):
                         m.next = "DIVIDE_MAX"
             with m.State("DIVIDE_MAX"):

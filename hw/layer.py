@@ -147,9 +147,9 @@ class LayerSpec:
         if self.in_channels * self.in_height > rows:
             bad("in_channels * in_height", self.in_channels * self.in_height,
                 f"at most {rows} rows (fmap_depth // max_width) in the feature-map buffer")
-        if self.in_channels > config.patch_channels and config.patch_channels % self.period:
-            bad("period", self.period, f"a divisor of patch_channels = {config.patch_channels} "
-                f"(C_in = {self.in_channels} runs in several input-channel passes)")
+        from psconv.firmware.packing import check_passes
+
+        check_passes(self.period, self.in_channels, config.patch_channels, "engine layer")
         if masks is not None:
             if len(masks) != self.period:
                 bad("period", self.period, f"the mask table's length {len(masks)}")

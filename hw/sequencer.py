@@ -48,7 +48,6 @@ class Sequencer(wiring.Component):
         self.config = config
         depth = PostProcessor.FIFO_DEPTH
         self.fifo_depth = depth
-        self.max_passes = -(-config.max_in_channels // config.patch_channels)
         super().__init__({
             "start": In(1),   # ignored unless idle
             "out_channels": In(range(config.max_out_channels + 1)),
@@ -57,7 +56,7 @@ class Sequencer(wiring.Component):
             "period": In(range(config.max_period + 1)),
             "residual": In(1),
             "cycles_per_output": In(range(config.weight_depth + 1)),
-            "passes": In(range(self.max_passes + 1)),
+            "passes": In(range(config.max_passes + 1)),
             "full_pass_cycles": In(range(config.weight_depth + 1)),
             "last_pass_cycles": In(range(config.weight_depth + 1)),
             "setup_ready": In(1),
@@ -98,7 +97,7 @@ class Sequencer(wiring.Component):
 
         cycle = Signal(range(cfg.weight_depth + 1))
         channel = self.out_channel
-        pass_index = Signal(range(self.max_passes + 1))
+        pass_index = Signal(range(cfg.max_passes + 1))
         out_mod = self.out_mod
         waddr = self.weight_addr
         channel_start = Signal(range(cfg.weight_depth + 1))   # word of (pass, channel) cycle 0

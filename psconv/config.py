@@ -131,9 +131,14 @@ class EngineConfig:
         return self.tm * self.tn
 
     @property
+    def max_passes(self) -> int:
+        """Input-channel passes of the deepest layer the config admits."""
+        return -(-self.max_in_channels // self.patch_channels)
+
+    @property
     def multi_pass(self) -> bool:
         """True if a layer may need several input-channel passes (partial sums on chip)."""
-        return self.patch_channels < self.max_in_channels
+        return self.max_passes > 1
 
     def replace(self, **changes) -> "EngineConfig":
         """A new validated config with ``changes`` applied."""
