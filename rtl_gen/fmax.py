@@ -122,6 +122,7 @@ class FmaxReport:
     fmax_mhz: float | None = None
     target_mhz: float = 150.0
     routed: bool = False
+    router: str = "router1"    # nextpnr's router (reports made before this field: router1)
     critical_path: list = field(default_factory=list)   # [(delay_ns, from, to)], worst first
     seconds: dict = field(default_factory=dict)
     tool_versions: dict = field(default_factory=dict)
@@ -133,7 +134,7 @@ class FmaxReport:
                  f"weight_depth={cfg['weight_depth']}",
                  f"LUT4 (TRELLIS_COMB) {self.luts}, FF {self.ffs}, MULT18X18D {self.dsps}, "
                  f"DP16KD {self.brams}, TRELLIS_RAMW {self.lutrams}",
-                 f"Fmax {self.fmax_mhz} MHz ({'routed' if self.routed else 'placed only'}; "
+                 f"Fmax {self.fmax_mhz} MHz ({f'routed, {self.router}' if self.routed else 'placed only'}; "
                  f"target {self.target_mhz})",
                  "critical path:"]
         lines += [f"  {d:6.3f} ns  {a} -> {b}" for d, a, b in self.critical_path]
@@ -206,9 +207,10 @@ def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: in
     _run(cmd, outdir, outdir / "nextpnr.stdout")
 
 
-def read_report(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True) -> FmaxReport:
+def read_report(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
+                router: str = "router1") -> FmaxReport:
     outdir = Path(outdir)
-    rep = FmaxReport(config=_config_dict(config), target_mhz=freq, routed=route)
+    rep = FmaxReport(config=_config_dict(config), target_mhz=freq, routed=route, router=router)
     data = json.loads((outdir / "report.json").read_text())
     util = data.get("utilization", {})
     get = lambda k: util.get(k, {}).get("used", 0)
@@ -266,7 +268,7 @@ def measure(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = 
     t = time.monotonic()
     place_and_route(outdir, freq=freq, route=route, seed=seed, router=router)
     times["pnr_s"] = round(time.monotonic() - t)
-    rep = read_report(config, outdir, freq=freq, route=route)
+    rep = read_report(config, outdir, freq=freq, route=route, router=router)
     rep.seconds = times
     rep.tool_versions = tool_versions()
     (outdir / "fmax_report.json").write_text(json.dumps(asdict(rep), indent=1))

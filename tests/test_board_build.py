@@ -196,8 +196,10 @@ def test_real_build_ulx3s_85f_through_pll_with_missed_timing(tmp_path, capsys, m
     before = {var: os.environ.get(var) for var in TOOL_VARS}
     plan = plan_clock("ulx3s-85f", 250)
     top = UartMacDemo("ulx3s-85f", clk_freq=plan.actual_hz)
-    report = build_bitstream(top, "ulx3s-85f", tmp_path / "ulx3s", clock_mhz=250)
+    report = build_bitstream(top, "ulx3s-85f", tmp_path / "ulx3s", clock_mhz=250,
+                             router="router2")
     assert {var: os.environ.get(var) for var in TOOL_VARS} == before
+    assert "--router router2" in (tmp_path / "ulx3s" / "build_top.sh").read_text()
     assert len(runs) == 2 and "abc -lut 4" not in runs[0] and "abc -lut 4" in runs[1]
     assert any("plain ABC" in note for note in report.notes)
 
@@ -249,6 +251,13 @@ def test_toolchain_failure_is_reported_with_the_log(tmp_path):
     message = str(e.value)
     assert "failed during" in message and "build.log" in message
     assert "needs 12 ICESTORM_DSP but the device has 8" in message
+
+
+def test_unknown_router_is_refused_before_any_tool_runs(tmp_path):
+    with pytest.raises(PsconvError, match="router 'router3'; allowed: router1, router2"):
+        build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, router="router3",
+                        progress=False)
+    assert not (tmp_path / "build_top.sh").exists()
 
 
 def test_elaboration_failure_is_one_error(tmp_path):

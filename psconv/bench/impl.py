@@ -50,6 +50,9 @@ DEFAULT_FAMILIES = ("PSD1_P16", "PS4_P8", "dense")
 SPARSE_MAX_PERIOD = 16
 ECP5_85F = {"LUT4": 83_640, "MULT18X18D": 156, "DP16KD": 208}
 DEFAULT_BUILD_DIR = Path("build/impl")
+# router1: router2 stalled on the congested builds here (thousands of overused wires for tens
+# of iterations), router1 converged (docs/fpga.md)
+DEFAULT_ROUTER = "router1"
 
 
 def sweep_config(tm: int, tn: int, family_name: str, **overrides) -> EngineConfig:
@@ -186,7 +189,7 @@ def _describe_path(critical_path) -> str:
     return f"{total:.1f} ns, {len(critical_path)} steps: {source} -> {sink}"
 
 
-def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool):
+def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, router: str):
     """The :class:`FmaxReport` saved in ``folder`` when it is for the same build, else None."""
     from psconv.rtl_gen.fmax import FmaxReport, _config_dict, yosys_cells
 
@@ -197,21 +200,23 @@ def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool):
     known = {f.name for f in fields(FmaxReport)}
     report = FmaxReport(**{k: v for k, v in data.items() if k in known})
     if (report.config != json.loads(json.dumps(_config_dict(config)))
-            or report.target_mhz != freq or report.routed != route):
+            or report.target_mhz != freq or report.routed != route
+            or (route and report.router != router)):
         return None
     report.yosys_cells = yosys_cells(folder / "yosys_stat.txt")   # the listing is the source
     return report
 
 
-def build(config: EngineConfig, folder: Path, freq: float, route: bool, reuse: bool):
+def build(config: EngineConfig, folder: Path, freq: float, route: bool, reuse: bool,
+          router: str = DEFAULT_ROUTER):
     """Synthesize and place (and route) ``config``; returns (FmaxReport, reused)."""
     from psconv.rtl_gen.fmax import measure
 
     if reuse:
-        report = _reusable(folder, config, freq, route)
+        report = _reusable(folder, config, freq, route, router)
         if report is not None:
             return report, True
-    return measure(config, folder, freq=freq, route=route), False
+    return measure(config, folder, freq=freq, route=route, router=router), False
 
 
 def parse_grid_entry(text: str) -> tuple[int, int]:
@@ -241,7 +246,7 @@ def parse_overrides(items) -> dict:
 def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DENSE_BASELINE,
         freq: float = 150.0, route: bool = True, outdir=None, build_dir=DEFAULT_BUILD_DIR,
         keep_going: bool = False, reuse: bool = False, width: int = 64, overrides=None,
-        quiet: bool = False):
+        quiet: bool = False, router: str = DEFAULT_ROUTER):
     """Build every configuration, compute its throughput, write the results; returns the folder.
 
     ``families``: families whose throughput is reported; the first is the headline (the sparse
@@ -271,7 +276,7 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
         label = f"{tm}x{tn}"
         row = {"config": label, "family": build_family, "multipliers": tm * tn,
                "LUT4": None, "LUT_slots": None, "FF": None, "DSP": None, "DP16KD": None,
-               "fmax_mhz": None, "timing": "routed" if route else "placed"}
+               "fmax_mhz": None, "timing": f"routed ({router})" if route else "placed"}
         for name in families:
             row[f"ips_{name}"] = None
         row.update({"link_ips": None, "bound": None, "fits": None, "error": ""})
@@ -285,7 +290,7 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
                         models[name] = default_quantized_model(name, width)
                     figures[name] = throughput(config, models[name])
             t0 = time.perf_counter()
-            report, reused = build(config, folder, freq, route, reuse)
+            report, reused = build(config, folder, freq, route, reuse, router)
             cells = report.yosys_cells
             row.update({"LUT4": cells.get("LUT4"), "LUT_slots": report.luts, "FF": report.ffs,
                         "DSP": report.dsps, "DP16KD": report.brams, "fmax_mhz": report.fmax_mhz})
@@ -349,6 +354,13 @@ def pareto_front(points):
     return front
 
 
+def _own_ips(row):
+    """Compute-bound inferences/s of a row's build on its own family (None if unknown), whether
+    or not that family is one of the reported ``--families``."""
+    figure = row.get("throughput", {}).get(row["family"])
+    return figure.get("compute_ips") if figure else None
+
+
 def _summary(rows, configs, families, headline, freq, route, width, overrides, seconds) -> dict:
     ok = [r for r in rows if not r["error"] and r["fmax_mhz"]]
     base = configs[0]
@@ -389,7 +401,7 @@ def _summary(rows, configs, families, headline, freq, route, width, overrides, s
         summary[f"Pareto front ({headline}, {axis})"] = ", ".join(sparse[k]["config"] for k in front)
     bounds = sorted({r["bound"] for r in ok if r["bound"]})
     if ok:
-        ratio = [r[f"ips_{r['family']}"] / r["link_ips"] for r in ok if r[f"ips_{r['family']}"]]
+        ratio = [_own_ips(r) / r["link_ips"] for r in ok if _own_ips(r)]
         summary["dominant bound"] = (
             f"{' and '.join(bounds)}; compute-bound / link-bound = {min(ratio):.0f}x to "
             f"{max(ratio):.0f}x" if ratio else "n/a")
@@ -408,7 +420,7 @@ def _plot(path, rows, headline, freq, route):
                              (axes[1], "DSP", "MULT18X18D used")):
         pts, labels, dense = [], [], []
         for r in ok:
-            ips = r[f"ips_{r['family']}"] if f"ips_{r['family']}" in r else None
+            ips = _own_ips(r)
             if ips is None:
                 continue
             pts.append((r[axis], ips))
@@ -454,7 +466,8 @@ def register(benches) -> None:
         description=__doc__.split("\n\n")[0] + " Each build takes minutes (routed: 10+).")
     parser.add_argument("--grid", nargs="+", metavar="TMxTN",
                         default=[f"{tm}x{tn}" for tm, tn in DEFAULT_GRID],
-                        help="sparse builds (default: 2x8 4x8 2x16 4x16)")
+                        help="sparse builds (default: 2x8 4x8 2x16 4x16; none: only the dense "
+                             "baseline)")
     parser.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES),
                         help="families whose throughput is reported; the first is the headline "
                              "the sparse builds are built for (default: PSD1_P16 PS4_P8 dense)")
@@ -463,6 +476,8 @@ def register(benches) -> None:
     parser.add_argument("--freq", type=float, default=150.0, help="nextpnr target MHz")
     parser.add_argument("--no-route", action="store_true",
                         help="stop after placement: nextpnr's post-placement Fmax estimate")
+    parser.add_argument("--router", choices=("router1", "router2"), default=DEFAULT_ROUTER,
+                        help=f"nextpnr router (default {DEFAULT_ROUTER})")
     parser.add_argument("--width", type=int, default=64, help="ResNet18 base width (64: full)")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", dest="overrides",
                         help="override a field of sweep_config, e.g. --set max_in_channels=16")
@@ -478,9 +493,13 @@ def register(benches) -> None:
 
 
 def _command(args) -> int:
-    grid = [parse_grid_entry(entry) for entry in args.grid]
+    grid = ([] if [entry.strip().lower() for entry in args.grid] == ["none"]
+            else [parse_grid_entry(entry) for entry in args.grid])
     baseline = (None if args.dense_baseline.strip().lower() == "none"
                 else parse_grid_entry(args.dense_baseline))
+    if not grid and baseline is None:
+        raise PsconvError("bench impl: --grid none and --dense-baseline none leave nothing to "
+                          "build; allowed: at least one of them")
     for name in args.families:
         family_by_name(name)
     if args.width < 1:
@@ -488,5 +507,6 @@ def _command(args) -> int:
     if args.freq <= 0:
         raise PsconvError(f"bench impl: --freq is {args.freq}; allowed: MHz > 0")
     run(grid, args.families, baseline, args.freq, not args.no_route, args.out, args.build_dir,
-        args.keep_going, args.reuse, args.width, parse_overrides(args.overrides), args.quiet)
+        args.keep_going, args.reuse, args.width, parse_overrides(args.overrides), args.quiet,
+        args.router)
     return 0

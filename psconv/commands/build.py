@@ -40,6 +40,9 @@ def register(subparsers) -> None:
                              "45 MHz from the PLL on ULX3S, the 12 MHz oscillator on iCEBreaker)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                         help=f"UART baud rate of the host link (default {DEFAULT_BAUD})")
+    parser.add_argument("--router", choices=("router1", "router2"), default="router1",
+                        help="nextpnr-ecp5 router (ECP5 boards; default router1: router2 stalled "
+                             "on the congested engine board tops here, see docs/fpga.md)")
     parser.add_argument("--design", choices=DESIGNS, default="engine",
                         help="engine: the accelerator's board top (default); mac-demo: a UART "
                              "multiply-accumulate demo that checks the flow")
@@ -119,7 +122,7 @@ def run(args) -> int:
     top = make_top(args.design, board, config, plan.actual_hz, args.baud)
     outdir = args.outdir or f"build/{board.name}"
     report = build_bitstream(top, board, outdir, clock_mhz=clock_mhz,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, router=args.router)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
