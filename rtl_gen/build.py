@@ -15,9 +15,8 @@ Amaranth build overrides it passes (see ``amaranth/vendor/_lattice.py`` and ``_s
   its clock still give a bitstream and a report (which then says timing was missed).
 * ``synth_opts="-dsp"`` on iCE40 only: ``synth_ice40`` maps multipliers to ``SB_MAC16`` only
   when asked (``synth_ecp5`` maps to ``MULT18X18D`` by default).
-* ``--router router1|router2`` on ECP5 (``router``, default router1): on the ULX3S engine board
-  top router2 cut overuse quickly at first but then stalled (about 8k overused wires at Tm=4,
-  1.4k at Tm=2, for tens of iterations); router1 is slower per pass but converges (docs/fpga.md).
+* ``--router router1|router2`` on ECP5 (``router``, default router1; see
+  :data:`psconv.rtl_gen.ECP5_ROUTERS`).
 
 Any ``AMARANTH_nextpnr_opts``/``AMARANTH_synth_opts`` the user exported are kept (appended);
 ``AMARANTH_ENV_TRELLIS``/``AMARANTH_ENV_ICESTORM`` (a vendor toolchain script) is ignored.
@@ -58,6 +57,7 @@ from amaranth.lib.wiring import In, Out
 from psconv.errors import PsconvError
 from psconv.hw.uart import UART, uart_divisor
 
+from . import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
 from .boards import Board, get_board
 
 DESIGN_NAME = "top"
@@ -688,7 +688,7 @@ _STALE_SUFFIXES = (".il", ".ys", ".json", ".rpt", ".tim", ".config", ".asc", ".b
 
 
 def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
-                    progress: bool = True, router: str = "router1") -> BuildReport:
+                    progress: bool = True, router: str = DEFAULT_ECP5_ROUTER) -> BuildReport:
     """Synthesize, place, route and pack ``top`` for ``board``; return the :class:`BuildReport`.
 
     ``top`` is any ``Elaboratable`` whose ``elaborate(platform)`` requests its resources from
@@ -698,14 +698,15 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
     ``outdir`` (``top.bit``/``top.bin``, ``top.tim`` the nextpnr log, ``nextpnr_report.json``,
     ``build.log`` everything the tools printed). Progress (stage and elapsed time) is shown on
     stderr unless ``progress`` is false. ``router`` is nextpnr-ecp5's router (ECP5 only).
-    Timing failure does not fail the build (nextpnr runs with ``--timing-allow-fail``); the report says whether timing was met. A tool failure
-    raises :class:`PsconvError` with the log's tail.
+    Timing failure does not fail the build (nextpnr runs with ``--timing-allow-fail``); the
+    report says whether timing was met. A tool failure raises :class:`PsconvError` with the
+    log's tail.
     """
     board = get_board(board)
     if not isinstance(top, Elaboratable) and not hasattr(top, "elaborate"):
         raise PsconvError(f"top {top!r} is not an Amaranth Elaboratable")
-    if router not in ("router1", "router2"):
-        raise PsconvError(f"router {router!r}; allowed: router1, router2")
+    if router not in ECP5_ROUTERS:
+        raise PsconvError(f"router {router!r}; allowed: {', '.join(ECP5_ROUTERS)}")
     plan = plan_clock(board, clock_mhz)
     clk_freq = getattr(top, "clk_freq", None)
     if isinstance(clk_freq, (int, float)) and abs(clk_freq - plan.actual_hz) > 1e-3 * plan.actual_hz:

@@ -35,6 +35,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from psconv.config import EngineConfig
+from psconv.rtl_gen import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
 from psconv.rtl_gen.build import find_pypi_command
 
 DEVICE_ARGS = ["--85k", "--package", "CABGA381", "--speed", "6"]
@@ -191,7 +192,7 @@ def synthesize(config: EngineConfig, outdir, *, abc9: bool = True) -> Path:
 
 
 def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: int = 1,
-                    threads: int = 2, router: str = "router1") -> None:
+                    threads: int = 2, router: str = DEFAULT_ECP5_ROUTER) -> None:
     outdir = Path(outdir)
     lpf = [f'LOCATE COMP "clk" SITE "{CLOCK_PIN}";', 'IOBUF PORT "clk" IO_TYPE=LVCMOS33;',
            f'FREQUENCY PORT "clk" {freq} MHZ;']
@@ -208,7 +209,7 @@ def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: in
 
 
 def read_report(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
-                router: str = "router1") -> FmaxReport:
+                router: str = DEFAULT_ECP5_ROUTER) -> FmaxReport:
     outdir = Path(outdir)
     rep = FmaxReport(config=_config_dict(config), target_mhz=freq, routed=route, router=router)
     data = json.loads((outdir / "report.json").read_text())
@@ -257,7 +258,8 @@ def tool_versions() -> dict:
 
 
 def measure(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
-            seed: int = 1, skip_synth: bool = False, router: str = "router1") -> FmaxReport:
+            seed: int = 1, skip_synth: bool = False,
+            router: str = DEFAULT_ECP5_ROUTER) -> FmaxReport:
     """Synthesize, place (and route) ``config``'s engine; return the :class:`FmaxReport`."""
     outdir = Path(outdir)
     times = {}
@@ -288,7 +290,7 @@ def main(argv=None) -> int:
     ap.add_argument("--freq", type=float, default=150.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-route", action="store_true")
-    ap.add_argument("--router", default="router1", choices=["router1", "router2"])
+    ap.add_argument("--router", default=DEFAULT_ECP5_ROUTER, choices=ECP5_ROUTERS)
     ap.add_argument("--skip-synth", action="store_true", help="reuse outdir/top.json")
     args = ap.parse_args(argv)
     if args.config:

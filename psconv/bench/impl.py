@@ -40,6 +40,8 @@ from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import dense_family, family_by_name
 
+from psconv.rtl_gen import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
+
 from .e2e import UART_BYTES_PER_S, offchip_bytes
 from .results import write_results
 
@@ -50,9 +52,6 @@ DEFAULT_FAMILIES = ("PSD1_P16", "PS4_P8", "dense")
 SPARSE_MAX_PERIOD = 16
 ECP5_85F = {"LUT4": 83_640, "MULT18X18D": 156, "DP16KD": 208}
 DEFAULT_BUILD_DIR = Path("build/impl")
-# router1: router2 stalled on the congested builds here (thousands of overused wires for tens
-# of iterations), router1 converged (docs/fpga.md)
-DEFAULT_ROUTER = "router1"
 
 
 def sweep_config(tm: int, tn: int, family_name: str, **overrides) -> EngineConfig:
@@ -208,7 +207,7 @@ def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, rout
 
 
 def build(config: EngineConfig, folder: Path, freq: float, route: bool, reuse: bool,
-          router: str = DEFAULT_ROUTER):
+          router: str = DEFAULT_ECP5_ROUTER):
     """Synthesize and place (and route) ``config``; returns (FmaxReport, reused)."""
     from psconv.rtl_gen.fmax import measure
 
@@ -246,7 +245,7 @@ def parse_overrides(items) -> dict:
 def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DENSE_BASELINE,
         freq: float = 150.0, route: bool = True, outdir=None, build_dir=DEFAULT_BUILD_DIR,
         keep_going: bool = False, reuse: bool = False, width: int = 64, overrides=None,
-        quiet: bool = False, router: str = DEFAULT_ROUTER):
+        quiet: bool = False, router: str = DEFAULT_ECP5_ROUTER):
     """Build every configuration, compute its throughput, write the results; returns the folder.
 
     ``families``: families whose throughput is reported; the first is the headline (the sparse
@@ -476,8 +475,8 @@ def register(benches) -> None:
     parser.add_argument("--freq", type=float, default=150.0, help="nextpnr target MHz")
     parser.add_argument("--no-route", action="store_true",
                         help="stop after placement: nextpnr's post-placement Fmax estimate")
-    parser.add_argument("--router", choices=("router1", "router2"), default=DEFAULT_ROUTER,
-                        help=f"nextpnr router (default {DEFAULT_ROUTER})")
+    parser.add_argument("--router", choices=ECP5_ROUTERS, default=DEFAULT_ECP5_ROUTER,
+                        help=f"nextpnr router (default {DEFAULT_ECP5_ROUTER})")
     parser.add_argument("--width", type=int, default=64, help="ResNet18 base width (64: full)")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", dest="overrides",
                         help="override a field of sweep_config, e.g. --set max_in_channels=16")

@@ -13,6 +13,7 @@ import json
 import sys
 
 from psconv.errors import PsconvError
+from psconv.rtl_gen import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
 
 DESIGNS = ("engine", "mac-demo")
 DEFAULT_BAUD = 3_000_000   # psconv run --transport serial:... uses the same default
@@ -40,9 +41,10 @@ def register(subparsers) -> None:
                              "45 MHz from the PLL on ULX3S, the 12 MHz oscillator on iCEBreaker)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                         help=f"UART baud rate of the host link (default {DEFAULT_BAUD})")
-    parser.add_argument("--router", choices=("router1", "router2"), default="router1",
-                        help="nextpnr-ecp5 router (ECP5 boards; default router1: router2 stalled "
-                             "on the congested engine board tops here, see docs/fpga.md)")
+    parser.add_argument("--router", choices=ECP5_ROUTERS, default=DEFAULT_ECP5_ROUTER,
+                        help=f"nextpnr-ecp5 router on ECP5 boards (default {DEFAULT_ECP5_ROUTER}: "
+                             f"router2 stalled on the congested engine board tops here, see "
+                             f"docs/fpga.md)")
     parser.add_argument("--design", choices=DESIGNS, default="engine",
                         help="engine: the accelerator's board top (default); mac-demo: a UART "
                              "multiply-accumulate demo that checks the flow")
