@@ -596,6 +596,25 @@ def _stage(outdir: Path, name: str) -> str:
     return "packing (nextpnr)"
 
 
+def _routing_detail(outdir: Path, name: str) -> str:
+    """How far nextpnr's router is, from its log: router1 prints the arcs still unrouted,
+    router2 the wires still overused per iteration ("" before the first such line). A routing
+    stage can take half an hour on the engine board tops, so the user sees it move."""
+    tim = outdir / f"{name}.tim"
+    try:
+        text = tim.read_text(errors="replace")
+    except OSError:
+        return ""
+    total = re.search(r"Routing (\d+) arcs", text)
+    rows = re.findall(r"^Info:\s+(\d+) \|.*\|\s+(\d+)\|\s+[\d.]+\s+[\d.]+\|\s*$", text, re.M)
+    if rows and total:
+        return f"{int(rows[-1][1]):,} of {int(total.group(1)):,} arcs left"
+    iterations = re.findall(r"iter=(\d+) wires=\d+ overused=(\d+)", text)
+    if iterations:
+        return f"iteration {iterations[-1][0]}, {int(iterations[-1][1]):,} wires overused"
+    return ""
+
+
 class _Progress:
     """Stage and elapsed time of a running build on stderr: one refreshing line on a
     terminal (tqdm), one line per stage change otherwise (CI logs)."""
@@ -607,12 +626,22 @@ class _Progress:
         self.start = time.monotonic()
         self.shown = None
         self.bar = None
+        self.last_detail = -math.inf
         if self.tty:
             from tqdm import tqdm
             # A terminal that reports a 0x0 size would make tqdm print nothing at all.
             columns, rows = shutil.get_terminal_size((100, 24))
             self.bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr,
                             desc=f"building {label}", leave=True, ncols=columns, nrows=rows)
+
+    def detail_due(self) -> bool:
+        """True at most every 5 s on a terminal (the line refreshes in place), every 2 minutes
+        otherwise (each new detail is a new line of a CI log)."""
+        now = time.monotonic()
+        if now - self.last_detail < (5.0 if self.tty else 120.0):
+            return False
+        self.last_detail = now
+        return True
 
     def update(self, stage: str) -> None:
         if not self.enabled:
@@ -639,8 +668,14 @@ def _run_script(outdir: Path, script: str, env: dict, progress: bool, label: str
                                 stderr=subprocess.STDOUT)
         shown = _Progress(label, progress)
         try:
+            detail = ""
             while True:
-                shown.update(_stage(outdir, DESIGN_NAME))
+                stage = _stage(outdir, DESIGN_NAME)
+                if stage.startswith("routing"):
+                    if shown.detail_due():
+                        detail = _routing_detail(outdir, DESIGN_NAME) or detail
+                    stage = f"{stage}: {detail}" if detail else stage
+                shown.update(stage)
                 try:
                     proc.wait(timeout=0.5)
                     break

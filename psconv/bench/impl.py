@@ -39,7 +39,6 @@ from types import SimpleNamespace
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import dense_family, family_by_name
-
 from psconv.rtl_gen import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
 
 from .e2e import UART_BYTES_PER_S, offchip_bytes
