@@ -20,6 +20,7 @@ BRIDGE_FIFO_BEATS = 16
 BRIDGE_FLUSH_CYCLES = 8
 """Default quiet cycles after which :class:`BytesToBeats` sends a partly filled beat."""
 
+
 def bridge_beat_layout(beat_bytes: int) -> data.StructLayout:
     """One wide-bridge beat: ``data`` (``8 * beat_bytes`` bits, byte ``i`` in bits ``8i..8i+7``,
     the first byte on the wire in the low bits) and ``count``, how many of those bytes are used
@@ -28,17 +29,20 @@ def bridge_beat_layout(beat_bytes: int) -> data.StructLayout:
     return data.StructLayout({"data": 8 * beat_bytes, "count": range(beat_bytes + 1)})
 
 
+def _integer_at_least(what: str, value, low: int, note: str = "") -> int:
+    """``value`` if it is an integer (not a bool) >= ``low``, else the error naming ``what``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise PsconvError(f"{what} {value!r} must be an integer >= {low}{note}")
+    return value
+
+
 def check_beat_bytes(beat_bytes) -> int:
-    if not isinstance(beat_bytes, int) or isinstance(beat_bytes, bool) or beat_bytes < 1:
-        raise PsconvError(f"bridge beat width {beat_bytes!r} must be an integer >= 1 (bytes per "
-                          f"beat; 1 is the plain byte-stream bridge)")
-    return beat_bytes
+    return _integer_at_least("bridge beat width", beat_bytes, 1,
+                             " (bytes per beat; 1 is the plain byte-stream bridge)")
 
 
 def check_fifo_beats(fifo_beats) -> int:
-    if not isinstance(fifo_beats, int) or isinstance(fifo_beats, bool) or fifo_beats < 2:
-        raise PsconvError(f"bridge FIFO depth {fifo_beats!r} must be an integer >= 2 (beats)")
-    return fifo_beats
+    return _integer_at_least("bridge FIFO depth", fifo_beats, 2, " (beats)")
 
 
 class BeatsToBytes(wiring.Component):
@@ -99,9 +103,7 @@ class BytesToBeats(wiring.Component):
                  flush_cycles: int = BRIDGE_FLUSH_CYCLES):
         self.beat_bytes = check_beat_bytes(beat_bytes)
         self.fifo_beats = check_fifo_beats(fifo_beats)
-        if not isinstance(flush_cycles, int) or flush_cycles < 1:
-            raise PsconvError(f"bridge flush_cycles {flush_cycles!r} must be an integer >= 1")
-        self.flush_cycles = flush_cycles
+        self.flush_cycles = _integer_at_least("bridge flush_cycles", flush_cycles, 1)
         self.layout = bridge_beat_layout(self.beat_bytes)
         super().__init__({"bytes": In(stream.Signature(8)),
                           "beats": Out(stream.Signature(self.layout))})

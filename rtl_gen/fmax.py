@@ -135,7 +135,8 @@ class FmaxReport:
                  f"weight_depth={cfg['weight_depth']}",
                  f"LUT4 (TRELLIS_COMB) {self.luts}, FF {self.ffs}, MULT18X18D {self.dsps}, "
                  f"DP16KD {self.brams}, TRELLIS_RAMW {self.lutrams}",
-                 f"Fmax {self.fmax_mhz} MHz ({f'routed, {self.router}' if self.routed else 'placed only'}; "
+                 f"Fmax {self.fmax_mhz} MHz "
+                 f"({f'routed, {self.router}' if self.routed else 'placed only'}; "
                  f"target {self.target_mhz})",
                  "critical path:"]
         lines += [f"  {d:6.3f} ns  {a} -> {b}" for d, a, b in self.critical_path]

@@ -7,10 +7,11 @@ listens, plus ``beat_bytes`` (the top's ``bridge_beat_bytes``), ``fifo_beats``,
 
 The top is built with the wide bridge: ``rx_beats`` / ``tx_beats`` carry up to ``beat_bytes``
 bytes per beat (``count << 8 * beat_bytes | int.from_bytes(chunk, "little")``), and gearboxes in
-gateware (:class:`~psconv.hw.board_top.BeatsToBytes` / :class:`~psconv.hw.board_top.BytesToBeats`,
-each with a FIFO of ``fifo_beats`` beats) feed the link layer one byte per cycle at most. Python
-(tens of microseconds per wake-up) runs once per beat, not once per byte, and the clock toggles
-in C++ (cocotb's ``impl="gpi"`` clock), so Verilator runs alone between wake-ups.
+gateware (:class:`~psconv.hw.byte_gearbox.BeatsToBytes` /
+:class:`~psconv.hw.byte_gearbox.BytesToBeats`, each with a FIFO of ``fifo_beats`` beats) feed
+the link layer one byte per cycle at most. Python (tens of microseconds per wake-up) runs once
+per beat, not once per byte, and the clock toggles in C++ (cocotb's ``impl="gpi"`` clock), so
+Verilator runs alone between wake-ups.
 
 Shuttling. The bench wakes at rising edges. Under Verilator the values read there are those of
 the cycle that just ended (sampled at the edge, before the design's registers update), so a beat
