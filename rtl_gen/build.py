@@ -15,8 +15,8 @@ Amaranth build overrides it passes (see ``amaranth/vendor/_lattice.py`` and ``_s
   its clock still give a bitstream and a report (which then says timing was missed).
 * ``synth_opts="-dsp"`` on iCE40 only: ``synth_ice40`` maps multipliers to ``SB_MAC16`` only
   when asked (``synth_ecp5`` maps to ``MULT18X18D`` by default).
-* ``--router router1|router2`` on ECP5 (``router``, default router1; see
-  :data:`psconv.rtl_gen.ECP5_ROUTERS`).
+* ``--placer heap|static --router router1|router2`` on ECP5 (``placer``, ``router``; see
+  :mod:`psconv.rtl_gen` for the defaults and why).
 
 Any ``AMARANTH_nextpnr_opts``/``AMARANTH_synth_opts`` the user exported are kept (appended);
 ``AMARANTH_ENV_TRELLIS``/``AMARANTH_ENV_ICESTORM`` (a vendor toolchain script) is ignored.
@@ -57,7 +57,7 @@ from amaranth.lib.wiring import In, Out
 from psconv.errors import PsconvError
 from psconv.hw.uart import UART, uart_divisor
 
-from . import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
+from . import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ecp5_place_route_args
 from .boards import Board, get_board
 
 DESIGN_NAME = "top"
@@ -591,7 +591,8 @@ def _stage(outdir: Path, name: str) -> str:
         tail = ""
     if "Router" in tail or "Routing" in tail or "routing" in tail:
         return "routing (nextpnr)"
-    if "placer" in tail or "Placer" in tail or "placing" in tail:
+    if "placer" in tail or "Placer" in tail or "placing" in tail or "overlap:" in tail:
+        # (the static placer's iterations print "overlap: COMB=..%" lines, nothing else)
         return "placement (nextpnr)"
     return "packing (nextpnr)"
 
@@ -723,7 +724,8 @@ _STALE_SUFFIXES = (".il", ".ys", ".json", ".rpt", ".tim", ".config", ".asc", ".b
 
 
 def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
-                    progress: bool = True, router: str = DEFAULT_ECP5_ROUTER) -> BuildReport:
+                    progress: bool = True, router: str = DEFAULT_ECP5_ROUTER,
+                    placer: str = DEFAULT_ECP5_PLACER) -> BuildReport:
     """Synthesize, place, route and pack ``top`` for ``board``; return the :class:`BuildReport`.
 
     ``top`` is any ``Elaboratable`` whose ``elaborate(platform)`` requests its resources from
@@ -732,7 +734,8 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
     :func:`plan_clock`'s frequency (it sets baud divisors and the like). Build files go to
     ``outdir`` (``top.bit``/``top.bin``, ``top.tim`` the nextpnr log, ``nextpnr_report.json``,
     ``build.log`` everything the tools printed). Progress (stage and elapsed time) is shown on
-    stderr unless ``progress`` is false. ``router`` is nextpnr-ecp5's router (ECP5 only).
+    stderr unless ``progress`` is false. ``placer`` and ``router`` are nextpnr-ecp5's (ECP5
+    only).
     Timing failure does not fail the build (nextpnr runs with ``--timing-allow-fail``); the
     report says whether timing was met. A tool failure raises :class:`PsconvError` with the
     log's tail.
@@ -740,8 +743,7 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
     board = get_board(board)
     if not isinstance(top, Elaboratable) and not hasattr(top, "elaborate"):
         raise PsconvError(f"top {top!r} is not an Amaranth Elaboratable")
-    if router not in ECP5_ROUTERS:
-        raise PsconvError(f"router {router!r}; allowed: {', '.join(ECP5_ROUTERS)}")
+    place_route = " ".join(ecp5_place_route_args(placer, router))
     plan = plan_clock(board, clock_mhz)
     clk_freq = getattr(top, "clk_freq", None)
     if isinstance(clk_freq, (int, float)) and abs(clk_freq - plan.actual_hz) > 1e-3 * plan.actual_hz:
@@ -761,7 +763,7 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
     if board.family == "ice40":
         overrides["synth_opts"] = "-dsp"
     else:
-        overrides["nextpnr_opts"] += f" --router {router}"
+        overrides["nextpnr_opts"] += f" {place_route}"
     removed = []
     for name in list(overrides):
         user = os.environ.get(f"AMARANTH_{name}")

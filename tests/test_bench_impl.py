@@ -32,7 +32,7 @@ def test_impl_bench_tiny_build(tmp_path):
     assert rows[0]["config"] == "1x2" and rows[0]["family"] == "PSD1_P16"
 
     sparse, dense = document["rows"]
-    assert sparse["error"] == "" and sparse["timing"] == "placed"
+    assert sparse["error"] == "" and sparse["timing"] == "placed (static)"
     assert sparse["LUT4"] > 0 and sparse["LUT_slots"] >= sparse["LUT4"] and sparse["FF"] > 0
     assert sparse["DSP"] >= 2 and sparse["DP16KD"] >= 1
     assert 0 < sparse["fmax_mhz"] < 500
@@ -84,28 +84,30 @@ def test_bad_options_are_one_line_errors(capsys):
     assert "Traceback" not in err and "TMxTN" in err
 
 
-def test_dense_baseline_alone_and_the_router_in_each_row(tmp_path, monkeypatch, capsys):
-    """``--grid none`` builds only the dense baseline; the row says which router gave its Fmax.
+def test_dense_baseline_alone_and_the_place_route_in_each_row(tmp_path, monkeypatch, capsys):
+    """``--grid none`` builds only the dense baseline; the row says which placer and router gave
+    its Fmax.
     The tools are replaced by a fixed report (the tiny real build above covers them)."""
     from psconv.bench import impl
     from psconv.rtl_gen.fmax import FmaxReport, _config_dict
 
     calls = []
 
-    def fake_build(config, folder, freq, route, reuse, router):
-        calls.append((config.family.name, config.tm, config.tn, router))
+    def fake_build(config, folder, freq, route, reuse, router, placer):
+        calls.append((config.family.name, config.tm, config.tn, placer, router))
         return FmaxReport(config=_config_dict(config), luts=900, ffs=800, dsps=2, brams=3,
                           fmax_mhz=50.0, target_mhz=freq, routed=route, router=router,
-                          seconds={"synth_s": 1, "pnr_s": 2}), False
+                          placer=placer, seconds={"synth_s": 1, "pnr_s": 2}), False
 
     monkeypatch.setattr(impl, "build", fake_build)
     out = tmp_path / "results"
     assert main(["bench", "impl", "--grid", "none", "--dense-baseline", "1x2", "--families",
-                 "PSD1_P16", "--width", "8", "--router", "router2", "--quiet", *TINY,
+                 "PSD1_P16", "--width", "8", "--router", "router2", "--placer", "static",
+                 "--quiet", *TINY,
                  "--out", str(out), "--build-dir", str(tmp_path / "build")]) == 0
-    assert calls == [("dense", 1, 2, "router2")]
+    assert calls == [("dense", 1, 2, "static", "router2")]
     (row,) = json.loads((out / "impl.json").read_text())["rows"]
-    assert row["family"] == "dense" and row["timing"] == "routed (router2)"
+    assert row["family"] == "dense" and row["timing"] == "routed (static, router2)"
     dense = row["throughput"]["dense"]
     assert dense["compute_ips"] == pytest.approx(50e6 / dense["cycles"])
     assert (out / "impl.png").stat().st_size > 1000
@@ -114,7 +116,7 @@ def test_dense_baseline_alone_and_the_router_in_each_row(tmp_path, monkeypatch, 
     assert "leave nothing to build" in capsys.readouterr().err
 
 
-def test_a_saved_build_is_reused_only_for_the_same_router(tmp_path):
+def test_a_saved_build_is_reused_only_for_the_same_placer_and_router(tmp_path):
     from dataclasses import asdict
 
     from psconv.bench.impl import _reusable
@@ -123,10 +125,20 @@ def test_a_saved_build_is_reused_only_for_the_same_router(tmp_path):
     config = sweep_config(2, 8, "PSD1_P16")
     saved = FmaxReport(config=_config_dict(config), fmax_mhz=70.0, routed=True, router="router2")
     (tmp_path / "fmax_report.json").write_text(json.dumps(asdict(saved)))
-    assert _reusable(tmp_path, config, 150.0, True, "router1") is None
-    assert _reusable(tmp_path, config, 150.0, True, "router2").fmax_mhz == 70.0
-    assert _reusable(tmp_path, sweep_config(4, 8, "PSD1_P16"), 150.0, True, "router2") is None
+    assert _reusable(tmp_path, config, 150.0, True, "router1", "heap") is None
+    assert _reusable(tmp_path, config, 150.0, True, "router2", "heap").fmax_mhz == 70.0
+    assert _reusable(tmp_path, sweep_config(4, 8, "PSD1_P16"), 150.0, True, "router2",
+                     "heap") is None
     old = asdict(saved)
     del old["router"]                     # reports from before the field: router1
     (tmp_path / "fmax_report.json").write_text(json.dumps(old))
-    assert _reusable(tmp_path, config, 150.0, True, "router1").router == "router1"
+    assert _reusable(tmp_path, config, 150.0, True, "router1", "heap").router == "router1"
+    saved.placer = "static"
+    (tmp_path / "fmax_report.json").write_text(json.dumps(asdict(saved)))
+    assert _reusable(tmp_path, config, 150.0, True, "router2", "heap") is None
+    assert _reusable(tmp_path, config, 150.0, True, "router2", "static").fmax_mhz == 70.0
+    assert _reusable(tmp_path, config, 150.0, False, "router2", "static") is None   # placed only
+    old = asdict(saved)
+    del old["placer"]                     # reports from before the field: heap
+    (tmp_path / "fmax_report.json").write_text(json.dumps(old))
+    assert _reusable(tmp_path, config, 150.0, True, "router2", "heap").placer == "heap"

@@ -197,9 +197,9 @@ def test_real_build_ulx3s_85f_through_pll_with_missed_timing(tmp_path, capsys, m
     plan = plan_clock("ulx3s-85f", 250)
     top = UartMacDemo("ulx3s-85f", clk_freq=plan.actual_hz)
     report = build_bitstream(top, "ulx3s-85f", tmp_path / "ulx3s", clock_mhz=250,
-                             router="router2")
+                             router="router2", placer="static")
     assert {var: os.environ.get(var) for var in TOOL_VARS} == before
-    assert "--router router2" in (tmp_path / "ulx3s" / "build_top.sh").read_text()
+    assert "--placer static --router router2" in (tmp_path / "ulx3s" / "build_top.sh").read_text()
     assert len(runs) == 2 and "abc -lut 4" not in runs[0] and "abc -lut 4" in runs[1]
     assert any("plain ABC" in note for note in report.notes)
 
@@ -253,9 +253,12 @@ def test_toolchain_failure_is_reported_with_the_log(tmp_path):
     assert "needs 12 ICESTORM_DSP but the device has 8" in message
 
 
-def test_unknown_router_is_refused_before_any_tool_runs(tmp_path):
+def test_unknown_placer_or_router_is_refused_before_any_tool_runs(tmp_path):
     with pytest.raises(PsconvError, match="router 'router3'; allowed: router1, router2"):
         build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, router="router3",
+                        progress=False)
+    with pytest.raises(PsconvError, match="placer 'sa'; allowed: heap, static"):
+        build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, placer="sa",
                         progress=False)
     assert not (tmp_path / "build_top.sh").exists()
 
@@ -317,3 +320,14 @@ def test_routing_progress_is_read_from_the_nextpnr_log(tmp_path):
                    "Info:     iter=1 wires=444784 overused=39620 overuse=54695 archfail=NA\n"
                    "Info:     iter=19 wires=522546 overused=8638 overuse=8789 archfail=NA\n")
     assert _routing_detail(tmp_path, "top") == "iteration 19, 8,638 wires overused"
+
+
+def test_static_placer_iterations_count_as_placement(tmp_path):
+    """The static placer's log has no "placer" word for minutes, only its iterations."""
+    from psconv.rtl_gen.build import _stage
+
+    (tmp_path / "top.tim").write_text(
+        "Info: Running Static placer...\n" + "x" * 5000 + "\n"
+        + "Info: iter=7 steplen=1.144493 a=4.893622 penalty=[0.00, 0.00, 0.00, 0.00]\n"
+          "Info: overlap: COMB=99.7%, FF=99.7%, RAM=99.5%, MUL=98.9%\n")
+    assert _stage(tmp_path, "top") == "placement (nextpnr)"

@@ -39,7 +39,7 @@ from types import SimpleNamespace
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import dense_family, family_by_name
-from psconv.rtl_gen import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
+from psconv.rtl_gen import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS
 
 from .e2e import UART_BYTES_PER_S, offchip_bytes
 from .results import write_results
@@ -187,7 +187,8 @@ def _describe_path(critical_path) -> str:
     return f"{total:.1f} ns, {len(critical_path)} steps: {source} -> {sink}"
 
 
-def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, router: str):
+def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, router: str,
+              placer: str = DEFAULT_ECP5_PLACER):
     """The :class:`FmaxReport` saved in ``folder`` when it is for the same build, else None."""
     from psconv.rtl_gen.fmax import FmaxReport, _config_dict, yosys_cells
 
@@ -199,22 +200,22 @@ def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, rout
     report = FmaxReport(**{k: v for k, v in data.items() if k in known})
     if (report.config != json.loads(json.dumps(_config_dict(config)))
             or report.target_mhz != freq or report.routed != route
-            or (route and report.router != router)):
+            or report.placer != placer or (route and report.router != router)):
         return None
     report.yosys_cells = yosys_cells(folder / "yosys_stat.txt")   # the listing is the source
     return report
 
 
 def build(config: EngineConfig, folder: Path, freq: float, route: bool, reuse: bool,
-          router: str = DEFAULT_ECP5_ROUTER):
+          router: str = DEFAULT_ECP5_ROUTER, placer: str = DEFAULT_ECP5_PLACER):
     """Synthesize and place (and route) ``config``; returns (FmaxReport, reused)."""
     from psconv.rtl_gen.fmax import measure
 
     if reuse:
-        report = _reusable(folder, config, freq, route, router)
+        report = _reusable(folder, config, freq, route, router, placer)
         if report is not None:
             return report, True
-    return measure(config, folder, freq=freq, route=route, router=router), False
+    return measure(config, folder, freq=freq, route=route, router=router, placer=placer), False
 
 
 def parse_grid_entry(text: str) -> tuple[int, int]:
@@ -244,7 +245,8 @@ def parse_overrides(items) -> dict:
 def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DENSE_BASELINE,
         freq: float = 150.0, route: bool = True, outdir=None, build_dir=DEFAULT_BUILD_DIR,
         keep_going: bool = False, reuse: bool = False, width: int = 64, overrides=None,
-        quiet: bool = False, router: str = DEFAULT_ECP5_ROUTER):
+        quiet: bool = False, router: str = DEFAULT_ECP5_ROUTER,
+        placer: str = DEFAULT_ECP5_PLACER):
     """Build every configuration, compute its throughput, write the results; returns the folder.
 
     ``families``: families whose throughput is reported; the first is the headline (the sparse
@@ -274,7 +276,8 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
         label = f"{tm}x{tn}"
         row = {"config": label, "family": build_family, "multipliers": tm * tn,
                "LUT4": None, "LUT_slots": None, "FF": None, "DSP": None, "DP16KD": None,
-               "fmax_mhz": None, "timing": f"routed ({router})" if route else "placed"}
+               "fmax_mhz": None,
+               "timing": f"routed ({placer}, {router})" if route else f"placed ({placer})"}
         for name in families:
             row[f"ips_{name}"] = None
         row.update({"link_ips": None, "bound": None, "fits": None, "error": ""})
@@ -288,7 +291,7 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
                         models[name] = default_quantized_model(name, width)
                     figures[name] = throughput(config, models[name])
             t0 = time.perf_counter()
-            report, reused = build(config, folder, freq, route, reuse, router)
+            report, reused = build(config, folder, freq, route, reuse, router, placer)
             cells = report.yosys_cells
             row.update({"LUT4": cells.get("LUT4"), "LUT_slots": report.luts, "FF": report.ffs,
                         "DSP": report.dsps, "DP16KD": report.brams, "fmax_mhz": report.fmax_mhz})
@@ -476,6 +479,9 @@ def register(benches) -> None:
                         help="stop after placement: nextpnr's post-placement Fmax estimate")
     parser.add_argument("--router", choices=ECP5_ROUTERS, default=DEFAULT_ECP5_ROUTER,
                         help=f"nextpnr router (default {DEFAULT_ECP5_ROUTER})")
+    parser.add_argument("--placer", choices=ECP5_PLACERS, default=DEFAULT_ECP5_PLACER,
+                        help=f"nextpnr placer (default {DEFAULT_ECP5_PLACER}: the 64-multiplier "
+                             f"builds route only after it, see docs/performance.md)")
     parser.add_argument("--width", type=int, default=64, help="ResNet18 base width (64: full)")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", dest="overrides",
                         help="override a field of sweep_config, e.g. --set max_in_channels=16")
@@ -506,5 +512,5 @@ def _command(args) -> int:
         raise PsconvError(f"bench impl: --freq is {args.freq}; allowed: MHz > 0")
     run(grid, args.families, baseline, args.freq, not args.no_route, args.out, args.build_dir,
         args.keep_going, args.reuse, args.width, parse_overrides(args.overrides), args.quiet,
-        args.router)
+        args.router, args.placer)
     return 0

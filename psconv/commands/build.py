@@ -13,7 +13,7 @@ import json
 import sys
 
 from psconv.errors import PsconvError
-from psconv.rtl_gen import DEFAULT_ECP5_ROUTER, ECP5_ROUTERS
+from psconv.rtl_gen import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS
 
 DESIGNS = ("engine", "mac-demo")
 DEFAULT_BAUD = 3_000_000   # psconv run --transport serial:... uses the same default
@@ -45,6 +45,10 @@ def register(subparsers) -> None:
                         help=f"nextpnr-ecp5 router on ECP5 boards (default {DEFAULT_ECP5_ROUTER}: "
                              f"router2 stalled on the congested engine board tops here, see "
                              f"docs/fpga.md)")
+    parser.add_argument("--placer", choices=ECP5_PLACERS, default=DEFAULT_ECP5_PLACER,
+                        help=f"nextpnr-ecp5 placer on ECP5 boards (default {DEFAULT_ECP5_PLACER}: "
+                             f"it spreads the cells out; the congested engine builds route "
+                             f"sooner than after heap, at about the same Fmax, see docs/fpga.md)")
     parser.add_argument("--design", choices=DESIGNS, default="engine",
                         help="engine: the accelerator's board top (default); mac-demo: a UART "
                              "multiply-accumulate demo that checks the flow")
@@ -124,7 +128,8 @@ def run(args) -> int:
     top = make_top(args.design, board, config, plan.actual_hz, args.baud)
     outdir = args.outdir or f"build/{board.name}"
     report = build_bitstream(top, board, outdir, clock_mhz=clock_mhz,
-                             progress=not args.no_progress, router=args.router)
+                             progress=not args.no_progress, router=args.router,
+                             placer=args.placer)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
