@@ -102,12 +102,12 @@ def test_dense_baseline_alone_and_the_place_route_in_each_row(tmp_path, monkeypa
     monkeypatch.setattr(impl, "build", fake_build)
     out = tmp_path / "results"
     assert main(["bench", "impl", "--grid", "none", "--dense-baseline", "1x2", "--families",
-                 "PSD1_P16", "--width", "8", "--router", "router2", "--placer", "static",
+                 "PSD1_P16", "--width", "8", "--router", "router2", "--placer", "heap",
                  "--quiet", *TINY,
                  "--out", str(out), "--build-dir", str(tmp_path / "build")]) == 0
-    assert calls == [("dense", 1, 2, "static", "router2")]
+    assert calls == [("dense", 1, 2, "heap", "router2")]
     (row,) = json.loads((out / "impl.json").read_text())["rows"]
-    assert row["family"] == "dense" and row["timing"] == "routed (static, router2)"
+    assert row["family"] == "dense" and row["timing"] == "routed (heap, router2)"
     dense = row["throughput"]["dense"]
     assert dense["compute_ips"] == pytest.approx(50e6 / dense["cycles"])
     assert (out / "impl.png").stat().st_size > 1000
