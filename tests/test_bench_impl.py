@@ -142,3 +142,12 @@ def test_a_saved_build_is_reused_only_for_the_same_placer_and_router(tmp_path):
     del old["placer"]                     # reports from before the field: heap
     (tmp_path / "fmax_report.json").write_text(json.dumps(old))
     assert _reusable(tmp_path, config, 150.0, True, "router2", "heap").placer == "heap"
+
+
+def test_unknown_placer_is_refused_before_synthesis(tmp_path):
+    from psconv.errors import PsconvError
+    from psconv.rtl_gen.fmax import measure
+
+    with pytest.raises(PsconvError, match="placer 'sa'; allowed: heap, static"):
+        measure(sweep_config(1, 2, "PSD1_P16"), tmp_path, placer="sa")
+    assert not (tmp_path / "top.v").exists()
