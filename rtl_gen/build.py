@@ -597,13 +597,12 @@ def _stage(outdir: Path, name: str) -> str:
     return "packing (nextpnr)"
 
 
-def _routing_detail(outdir: Path, name: str) -> str:
+def routing_detail(nextpnr_log: Path) -> str:
     """How far nextpnr's router is, from its log: router1 prints the arcs still unrouted,
     router2 the wires still overused per iteration ("" before the first such line). A routing
-    stage can take half an hour on the engine board tops, so the user sees it move."""
-    tim = outdir / f"{name}.tim"
+    stage can take half an hour on the engine builds, so the user sees it move."""
     try:
-        text = tim.read_text(errors="replace")
+        text = Path(nextpnr_log).read_text(errors="replace")
     except OSError:
         return ""
     total = re.search(r"Routing (\d+) arcs", text)
@@ -674,7 +673,7 @@ def _run_script(outdir: Path, script: str, env: dict, progress: bool, label: str
                 stage = _stage(outdir, DESIGN_NAME)
                 if stage.startswith("routing"):
                     if shown.detail_due():
-                        detail = _routing_detail(outdir, DESIGN_NAME) or detail
+                        detail = routing_detail(outdir / f"{DESIGN_NAME}.tim") or detail
                     stage = f"{stage}: {detail}" if detail else stage
                 shown.update(stage)
                 try:

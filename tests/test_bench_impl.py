@@ -15,14 +15,22 @@ TINY = ["--set", "max_in_channels=16", "--set", "max_out_channels=16", "--set", 
         "--set", "max_width=8", "--set", "fmap_depth=1024", "--set", "weight_depth=1024"]
 
 
-def test_impl_bench_tiny_build(tmp_path):
+def test_impl_bench_tiny_build(tmp_path, monkeypatch):
+    from psconv.bench import impl
+    from psconv.rtl_gen import fmax
+
     out = tmp_path / "results"
+    heard = []
+    monkeypatch.setattr(fmax, "POLL_SECONDS", 0.2)
+    monkeypatch.setattr(impl, "_postfix_progress", lambda bar: heard.append)
     # The sparse 1x2 build runs through the tools; the dense baseline's network (width 32) needs
     # 1152 weight words per output channel (> weight_depth 1024), so --keep-going records it as
     # an error row.
     assert main(["bench", "impl", "--grid", "1x2", "--dense-baseline", "1x2", "--families",
-                 "PSD1_P16", "PS4_P8", "--no-route", "--width", "32", "--keep-going", "--quiet",
+                 "PSD1_P16", "PS4_P8", "--no-route", "--width", "32", "--keep-going",
                  *TINY, "--out", str(out), "--build-dir", str(tmp_path / "build")]) == 0
+    # the progress line heard the build's steps while the tools ran
+    assert heard[0] == "synthesis" and "place and route" in heard
 
     document = json.loads((out / "impl.json").read_text())
     with open(out / "impl.csv") as f:
@@ -93,7 +101,7 @@ def test_dense_baseline_alone_and_the_place_route_in_each_row(tmp_path, monkeypa
 
     calls = []
 
-    def fake_build(config, folder, freq, route, reuse, router, placer):
+    def fake_build(config, folder, freq, route, reuse, router, placer, progress=None):
         calls.append((config.family.name, config.tm, config.tn, placer, router))
         return FmaxReport(config=_config_dict(config), luts=900, ffs=800, dsps=2, brams=3,
                           fmax_mhz=50.0, target_mhz=freq, routed=route, router=router,
@@ -151,3 +159,27 @@ def test_unknown_placer_is_refused_before_synthesis(tmp_path):
     with pytest.raises(PsconvError, match="placer 'sa'; allowed: heap, static"):
         measure(sweep_config(1, 2, "PSD1_P16"), tmp_path, placer="sa")
     assert not (tmp_path / "top.v").exists()
+
+
+def test_build_progress_is_throttled_in_a_log(monkeypatch):
+    """In a CI log (stderr not a terminal) the bar's postfix changes at most every 2 minutes."""
+    import sys
+
+    from psconv.bench import impl
+
+    class Bar:
+        shown = []
+
+        def set_postfix_str(self, text):
+            self.shown.append(text)
+
+    clock = [1000.0]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    monkeypatch.setattr(impl.time, "monotonic", lambda: clock[0])
+    show = impl._postfix_progress(Bar())
+    show("synthesis")
+    clock[0] += 60
+    show("routing: 900 of 1,000 arcs left")
+    clock[0] += 61
+    show("routing: 10 of 1,000 arcs left")
+    assert Bar.shown == ["synthesis", "routing: 10 of 1,000 arcs left"]

@@ -306,20 +306,20 @@ def test_board_top_is_built_with_config_clock_and_baud(monkeypatch):
 
 def test_routing_progress_is_read_from_the_nextpnr_log(tmp_path):
     """A routing stage can take half an hour: the progress line says how far the router is."""
-    from psconv.rtl_gen.build import _routing_detail
+    from psconv.rtl_gen.build import routing_detail
 
     tim = tmp_path / "top.tim"
-    assert _routing_detail(tmp_path, "top") == ""
+    assert routing_detail(tim) == ""
     tim.write_text("Info: Routing 95183 arcs.\n"
                    "Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |\n"
                    "Info:    IterCnt |  w/ripup   wo/ripup |  w/r  wo/r |      arcs| batch(sec) total(sec)|\n"
                    "Info:       1000 |      544        455 |  544   455 |     94872|       1.96       1.96|\n"
                    "Info:     315000 |   112243     199783 |  397   560 |      9837|       3.47    1454.86|\n")
-    assert _routing_detail(tmp_path, "top") == "9,837 of 95,183 arcs left"
+    assert routing_detail(tim) == "9,837 of 95,183 arcs left"
     tim.write_text("Info: Running router2...\n"
                    "Info:     iter=1 wires=444784 overused=39620 overuse=54695 archfail=NA\n"
                    "Info:     iter=19 wires=522546 overused=8638 overuse=8789 archfail=NA\n")
-    assert _routing_detail(tmp_path, "top") == "iteration 19, 8,638 wires overused"
+    assert routing_detail(tim) == "iteration 19, 8,638 wires overused"
 
 
 def test_static_placer_iterations_count_as_placement(tmp_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -207,15 +208,32 @@ def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, rout
 
 
 def build(config: EngineConfig, folder: Path, freq: float, route: bool, reuse: bool,
-          router: str = DEFAULT_ECP5_ROUTER, placer: str = DEFAULT_ECP5_PLACER):
-    """Synthesize and place (and route) ``config``; returns (FmaxReport, reused)."""
+          router: str = DEFAULT_ECP5_ROUTER, placer: str = DEFAULT_ECP5_PLACER, progress=None):
+    """Synthesize and place (and route) ``config``; returns (FmaxReport, reused).
+    ``progress(text)`` hears how far a build is (see :func:`psconv.rtl_gen.fmax.measure`)."""
     from psconv.rtl_gen.fmax import measure
 
     if reuse:
         report = _reusable(folder, config, freq, route, router, placer)
         if report is not None:
             return report, True
-    return measure(config, folder, freq=freq, route=route, router=router, placer=placer), False
+    return measure(config, folder, freq=freq, route=route, router=router, placer=placer,
+                   progress=progress), False
+
+
+def _postfix_progress(bar):
+    """``progress(text)`` shown as the bar's postfix: at once on a terminal, at most every 2
+    minutes in a log (where each refresh is more text). A 64-multiplier build routes for half an
+    hour; the user sees the arcs left fall."""
+    interval = 0.0 if sys.stderr.isatty() else 120.0
+    last = [-math.inf]
+
+    def show(text: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= interval:
+            last[0] = now
+            bar.set_postfix_str(text)
+    return show
 
 
 def parse_grid_entry(text: str) -> tuple[int, int]:
@@ -291,7 +309,8 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
                         models[name] = default_quantized_model(name, width)
                     figures[name] = throughput(config, models[name])
             t0 = time.perf_counter()
-            report, reused = build(config, folder, freq, route, reuse, router, placer)
+            report, reused = build(config, folder, freq, route, reuse, router, placer,
+                                   progress=None if quiet else _postfix_progress(bar))
             cells = report.yosys_cells
             row.update({"LUT4": cells.get("LUT4"), "LUT_slots": report.luts, "FF": report.ffs,
                         "DSP": report.dsps, "DP16KD": report.brams, "fmax_mhz": report.fmax_mhz})
@@ -329,6 +348,7 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
             row["error"] = f"{type(e).__name__}: {first} (logs in {folder})"
             message = f"{label} {build_family}: FAILED {row['error']}"
         rows.append(row)
+        bar.set_postfix_str("", refresh=False)
         bar.update(1)
         if not quiet:
             tqdm.write(message)
