@@ -1,5 +1,8 @@
 """Verilog, bitstreams and board platforms (kept free of heavy imports: the CLI reads it)."""
 
+import math
+import time
+
 # nextpnr-ecp5's placers and routers (docs/fpga.md). The static (electrostatic) placer spreads
 # the engine out enough for router1 to route the 64-multiplier builds, which after the heap
 # placer still had half their arcs unrouted after an hour; 16 and 32 multipliers routed in less
@@ -21,3 +24,20 @@ def ecp5_place_route_args(placer: str, router: str) -> list[str]:
         if value not in allowed:
             raise PsconvError(f"nextpnr {what} {value!r}; allowed: {', '.join(allowed)}")
     return ["--placer", placer, "--router", router]
+
+
+def progress_due(tty: bool):
+    """A ``due()`` for a long build's progress details: true at most every 5 s on a terminal (a
+    line refreshing in place), every 2 minutes otherwise (each refresh is more text in a CI
+    log)."""
+    interval = 5.0 if tty else 120.0
+    last = -math.inf
+
+    def due() -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < interval:
+            return False
+        last = now
+        return True
+    return due

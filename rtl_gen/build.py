@@ -57,7 +57,7 @@ from amaranth.lib.wiring import In, Out
 from psconv.errors import PsconvError
 from psconv.hw.uart import UART, uart_divisor
 
-from . import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ecp5_place_route_args
+from . import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ecp5_place_route_args, progress_due
 from .boards import Board, get_board
 
 DESIGN_NAME = "top"
@@ -626,22 +626,13 @@ class _Progress:
         self.start = time.monotonic()
         self.shown = None
         self.bar = None
-        self.last_detail = -math.inf
+        self.detail_due = progress_due(self.tty)
         if self.tty:
             from tqdm import tqdm
             # A terminal that reports a 0x0 size would make tqdm print nothing at all.
             columns, rows = shutil.get_terminal_size((100, 24))
             self.bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr,
                             desc=f"building {label}", leave=True, ncols=columns, nrows=rows)
-
-    def detail_due(self) -> bool:
-        """True at most every 5 s on a terminal (the line refreshes in place), every 2 minutes
-        otherwise (each new detail is a new line of a CI log)."""
-        now = time.monotonic()
-        if now - self.last_detail < (5.0 if self.tty else 120.0):
-            return False
-        self.last_detail = now
-        return True
 
     def update(self, stage: str) -> None:
         if not self.enabled:

@@ -40,7 +40,8 @@ from types import SimpleNamespace
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import dense_family, family_by_name
-from psconv.rtl_gen import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS
+from psconv.rtl_gen import (DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS,
+                            progress_due)
 
 from .e2e import UART_BYTES_PER_S, offchip_bytes
 from .results import write_results
@@ -222,16 +223,12 @@ def build(config: EngineConfig, folder: Path, freq: float, route: bool, reuse: b
 
 
 def _postfix_progress(bar):
-    """``progress(text)`` shown as the bar's postfix: at once on a terminal, at most every 2
-    minutes in a log (where each refresh is more text). A 64-multiplier build routes for half an
-    hour; the user sees the arcs left fall."""
-    interval = 0.0 if sys.stderr.isatty() else 120.0
-    last = [-math.inf]
+    """``progress(text)`` shown as the bar's postfix, as often as :func:`progress_due` allows.
+    A 64-multiplier build routes for half an hour; the user sees the arcs left fall."""
+    due = progress_due(sys.stderr.isatty())
 
     def show(text: str) -> None:
-        now = time.monotonic()
-        if now - last[0] >= interval:
-            last[0] = now
+        if due():
             bar.set_postfix_str(text)
     return show
 
