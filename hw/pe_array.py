@@ -34,7 +34,7 @@ Latency from an input cycle to ``result_valid`` of a ``last`` cycle: :meth:`late
 Datapath registers (patch words, taps, weights, products, adder tree, accumulators) have no
 reset: ``valid/first/last`` (which are reset) decide what they mean.
 ``macs`` is the number of useful multiply-accumulates (valid lanes x valid pixels) of the slot
-cycle that entered 2 cycles earlier (0 when not valid); the counters sum it.
+cycle that entered 3 cycles earlier (0 when not valid); the counters sum it.
 """
 
 from __future__ import annotations
@@ -105,16 +105,16 @@ class PEArray(wiring.Component):
             m.d.comb += patches.read_addr[l].eq(Cat(self.lane_channel[l][:abits], self.buffer))
             m.d.sync += [tap_b[l].eq(self.lane_tap[l]), wraw_b[l].eq(self.weights[l])]
         pixels_b = Signal(tm)
-        valid_b = Signal()
-        m.d.sync += [lanes_b.eq(self.lane_valid & self.valid.replicate(tn)), pixels_b.eq(self.pixels),
-                     valid_b.eq(self.valid)]
+        m.d.sync += [lanes_b.eq(self.lane_valid & self.valid.replicate(tn)), pixels_b.eq(self.pixels)]
 
-        # Useful MACs of this slot cycle (counter input).
+        # Useful MACs of this slot cycle (counter input): the two popcounts are registered before
+        # their product, so neither adder tree is in series with the multiply (timing only; the
+        # counters sum ``macs`` long before ``done``). ``lanes_b`` is 0 when the slot is not valid.
         lane_count = Signal(range(tn + 1))
         pixel_count = Signal(range(tm + 1))
-        m.d.comb += [lane_count.eq(sum(lanes_b[l] for l in range(tn))),
+        m.d.sync += [lane_count.eq(sum(lanes_b[l] for l in range(tn))),
                      pixel_count.eq(sum(pixels_b[r] for r in range(tm)))]
-        m.d.sync += self.macs.eq(Mux(valid_b, lane_count * pixel_count, 0))
+        m.d.sync += self.macs.eq(lane_count * pixel_count)
 
         # Stage A2: patch words registered (block RAM output -> flip-flops before the tap mux);
         # invalid lanes' weights forced to 0.

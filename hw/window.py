@@ -103,6 +103,9 @@ class WindowGenerator(wiring.Component):
         height_q, height_r = div.quotient, div.remainder
 
         # ---------------- loading: CHW byte stream -> row words ----------------
+        # ld_x/ld_j (row and beat positions) drive the shifts; row_left/beat_left and the
+        # last_y/last_c flags are kept alongside them so that the beat/row-end decisions, and
+        # ``fmap_in.ready`` with them, are one comparison of registers (no add-then-compare).
         loading = Signal()
         ld_c = Signal(range(cfg.max_in_channels + 1))
         ld_y = Signal(range(cfg.max_height + 1))
@@ -110,39 +113,51 @@ class WindowGenerator(wiring.Component):
         ld_j = Signal(range(beat + 1))
         ld_q = Signal(range(self.bank_depth + 1))
         ld_r = Signal(range(3))
-        chunk = Signal(range(max(beat, maxw) + 1))
-        m.d.comb += chunk.eq(Mux(beat - ld_j < width - ld_x, beat - ld_j, width - ld_x))
+        row_left = Signal(range(maxw + 1))       # width - ld_x
+        beat_left = Signal(range(beat + 1))      # beat - ld_j
+        last_y = Signal()                        # ld_y + 1 == height
+        last_c = Signal()                        # ld_c + 1 == in_channels
+        row_end = Signal()                       # the row's bytes left fit in this beat
+        beat_end = Signal()                      # the beat's bytes left fit in this row
+        m.d.comb += [row_end.eq(row_left <= beat_left), beat_end.eq(beat_left <= row_left)]
+        row_stop = Signal(range(maxw + 1))       # ld_x + min(beat_left, row_left)
+        m.d.comb += row_stop.eq(Mux(row_end, width, ld_x + beat_left))
         shifted = Signal(row_bits)
         m.d.comb += shifted.eq((self.fmap_in.payload.as_value() >> Cat(C(0, 3), ld_j))
                                << Cat(C(0, 3), ld_x))
-        row_end = (ld_x + chunk) == width
-        last_row = row_end & (ld_y + 1 == height) & (ld_c + 1 == self.in_channels)
+        last_row = row_end & last_y & last_c
         take = loading & self.fmap_in.valid
-        m.d.comb += self.fmap_in.ready.eq(loading & (((ld_j + chunk) == beat) | last_row))
+        m.d.comb += self.fmap_in.ready.eq(loading & (beat_end | last_row))
         for k, (wp, _) in enumerate(banks):
             m.d.comb += [wp.addr.eq(ld_q), wp.data.eq(shifted)]
             with m.If(take & (ld_r == k)):
                 for b in range(maxw):
-                    m.d.comb += wp.en[b].eq((ld_x <= b) & (b < ld_x + chunk))
+                    m.d.comb += wp.en[b].eq((ld_x <= b) & (b < row_stop))
         with m.If(self.start):
             m.d.sync += [loading.eq(1), self.loaded.eq(0), ld_c.eq(0), ld_y.eq(0), ld_x.eq(0),
-                         ld_j.eq(0), ld_q.eq(0), ld_r.eq(1)]
+                         ld_j.eq(0), ld_q.eq(0), ld_r.eq(1), row_left.eq(width),
+                         beat_left.eq(beat), last_y.eq(height == 1),
+                         last_c.eq(self.in_channels == 1)]
         with m.Elif(take):
-            m.d.sync += ld_j.eq(Mux(self.fmap_in.ready, 0, ld_j + chunk))
+            with m.If(self.fmap_in.ready):
+                m.d.sync += [ld_j.eq(0), beat_left.eq(beat)]
+            with m.Else():      # the row ends inside this beat: row_left bytes taken
+                m.d.sync += [ld_j.eq(ld_j + row_left), beat_left.eq(beat_left - row_left)]
             with m.If(row_end):
-                m.d.sync += ld_x.eq(0)
+                m.d.sync += [ld_x.eq(0), row_left.eq(width)]
                 with m.If(ld_r == 2):
                     m.d.sync += [ld_r.eq(0), ld_q.eq(ld_q + 1)]
                 with m.Else():
                     m.d.sync += ld_r.eq(ld_r + 1)
-                with m.If(ld_y + 1 == height):
-                    m.d.sync += [ld_y.eq(0), ld_c.eq(ld_c + 1)]
+                with m.If(last_y):
+                    m.d.sync += [ld_y.eq(0), ld_c.eq(ld_c + 1), last_y.eq(height == 1),
+                                 last_c.eq(ld_c + 2 == self.in_channels)]
                 with m.Else():
-                    m.d.sync += ld_y.eq(ld_y + 1)
+                    m.d.sync += [ld_y.eq(ld_y + 1), last_y.eq(ld_y + 2 == height)]
                 with m.If(last_row):
                     m.d.sync += [loading.eq(0), self.loaded.eq(1)]
-            with m.Else():
-                m.d.sync += ld_x.eq(ld_x + chunk)
+            with m.Else():      # the beat ends inside this row: beat_left bytes taken
+                m.d.sync += [ld_x.eq(ld_x + beat_left), row_left.eq(row_left - beat_left)]
 
         # ---------------- patch building ----------------
         g_y = Signal(range(cfg.max_height + 1))          # output row

@@ -84,6 +84,8 @@ CASES = [
     (2, 1, 3, 1, 4, 8),      # one input row: top and bottom padding in every window
     (5, 4, 2, 2, 8, 8),      # several rows per beat
     (2, 7, 16, 1, 8, 16),    # rows exactly two beats, full max_width
+    (1, 3, 5, 1, 4, 8),      # one channel: the last row is known from the first
+    (1, 1, 3, 1, 8, 8),      # the whole map in one padded beat
 ]
 
 
