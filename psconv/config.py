@@ -161,6 +161,9 @@ class EngineConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "EngineConfig":
+        if not isinstance(data, dict):
+            raise PsconvError(f"engine config: the JSON is a {type(data).__name__}; allowed: an "
+                              f"object of EngineConfig fields (EngineConfig.to_json)")
         data = dict(data)
         version = data.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:

@@ -14,6 +14,7 @@ multiplier/shift/residual_multiplier int64, weight_scale float64).
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,12 +130,14 @@ class QuantizedModel:
     @classmethod
     def load(cls, path) -> "QuantizedModel":
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise PsconvError(f"quantized model: {path} does not exist")
+        if not path.is_file():
+            raise PsconvError(f"quantized model: {path} is not a file")
         try:
             data = np.load(path, allow_pickle=False)
             manifest = json.loads(bytes(data["__manifest__"]).decode())
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             raise PsconvError(f"quantized model: {path} is not a psconv quantized model ({e})") from None
         if manifest.get("format") != FORMAT_NAME:
             raise PsconvError(f"quantized model: {path} has format {manifest.get('format')!r}, "

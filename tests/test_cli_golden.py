@@ -33,6 +33,37 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert "not understood" in capsys.readouterr().err
 
 
+def test_malformed_files_and_zero_width_are_one_line_errors(tmp_path, capsys):
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(b"PK\x03\x04 not the rest of a zip archive")
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("hello\n")
+    config_list = tmp_path / "config.json"
+    config_list.write_text("[1, 2]")
+    cases = [
+        (["golden", "--model", str(truncated)], "is not a psconv quantized model"),
+        (["golden", "--model", str(tmp_path)], "is not a file"),
+        (["golden", "--width", "0"], "--width is 0"),
+        (["bench", "storage", "--width", "0"], "--width is 0"),
+        (["quantize", "-o", str(tmp_path / "q.npz"), "--checkpoint", str(not_a_checkpoint)],
+         "cannot read checkpoint"),
+        (["run", "--config", str(config_list)], "the JSON is a list"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_run_board_option_compiles_for_the_boards_engine(capsys):
+    """``--board`` picks the board's engine (ULX3S: Tn=8), not the simulated board's default."""
+    assert main(["run", "--board", "ulx3s-85f", "--width", "8", "--no-progress",
+                 "--transport", "serial:/dev/psconv-no-such-port"]) == 2
+    captured = capsys.readouterr()
+    assert "engine Tm=4 Tn=8" in captured.out
+    assert "/dev/psconv-no-such-port does not exist" in captured.err
+
+
 def test_pack_reports_formats_and_metadata_share(capsys):
     assert main(["pack", "--width", "8", "--json"]) == 0
     import json as _json

@@ -1,7 +1,7 @@
 """End-to-end benchmark: a full CIFAR ResNet18 through the simulated board, bit-exact checked.
 
 The seeded PSD1_P16 ResNet18 (width 64 by default: the full network) is compiled for the default
-engine (the ULX3S configuration, Tm=4 Tn=16) and streamed layer by layer by the host driver over
+engine (Tm=4 Tn=16; ``--board`` picks a board's engine instead) and streamed layer by layer by the host driver over
 the socket bridge into ``BoardTop(bridge=True)`` in Verilator: link layer, command processor and
 engine are the gateware, the link moves one byte per cycle each way. Every layer and the logits
 are compared with the golden model.
@@ -122,18 +122,14 @@ def run(width: int = 64, family: str = "PSD1_P16", config=None, image_seed: int 
 
 
 def register(benches) -> None:
+    from psconv.commands.engine_choice import add_engine_arguments
+
     parser = benches.add_parser(
         "e2e", help="full ResNet18 through the simulated board: bytes, cycles, utilization",
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("--width", type=int, default=64, help="ResNet18 base width (64: full)")
     parser.add_argument("--family", default="PSD1_P16")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", metavar="FILE.json",
-                        help="engine configuration (default: the default EngineConfig, Tm=4 "
-                             "Tn=16, one input-channel pass for every layer)")
-    source.add_argument("--board", metavar="BOARD",
-                        help="use that board's engine configuration (e.g. ulx3s-85f: 128 "
-                             "channels per pass, so the deeper layers run in 2-4 passes)")
+    add_engine_arguments(parser)
     parser.add_argument("--image-seed", type=int, default=0)
     parser.add_argument("--out", help="results folder (default results/e2e)")
     parser.add_argument("--no-progress", action="store_true")
@@ -141,19 +137,14 @@ def register(benches) -> None:
 
 
 def _command(args) -> int:
-    from psconv.config import EngineConfig
+    from psconv.commands.engine_choice import engine_config_from_args
     from psconv.errors import PsconvError
     from psconv.families import family_by_name
 
     if args.width < 1:
         raise PsconvError(f"--width is {args.width}; allowed: an integer >= 1")
     family_by_name(args.family)
-    if args.board:
-        from psconv.rtl_gen.boards import get_board
-
-        config = get_board(args.board).engine_config()
-    else:
-        config = EngineConfig.load(args.config) if args.config else None
+    config = engine_config_from_args(args)
     _, report = run(args.width, args.family, config, args.image_seed, args.out,
                     progress=not args.no_progress)
     return 0 if report.bit_exact else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from psconv.errors import PsconvError
 from psconv.families import family_by_name
 from psconv.firmware.packing import pack_layer, storage_report
 
@@ -20,14 +21,16 @@ FORMATS = ("ours_total", "dense_int8", "bitmap", "csr", "two_four")
 
 def network_reports(arch: str, family_name: str, width: int | None = None):
     """Storage reports of every convolution of ``arch`` built with ``family_name``."""
+    if width is not None and (not isinstance(width, int) or width < 1):
+        raise PsconvError(f"--width is {width}; allowed: an integer >= 1 (default: full, 64)")
     from psconv.nn.models import resnet18_cifar, vgg16_cifar
     from psconv.nn.sparse_conv import PeriodicSparseConv2d
 
     family = family_by_name(family_name)
     if arch == "resnet18":
-        model = resnet18_cifar(family, width=width or 64)
+        model = resnet18_cifar(family, width=64 if width is None else width)
     else:
-        model = vgg16_cifar(family, width_scale=(width or 64) / 64)
+        model = vgg16_cifar(family, width_scale=(64 if width is None else width) / 64)
     generator = torch.Generator().manual_seed(0)
     reports = []
     for name, module in model.named_modules():

@@ -36,11 +36,11 @@ def load_or_default(args):
     from psconv.qmodel import QuantizedModel
 
     if args.model:
-        if args.family or args.width:
+        if args.family or args.width is not None:
             raise PsconvError("--family/--width describe the embedded default; they cannot be "
                               "combined with --model")
         return QuantizedModel.load(args.model)
-    width = args.width or DEFAULT_WIDTH
+    width = DEFAULT_WIDTH if args.width is None else args.width
     if width < 1:
         raise PsconvError(f"--width is {width}; allowed: an integer >= 1")
     return default_quantized_model(args.family or DEFAULT_FAMILY, width)

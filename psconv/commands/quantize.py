@@ -38,8 +38,9 @@ def run(args) -> int:
         model = resnet18_cifar(family_by_name(args.family), width=args.width)
         try:
             state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as e:
-            raise PsconvError(f"cannot read checkpoint {args.checkpoint}: {e}") from None
+        except Exception as e:    # torch.load raises many types for a file that is not a checkpoint
+            raise PsconvError(f"cannot read checkpoint {args.checkpoint} as a PyTorch state dict: "
+                              f"{type(e).__name__}: {e}") from None
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise PsconvError(f"checkpoint {args.checkpoint} does not match resnet18_cifar("

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from psconv.errors import PsconvError
 
+from .engine_choice import add_engine_arguments, engine_config_from_args
 from .golden import add_model_arguments
 
 
@@ -23,9 +25,7 @@ def register(subparsers) -> None:
                     "link and compare every layer and the logits with the integer golden model. "
                     "Without --model it uses the embedded default (seeded PSD1_P16 ResNet18).")
     add_model_arguments(parser)
-    parser.add_argument("--config", metavar="FILE.json",
-                        help="engine configuration the board runs (default: the ULX3S engine, "
-                             "Tm=4 Tn=16)")
+    add_engine_arguments(parser)
     parser.add_argument("--transport", default="sim", metavar="SPEC",
                         help="sim (the board top in Verilator, default), serial:/dev/ttyUSB0[@baud] "
                              "or tcp:HOST:PORT")
@@ -48,13 +48,12 @@ def register(subparsers) -> None:
 def load_program(args):
     """The model (file or embedded default), its image and its compiled program."""
     from psconv.commands.golden import load_or_default
-    from psconv.config import EngineConfig
     from psconv.firmware.compiler import compile_model
     from psconv.nn.default import default_images
     from psconv.sim.golden.ops import quantize_input
 
     model = load_or_default(args)
-    config = EngineConfig.load(args.config) if args.config else EngineConfig()
+    config = engine_config_from_args(args)
     image = quantize_input(default_images(1, seed=1000 + args.image_seed)[0], model.input_scale)
     return compile_model(model, config), image
 
@@ -81,6 +80,7 @@ def run(args) -> int:
                           retries=args.retries, progress=not args.no_progress)
     print_report(report)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(report.to_json(), f, indent=1)
     return 0 if report.bit_exact else 1
