@@ -1,8 +1,8 @@
 """End-to-end benchmark: a full CIFAR ResNet18 through the simulated board, bit-exact checked.
 
 The seeded PSD1_P16 ResNet18 (width 64 by default: the full network) is compiled for the default
-engine (Tm=4 Tn=16; ``--board`` picks a board's engine instead) and streamed layer by layer by the host driver over
-the socket bridge into ``BoardTop(bridge=True)`` in Verilator: link layer, command processor and
+engine (Tm=4 Tn=16; ``--board`` picks a board's engine instead) and streamed layer by layer by
+the host driver over the socket bridge into ``BoardTop(bridge=True)`` in Verilator: link layer, command processor and
 engine are the gateware, the link moves one byte per cycle each way. Every layer and the logits
 are compared with the golden model.
 

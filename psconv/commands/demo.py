@@ -2,9 +2,9 @@
 
 The whole path of the README, on one seeded image: the embedded-default ResNet18
 (PSD1_P16, reduced to width 8 so it runs in well under a minute once the simulator is built)
-is quantized, compiled for the default engine (Tm=4 Tn=16, one input-channel pass per layer), and streamed
-layer by layer over the host link into the board top simulated in Verilator (UART replaced by
-a socket bridge; link layer, command processor and engine are the gateware). Every layer and the
+is quantized, compiled for the default engine (Tm=4 Tn=16, one input-channel pass per layer),
+and streamed layer by layer over the host link into the board top simulated in Verilator (UART
+replaced by a socket bridge; link layer, command processor and engine are the gateware). Every layer and the
 logits are compared with the integer golden model; the verdict and the multiplier utilization
 are printed. Exit status 1 if anything differs.
 """
@@ -31,6 +31,6 @@ def run(args) -> int:
     from . import run as run_command
 
     return run_command.run(argparse.Namespace(
-        model=None, family=None, width=args.width, config=None, board=None, transport="sim", image_seed=0,
-        faults=0.0, fault_seed=0, timeout=None, retries=None, json=None,
+        model=None, family=None, width=args.width, config=None, board=None, transport="sim",
+        image_seed=0, faults=0.0, fault_seed=0, timeout=None, retries=None, json=None,
         no_progress=args.no_progress))
