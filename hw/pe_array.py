@@ -105,7 +105,8 @@ class PEArray(wiring.Component):
             m.d.comb += patches.read_addr[l].eq(Cat(self.lane_channel[l][:abits], self.buffer))
             m.d.sync += [tap_b[l].eq(self.lane_tap[l]), wraw_b[l].eq(self.weights[l])]
         pixels_b = Signal(tm)
-        m.d.sync += [lanes_b.eq(self.lane_valid & self.valid.replicate(tn)), pixels_b.eq(self.pixels)]
+        m.d.sync += [lanes_b.eq(self.lane_valid & self.valid.replicate(tn)),
+                     pixels_b.eq(self.pixels)]
 
         # Useful MACs of this slot cycle (counter input): the two popcounts are registered before
         # their product, so neither adder tree is in series with the multiply (timing only; the
