@@ -59,7 +59,7 @@ def _ulx3s_engine_config() -> EngineConfig:
     """Every ResNet18-CIFAR layer shape on 32 multipliers (Tm=4, Tn=8) with 128 channels per
     patch buffer (deeper layers run in input-channel passes): the 8 lane copies of the patch
     memory take 64 EBRs, the 64 KiB feature-map buffer 48 (board top: 21.3k LUTs, 154 EBRs, 60
-    DSPs, routed at 63 MHz against 45; docs/fpga.md). Why not the default 64 multipliers: it
+    DSPs, routed at 74.5 MHz against 45; docs/fpga.md). Why not the default 64 multipliers: it
     fits too (29.8k LUTs, 201 of 208 EBRs with a 2048-word weight buffer) but is far more
     congested, and on a board the 3 Mbaud link, not compute, sets the inference time."""
     return EngineConfig(tn=8, patch_channels=128)
