@@ -58,7 +58,10 @@ def load_program(args):
     return compile_model(model, config), image
 
 
-def print_report(report, stream=sys.stdout) -> None:
+def print_report(report, stream=None) -> None:
+    """The report's table and summary on ``stream`` (default: ``sys.stdout`` at call time, not
+    the one bound when this module was imported)."""
+    stream = sys.stdout if stream is None else stream
     print(report.table(), file=stream)
     for line in report.summary_lines():
         print(line, file=stream)
