@@ -24,8 +24,8 @@ def engine_config_from_args(args):
     """The :class:`~psconv.config.EngineConfig` the arguments name."""
     from psconv.config import EngineConfig
 
-    if getattr(args, "board", None):
+    if args.board:
         from psconv.rtl_gen.boards import get_board
 
         return get_board(args.board).engine_config()
-    return EngineConfig.load(args.config) if getattr(args, "config", None) else EngineConfig()
+    return EngineConfig.load(args.config) if args.config else EngineConfig()
