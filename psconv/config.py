@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 from .errors import PsconvError
-from .families import NUM_TAPS, PatternFamily, family_by_name, paper_family
+from .families import MAX_PERIOD, NUM_TAPS, PatternFamily, family_by_name, paper_family
 
 DATA_WIDTH = 8
 """Activations and weights are int8 (see :mod:`psconv.sim.golden.quant`)."""
@@ -64,7 +64,10 @@ class EngineConfig:
       pixel group, keeping partial sums on chip. The patch memory is copied for every lane, so
       this is the parameter that decides whether an engine fits an FPGA's block RAM.
     * ``fmap_depth``: input feature-map buffer capacity in bytes (C * H * W of one invocation).
-    * ``weight_depth``: weight buffer capacity in ``tn``-byte words.
+      The buffer holds ``fmap_depth // max_width`` input rows of ``max_width`` bytes, so it must
+      be at least ``max_width`` (the smallest layer, one channel of one row, needs one row).
+    * ``weight_depth``: weight buffer capacity in ``tn``-byte words (1 holds the smallest layer:
+      one output channel of a 1x1 layer over one input channel).
     """
 
     tm: int = 4
@@ -94,7 +97,7 @@ class EngineConfig:
                 f"family must be a 3x3 family (1x1 layers use the pointwise table at run time)")
         if self.max_period is None:
             object.__setattr__(self, "max_period", self.family.period)
-        _positive_int("max_period", self.max_period, 1, 64)
+        _positive_int("max_period", self.max_period, 1, MAX_PERIOD)
         if self.max_period < self.family.period:
             raise PsconvError(
                 f"engine config: max_period is {self.max_period}; it must be at least the "
@@ -116,6 +119,11 @@ class EngineConfig:
                 f"engine config: patch_channels is {self.patch_channels!r}; allowed: a power of "
                 f"two 1..{one_pass} (max_in_channels = {self.max_in_channels})")
         _positive_int("fmap_depth", self.fmap_depth, 1)
+        if self.fmap_depth < self.max_width:
+            raise PsconvError(
+                f"engine config: fmap_depth is {self.fmap_depth}; allowed: at least max_width = "
+                f"{self.max_width} (the buffer stores rows of max_width bytes; with less it holds "
+                f"no row and no layer fits)")
         _positive_int("weight_depth", self.weight_depth, 1)
         needed = required_accumulator_width(self.max_in_channels, self.data_width)
         if self.acc_width is None:
@@ -161,9 +169,14 @@ class EngineConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "EngineConfig":
+        """The config of :meth:`to_json`'s object, or of the ``<name>.json`` document
+        ``psconv generate`` writes (it holds that object under ``config``, next to ``ports``)."""
+        if isinstance(data, dict) and "config" in data and "ports" in data:
+            data = data["config"]
         if not isinstance(data, dict):
             raise PsconvError(f"engine config: the JSON is a {type(data).__name__}; allowed: an "
-                              f"object of EngineConfig fields (EngineConfig.to_json)")
+                              f"object of EngineConfig fields (EngineConfig.to_json) or the "
+                              f".json `psconv generate` writes")
         data = dict(data)
         version = data.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:

@@ -38,6 +38,10 @@ NUM_TAPS = 9
 DENSE_MASK = (1 << NUM_TAPS) - 1
 CENTRE_MASK = 1 << 4
 
+MAX_PERIOD = 64
+"""The largest period P (mask-table entries) a family may have: the engine's mask table holds
+at most this many entries (``EngineConfig.max_period``), and the paper's families use P <= 16."""
+
 _RING_FROM_CENTRE = (4, 1, 3, 5, 7, 0, 2, 6, 8)
 
 
@@ -92,6 +96,7 @@ class PatternFamily:
         object.__setattr__(self, "masks", masks)
         if len(masks) < 1:
             raise PsconvError("pattern family: the mask table is empty; it needs P >= 1 entries")
+        check_period(len(masks))
         for q, mask in enumerate(masks):
             if not isinstance(mask, int) or isinstance(mask, bool) or not 1 <= mask <= DENSE_MASK:
                 raise PsconvError(
@@ -174,20 +179,22 @@ class PatternFamily:
                    name=str(data.get("name", "custom")), kernel_size=int(data.get("kernel_size", 3)))
 
 
-def _check_k(k, what="K") -> None:
+def check_taps(k, what="K") -> None:
+    """Raise :class:`PsconvError` unless ``k`` (named ``what`` in the message) is 1..9 taps."""
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= NUM_TAPS:
         raise PsconvError(f"pattern family: {what} is {k!r}; allowed: an integer 1..9")
 
 
-def _check_p(p) -> None:
-    if not isinstance(p, int) or isinstance(p, bool) or p < 1:
-        raise PsconvError(f"pattern family: P is {p!r}; allowed: an integer >= 1")
+def check_period(p) -> None:
+    """Raise :class:`PsconvError` unless ``p`` is a period 1..:data:`MAX_PERIOD`."""
+    if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= MAX_PERIOD:
+        raise PsconvError(f"pattern family: P is {p!r}; allowed: an integer 1..{MAX_PERIOD}")
 
 
 def paper_family(k: int, period: int, dense_kernel: bool = False, offset: int = 1) -> PatternFamily:
     """The paper's PS-K_P (``dense_kernel=False``) or PSD-K_P (``True``) family."""
-    _check_k(k)
-    _check_p(period)
+    check_taps(k)
+    check_period(period)
     if dense_kernel and period < 2:
         raise PsconvError(
             f"pattern family: PSD needs P >= 2 (one dense kernel plus K-tap kernels); got P = {period}")
@@ -220,7 +227,7 @@ def custom_family(masks, offset: int = 1, taps: int | None = None, name: str = "
     """A user table; with ``taps`` every mask must keep exactly that many taps."""
     masks = tuple(masks)
     if taps is not None:
-        _check_k(taps)
+        check_taps(taps)
         for q, mask in enumerate(masks):
             if isinstance(mask, int) and bin(mask).count("1") != taps:
                 raise PsconvError(
@@ -247,6 +254,6 @@ def family_by_name(name: str) -> PatternFamily:
         return pointwise_family()
     if psc_k is not None:
         k = int(psc_k)
-        _check_k(k)
+        check_taps(k)
         return dense_family() if k == NUM_TAPS else paper_family(k, 8)
     return paper_family(int(k), int(p), dense_kernel=kind.upper() == "PSD")

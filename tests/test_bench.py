@@ -98,3 +98,14 @@ def test_engine_bench_mixed_rtl_and_model_tiny(tmp_path):
 def test_unknown_layer_is_a_clear_error(capsys):
     assert main(["bench", "engine", "--layers", "layer9"]) == 2
     assert "unknown layer" in capsys.readouterr().err
+
+
+def test_contradictory_source_options_are_refused(tmp_path, capsys):
+    """--model-only is --source model: with --source rtl it would silently drop the RTL runs."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "engine", "--source", "rtl", "--model-only", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "argument --model-only: not allowed with argument --source" in capsys.readouterr().err
+    assert not (tmp_path / "engine.json").exists()

@@ -55,6 +55,9 @@ def test_config_rejects_with_field_name(kwargs, field):
     (lambda: paper_family(0, 8), "K is 0"),
     (lambda: paper_family(10, 8), "K is 10"),
     (lambda: paper_family(4, 0), "P is 0"),
+    (lambda: paper_family(4, 65), "P is 65; allowed: an integer 1..64"),
+    (lambda: family_by_name("PS4_P1000000"), "P is 1000000"),
+    (lambda: PatternFamily(masks=(1,) * 65), "P is 65"),
     (lambda: custom_family([0b1111, 0b111], taps=4), "keeps 3 taps"),
     (lambda: PatternFamily(masks=(0,)), "mask 0"),
     (lambda: PatternFamily(masks=()), "empty"),
@@ -79,3 +82,22 @@ def test_json_round_trip():
     assert EngineConfig.from_json(config.to_json()) == config
     with pytest.raises(PsconvError, match="unknown field"):
         EngineConfig.from_json({"tm": 2, "bogus": 1})
+
+
+def test_fmap_depth_must_hold_one_row():
+    """The feature-map buffer stores rows of max_width bytes (fmap_depth // max_width of them);
+    the smallest layer (one channel, one row) needs one, so fmap_depth < max_width runs nothing."""
+    with pytest.raises(PsconvError, match="fmap_depth is 31; allowed: at least max_width = 32"):
+        EngineConfig(max_width=32, fmap_depth=31)
+    with pytest.raises(PsconvError, match="fmap_depth is 1"):
+        EngineConfig().replace(fmap_depth=1)
+    smallest = EngineConfig(max_width=8, max_height=8, fmap_depth=8, weight_depth=1)
+    from psconv.hw.layer import LayerSpec
+    LayerSpec(in_channels=1, out_channels=1, in_height=1, in_width=8, kernel=1).check(
+        smallest, masks=(0x010,))    # one row, one weight word: the minimum really runs a layer
+
+
+def test_max_period_is_bounded_like_the_families():
+    with pytest.raises(PsconvError, match="max_period is 65; allowed: an integer 1..64"):
+        EngineConfig(max_period=65)
+    assert EngineConfig(max_period=64).max_period == 64

@@ -210,6 +210,31 @@ def test_generate_command_errors(tmp_path, monkeypatch, capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
+def test_generated_json_is_accepted_by_every_config_option(tmp_path, monkeypatch, capsys):
+    """The <name>.json generate writes (config plus port map) loads wherever --config is taken."""
+    monkeypatch.setattr(rtl_verilog, "_engine_class", lambda: _StandInEngine)
+    assert main(["generate", "--tm", "2", "--tn", "8", "-o", str(tmp_path / "a")]) == 0
+    written = tmp_path / "a" / "psconv_engine.json"
+    expected = EngineConfig(tm=2, tn=8)
+    assert EngineConfig.load(written) == expected
+    assert main(["generate", "--config", str(written), "-o", str(tmp_path / "b")]) == 0
+    assert EngineConfig.load(tmp_path / "b" / "psconv_engine.json") == expected
+    capsys.readouterr()
+    # psconv run compiles for that engine, then stops at the missing serial port
+    assert main(["run", "--config", str(written), "--width", "8", "--no-progress",
+                 "--transport", "serial:/dev/psconv-no-such-port"]) == 2
+    captured = capsys.readouterr()
+    assert "engine Tm=2 Tn=8" in captured.out
+    assert "/dev/psconv-no-such-port does not exist" in captured.err
+
+
+def test_generate_refuses_a_feature_map_buffer_without_a_row(tmp_path, capsys):
+    assert main(["generate", "--fmap-depth", "1", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "fmap_depth is 1; allowed: at least max_width = 32" in err and "Traceback" not in err
+    assert not (tmp_path / "psconv_engine.v").exists()
+
+
 @pytest.mark.rtl
 def test_real_engine_generates_and_lints(tmp_path):
     pytest.importorskip("psconv.hw.engine", reason="hw/engine.py not written yet")

@@ -154,3 +154,14 @@ def test_cli_success_and_errors(bitfile, tmp_path, fake_loader, capsys):
     assert run_cli(["program", "--board", "icebreaker", "--dry-run"]) == 0
     assert capsys.readouterr().out.split()[1:] == ["-b", "ice40_generic",
                                                    "build/icebreaker/top.bin"]
+
+
+def test_dry_run_refuses_a_named_bitstream_that_does_not_exist(bitfile, tmp_path, capsys):
+    """--dry-run checks the --bitstream it was given; only the default (not yet built) may be
+    missing, so the command for a later build can still be printed."""
+    missing = tmp_path / "nope" / "top.bit"
+    assert run_cli(["program", "--dry-run", "--bitstream", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"--bitstream {missing} does not exist" in err and "Traceback" not in err
+    assert run_cli(["program", "--dry-run", "--bitstream", str(bitfile)]) == 0
+    assert capsys.readouterr().out.split()[-1] == str(bitfile)

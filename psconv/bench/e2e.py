@@ -123,26 +123,31 @@ def run(width: int = 64, family: str = "PSD1_P16", config=None, image_seed: int 
 
 def register(benches) -> None:
     from psconv.commands.engine_choice import add_engine_arguments
+    from psconv.nn.models import MAX_WIDTH
 
     parser = benches.add_parser(
         "e2e", help="full ResNet18 through the simulated board: bytes, cycles, utilization",
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("--width", type=int, default=64, help="ResNet18 base width (64: full)")
-    parser.add_argument("--family", default="PSD1_P16")
+    parser.add_argument("--width", type=int, default=MAX_WIDTH,
+                        help=f"ResNet18 base width, 1..{MAX_WIDTH} (default: %(default)s, the full "
+                             f"network)")
+    parser.add_argument("--family", default="PSD1_P16",
+                        help="pattern family of the seeded ResNet18 (default: %(default)s)")
     add_engine_arguments(parser)
-    parser.add_argument("--image-seed", type=int, default=0)
+    parser.add_argument("--image-seed", type=int, default=0,
+                        help="seed of the input image, as `psconv run --image-seed` "
+                             "(default: %(default)s)")
     parser.add_argument("--out", help="results folder (default results/e2e)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_command)
 
 
 def _command(args) -> int:
     from psconv.commands.engine_choice import engine_config_from_args
-    from psconv.errors import PsconvError
     from psconv.families import family_by_name
+    from psconv.nn.models import check_width
 
-    if args.width < 1:
-        raise PsconvError(f"--width is {args.width}; allowed: an integer >= 1")
+    check_width(args.width)
     family_by_name(args.family)
     config = engine_config_from_args(args)
     _, report = run(args.width, args.family, config, args.image_seed, args.out,

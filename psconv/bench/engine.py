@@ -232,16 +232,18 @@ def _network_row(family_name, figures, dense, layer_rows, multipliers):
 
 
 def run(families, shapes=RESNET18_SHAPES, tm: int = 4, tn: int = 16, use_rtl: bool = True,
-        outdir=None, seed: int = 0, quiet: bool = False, rtl_families=None):
+        outdir=None, seed: int = 0, progress: bool = True, rtl_families=None):
     """Benchmark ``families`` against the dense configuration; returns the results folder.
 
     ``rtl_families`` (names, ``dense`` for the baseline) selects what runs on the RTL; ``None``
-    means everything when ``use_rtl`` and nothing otherwise.
+    means everything when ``use_rtl`` and nothing otherwise. ``progress``: a progress bar on
+    stderr when it is a terminal (never in a log).
     """
     from tqdm import tqdm
 
-    def progress(items, desc):
-        return tqdm(items, desc=desc, unit="layer", disable=quiet, leave=False)
+    def bar(items, desc):
+        return tqdm(items, desc=desc, unit="layer", disable=None if progress else True,
+                    leave=False)
 
     if rtl_families is None:
         rtl_families = set(families) | {"dense"} if use_rtl else set()
@@ -253,7 +255,7 @@ def run(families, shapes=RESNET18_SHAPES, tm: int = 4, tn: int = 16, use_rtl: bo
     measured = {}
     for family_name in order:
         measured[family_name] = _measure(shapes, family_name, tm, tn,
-                                         family_name in rtl_families, seed, progress)
+                                         family_name in rtl_families, seed, bar)
     dense = measured["dense"]
     rows, totals = [], []
     for family_name in order:
@@ -375,20 +377,24 @@ def register(benches) -> None:
     parser.add_argument("--families", nargs="+", default=list(PAPER_FAMILIES),
                         help="families to compare with the dense configuration (default: the "
                              "paper's PS1..4 and PSD1..4 at P = 8 and 16)")
-    parser.add_argument("--source", choices=("auto", "rtl", "model"), default="auto",
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--source", choices=("auto", "rtl", "model"), default="auto",
                         help="auto (default): RTL for --rtl-families, the model for the rest; "
                              "rtl: every family and the dense baseline on RTL; model: none")
+    source.add_argument("--model-only", action="store_true",
+                        help="same as --source model: the analytical cycle model only (fast)")
     parser.add_argument("--rtl-families", nargs="+", default=list(DEFAULT_RTL_FAMILIES),
                         metavar="FAMILY",
                         help="families simulated on RTL with --source auto ('dense': the "
                              f"baseline); default: {' '.join(DEFAULT_RTL_FAMILIES)}")
     parser.add_argument("--layers", nargs="+", default=None,
                         help="subset of layer names (default: all distinct ResNet18 shapes)")
-    parser.add_argument("--tm", type=int, default=4)
-    parser.add_argument("--tn", type=int, default=16)
-    parser.add_argument("--model-only", action="store_true",
-                        help="same as --source model: the analytical cycle model only (fast)")
+    parser.add_argument("--tm", type=int, default=4,
+                        help="PE rows of the engine benchmarked (default: %(default)s)")
+    parser.add_argument("--tn", type=int, default=16,
+                        help="PE lanes of the engine benchmarked (default: %(default)s)")
     parser.add_argument("--out", help="results folder (default results/engine)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_command)
 
 
@@ -411,5 +417,6 @@ def _command(args) -> int:
         rtl_families = set(families) | {"dense"}
     else:
         rtl_families = rtl_names
-    run(families, shapes, args.tm, args.tn, outdir=args.out, rtl_families=rtl_families)
+    run(families, shapes, args.tm, args.tn, outdir=args.out, rtl_families=rtl_families,
+        progress=not args.no_progress)
     return 0

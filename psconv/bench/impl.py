@@ -261,11 +261,13 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
         freq: float = 150.0, route: bool = True, outdir=None, build_dir=DEFAULT_BUILD_DIR,
         keep_going: bool = False, reuse: bool = False, width: int = 64, overrides=None,
         quiet: bool = False, router: str = DEFAULT_ECP5_ROUTER,
-        placer: str = DEFAULT_ECP5_PLACER):
+        placer: str = DEFAULT_ECP5_PLACER, progress: bool = True):
     """Build every configuration, compute its throughput, write the results; returns the folder.
 
     ``families``: families whose throughput is reported; the first is the headline (the sparse
-    builds are built for it, the Pareto plot and the link comparison use it).
+    builds are built for it, the Pareto plot and the link comparison use it). ``progress``: a
+    progress bar on stderr when it is a terminal (never in a log); ``quiet``: no bar and no line
+    per build either, only the results.
     """
     from tqdm import tqdm
 
@@ -286,7 +288,9 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
 
     models = {}
     rows = []
-    bar = tqdm(total=len(builds), desc="impl builds", unit="build", disable=quiet)
+    show_bar = progress and not quiet
+    bar = tqdm(total=len(builds), desc="impl builds", unit="build",
+               disable=None if show_bar else True)
     for (tm, tn, build_family), config in zip(builds, configs):
         label = f"{tm}x{tn}"
         row = {"config": label, "family": build_family, "multipliers": tm * tn,
@@ -307,7 +311,7 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
                     figures[name] = throughput(config, models[name])
             t0 = time.perf_counter()
             report, reused = build(config, folder, freq, route, reuse, router, placer,
-                                   progress=None if quiet else _postfix_progress(bar))
+                                   progress=_postfix_progress(bar) if show_bar else None)
             cells = report.yosys_cells
             row.update({"LUT4": cells.get("LUT4"), "LUT_slots": report.luts, "FF": report.ffs,
                         "DSP": report.dsps, "DP16KD": report.brams, "fmax_mhz": report.fmax_mhz})
@@ -479,6 +483,8 @@ def _plot(path, rows, headline, freq, route):
 
 
 def register(benches) -> None:
+    from psconv.nn.models import MAX_WIDTH
+
     parser = benches.add_parser(
         "impl", help="ECP5-85F sweep over Tm x Tn: LUTs, DSPs, block RAMs, Fmax, inferences/s",
         description=__doc__.split("\n\n")[0] + " Each build takes minutes (routed: 10+).")
@@ -491,7 +497,8 @@ def register(benches) -> None:
                              "the sparse builds are built for (default: PSD1_P16 PS4_P8 dense)")
     parser.add_argument("--dense-baseline", default="x".join(map(str, DEFAULT_DENSE_BASELINE)),
                         metavar="TMxTN|none", help="the dense (K=9, P=1) build (default 4x16)")
-    parser.add_argument("--freq", type=float, default=150.0, help="nextpnr target MHz")
+    parser.add_argument("--freq", type=float, default=150.0,
+                        help="nextpnr target MHz (default: %(default)s)")
     parser.add_argument("--no-route", action="store_true",
                         help="stop after placement: nextpnr's post-placement Fmax estimate")
     parser.add_argument("--router", choices=ECP5_ROUTERS, default=DEFAULT_ECP5_ROUTER,
@@ -499,7 +506,9 @@ def register(benches) -> None:
     parser.add_argument("--placer", choices=ECP5_PLACERS, default=DEFAULT_ECP5_PLACER,
                         help=f"nextpnr placer (default {DEFAULT_ECP5_PLACER}: the 64-multiplier "
                              f"builds route only after it, see docs/performance.md)")
-    parser.add_argument("--width", type=int, default=64, help="ResNet18 base width (64: full)")
+    parser.add_argument("--width", type=int, default=MAX_WIDTH,
+                        help=f"ResNet18 base width for the throughput figures, 1..{MAX_WIDTH} "
+                             f"(default: %(default)s, the full network)")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", dest="overrides",
                         help="override a field of sweep_config, e.g. --set max_in_channels=16")
     parser.add_argument("--keep-going", action="store_true",
@@ -509,11 +518,15 @@ def register(benches) -> None:
     parser.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR),
                         help="where the netlists and tool logs go (default build/impl)")
     parser.add_argument("--out", help="results folder (default results/impl)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no line per build: only the results table")
     parser.set_defaults(func=_command)
 
 
 def _command(args) -> int:
+    from psconv.nn.models import check_width
+
     grid = ([] if [entry.strip().lower() for entry in args.grid] == ["none"]
             else [parse_grid_entry(entry) for entry in args.grid])
     baseline = (None if args.dense_baseline.strip().lower() == "none"
@@ -523,11 +536,10 @@ def _command(args) -> int:
                           "build; allowed: at least one of them")
     for name in args.families:
         family_by_name(name)
-    if args.width < 1:
-        raise PsconvError(f"bench impl: --width is {args.width}; allowed: an integer >= 1")
+    check_width(args.width)
     if args.freq <= 0:
         raise PsconvError(f"bench impl: --freq is {args.freq}; allowed: MHz > 0")
     run(grid, args.families, baseline, args.freq, not args.no_route, args.out, args.build_dir,
         args.keep_going, args.reuse, args.width, parse_overrides(args.overrides), args.quiet,
-        args.router, args.placer)
+        args.router, args.placer, progress=not args.no_progress)
     return 0

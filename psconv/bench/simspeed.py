@@ -79,6 +79,8 @@ def run(configs=tuple(CONFIGS), outdir=None):
 def register(benches) -> None:
     parser = benches.add_parser("simspeed", help="Verilator build time and simulated cycles per second",
                                 description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS),
+                        help=f"engine configurations to build and run (default: "
+                             f"{' '.join(sorted(CONFIGS))})")
     parser.add_argument("--out", help="results folder (default results/simspeed)")
     parser.set_defaults(func=lambda args: run(args.configs, args.out) and 0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from psconv.errors import PsconvError
 from psconv.families import family_by_name
 from psconv.firmware.packing import pack_layer, storage_report
 
@@ -21,9 +20,10 @@ FORMATS = ("ours_total", "dense_int8", "bitmap", "csr", "two_four")
 
 def network_reports(arch: str, family_name: str, width: int | None = None):
     """Storage reports of every convolution of ``arch`` built with ``family_name``."""
-    if width is not None and (not isinstance(width, int) or width < 1):
-        raise PsconvError(f"--width is {width}; allowed: an integer >= 1 (default: full, 64)")
-    from psconv.nn.models import resnet18_cifar, vgg16_cifar
+    from psconv.nn.models import check_width, resnet18_cifar, vgg16_cifar
+
+    if width is not None:
+        check_width(width)
     from psconv.nn.sparse_conv import PeriodicSparseConv2d
 
     family = family_by_name(family_name)
@@ -82,10 +82,16 @@ PAPER_FAMILIES = ("dense",) + tuple(f"PS{k}_P8" for k in (1, 2, 3, 4)) + tuple(
 
 
 def register(benches) -> None:
+    from psconv.nn.models import MAX_WIDTH
+
     parser = benches.add_parser("storage", help="weight bytes: ours vs dense, bitmap, CSR, 2:4",
                                 description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=("resnet18", "vgg16"), default="resnet18")
-    parser.add_argument("--families", nargs="+", default=list(PAPER_FAMILIES))
-    parser.add_argument("--width", type=int, default=None, help="base width (default: full)")
+    parser.add_argument("--arch", choices=("resnet18", "vgg16"), default="resnet18",
+                        help="network (default: %(default)s)")
+    parser.add_argument("--families", nargs="+", default=list(PAPER_FAMILIES), metavar="FAMILY",
+                        help=f"families to pack (default: {' '.join(PAPER_FAMILIES)})")
+    parser.add_argument("--width", type=int, default=None,
+                        help=f"base width, 1..{MAX_WIDTH} (default: {MAX_WIDTH}, the full "
+                             f"network; VGG16's channels are scaled by WIDTH/{MAX_WIDTH})")
     parser.add_argument("--out", help="results folder (default results/storage)")
     parser.set_defaults(func=lambda args: run(args.families, args.arch, args.width, args.out) and 0)

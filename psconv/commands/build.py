@@ -34,7 +34,8 @@ def register(subparsers) -> None:
                         help=f"target board, one of: {', '.join(board_names())} "
                              f"(default {DEFAULT_BOARD})")
     parser.add_argument("--config", metavar="FILE.json",
-                        help="engine configuration (default: the board's own, see --list-boards)")
+                        help="engine configuration (EngineConfig JSON, or the .json `psconv "
+                             "generate` writes; default: the board's own, see --list-boards)")
     parser.add_argument("--clock-mhz", type=float, default=None, metavar="N",
                         help="sync clock in MHz; other than the board oscillator's it comes from "
                              "the FPGA's PLL (default: one the 3 Mbaud link divides exactly: "

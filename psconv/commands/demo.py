@@ -17,12 +17,15 @@ DEMO_WIDTH = 8
 
 
 def register(subparsers) -> None:
+    from psconv.nn.models import MAX_WIDTH
+
     parser = subparsers.add_parser(
         "demo", help="the main job on the embedded default: a seeded ResNet18 through the "
                      "simulated board, bit-exact against the golden model",
         description=__doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("--width", type=int, default=DEMO_WIDTH,
-                        help=f"base width of the ResNet18 (default {DEMO_WIDTH}; 64 is full size)")
+                        help=f"base width of the ResNet18, 1..{MAX_WIDTH} (default {DEMO_WIDTH}; "
+                             f"{MAX_WIDTH} is full size)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

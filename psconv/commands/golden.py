@@ -16,23 +16,29 @@ def register(subparsers) -> None:
                     "shape, nonzero count and checksum, then the logits. Without --model it uses "
                     "the embedded default: a seeded PSD1_P16 ResNet18 and a seeded input.")
     add_model_arguments(parser)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the default input image")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the default input image (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
 
 
 def add_model_arguments(parser) -> None:
     """--model FILE, or the embedded default's --family/--width (read by :func:`load_or_default`)."""
+    from psconv.nn.default import DEFAULT_FAMILY, DEFAULT_WIDTH
+    from psconv.nn.models import MAX_WIDTH
+
     parser.add_argument("--model", help="quantized model file (.npz from `psconv quantize`)")
     parser.add_argument("--family", default=None,
-                        help="family of the embedded default (default PSD1_P16)")
+                        help=f"family of the embedded default (default {DEFAULT_FAMILY})")
     parser.add_argument("--width", type=int, default=None,
-                        help="base width of the embedded default ResNet18 (default 16; 64 is full)")
+                        help=f"base width of the embedded default ResNet18, 1..{MAX_WIDTH} "
+                             f"(default {DEFAULT_WIDTH}; {MAX_WIDTH} is full)")
 
 
 def load_or_default(args):
     """The quantized model the user named, or the embedded default."""
     from psconv.nn.default import DEFAULT_FAMILY, DEFAULT_WIDTH, default_quantized_model
+    from psconv.nn.models import check_width
     from psconv.qmodel import QuantizedModel
 
     if args.model:
@@ -41,8 +47,7 @@ def load_or_default(args):
                               "combined with --model")
         return QuantizedModel.load(args.model)
     width = DEFAULT_WIDTH if args.width is None else args.width
-    if width < 1:
-        raise PsconvError(f"--width is {width}; allowed: an integer >= 1")
+    check_width(width)
     return default_quantized_model(args.family or DEFAULT_FAMILY, width)
 
 

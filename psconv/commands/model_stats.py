@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from ..errors import PsconvError
+from ..families import MAX_PERIOD, check_period, check_taps
 from ..nn.models import ARCHITECTURES
 from ..nn.stats import variant_table
 
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--k", nargs="+", type=int, default=[1, 2, 3, 4], metavar="K",
                         help="taps per sparse kernel (default: 1 2 3 4)")
     parser.add_argument("--periods", nargs="+", type=int, default=[4, 8, 16], metavar="P",
-                        help="pattern periods (default: 4 8 16)")
+                        help=f"pattern periods, each 1..{MAX_PERIOD} (default: 4 8 16)")
     parser.add_argument("--json", action="store_true",
                         help="print {arch: [rows]} as JSON instead of tables")
     parser.set_defaults(func=run)
@@ -56,6 +58,13 @@ def _print_table(arch: str, rows: list[dict]) -> None:
 
 
 def run(args) -> int:
+    for option, values, check in (("--k", args.k, check_taps),
+                                  ("--periods", args.periods, check_period)):
+        for value in values:        # before any model is built: P = 10**6 would never finish
+            try:
+                check(value)
+            except PsconvError as e:
+                raise PsconvError(f"{option}: {e}") from None
     archs = list(ARCHITECTURES) if args.arch == "all" else [args.arch]
     tables = {arch: variant_table(arch, ks=tuple(args.k), periods=tuple(args.periods)) for arch in archs}
     if args.json:

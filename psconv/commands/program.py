@@ -29,7 +29,8 @@ def register(subparsers) -> None:
                         help="write the SPI flash so the design survives power-off (ECP5; "
                              "iCE40 boards are always programmed through their flash)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the openFPGALoader command instead of running it")
+                        help="print the openFPGALoader command instead of running it (the "
+                             "--bitstream named must exist; the default one need not be built yet)")
     parser.set_defaults(func=run)
 
 
@@ -39,11 +40,15 @@ def run(args) -> int:
 
     board = get_board(args.board)
     bitstream = Path(args.bitstream or f"build/{board.name}/top{board.bitstream_suffix}")
+    if args.bitstream and not bitstream.is_file():
+        raise PsconvError(f"--bitstream {bitstream} does not exist or is not a file; allowed: a "
+                          f"bitstream file, e.g. build/{board.name}/top{board.bitstream_suffix} "
+                          f"from `psconv build --board {board.name}`")
     if args.dry_run:
         flash = args.flash or board.family == "ice40"
         print(" ".join(program_command(board, bitstream, flash=flash)))
         return 0
-    if not bitstream.is_file() and not args.bitstream:
+    if not bitstream.is_file():
         raise PsconvError(f"no bitstream at {bitstream}; build one with `psconv build --board "
                           f"{board.name}` or name it with --bitstream")
     result = program_bitstream(board, bitstream, flash=args.flash)

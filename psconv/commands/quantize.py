@@ -10,30 +10,44 @@ from psconv.errors import PsconvError
 
 
 def register(subparsers) -> None:
+    from psconv.nn.default import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_FAMILY, DEFAULT_SEED,
+                                   DEFAULT_WIDTH)
+    from psconv.nn.models import MAX_WIDTH
+
     parser = subparsers.add_parser(
         "quantize", help="quantize a periodic-sparse ResNet18 to a model file",
         description="Fold BatchNorm, calibrate int8 activation scales and write the versioned "
                     "quantized model (.npz) that `psconv golden`, the compiler and the driver read. "
-                    "Without --checkpoint the seeded embedded-default network is used.")
+                    "Without --checkpoint the seeded embedded-default network is used; with the "
+                    "default --family, --width, --seed and --calibration-images that is exactly "
+                    "the embedded default of `psconv golden`, `run` and `demo`.")
     parser.add_argument("-o", "--out", required=True, help="output file (.npz)")
-    parser.add_argument("--family", default="PSD1_P16", help="pattern family (e.g. PS4_P8, PSD1_P16, dense)")
-    parser.add_argument("--width", type=int, default=16, help="ResNet18 base width (64 = full)")
+    parser.add_argument("--family", default=DEFAULT_FAMILY,
+                        help="pattern family, e.g. PS4_P8, PSD1_P16, dense (default: %(default)s)")
+    parser.add_argument("--width", type=int, default=DEFAULT_WIDTH,
+                        help=f"ResNet18 base width, 1..{MAX_WIDTH} ({MAX_WIDTH} = full; "
+                             f"default: %(default)s)")
     parser.add_argument("--checkpoint", help="state_dict (.pt) of psconv's resnet18_cifar with this family/width")
     parser.add_argument("--cifar", help="CIFAR-10 python-format directory for calibration images")
-    parser.add_argument("--calibration-images", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                        metavar="N", help="images to calibrate activation scales on (default: "
+                                          "%(default)s, as the embedded default)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="seed of the embedded-default network and of the synthetic "
+                             "calibration images (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from psconv.families import family_by_name
-    from psconv.nn.cifar import load_cifar10, synthetic_cifar_like
-    from psconv.nn.default import seeded_resnet18
-    from psconv.nn.models import resnet18_cifar
+    from psconv.nn.cifar import load_cifar10
+    from psconv.nn.default import calibration_batch, seeded_resnet18
+    from psconv.nn.models import check_width, resnet18_cifar
     from psconv.nn.quantize import quantize_resnet
 
     if args.calibration_images < 1:
         raise PsconvError(f"--calibration-images is {args.calibration_images}; allowed: >= 1")
+    check_width(args.width)
     if args.checkpoint:
         model = resnet18_cifar(family_by_name(args.family), width=args.width)
         try:
@@ -52,7 +66,7 @@ def run(args) -> int:
     if args.cifar:
         images = load_cifar10(args.cifar, train=True)[0][:args.calibration_images]
     else:
-        images = synthetic_cifar_like(args.calibration_images, seed=args.seed + 2)[0]
+        images = calibration_batch(args.calibration_images, args.seed)
     quantized = quantize_resnet(model, images, args.family)
     path = quantized.save(Path(args.out))
     print(f"wrote {path}: {quantized.arch} {quantized.family_name}, {len(quantized.layers)} layers, "

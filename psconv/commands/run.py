@@ -27,14 +27,17 @@ def register(subparsers) -> None:
     add_model_arguments(parser)
     add_engine_arguments(parser)
     parser.add_argument("--transport", default="sim", metavar="SPEC",
-                        help="sim (the board top in Verilator, default), serial:/dev/ttyUSB0[@baud] "
-                             "or tcp:HOST:PORT")
+                        help="sim (the board top in Verilator), serial:/dev/ttyUSB0[@baud] or "
+                             "tcp:HOST:PORT (default: %(default)s)")
     parser.add_argument("--image-seed", type=int, default=0,
-                        help="seed of the input image (the same image as `psconv golden --seed`)")
+                        help="seed of the input image (the same image as `psconv golden --seed`; "
+                             "default: %(default)s)")
     parser.add_argument("--faults", type=float, default=0.0, metavar="RATE",
                         help="inject link faults (bit flips, drops, duplicates, truncation, delays, "
-                             "garbage) with this probability per frame, split evenly")
-    parser.add_argument("--fault-seed", type=int, default=0)
+                             "garbage) with this probability per frame, split evenly (default: "
+                             "%(default)s, none)")
+    parser.add_argument("--fault-seed", type=int, default=0,
+                        help="seed of the injected faults (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="seconds to wait for each answer before resending (default 1, 0.3 "
                              "with --faults)")

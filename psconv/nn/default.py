@@ -21,6 +21,9 @@ from .quantize import quantize_resnet
 DEFAULT_FAMILY = "PSD1_P16"
 DEFAULT_WIDTH = 16
 DEFAULT_SEED = 0
+DEFAULT_CALIBRATION_IMAGES = 32
+"""Images the embedded default is calibrated on; ``psconv quantize`` without ``--checkpoint``
+uses the same count by default, so its file holds the same integer model as the default."""
 
 
 def seeded_resnet18(family_name: str = DEFAULT_FAMILY, width: int = DEFAULT_WIDTH,
@@ -45,12 +48,18 @@ def seeded_resnet18(family_name: str = DEFAULT_FAMILY, width: int = DEFAULT_WIDT
         torch.random.set_rng_state(generator_state)
 
 
+def calibration_batch(count: int = DEFAULT_CALIBRATION_IMAGES,
+                      seed: int = DEFAULT_SEED) -> torch.Tensor:
+    """The seeded CIFAR-like images (NCHW) the model of ``seed`` is calibrated on."""
+    return synthetic_cifar_like(count, seed=seed + 2)[0]
+
+
 def default_quantized_model(family_name: str = DEFAULT_FAMILY, width: int = DEFAULT_WIDTH,
-                            seed: int = DEFAULT_SEED, calibration_images: int = 32) -> QuantizedModel:
+                            seed: int = DEFAULT_SEED,
+                            calibration_images: int = DEFAULT_CALIBRATION_IMAGES) -> QuantizedModel:
     """The seeded model above, quantized with max calibration on seeded images."""
     model = seeded_resnet18(family_name, width, seed)
-    calibration = synthetic_cifar_like(calibration_images, seed=seed + 2)[0]
-    quantized = quantize_resnet(model, calibration, family_name)
+    quantized = quantize_resnet(model, calibration_batch(calibration_images, seed), family_name)
     quantized.notes.update({"source": "psconv embedded default", "seed": seed, "width": width})
     return quantized
 

@@ -33,6 +33,18 @@ from .sparse_conv import PeriodicSparseConv2d
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
                 512, 512, 512, "M")
 
+MAX_WIDTH = 64
+"""The largest base width a command's ``--width`` accepts: 64 is the paper's full network
+(stages of 64..512 channels); a wider one is not the paper's and soon exhausts memory."""
+
+
+def check_width(width) -> None:
+    """Raise :class:`PsconvError` unless ``width`` (a command's ``--width``: the ResNet18 base
+    width, or VGG16's width as a share of 64) is an integer 1..:data:`MAX_WIDTH`."""
+    if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= MAX_WIDTH:
+        raise PsconvError(f"--width is {width!r}; allowed: an integer 1..{MAX_WIDTH} "
+                          f"({MAX_WIDTH} is the full network)")
+
 
 def _check_network_family(family) -> None:
     if not isinstance(family, PatternFamily):
