@@ -58,8 +58,16 @@ Rules (each refusal is a NAK, with no side effect):
 
 Timing: one payload byte per cycle in; a beat is pushed to its engine stream the cycle after its
 last byte and waits there for ``ready`` (the ACK goes out once every beat is in the engine).
-Budgets take ~12 serial arithmetic steps (a few hundred cycles) after the last mask; data writes
-arriving meanwhile wait for them. Replies stream one byte per cycle.
+Budgets take ~15 serial steps after the last mask (136 cycles for the iCEBreaker configuration,
+209 for the default one); data writes arriving meanwhile wait for them. Replies stream one byte
+per cycle.
+
+Size (the iCE40UP5K has 5,280 logic cells, so every flip-flop and LUT here counts): reply data
+and payload bytes share one byte shift register (a command never needs both), loaded with one
+2-way choice per bit; the weight, fmap and residual budgets are checked with one subtractor
+against a counter selected a cycle ahead and charged for the whole write at the check (the
+pushes that follow cannot be stopped, so the end state is the one per-beat counting gives);
+:class:`LayerBudget` is a single shift-add register.
 """
 
 from __future__ import annotations
@@ -107,6 +115,7 @@ STATUS_BYTES = struct.calcsize(STATUS_FORMAT)
 
 DATA_COMMANDS = (Command.WRITE_MASKS, Command.WRITE_QUANT, Command.WRITE_WEIGHTS,
                  Command.WRITE_FMAP, Command.WRITE_RESIDUAL)
+WIDE_BUDGETS = (Command.WRITE_WEIGHTS, Command.WRITE_FMAP, Command.WRITE_RESIDUAL)
 
 
 # --- the formats, host side ----------------------------------------------------------------------
@@ -216,55 +225,32 @@ def _times_constant(value, constant: int):
     return total
 
 
-class SerialMultiplier(wiring.Component):
-    """Unsigned shift-add multiplier: ``product = (a * b) mod 2**width``, one bit of ``b`` a cycle.
-
-    Pulse ``start`` with ``a`` and ``b`` valid (they are latched); ``done`` rises at most
-    ``b_width + 1`` cycles later (sooner when ``b`` has leading zeros) and holds ``product``
-    until the next ``start``. Why serial: these products (per-layer beat budgets) are needed once
-    per layer, and a combinational multiplier would take a DSP from the engine on the iCE40.
-    """
-
-    def __init__(self, width: int, b_width: int):
-        self.width = width
-        self.b_width = b_width
-        super().__init__({"start": In(1), "a": In(width), "b": In(b_width),
-                          "product": Out(width), "done": Out(1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        a = Signal(self.width)
-        b = Signal(self.b_width)
-        running = Signal()
-        with m.If(self.start):
-            m.d.sync += [a.eq(self.a), b.eq(self.b), self.product.eq(0), running.eq(1),
-                         self.done.eq(0)]
-        with m.Elif(running):
-            with m.If(b == 0):
-                m.d.sync += [running.eq(0), self.done.eq(1)]
-            with m.Else():
-                with m.If(b[0]):
-                    m.d.sync += self.product.eq(self.product + a)
-                m.d.sync += [a.eq(a << 1), b.eq(b >> 1)]
-        return m
-
-
 class LayerBudget(wiring.Component):
     """How many beats each engine stream of a layer takes, from its descriptor and mask table.
 
     Inputs (held from ``start`` until ``done``): ``descriptor`` fields in_channels, out_channels,
     in_height, in_width, stride, residual, period, and ``taps`` (T, kept taps of the P masks).
-    After a ``start`` pulse it computes, with one :class:`SerialMultiplier` and one
-    :class:`~psconv.hw.arith.SerialDivider` in ten serial steps (a few hundred cycles):
+    After a ``start`` pulse it computes
 
     * ``fmap_beats`` = ceil(C_in * H * W / tn)
     * ``residual_beats`` = H_out * ceil(W_out / tm) * C_out if ``residual`` else 0
     * ``weight_beats`` = C_out * ceil(ceil(C_in / P) * T / tn)
 
     (the formulas of :meth:`psconv.hw.layer.LayerSpec.output_beats`,
-    :func:`psconv.hw.layer.cycles_per_output_channel` and :func:`psconv.hw.layer.fmap_beats`).
-    ``done`` rises when all three are valid and holds until the next ``start``. ``width`` bits
-    hold every product the descriptor's field widths allow, so nothing wraps.
+    :func:`psconv.hw.layer.cycles_per_output_channel` and :func:`psconv.hw.layer.fmap_beats`)
+    and hands each out once, in that order: in the cycle ``store_fmap`` / ``store_residual`` /
+    ``store_weights`` is high, ``value`` is that stream's beats (nothing holds them here: the
+    consumer's counters are the only copy). ``done`` rises after the last one and holds until the
+    next ``start``; a ``start`` during a run restarts it. ``width`` bits hold every product the
+    descriptor's field widths allow, so nothing wraps.
+
+    How (small on purpose: this runs once per layer): one ``width``-bit register ``q`` holds the
+    running value, and a shift-add multiplier built around it (``{hi, q}`` shifts right one bit a
+    cycle while ``hi`` adds the small factor, ``width`` cycles per product) computes
+    ``q * f + c``; ceil(x / 2**k) is that with ``f`` = 1, ``c`` = 2**k - 1 and k more shifts.
+    A :class:`~psconv.hw.arith.SerialDivider` does ceil(C_in / P) (a narrow one) and, only for a
+    ``tn`` or ``tm`` that is not a power of two, the divisions by them. About 7 ``width``-cycle
+    products in all: ~150 cycles for the small configurations, ~250 for the default one.
     """
 
     def __init__(self, config):
@@ -276,15 +262,23 @@ class LayerBudget(wiring.Component):
             bits["in_channels"] + bits["in_height"] + bits["in_width"],
             bits["in_height"] + bits["in_width"] + bits["out_channels"],
             bits["in_channels"] + self.taps_width + bits["out_channels"])
-        self.b_width = max(bits["in_height"], bits["in_width"], bits["out_channels"], self.taps_width)
-        self.divisor_width = max(config.tn, config.tm, (1 << bits["period"]) - 1).bit_length()
+        self.factor_width = max(bits["in_height"], bits["in_width"], bits["out_channels"],
+                                self.taps_width)
+        pow2 = all(n & (n - 1) == 0 for n in (config.tn, config.tm))
+        if pow2:          # the divider only does ceil(C_in / P)
+            self.dividend_width = max(bits["in_channels"], bits["period"]) + 1
+            self.divisor_width = bits["period"]
+        else:
+            self.dividend_width = self.width
+            self.divisor_width = max(config.tn, config.tm, (1 << bits["period"]) - 1).bit_length()
         super().__init__({
             "start": In(1),
             "descriptor": In(self.layout),
             "taps": In(self.taps_width),
-            "fmap_beats": Out(self.width),
-            "residual_beats": Out(self.width),
-            "weight_beats": Out(self.width),
+            "value": Out(self.width),
+            "store_fmap": Out(1),
+            "store_residual": Out(1),
+            "store_weights": Out(1),
             "done": Out(1),
         })
 
@@ -292,55 +286,88 @@ class LayerBudget(wiring.Component):
         m = Module()
         cfg = self.config
         d = self.descriptor
-        m.submodules.multiplier = mul = SerialMultiplier(self.width, self.b_width)
-        m.submodules.divider = div = SerialDivider(self.width, self.divisor_width)
-        x = Signal(self.width)
+        width = self.width
+        m.submodules.divider = div = SerialDivider(self.dividend_width, self.divisor_width)
+        q = Signal(width)
+        hi = Signal(max(self.factor_width, (max(cfg.tn, cfg.tm) - 1).bit_length()))
+        factor = Signal(self.factor_width)
+        count = Signal(range(max(width, 7)))
+        m.d.comb += self.value.eq(q)
         out_height = output_size_value(d.in_height, d.stride)
         out_width = output_size_value(d.in_width, d.stride)
 
-        steps = []   # (kind, operand a / dividend, operand b / divisor, store(result) -> statements)
+        def ceil_div(n):
+            """Steps for q = q // n (the caller has added n - 1 to q: a ceiling division)."""
+            if n & (n - 1) == 0:
+                return [("shift", n.bit_length() - 1)] if n > 1 else []
+            return [("div", q, n)]
 
-        def keep(value):
-            return [x.eq(value)]
+        def times_then_ceil(f, n):
+            """q = ceil(q * f / n): the ``+ n - 1`` rides on the product (q * f + c)."""
+            return [("mul", f, n - 1)] + ceil_div(n)
 
-        steps += [
-            ("mul", d.in_channels, d.in_height, keep),
-            ("mul", x, d.in_width, keep),
-            ("div", x + cfg.tn - 1, cfg.tn, lambda r: [self.fmap_beats.eq(r)]),
-            ("div", out_width + cfg.tm - 1, cfg.tm, keep),
-            ("mul", x, out_height, keep),
-            ("mul", x, d.out_channels, lambda r: [self.residual_beats.eq(Mux(d.residual, r, 0))]),
-            ("div", d.in_channels + d.period - 1, d.period, keep),
-            ("mul", x, self.taps, keep),
-            ("div", x + cfg.tn - 1, cfg.tn, keep),
-            ("mul", x, d.out_channels, lambda r: [self.weight_beats.eq(r)]),
-        ]
+        steps = (
+            [("load", d.in_channels), ("mul", d.in_height, 0)]
+            + times_then_ceil(d.in_width, cfg.tn) + [("store", self.store_fmap)]
+            + [("load", out_width + (cfg.tm - 1))] + ceil_div(cfg.tm)
+            + [("mul", out_height, 0), ("mul", Mux(d.residual, d.out_channels, 0), 0),
+               ("store", self.store_residual)]
+            + [("div", d.in_channels + d.period - 1, d.period)]
+            + times_then_ceil(self.taps, cfg.tn)
+            + [("mul", d.out_channels, 0), ("store", self.store_weights)])
+        # ("mul", f, c, n): n cycles of the multiply datapath; a product is n = width, a shift
+        # right by k is n = k with f = c = 0
+        steps = [("mul", 0, 0, step[1]) if step[0] == "shift"
+                 else step + (width,) if step[0] == "mul" else step for step in steps]
+
+        def enter(k):
+            """Go to step ``k`` (its first cycle is the next one)."""
+            if k == len(steps):
+                m.d.sync += self.done.eq(1)
+                m.next = "IDLE"
+                return
+            kind, *args = steps[k]
+            if kind == "mul":
+                m.d.sync += [hi.eq(args[1]), count.eq(args[2] - 1)]
+            m.next = f"STEP_{k}"
+
+        # {hi, q} >> 1 after hi += factor (if q[0]): q * factor + hi, one bit a cycle
+        total = Signal(len(hi) + 1)
+        m.d.comb += total.eq(hi + Mux(q[0], factor, 0))
+
+        def restart():
+            with m.If(self.start):
+                m.d.sync += self.done.eq(0)
+                enter(0)
+
         with m.FSM():
             with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += self.done.eq(0)
-                    m.next = "ISSUE_0"
-            for k, (kind, a, b, store) in enumerate(steps):
-                unit = mul if kind == "mul" else div
-                with m.State(f"ISSUE_{k}"):
-                    if kind == "mul":
-                        m.d.comb += [mul.start.eq(1), mul.a.eq(a), mul.b.eq(b)]
-                    else:
-                        m.d.comb += [div.start.eq(1), div.dividend.eq(a), div.divisor.eq(b)]
-                    m.next = f"WAIT_{k}"
-                    with m.If(self.start):
-                        m.next = "ISSUE_0"
-                with m.State(f"WAIT_{k}"):
-                    with m.If(unit.done):
-                        m.d.sync += store(mul.product if kind == "mul" else div.quotient)
-                        if k + 1 < len(steps):
-                            m.next = f"ISSUE_{k + 1}"
-                        else:
-                            m.d.sync += self.done.eq(1)
-                            m.next = "IDLE"
-                    with m.If(self.start):
-                        m.d.sync += self.done.eq(0)
-                        m.next = "ISSUE_0"
+                restart()
+            for k, (kind, *args) in enumerate(steps):
+                with m.State(f"STEP_{k}"):
+                    if kind == "load":
+                        m.d.sync += q.eq(args[0])
+                        enter(k + 1)
+                    elif kind == "mul":
+                        m.d.comb += factor.eq(args[0])
+                        m.d.sync += [q.eq(Cat(q[1:], total[0])), hi.eq(total[1:]),
+                                     count.eq(count - 1)]
+                        with m.If(count == 0):
+                            enter(k + 1)
+                    elif kind == "store":
+                        m.d.comb += args[0].eq(1)
+                        enter(k + 1)
+                    else:   # div: issue, then wait
+                        m.d.comb += [div.start.eq(1), div.dividend.eq(args[0]),
+                                     div.divisor.eq(args[1])]
+                        m.next = f"WAIT_{k}"
+                    restart()
+                if kind == "div":
+                    with m.State(f"WAIT_{k}"):
+                        with m.If(div.done):
+                            m.d.sync += q.eq(div.quotient)
+                            enter(k + 1)
+                        restart()
         return m
 
 
@@ -359,7 +386,9 @@ class CommandProcessor(wiring.Component):
 
     * ``command`` In(stream FRAME_HEADER), ``command_payload`` In(stream PAYLOAD_BYTE),
       ``reply`` Out(stream REPLY_HEADER), ``reply_payload`` Out(stream 8): to
-      :class:`~psconv.hw.framing.LinkLayer` (its ports of the same names, flipped).
+      :class:`~psconv.hw.framing.LinkLayer` (its ports of the same names, flipped). As the
+      link guarantees, ``command_payload`` carries exactly ``length`` bytes with ``last`` on the
+      final one: a data write ends with the beat that holds that byte.
     * ``link_counters`` In(LINK_COUNTERS): reported by ``READ_COUNTERS``.
     * ``engine`` In(PeriodicSparseEngine(config).signature): the engine's ports, flipped, so
       ``wiring.connect(m, processor.engine, engine)`` wires them all.
@@ -430,10 +459,14 @@ class CommandProcessor(wiring.Component):
         with m.If(budget_pending & (masks_left == 0)):
             m.d.comb += budget.start.eq(1)
             m.d.sync += budget_pending.eq(0)
+        with m.If(~budget_pending):
+            for store, left in ((budget.store_fmap, fmap_left),
+                                (budget.store_weights, weights_left),
+                                (budget.store_residual, residual_left)):
+                with m.If(store):
+                    m.d.sync += left.eq(budget.value)
         with m.If(budget.done & ~budget_valid & ~budget_pending & started & busy):
-            m.d.sync += [budget_valid.eq(1), fmap_left.eq(budget.fmap_beats),
-                         weights_left.eq(budget.weight_beats),
-                         residual_left.eq(budget.residual_beats)]
+            m.d.sync += budget_valid.eq(1)
 
         # ---- the command being executed ----
         header = Signal(FRAME_HEADER)
@@ -444,17 +477,26 @@ class CommandProcessor(wiring.Component):
         reply_kind = Signal(2)             # what follows the reply header
         KIND_NONE, KIND_NAK, KIND_BLOB, KIND_OUTPUT = range(4)
 
+        # One byte shift register serves both directions, since a command never needs both at
+        # once: payload bytes shift in at the top (``gather``: a beat, the descriptor or the
+        # READ_OUTPUT maximum ends in its top bytes) and reply data (``blob``: identity, status
+        # or counters, loaded in DECODE, a snapshot) shifts out at the bottom. Both move by
+        # Cat(shreg[8:], byte in), so each bit is a 2-way choice (load or shift): one LUT (two
+        # for the 48 status bits, which have a third source).
         blob_bytes = max(IDENTITY_BYTES, COUNTERS_BYTES, STATUS_BYTES)
-        blob = Signal(8 * blob_bytes)
-        sent = Signal(16)
+        gather_bytes = max(max_beat, self.descriptor_bytes, 2)
+        shreg = Signal(8 * max(blob_bytes, gather_bytes))
+        shift_in = Signal()                # shreg takes the payload byte at the top this cycle
+        m.d.comb += self.reply_payload.payload.eq(shreg[:8])
+        with m.If(shift_in):
+            m.d.sync += shreg.eq(Cat(shreg[8:], self.command_payload.payload.data))
+        blob_left = Signal(range(blob_bytes + 1))
 
         m.submodules.divider = div = SerialDivider(16, max(max_beat, tm).bit_length())
-        gather = Signal(8 * max(max_beat, self.descriptor_bytes, 2))   # bytes shift in at the top
-        gathered = Signal(range(max(max_beat, self.descriptor_bytes, 2) + 1))
-        beats_todo = Signal(16)
-        take = Signal(16)
-        out_shift = Signal(8 * tm)
-        out_byte = Signal(range(tm + 1))
+        gathered = Signal(range(gather_bytes + 1))
+        final_beat = Signal()              # the beat in shreg ends the payload (its last byte)
+        take = Signal(range(depth + 1))    # min(FIFO level, asked): at most the FIFO depth
+        out_byte = Signal(range(tm))       # next byte of the FIFO's output beat
 
         identity = identity_blob(cfg, depth, self.max_payload)
 
@@ -470,16 +512,15 @@ class CommandProcessor(wiring.Component):
             reply(Status.ACK, 0, KIND_NONE)
 
         def gather_byte():
-            """Take the next payload byte into ``gather`` (shifted in at the top) and count it;
+            """Take the next payload byte into ``shreg`` (shifted in at the top) and count it;
             returns the condition under which a byte is taken this cycle."""
-            m.d.comb += self.command_payload.ready.eq(1)
+            m.d.comb += [self.command_payload.ready.eq(1), shift_in.eq(self.command_payload.valid)]
             with m.If(self.command_payload.valid):
-                m.d.sync += [gather.eq(Cat(gather[8:], self.command_payload.payload.data)),
-                             gathered.eq(gathered + 1)]
+                m.d.sync += gathered.eq(gathered + 1)
             return self.command_payload.valid
 
-        def data_blob(value, nbytes):
-            m.d.sync += blob.eq(value)
+        def data_blob(nbytes):
+            # shreg and blob_left were loaded in DECODE
             reply(Status.DATA, nbytes, KIND_BLOB)
 
         def payload_stream(command):
@@ -492,12 +533,27 @@ class CommandProcessor(wiring.Component):
                     Command.WRITE_WEIGHTS: weights_left, Command.WRITE_FMAP: fmap_left,
                     Command.WRITE_RESIDUAL: residual_left}[command]
 
-        # each data stream's payload is the top bytes of the gather register
-        gather_top = len(gather) // 8
+        # each data stream's payload is the top bytes of the shift register
         for command in DATA_COMMANDS:
-            nbytes = beat_sizes[command]
             port = payload_stream(command)
-            m.d.comb += port.payload.eq(gather[8 * (gather_top - nbytes):])
+            m.d.comb += port.payload.eq(shreg[len(shreg) - 8 * beat_sizes[command]:])
+
+        # The budget check compares the quotient with one register: this command's counter,
+        # chosen a cycle ahead (one comparator instead of one per stream, and no wide mux in
+        # front of it). CHECK_DATA waits >= 17 cycles for the divider; meanwhile only the budget
+        # stores write a counter, and budget_valid follows the last of them by two cycles.
+        left_of_code = Signal(count_width)
+        with m.Switch(code):
+            for command in DATA_COMMANDS:
+                with m.Case(command):
+                    m.d.sync += left_of_code.eq(left_counter(command))
+        is_residual = code == Command.WRITE_RESIDUAL
+        # wide enough for any quotient (a 16-bit length), so the top bit is a true borrow
+        diff_width = max(count_width, len(div.quotient)) + 1
+        left_after = Signal(diff_width)          # top bit: the borrow, i.e. beats > left
+        window_after = Signal(diff_width)        # likewise for the residual window
+        m.d.comb += [left_after.eq(left_of_code - div.quotient),
+                     window_after.eq(window - div.quotient)]
 
         level16 = Signal(16)
         window16 = Signal(16)
@@ -505,31 +561,45 @@ class CommandProcessor(wiring.Component):
         status_value = Cat(busy, Const(0, 7), done_since_start, Const(0, 7), level16, window16)
         counters_value = Cat(eng.busy_cycles, eng.stall_cycles, eng.idle_cycles, eng.macs,
                              *(getattr(self.link_counters, name) for name in LINK_COUNTER_NAMES))
+        is_identity = Signal()   # registered with the header: a select shared by 272 bits must
+        is_status = Signal()     # not be an 8-bit compare that synthesis copies into each bit
+        # above the status bytes the status choice repeats the counters (those bytes are never
+        # sent for READ_STATUS): a zero there would make every bit a 3-way choice
+        blob_value = Mux(is_identity, int.from_bytes(identity, "little"),
+                         Mux(is_status, Cat(status_value, counters_value[len(status_value):]),
+                             counters_value))
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.command.ready.eq(1)
                 with m.If(self.command.valid):
-                    m.d.sync += header.eq(self.command.payload)
+                    m.d.sync += [header.eq(self.command.payload),
+                                 is_identity.eq(self.command.payload.code == Command.IDENTIFY),
+                                 is_status.eq(self.command.payload.code == Command.READ_STATUS)]
                     m.next = "DECODE"
 
             with m.State("DECODE"):
+                # whatever the command, the blob snapshot is taken now (used by the three that
+                # answer with one): a single load source per bit
+                m.d.sync += [shreg.eq(blob_value),
+                             blob_left.eq(Mux(is_status, STATUS_BYTES,
+                                              Mux(is_identity, IDENTITY_BYTES, COUNTERS_BYTES)))]
                 with m.Switch(code):
                     with m.Case(Command.IDENTIFY):
                         with m.If(length != 0):
                             nak(NakReason.BAD_LENGTH)
                         with m.Else():
-                            data_blob(int.from_bytes(identity, "little"), IDENTITY_BYTES)
+                            data_blob(IDENTITY_BYTES)
                     with m.Case(Command.READ_STATUS):
                         with m.If(length != 0):
                             nak(NakReason.BAD_LENGTH)
                         with m.Else():
-                            data_blob(status_value, STATUS_BYTES)
+                            data_blob(STATUS_BYTES)
                     with m.Case(Command.READ_COUNTERS):
                         with m.If(length != 0):
                             nak(NakReason.BAD_LENGTH)
                         with m.Else():
-                            data_blob(counters_value, COUNTERS_BYTES)
+                            data_blob(COUNTERS_BYTES)
                     with m.Case(Command.WRITE_LAYER):
                         with m.If(busy):
                             nak(NakReason.BUSY)
@@ -586,25 +656,27 @@ class CommandProcessor(wiring.Component):
                     beats = div.quotient
                     with m.If(div.remainder != 0):
                         nak(NakReason.BAD_LENGTH)
+                    with m.Elif(left_after[-1] | (is_residual & window_after[-1])):
+                        nak(NakReason.OVERFLOW)
+                    with m.Elif(beats == 0):
+                        ack()
                     with m.Else():
+                        with m.If(is_residual):
+                            m.d.sync += window.eq(window_after[:count_width])
+                        # the wide budgets are charged for the whole write now (nothing can stop
+                        # the pushes that follow, so the end state is the same as per beat)
                         with m.Switch(code):
-                            for command in DATA_COMMANDS:
+                            for command in WIDE_BUDGETS:
                                 with m.Case(command):
-                                    over = beats > left_counter(command)
-                                    if command == Command.WRITE_RESIDUAL:
-                                        over = over | (beats > window)
-                                    with m.If(over):
-                                        nak(NakReason.OVERFLOW)
-                                    with m.Elif(beats == 0):
-                                        ack()
-                                    with m.Else():
-                                        if command == Command.WRITE_RESIDUAL:
-                                            m.d.sync += window.eq(window - beats)
-                                        m.d.sync += [beats_todo.eq(beats), gathered.eq(0)]
-                                        m.next = "GATHER"
+                                    m.d.sync += left_counter(command).eq(left_after[:count_width])
+                        m.d.sync += gathered.eq(0)
+                        m.next = "GATHER"
 
             with m.State("GATHER"):
                 with m.If(gather_byte()):
+                    # the payload is a whole number of beats (checked), so the beat holding the
+                    # byte marked ``last`` is the final one: no beat counter needed
+                    m.d.sync += final_beat.eq(self.command_payload.payload.last)
                     with m.Switch(code):
                         for command in DATA_COMMANDS:
                             with m.Case(command):
@@ -619,12 +691,15 @@ class CommandProcessor(wiring.Component):
                             left = left_counter(command)
                             m.d.comb += port.valid.eq(1)
                             with m.If(port.ready):
-                                m.d.sync += [left.eq(left - 1), beats_todo.eq(beats_todo - 1),
-                                             gathered.eq(0)]
+                                m.d.sync += gathered.eq(0)
+                                if command not in WIDE_BUDGETS:
+                                    # masks and quant entries count per beat: the budgets start
+                                    # only once the last mask is in the engine (T is complete)
+                                    m.d.sync += left.eq(left - 1)
                                 if command == Command.WRITE_MASKS:
                                     m.d.sync += taps.eq(taps + sum(
                                         port.payload[k] for k in range(MASK_BITS)))
-                                with m.If(beats_todo == 1):
+                                with m.If(final_beat):
                                     ack()
                                 with m.Else():
                                     m.next = "GATHER"
@@ -634,7 +709,7 @@ class CommandProcessor(wiring.Component):
                     with m.If(gathered == self.descriptor_bytes - 1):
                         m.next = "LOAD_LAYER"
             with m.State("LOAD_LAYER"):
-                m.d.sync += [descriptor.eq(gather[len(gather) - 8 * self.descriptor_bytes:]),
+                m.d.sync += [descriptor.eq(shreg[len(shreg) - 8 * self.descriptor_bytes:]),
                              have_descriptor.eq(1)]
                 ack()
 
@@ -643,7 +718,7 @@ class CommandProcessor(wiring.Component):
                     with m.If(gathered == 1):
                         m.next = "DIVIDE_MAX"
             with m.State("DIVIDE_MAX"):
-                m.d.comb += [div.start.eq(1), div.dividend.eq(gather[len(gather) - 16:]),
+                m.d.comb += [div.start.eq(1), div.dividend.eq(shreg[len(shreg) - 16:]),
                              div.divisor.eq(tm)]
                 m.next = "CHECK_OUTPUT"
             with m.State("CHECK_OUTPUT"):
@@ -657,7 +732,6 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += [self.reply.valid.eq(1), self.reply.payload.status.eq(reply_status),
                              self.reply.payload.length.eq(reply_length)]
                 with m.If(self.reply.ready):
-                    m.d.sync += sent.eq(0)
                     with m.Switch(reply_kind):
                         with m.Case(KIND_NAK):
                             m.next = "SEND_NAK"
@@ -667,7 +741,7 @@ class CommandProcessor(wiring.Component):
                             with m.If(take == 0):
                                 m.next = "IDLE"
                             with m.Else():
-                                m.next = "POP_OUTPUT"
+                                m.next = "SEND_OUTPUT"
                         with m.Default():
                             m.next = "IDLE"
 
@@ -677,26 +751,24 @@ class CommandProcessor(wiring.Component):
                     m.next = "IDLE"
 
             with m.State("SEND_BLOB"):
-                m.d.comb += [self.reply_payload.valid.eq(1), self.reply_payload.payload.eq(blob[:8])]
+                m.d.comb += self.reply_payload.valid.eq(1)
                 with m.If(self.reply_payload.ready):
-                    m.d.sync += [blob.eq(blob >> 8), sent.eq(sent + 1)]
-                    with m.If(sent == reply_length - 1):
+                    m.d.comb += shift_in.eq(1)
+                    m.d.sync += blob_left.eq(blob_left - 1)
+                    with m.If(blob_left == 1):
                         m.next = "IDLE"
 
-            with m.State("POP_OUTPUT"):
-                m.d.comb += out_fifo.r_en.eq(1)
-                with m.If(out_fifo.r_rdy):
-                    m.d.sync += [out_shift.eq(out_fifo.r_data), out_byte.eq(0)]
-                    m.next = "SEND_OUTPUT"
             with m.State("SEND_OUTPUT"):
-                m.d.comb += [self.reply_payload.valid.eq(1),
-                             self.reply_payload.payload.eq(out_shift[:8])]
-                with m.If(self.reply_payload.ready):
-                    m.d.sync += [out_shift.eq(out_shift >> 8), out_byte.eq(out_byte + 1)]
+                # bytes come straight from the FIFO's output register (it holds until r_en);
+                # the beat is popped with its last byte
+                byte = out_fifo.r_data if tm == 1 else out_fifo.r_data.word_select(out_byte, 8)
+                m.d.comb += [self.reply_payload.valid.eq(out_fifo.r_rdy),
+                             self.reply_payload.payload.eq(byte)]
+                with m.If(out_fifo.r_rdy & self.reply_payload.ready):
+                    m.d.sync += out_byte.eq(out_byte + 1)
                     with m.If(out_byte == tm - 1):
-                        m.d.sync += take.eq(take - 1)
+                        m.d.comb += out_fifo.r_en.eq(1)
+                        m.d.sync += [take.eq(take - 1), out_byte.eq(0)]
                         with m.If(take == 1):
                             m.next = "IDLE"
-                        with m.Else():
-                            m.next = "POP_OUTPUT"
         return m

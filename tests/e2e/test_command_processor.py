@@ -6,19 +6,21 @@ compared with the encoders of :mod:`psconv.hw.layer` (the same ones the driver u
 order, beat size or budget mistake in the gateware fails here.
 """
 
+import dataclasses
 import random
 
 import pytest
 import torch
 from amaranth.sim import Simulator
 
+from psconv.config import EngineConfig
 from psconv.firmware.protocol import Command, LinkClient, LinkNak, NakReason, read_output_payload
 from psconv.hw.command_processor import (COUNTERS_BYTES, LayerBudget, beats_payload,
                                          identity_blob, layer_payload, mask_payload,
                                          output_beats, parse_counters, parse_identity,
                                          parse_status, quant_payload)
-from psconv.hw.layer import (LayerSpec, encode_quant_entry, fmap_beats, pack_bytes, pixel_beats,
-                             cycles_per_output_channel)
+from psconv.hw.layer import (LayerSpec, cycles_per_output_channel, encode_quant_entry, fmap_beats,
+                             fmap_rows_capacity, pack_bytes, pixel_beats)
 from psconv.sim.amaranth_transport import SimulatorTransport
 
 from e2e_helpers import TINY_CONFIG, MockEngine, ProcessorHarness
@@ -43,14 +45,14 @@ def _nak(client, command, payload=b""):
     return NakReason(e.value.reason)
 
 
-def _budget(spec, masks):
+def _budget(spec, masks, cfg=CFG):
     """What the processor must allow per stream (the engine's exact beat counts)."""
-    tn = CFG.tn
+    tn = cfg.tn
     return {
         "mask_in": spec.period, "quant_in": spec.out_channels,
-        "weight_in": spec.out_channels * cycles_per_output_channel(CFG, masks, spec.in_channels),
+        "weight_in": spec.out_channels * cycles_per_output_channel(cfg, masks, spec.in_channels),
         "fmap_in": -(-spec.in_channels * spec.in_height * spec.in_width // tn),
-        "residual_in": spec.output_beats(CFG) if spec.residual else 0,
+        "residual_in": spec.output_beats(cfg) if spec.residual else 0,
     }
 
 
@@ -173,39 +175,58 @@ def test_residual_window_prevents_deadlock():
     assert len(engine.beats["residual_in"]) == 6
 
 
-def test_layer_budget_matches_the_engine_formulas():
-    """LayerBudget (serial arithmetic) against the Python formulas for random descriptors."""
-    budget = LayerBudget(CFG)
+@pytest.mark.parametrize("tm, tn, base", [(2, 4, CFG), (1, 2, CFG), (3, 5, CFG),
+                                          (4, 16, EngineConfig())])
+def test_layer_budget_matches_the_engine_formulas(tm, tn, base):
+    """LayerBudget (serial arithmetic) against the Python formulas for random descriptors and
+    the largest one the configuration admits (every field at its maximum, dense masks); (1, 2) is
+    the iCEBreaker configuration's, (3, 5) takes the divider for tm and tn, the last one is the
+    default engine (512 channels, 32 x 32 maps: the widest values)."""
+    cfg = dataclasses.replace(base, tm=tm, tn=tn)
+    budget = LayerBudget(cfg)
     rng = random.Random(3)
     cases = []
     for _ in range(12):
-        period = rng.randint(1, CFG.max_period)
+        period = rng.randint(1, cfg.max_period)
         masks = tuple(rng.randint(1, 511) for _ in range(period))
         spec = LayerSpec(in_channels=rng.randint(1, 16), out_channels=rng.randint(1, 16),
                          in_height=rng.randint(1, 8), in_width=rng.randint(1, 8),
                          stride=rng.choice((1, 2)), residual=rng.random() < 0.5, period=period)
         cases.append((spec, masks))
+    in_channels = min(cfg.max_in_channels, fmap_rows_capacity(cfg) // cfg.max_height)
+    largest = LayerSpec(in_channels=in_channels, out_channels=cfg.max_out_channels,
+                        in_height=cfg.max_height, in_width=cfg.max_width, stride=1, residual=True,
+                        period=cfg.max_period)
+    cases.append((largest, (511,) * cfg.max_period))
     got = []
 
     async def bench(ctx):
         for spec, masks in cases:
-            ctx.set(budget.descriptor.as_value(), spec.encode(CFG))
+            ctx.set(budget.descriptor.as_value(), spec.encode(cfg))
             ctx.set(budget.taps, sum(bin(m).count("1") for m in masks))
             ctx.set(budget.start, 1)
             await ctx.tick()
             ctx.set(budget.start, 0)
+            values = {}
             for _ in range(2000):
-                await ctx.tick()
+                # each stream's beats appear once, in ``value``, while its store strobe is high
+                for name, store in (("fmap_in", budget.store_fmap),
+                                    ("weight_in", budget.store_weights),
+                                    ("residual_in", budget.store_residual)):
+                    if ctx.get(store):
+                        assert name not in values
+                        values[name] = ctx.get(budget.value)
                 if ctx.get(budget.done):
                     break
-            got.append({"fmap_in": ctx.get(budget.fmap_beats),
-                        "weight_in": ctx.get(budget.weight_beats),
-                        "residual_in": ctx.get(budget.residual_beats)})
+                await ctx.tick()
+            assert ctx.get(budget.done)
+            got.append(values)
 
     sim = Simulator(budget)
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.run()
     for (spec, masks), values in zip(cases, got):
-        expected = {k: v for k, v in _budget(spec, masks).items() if k in values}
+        expected = {k: v for k, v in _budget(spec, masks, cfg).items()
+                    if k in ("fmap_in", "weight_in", "residual_in")}
         assert values == expected, spec
