@@ -121,9 +121,13 @@ class AddressGenerator(wiring.Component):
 
         bit = self.mask_in.payload.bit_select(tap_k, 1)
         # Input-channel passes (patch_channels a power of two): the last pass takes the rest.
+        # They follow ``in_channels`` through registers (one cycle behind; it is stable from
+        # ``start``), so the setup multiply and the lanes' validity compare start at flip-flops.
         full_round = Signal()      # second round of the setup arithmetic: a full pass
+        full_passes = Signal(_bits(cfg.max_passes))                 # passes - 1
         last_pass_channels = Signal(range(cfg.patch_channels + 1))
-        m.d.comb += [
+        m.d.sync += [
+            full_passes.eq((self.in_channels - 1) >> self.pass_bits),
             self.passes.eq(((self.in_channels - 1) >> self.pass_bits) + 1),
             last_pass_channels.eq(((self.in_channels - 1) & (cfg.patch_channels - 1)) + 1),
         ]
@@ -176,7 +180,7 @@ class AddressGenerator(wiring.Component):
                             m.next = "DIV_PERIODS"
             with m.State("MUL_WORDS"):
                 # Several passes: (passes - 1) full passes, then the last one.
-                m.d.sync += self.cycles_per_output.eq((self.passes - 1) * self.full_pass_cycles
+                m.d.sync += self.cycles_per_output.eq(full_passes * self.full_pass_cycles
                                                       + self.last_pass_cycles)
                 m.next = "DIV_LANES"
             with m.State("DIV_LANES"):

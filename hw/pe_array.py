@@ -16,8 +16,8 @@ and why it is not used).
 * A: patch read at ``{buffer, channel}`` (block RAM); lane tap and weight word registered.
 * A2: the patch words are registered (no logic after a block RAM output); weight gated to 0 for
   invalid lanes (channel >= C_in).
-* B: per PE (r, l) a 9:1 tap mux picks byte ``patch[r][tap_l]`` into the multiplier's input
-  register.
+* B: per PE (r, l) a 9:1 tap mux picks byte ``patch[r][tap_l]`` into a fabric register (weight
+  delayed alongside), which feeds the multiplier's input register (B2).
 * C: int8 x int8 multiply, registered product (:class:`~psconv.hw.dsp.RegisteredMultiplier`: on
   an ECP5 the MULT18X18D's own input and output registers).
 * tree: per row a binary adder tree over the tn lanes, one register per level.
@@ -85,7 +85,7 @@ class PEArray(wiring.Component):
     @classmethod
     def latency(cls, config) -> int:
         """Cycles from a slot cycle at the inputs to its ``result_valid`` (when ``last``)."""
-        return 5 + _tree_levels(config.tn)
+        return 6 + _tree_levels(config.tn)
 
     def elaborate(self, platform):
         m = Module()
@@ -126,15 +126,20 @@ class PEArray(wiring.Component):
             m.d.sync += [patch_a2[l].eq(patches.read_data[l]), tap_a2[l].eq(tap_b[l]),
                          w_a2[l].eq(Mux(lanes_b[l], wraw_b[l], 0))]
 
-        # Stage B: tap mux into the multiplier's input registers; stage C: multiply (registered
-        # product). On an ECP5 both registers are the MULT18X18D's own (psconv.hw.dsp).
+        # Stage B: per PE the 9:1 tap mux into a fabric register (the placer can put it next to
+        # the multiplier; the mux and the route to a DSP column are two paths, not one).
+        # Stage B2: the multiplier's input registers; stage C: multiply (registered product). On
+        # an ECP5 both are the MULT18X18D's own registers (psconv.hw.dsp).
+        w_b = [Signal(signed(8), name=f"w_b2_{l}", reset_less=True) for l in range(tn)]
+        m.d.sync += [w_b[l].eq(w_a2[l]) for l in range(tn)]
         level = []
         for r in range(tm):
             row = []
             for l in range(tn):
+                tapped = Signal(signed(8), name=f"tap_byte{r}_{l}", reset_less=True)
+                m.d.sync += tapped.eq(patch_a2[l][r].as_value().word_select(tap_a2[l], 8))
                 mul = m.submodules[f"mul{r}_{l}"] = RegisteredMultiplier(8, 8, 16)
-                m.d.comb += [mul.a.eq(patch_a2[l][r].as_value().word_select(tap_a2[l], 8).as_signed()),
-                             mul.b.eq(w_a2[l])]
+                m.d.comb += [mul.a.eq(tapped), mul.b.eq(w_b[l])]
                 row.append(mul.p)
             level.append(row)
 
@@ -159,9 +164,9 @@ class PEArray(wiring.Component):
             level = nxt
         sums = [level[r][0] for r in range(tm)]
 
-        # Control delayed to the accumulate stage (4 + tree levels after stage A); the stage
+        # Control delayed to the accumulate stage (5 + tree levels after stage A); the stage
         # before it addresses the partial-sum memory.
-        delay = 4 + depth
+        delay = 5 + depth
         ctl = Cat(self.valid, self.first, self.last, self.first_pass, self.last_pass,
                   self.out_channel, self.pixels)
         chain = [ctl]

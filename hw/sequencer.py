@@ -96,6 +96,7 @@ class Sequencer(wiring.Component):
         counters = m.submodules.counters = PerformanceCounters(tm * cfg.tn)
 
         cycle = Signal(range(cfg.weight_depth + 1))
+        first = Signal(init=1)                                 # cycle == 0
         channel = self.out_channel
         pass_index = Signal(range(cfg.max_passes + 1))
         out_mod = self.out_mod
@@ -109,11 +110,13 @@ class Sequencer(wiring.Component):
         res_pending = Signal(range(self.fifo_depth + 2))
 
         pass_cycles = Signal.like(self.full_pass_cycles)
+        # ``first`` (cycle == 0) is kept as a register beside ``cycle``: it gates ``issue`` and
+        # selects the address generator's lane restart, so no comparator may sit before it.
+        m.d.comb += self.first.eq(first)
         m.d.comb += [
             self.first_pass.eq(pass_index == 0),
             self.last_pass.eq(pass_index + 1 == self.passes),
             pass_cycles.eq(Mux(self.last_pass, self.last_pass_cycles, self.full_pass_cycles)),
-            self.first.eq(cycle == 0),
             self.last.eq(cycle + 1 == pass_cycles),
             self.pixels.eq(Cat(*[(x0 + r) < self.out_width for r in range(tm)])),
         ]
@@ -142,8 +145,8 @@ class Sequencer(wiring.Component):
             with m.State("BEGIN"):
                 m.d.comb += self.begin.eq(1)
                 # the blocks reset their load state this cycle; wait one cycle for fresh status
-                m.d.sync += [cycle.eq(0), channel.eq(0), out_mod.eq(0), waddr.eq(0), buf.eq(0),
-                             x0.eq(0), y.eq(0), pass_index.eq(0), channel_start.eq(0),
+                m.d.sync += [cycle.eq(0), first.eq(1), channel.eq(0), out_mod.eq(0), waddr.eq(0),
+                             buf.eq(0), x0.eq(0), y.eq(0), pass_index.eq(0), channel_start.eq(0),
                              pass_start.eq(0)]
                 m.next = "LOAD"
             with m.State("LOAD"):
@@ -154,7 +157,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [running.eq(1), self.issue.eq(~self.first | ready_to_start)]
                 with m.If(self.issue):
                     with m.If(self.last):
-                        m.d.sync += cycle.eq(0)
+                        m.d.sync += [cycle.eq(0), first.eq(1)]
                         with m.If(channel + 1 == self.out_channels):
                             # end of a pass: the next pass (or pixel group) uses the other buffer
                             m.d.sync += [channel.eq(0), out_mod.eq(0), buf.eq(~buf)]
@@ -178,7 +181,7 @@ class Sequencer(wiring.Component):
                                          waddr.eq(next_channel),
                                          out_mod.eq(Mux(out_mod + 1 == self.period, 0, out_mod + 1))]
                     with m.Else():
-                        m.d.sync += [cycle.eq(cycle + 1), waddr.eq(waddr + 1)]
+                        m.d.sync += [cycle.eq(cycle + 1), first.eq(0), waddr.eq(waddr + 1)]
             with m.State("DRAIN"):
                 with m.If((inflight == 0) & (self.out_level == 0)):
                     m.d.sync += self.done.eq(1)

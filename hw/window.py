@@ -18,10 +18,11 @@ the row's word with byte enables; a beat spanning a row end takes one more cycle
 order y, xb, it builds one *patch word* per input channel c: for each of the tm pixels the 9 taps
 ``xpad[c, y*s + dy, x*s + dx]`` (t = 3*dy + dx), zero for padding rows/columns and for pixels
 x >= W_out. A 1x1 layer is built the same way (its centre tap t = 4 is ``x[c, y*s, x*s]``; its mask
-table selects only that tap). Per cycle: read 3 banks (R0), cut a ``2*tm + 1``-byte window out of
-each row at column ``x0*s - 1`` (a mux over ``max_width / tm`` block positions; R1), rotate the
-banks into dy order, mask, pick the taps for stride 1|2 (R2), write the patch word (R3). One
-channel per cycle; a group's buffer is flagged full C_in + 3 cycles after its first read. With
+table selects only that tap). Per cycle: read 3 banks (R0), register the rows (R1), cut a
+``2*tm + 1``-byte window out of each row at column ``x0*s - 1`` (a mux over ``max_width / tm`` block
+positions; R1b), rotate the banks into dy order, mask, pick the taps for stride 1|2 (R2), write the
+patch word (R3). One channel per cycle; a group's buffer is flagged full C_in + 4 cycles after its
+first read. With
 input-channel passes (C_in > ``patch_channels``) a group is built once per pass, each build reading
 the pass's channels (the next build continues where the last stopped) into the next buffer.
 
@@ -189,7 +190,12 @@ class WindowGenerator(wiring.Component):
         col_ok1 = Signal(win)
         pix_ok1 = Signal(tm)
         stride2_1 = Signal()
-        v2, last2, buf2 = Signal(), Signal(), Signal()      # R1 -> R2
+        # R1 -> R1b: the same, one cycle later (the bank rows are registered at R1)
+        v1r, last1r, c1r, buf1r, r1r, blk1r = (Signal.like(v1), Signal.like(last1), Signal.like(c1),
+                                               Signal.like(buf1), Signal.like(r1), Signal.like(blk1))
+        top_ok1r, bottom_ok1r, col_ok1r, pix_ok1r, stride2_1r = (
+            Signal(), Signal(), Signal.like(col_ok1), Signal.like(pix_ok1), Signal())
+        v2, last2, buf2 = Signal(), Signal(), Signal()      # R1b -> R2
         last3, buf3 = Signal(), Signal()                    # R2 -> R3
 
         for k, (_, rp) in enumerate(banks):
@@ -198,8 +204,8 @@ class WindowGenerator(wiring.Component):
         # A build of 1-2 channels can end before the one two builds back (same buffer) has set
         # its full flag: do not start on a buffer whose flag is still on its way.
         flag_pending = Signal()
-        m.d.comb += flag_pending.eq((v1 & last1 & (buf1 == g_buf)) | (v2 & last2 & (buf2 == g_buf))
-                                    | (last3 & (buf3 == g_buf)))
+        m.d.comb += flag_pending.eq((v1 & last1 & (buf1 == g_buf)) | (v1r & last1r & (buf1r == g_buf))
+                                    | (v2 & last2 & (buf2 == g_buf)) | (last3 & (buf3 == g_buf)))
         m.d.sync += [v1.eq(0)]
         with m.If(self.start):
             m.d.sync += [g_y.eq(0), g_ys.eq(0), g_ysq.eq(0), g_ysr.eq(0), g_x0.eq(0), g_x0s.eq(0),
@@ -241,25 +247,35 @@ class WindowGenerator(wiring.Component):
                     m.d.sync += [g_x0.eq(g_x0 + tm), g_x0s.eq(g_x0s + Mux(stride == 2, 2 * tm, tm)),
                                  g_blk.eq(g_blk + stride)]
 
-        # R1: cut a window out of each bank's row (block RAM output -> one mux -> register).
+        # R1: the bank rows registered (nothing after a block RAM output but a flip-flop).
+        rows1 = []
+        for k, (_, rp) in enumerate(banks):
+            row = Signal(row_bits, name=f"bank_row{k}", reset_less=True)
+            m.d.sync += row.eq(rp.data)
+            rows1.append(row)
+        m.d.sync += [v1r.eq(v1), last1r.eq(last1), c1r.eq(c1), buf1r.eq(buf1), r1r.eq(r1),
+                     blk1r.eq(blk1), top_ok1r.eq(top_ok1), bottom_ok1r.eq(bottom_ok1),
+                     col_ok1r.eq(col_ok1), pix_ok1r.eq(pix_ok1), stride2_1r.eq(stride2_1)]
+
+        # R1b: cut a window out of each registered row (one mux -> register).
         ext_bytes = 8 * (maxw + 1)
         bank_windows = []
-        for k, (_, rp) in enumerate(banks):
-            ext = Cat(C(0, 8), rp.data)          # ext byte e = row byte e - 1 (e = 0: left padding)
+        for k, row in enumerate(rows1):
+            ext = Cat(C(0, 8), row)              # ext byte e = row byte e - 1 (e = 0: left padding)
             candidates = []
             for b in range(n_blocks):    # x0*s <= W - 1 < max_width: blocks 0..n_blocks-1
                 lo = b * tm * 8
                 piece = ext[lo:min(lo + win * 8, ext_bytes)]
                 candidates.append(Cat(piece, C(0, win * 8 - len(piece))))
             w = Signal(win * 8, name=f"bank_window{k}")
-            m.d.sync += w.eq(Array(candidates)[blk1])
+            m.d.sync += w.eq(Array(candidates)[blk1r])
             bank_windows.append(w)
         c2, r2 = Signal.like(c1), Signal.like(r1)
         top_ok2, bottom_ok2, col_ok2, pix_ok2, stride2_2 = (Signal(), Signal(), Signal.like(col_ok1),
                                                             Signal.like(pix_ok1), Signal())
-        m.d.sync += [v2.eq(v1), last2.eq(last1), c2.eq(c1), buf2.eq(buf1), r2.eq(r1),
-                     top_ok2.eq(top_ok1), bottom_ok2.eq(bottom_ok1), col_ok2.eq(col_ok1),
-                     pix_ok2.eq(pix_ok1), stride2_2.eq(stride2_1)]
+        m.d.sync += [v2.eq(v1r), last2.eq(last1r), c2.eq(c1r), buf2.eq(buf1r), r2.eq(r1r),
+                     top_ok2.eq(top_ok1r), bottom_ok2.eq(bottom_ok1r), col_ok2.eq(col_ok1r),
+                     pix_ok2.eq(pix_ok1r), stride2_2.eq(stride2_1r)]
 
         # R2: rotate the banks into dy order, zero padding rows/columns/pixels, pick the taps.
         rows = []

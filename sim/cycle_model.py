@@ -13,7 +13,7 @@ The model is the engine's schedule written out (see docs/architecture.md), not a
 * **Input map**: ``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` cycles (one per row/beat
   piece), from cycle 2.
 * **Patch builds**: group g's build reads C_in channels from cycle ``S_g``; its buffer is full
-  (visible to the sequencer) at ``F_g = S_g + C_in + 3``. The next build starts at
+  (visible to the sequencer) at ``F_g = S_g + C_in + 4``. The next build starts at
   ``max(S_g + C_in + 1, E_{g-1} + 4)`` (the buffer it overwrites is released 4 cycles after the
   last issue of the group two back, ``E`` = cycle after a group's last issue).
 * **Issue**: the first group starts one cycle after its patch is full and the first output
@@ -41,11 +41,11 @@ from collections.abc import Mapping
 from psconv.firmware.packing import input_channel_passes, pass_cycles
 
 NUM_TAPS = 9
-PE_FIXED_STAGES = 5          # patch read, patch register, tap mux, multiply, accumulate (psconv.hw.pe_array)
+PE_FIXED_STAGES = 6          # patch read + register, tap mux, multiplier input, product, accumulate
 ADDRESS_LATENCY = 2          # psconv.hw.address_generator.AddressGenerator.LATENCY
 POST_LATENCY = 8             # psconv.hw.post_processor.PostProcessor.LATENCY
 START_CYCLES = 2             # start cycle + BEGIN cycle before the blocks run
-BUILD_TAIL = 3               # patch word written / buffer flagged full after the last read
+BUILD_TAIL = 4               # patch word written / buffer flagged full after the last read
 RELEASE_TO_BUILD = 4         # last issue of a group -> the builder may overwrite its buffer
 
 
