@@ -496,7 +496,8 @@ class CommandProcessor(wiring.Component):
         gathered = Signal(range(gather_bytes + 1))
         final_beat = Signal()              # the beat in shreg ends the payload (its last byte)
         take = Signal(range(depth + 1))    # min(FIFO level, asked): at most the FIFO depth
-        out_byte = Signal(range(tm))       # next byte of the FIFO's output beat
+        out_shift = Signal(8 * tm)         # the output beat being sent (registered: the FIFO's
+        out_byte = Signal(range(tm + 1))   # block RAM output goes to a flip-flop, not the link)
 
         identity = identity_blob(cfg, depth, self.max_payload)
 
@@ -741,7 +742,7 @@ class CommandProcessor(wiring.Component):
                             with m.If(take == 0):
                                 m.next = "IDLE"
                             with m.Else():
-                                m.next = "SEND_OUTPUT"
+                                m.next = "POP_OUTPUT"
                         with m.Default():
                             m.next = "IDLE"
 
@@ -758,17 +759,20 @@ class CommandProcessor(wiring.Component):
                     with m.If(blob_left == 1):
                         m.next = "IDLE"
 
+            with m.State("POP_OUTPUT"):
+                m.d.comb += out_fifo.r_en.eq(1)
+                with m.If(out_fifo.r_rdy):
+                    m.d.sync += [out_shift.eq(out_fifo.r_data), out_byte.eq(0)]
+                    m.next = "SEND_OUTPUT"
             with m.State("SEND_OUTPUT"):
-                # bytes come straight from the FIFO's output register (it holds until r_en);
-                # the beat is popped with its last byte
-                byte = out_fifo.r_data if tm == 1 else out_fifo.r_data.word_select(out_byte, 8)
-                m.d.comb += [self.reply_payload.valid.eq(out_fifo.r_rdy),
-                             self.reply_payload.payload.eq(byte)]
-                with m.If(out_fifo.r_rdy & self.reply_payload.ready):
-                    m.d.sync += out_byte.eq(out_byte + 1)
+                m.d.comb += [self.reply_payload.valid.eq(1),
+                             self.reply_payload.payload.eq(out_shift[:8])]
+                with m.If(self.reply_payload.ready):
+                    m.d.sync += [out_shift.eq(out_shift >> 8), out_byte.eq(out_byte + 1)]
                     with m.If(out_byte == tm - 1):
-                        m.d.comb += out_fifo.r_en.eq(1)
-                        m.d.sync += [take.eq(take - 1), out_byte.eq(0)]
+                        m.d.sync += take.eq(take - 1)
                         with m.If(take == 1):
                             m.next = "IDLE"
+                        with m.Else():
+                            m.next = "POP_OUTPUT"
         return m
