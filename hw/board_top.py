@@ -33,9 +33,9 @@ change), and the output ``engine_active`` tells the bench the engine is still co
 Clock and baud. The UART needs ``clk_freq / baud`` within 2 % of an integer
 (:func:`psconv.hw.uart.uart_divisor`). iCEBreaker's 12 MHz oscillator gives 3 Mbaud exactly
 (divisor 4). ULX3S's 25 MHz cannot make 3 Mbaud (divisor 8 is 4.2 % off), so on ULX3S the
-``sync`` domain comes from the PLL (:data:`RECOMMENDED_LINK`): 45 MHz exactly (25 x 9 / 5) gives
-3 Mbaud with divisor 15 (``psconv build``'s default on ULX3S); 75 MHz (divisor 25) is the pair
-to use once the engine is faster. Any pair that :func:`~psconv.hw.uart.uart_divisor` accepts
+``sync`` domain comes from the PLL (:data:`RECOMMENDED_LINK`): 60 MHz exactly (25 x 12 / 5) gives
+3 Mbaud with divisor 20 (``psconv build``'s default on ULX3S); 45 MHz (divisor 15) has more
+timing margin, 75 MHz (divisor 25) is the pair to use once the engine closes timing there. Any pair that :func:`~psconv.hw.uart.uart_divisor` accepts
 works, e.g. the oscillator's 25 MHz at 115200 baud (divisor 217: ``--clock-mhz 25 --baud
 115200``; the host then opens ``serial:/dev/ttyUSB0@115200``).
 
@@ -59,11 +59,11 @@ from .engine import PeriodicSparseEngine
 from .framing import LinkLayer
 from .uart import DEFAULT_BAUD, UART, uart_divisor
 
-DEFAULT_CLK_FREQ = 45_000_000
-"""The default ``sync`` clock: ULX3S through its PLL, 3 Mbaud at divisor 15."""
+DEFAULT_CLK_FREQ = 60_000_000
+"""The default ``sync`` clock: ULX3S through its PLL, 3 Mbaud at divisor 20."""
 
 RECOMMENDED_LINK = {
-    "ulx3s": (45_000_000, 3_000_000),      # PLL 25 -> 45 MHz, divisor 15 (75 MHz / 25 later)
+    "ulx3s": (60_000_000, 3_000_000),      # PLL 25 -> 60 MHz, divisor 20 (75 MHz / 25 later)
     "icebreaker": (12_000_000, 3_000_000),  # the oscillator, divisor 4
 }
 """Board family -> (sync clock Hz, baud) pairs with an exact integer UART divisor."""

@@ -103,7 +103,7 @@ class Board:
     engine_config_factory: Callable[[], EngineConfig]
     link_clock_mhz: float | None = None
     """Default ``sync`` clock of a build (None: the oscillator): a clock the 3 Mbaud host link
-    divides exactly (ULX3S: 45 MHz from the PLL, divisor 15; iCEBreaker: 12 MHz, divisor 4)."""
+    divides exactly (ULX3S: 60 MHz from the PLL, divisor 20; iCEBreaker: 12 MHz, divisor 4)."""
 
     @property
     def platform_class(self):
@@ -148,7 +148,7 @@ def _ulx3s(size: str, luts: int, dsps: int, brams: int, config_factory) -> Board
         resources=DeviceResources(luts=luts, ffs=luts, dsps=dsps, brams=brams),
         bitstream_suffix=".bit", openfpgaloader_board="ulx3s",
         engine_config_factory=config_factory,
-        link_clock_mhz=45.0,
+        link_clock_mhz=60.0,
     )
 
 

@@ -42,8 +42,6 @@ from psconv.firmware.transport import SocketTransport, register_transport
 DEFAULT_BUILD_ROOT = Path("build") / "rtl"
 TB_MODULE = "psconv.sim.tb.board_bridge_tb"
 TOP = "psconv_board"
-CLOCK_HZ = 45_000_000             # nominal: the clock the bridge-mode top is built for
-BAUD = 3_000_000                  # validated like a real board's (divisor 15), then bypassed
 LINK_TIMEOUT_CYCLES = 20_000      # the device's inter-byte timeout, in simulated cycles
 BEAT_BYTES = 64                   # bytes per bridge beat: the bench wakes per beat, not per byte
 FIFO_BEATS = 16                   # beats in each gearbox FIFO (1 KiB: about one full frame)
@@ -75,7 +73,9 @@ def build_board(config: EngineConfig, build_root=None, waves: bool | None = None
               f"Verilator under {root}; this takes a minute or two once, then it is cached",
               file=sys.stderr, flush=True)
     if not fresh:
-        top = BoardTop(config, CLOCK_HZ, BAUD, bridge=True, timeout_cycles=LINK_TIMEOUT_CYCLES,
+        # the board's default clock and baud (nominal here: validated like a real board's, the
+        # UART then bypassed)
+        top = BoardTop(config, bridge=True, timeout_cycles=LINK_TIMEOUT_CYCLES,
                        bridge_beat_bytes=BEAT_BYTES, bridge_fifo_beats=FIFO_BEATS)
         header = [*config.summary_lines(),
                   f"board top in bridge mode: rx_beats/tx_beats ({BEAT_BYTES} bytes per beat, "

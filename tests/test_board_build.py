@@ -38,7 +38,7 @@ def test_registry_lists_ulx3s_85f_first_and_icebreaker():
     assert ulx3s.resources.dsps == 156 and ulx3s.resources.brams == 208
     # the default datapath and channel limits, 128 channels per patch buffer (block RAM)
     assert ulx3s.engine_config() == EngineConfig(tn=8, patch_channels=128)
-    assert ulx3s.engine_config().multi_pass and ulx3s.link_clock_mhz == 45.0
+    assert ulx3s.engine_config().multi_pass and ulx3s.link_clock_mhz == 60.0
     platform = ulx3s.platform()
     assert platform.device == "LFE5U-85F" and platform.default_clk == ulx3s.clock_resource
     assert platform.lookup(ulx3s.uart_resource, ulx3s.uart_number)

@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--clock-mhz", type=float, default=None, metavar="N",
                         help="sync clock in MHz; other than the board oscillator's it comes from "
                              "the FPGA's PLL (default: one the 3 Mbaud link divides exactly: "
-                             "45 MHz from the PLL on ULX3S, the 12 MHz oscillator on iCEBreaker)")
+                             "60 MHz from the PLL on ULX3S, the 12 MHz oscillator on iCEBreaker)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                         help=f"UART baud rate of the host link (default {DEFAULT_BAUD})")
     parser.add_argument("--router", choices=ECP5_ROUTERS, default=DEFAULT_ECP5_ROUTER,
