@@ -460,8 +460,8 @@ class Driver:
             self.identify()
         report = RunReport(model=f"{program.model.arch} {program.model.family_name}",
                            multipliers=self.config.multipliers)
-        bar = tqdm(total=len(program.steps), desc="layers", unit="step", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=len(program.steps), desc="layers", unit="step",
+                   disable=None if progress else True, leave=False)
 
         def backend(step, input_map, residual):
             bar.set_postfix_str(_step_name(step), refresh=True)
