@@ -126,9 +126,10 @@ class AddressGenerator(wiring.Component):
         full_round = Signal()      # second round of the setup arithmetic: a full pass
         full_passes = Signal(_bits(cfg.max_passes))                 # passes - 1
         last_pass_channels = Signal(range(cfg.patch_channels + 1))
+        before_last = (self.in_channels - 1) >> self.pass_bits
         m.d.sync += [
-            full_passes.eq((self.in_channels - 1) >> self.pass_bits),
-            self.passes.eq(((self.in_channels - 1) >> self.pass_bits) + 1),
+            full_passes.eq(before_last),
+            self.passes.eq(before_last + 1),
             last_pass_channels.eq(((self.in_channels - 1) & (cfg.patch_channels - 1)) + 1),
         ]
         pass_channels = Mux(full_round, cfg.patch_channels, last_pass_channels)

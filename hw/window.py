@@ -190,12 +190,20 @@ class WindowGenerator(wiring.Component):
         col_ok1 = Signal(win)
         pix_ok1 = Signal(tm)
         stride2_1 = Signal()
+
+        def delayed(suffix, *signals):
+            """Registered copies of ``signals`` (one pipeline stage further)."""
+            copies = [Signal.like(s, name=f"{s.name}_{suffix}") for s in signals]
+            m.d.sync += [c.eq(s) for c, s in zip(copies, signals)]
+            return copies
+
         # R1 -> R1b: the same, one cycle later (the bank rows are registered at R1)
-        v1r, last1r, c1r, buf1r, r1r, blk1r = (Signal.like(v1), Signal.like(last1), Signal.like(c1),
-                                               Signal.like(buf1), Signal.like(r1), Signal.like(blk1))
-        top_ok1r, bottom_ok1r, col_ok1r, pix_ok1r, stride2_1r = (
-            Signal(), Signal(), Signal.like(col_ok1), Signal.like(pix_ok1), Signal())
-        v2, last2, buf2 = Signal(), Signal(), Signal()      # R1b -> R2
+        (v1r, last1r, c1r, buf1r, r1r, blk1r, top_ok1r, bottom_ok1r, col_ok1r, pix_ok1r,
+         stride2_1r) = delayed("r", v1, last1, c1, buf1, r1, blk1, top_ok1, bottom_ok1, col_ok1,
+                               pix_ok1, stride2_1)
+        # R1b -> R2
+        v2, last2, c2, buf2, r2, top_ok2, bottom_ok2, col_ok2, pix_ok2, stride2_2 = delayed(
+            "2", v1r, last1r, c1r, buf1r, r1r, top_ok1r, bottom_ok1r, col_ok1r, pix_ok1r, stride2_1r)
         last3, buf3 = Signal(), Signal()                    # R2 -> R3
 
         for k, (_, rp) in enumerate(banks):
@@ -253,9 +261,6 @@ class WindowGenerator(wiring.Component):
             row = Signal(row_bits, name=f"bank_row{k}", reset_less=True)
             m.d.sync += row.eq(rp.data)
             rows1.append(row)
-        m.d.sync += [v1r.eq(v1), last1r.eq(last1), c1r.eq(c1), buf1r.eq(buf1), r1r.eq(r1),
-                     blk1r.eq(blk1), top_ok1r.eq(top_ok1), bottom_ok1r.eq(bottom_ok1),
-                     col_ok1r.eq(col_ok1), pix_ok1r.eq(pix_ok1), stride2_1r.eq(stride2_1)]
 
         # R1b: cut a window out of each registered row (one mux -> register).
         ext_bytes = 8 * (maxw + 1)
@@ -270,12 +275,6 @@ class WindowGenerator(wiring.Component):
             w = Signal(win * 8, name=f"bank_window{k}")
             m.d.sync += w.eq(Array(candidates)[blk1r])
             bank_windows.append(w)
-        c2, r2 = Signal.like(c1), Signal.like(r1)
-        top_ok2, bottom_ok2, col_ok2, pix_ok2, stride2_2 = (Signal(), Signal(), Signal.like(col_ok1),
-                                                            Signal.like(pix_ok1), Signal())
-        m.d.sync += [v2.eq(v1r), last2.eq(last1r), c2.eq(c1r), buf2.eq(buf1r), r2.eq(r1r),
-                     top_ok2.eq(top_ok1r), bottom_ok2.eq(bottom_ok1r), col_ok2.eq(col_ok1r),
-                     pix_ok2.eq(pix_ok1r), stride2_2.eq(stride2_1r)]
 
         # R2: rotate the banks into dy order, zero padding rows/columns/pixels, pick the taps.
         rows = []
