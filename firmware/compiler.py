@@ -11,7 +11,8 @@ weight buffer (``EngineConfig.weight_depth`` words) or its output channels excee
 ``max_out_channels``; each tile re-sends the input map. A layer whose input map does not fit
 is refused with an error naming the layer (:meth:`LayerSpec.check` states the limits): the engine accumulates all input
 channels of an output channel in one pass, so input-channel tiling would need partial-sum
-outputs it does not have.
+outputs it does not have. :func:`check_fits` raises the same error from the graph's shapes
+alone, before any weight exists (how ``psconv run`` picks a default network an engine holds).
 
 The whole-map average pool and the classifier (0.002 % of ResNet18's MACs) run on the host with
 the golden model's integer ops, so the logits are bit-exact by construction; they are listed in
@@ -28,8 +29,8 @@ import torch
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import PatternFamily
-from psconv.hw.layer import LayerSpec, cycles_per_output_channel
-from psconv.firmware.packing import PackedLayer, engine_weight_words, pack_layer
+from psconv.hw.layer import LayerSpec, cycles_per_output_channel, output_size
+from psconv.firmware.packing import PackedLayer, engine_weight_words, pack_layer, rotated_masks
 from psconv.qmodel import QLayer, QuantizedModel
 
 PROGRAM_VERSION = 1
@@ -88,9 +89,10 @@ class LayerProgram:
         return h.hexdigest()
 
 
-def _check_fits(layer: QLayer, config: EngineConfig, height: int, width: int, period: int) -> None:
-    """Refuse a layer whose input side of the engine is too small (no input-channel tiling)."""
-    spec = LayerSpec(in_channels=layer.in_channels, out_channels=1, in_height=height,
+def _check_fits(layer: QLayer, config: EngineConfig, channels: int, height: int, width: int,
+                period: int) -> None:
+    """Refuse a layer whose input side of the engine is too small for its input map."""
+    spec = LayerSpec(in_channels=channels, out_channels=1, in_height=height,
                      in_width=width, stride=layer.stride, kernel=layer.kernel_size, period=period)
     try:
         spec.check(config)
@@ -113,29 +115,59 @@ def output_channel_tiles(config: EngineConfig, masks, in_channels: int, out_chan
     return [base + 1] * extra + [base] * (tiles - extra)
 
 
+def _conv_inputs(layers, input_shape):
+    """``(layer, (C, H, W))`` for each conv layer of the graph ``layers`` (its input map) and
+    ``(layer, None)`` for each host layer, in order. ``layers`` are :class:`QLayer` s or any
+    objects with the same ``name``, ``op``, ``input``, ``stride`` and ``weight`` (only its shape
+    is read), such as :class:`psconv.nn.quantize.FloatLayer` s."""
+    shapes = {"input": tuple(input_shape)}
+    for layer in layers:
+        c, h, w = shapes[layer.input] if len(shapes[layer.input]) == 3 else (0, 0, 0)
+        out_channels = int(layer.weight.shape[0]) if layer.weight is not None else 0
+        if layer.op != "conv":
+            shapes[layer.name] = (out_channels or c,)
+            yield layer, None
+            continue
+        in_channels = int(layer.weight.shape[1])
+        if in_channels != c:
+            raise PsconvError(f"compile: layer {layer.name!r} expects {in_channels} input "
+                              f"channels, its input {layer.input!r} has {c}")
+        yield layer, (c, h, w)
+        shapes[layer.name] = (out_channels, output_size(h, layer.stride),
+                              output_size(w, layer.stride))
+
+
+def _layer_tiles(layer, config: EngineConfig, masks, channels: int, height: int,
+                 width: int) -> list[int]:
+    """The output-channel tiles of a conv layer, or its one-line error if it does not fit."""
+    _check_fits(layer, config, channels, height, width, len(masks))
+    return output_channel_tiles(config, masks, channels, int(layer.weight.shape[0]), layer.name)
+
+
+def check_fits(layers, input_shape, config: EngineConfig) -> None:
+    """Raise the :class:`PsconvError` :func:`compile_model` would (naming the first layer that
+    does not fit, the value and the limit) without packing any weight: only the graph's shapes
+    and pattern families are read (see :func:`_conv_inputs` for ``layers``)."""
+    for layer, geometry in _conv_inputs(layers, input_shape):
+        if geometry is not None:
+            _layer_tiles(layer, config, rotated_masks(layer.family), *geometry)
+
+
 def compile_model(model: QuantizedModel, config: EngineConfig) -> LayerProgram:
     """Compile every layer of ``model`` for ``config`` (see module docstring)."""
     program = LayerProgram(config=config, model=model)
-    shapes = {"input": tuple(model.input_shape)}
-    for layer in model.layers:
-        c, h, w = shapes[layer.input] if len(shapes[layer.input]) == 3 else (0, 0, 0)
-        if layer.op != "conv":
+    for layer, geometry in _conv_inputs(model.layers, model.input_shape):
+        if geometry is None:
             program.steps.append(HostStep(layer))
-            shapes[layer.name] = (layer.out_channels or c,)
             continue
-        if layer.in_channels != c:
-            raise PsconvError(f"compile: layer {layer.name!r} expects {layer.in_channels} input "
-                              f"channels, its input {layer.input!r} has {c}")
+        c, h, w = geometry
         packed = pack_layer(layer.weight, layer.family, layer.name)
-        _check_fits(layer, config, h, w, packed.period)
-        tiles = output_channel_tiles(config, packed.masks, c, layer.out_channels, layer.name)
+        tiles = _layer_tiles(layer, config, packed.masks, c, h, w)
         first = 0
         for tile, count in enumerate(tiles):
             program.steps.append(
                 _engine_step(layer, packed, config, tile, len(tiles), first, count, h, w))
             first += count
-        shapes[layer.name] = (layer.out_channels, program.steps[-1].descriptor.out_height,
-                              program.steps[-1].descriptor.out_width)
     return program
 
 

@@ -40,6 +40,12 @@ works, e.g. the oscillator's 25 MHz at 115200 baud (divisor 217: ``--clock-mhz 2
 115200``; the host then opens ``serial:/dev/ttyUSB0@115200``).
 
 The link's inter-byte timeout is ``timeout_cycles`` (default 5 ms of ``clk_freq``).
+
+Largest payload. ``max_payload`` sizes the link's receive and replay buffers and is what
+``IDENTIFY`` reports (the driver then sends and reads in frames of at most that). Left at None,
+it is the board's :attr:`~psconv.rtl_gen.boards.Board.link_max_payload` when ``psconv build``
+elaborates the top (its platform carries ``psconv_board``: 512 bytes on iCEBreaker, where a
+buffer is then one block RAM instead of two) and ``MAX_PAYLOAD`` otherwise (ULX3S, simulation).
 """
 
 from __future__ import annotations
@@ -54,9 +60,9 @@ from psconv.firmware.protocol import MAX_PAYLOAD
 
 from .byte_gearbox import (BRIDGE_FIFO_BEATS, BRIDGE_FLUSH_CYCLES, BeatsToBytes, BytesToBeats,
                            bridge_beat_layout, check_beat_bytes, check_fifo_beats)
-from .command_processor import OUTPUT_FIFO_DEPTH, CommandProcessor
+from .command_processor import OUTPUT_FIFO_DEPTH, CommandProcessor, smallest_max_payload
 from .engine import PeriodicSparseEngine
-from .framing import LinkLayer
+from .framing import LinkLayer, check_max_payload
 from .uart import DEFAULT_BAUD, UART, uart_divisor
 
 DEFAULT_CLK_FREQ = 60_000_000
@@ -85,14 +91,15 @@ class BoardTop(wiring.Component):
     ``tx_beats`` (streams of :func:`bridge_beat_layout` (N)) and ``engine_active`` Out(1) (see
     the module docstring).
     ``clk_freq`` (Hz) must be the real ``sync`` frequency: it sets the UART divisor and the link
-    timeout, and ``psconv build`` checks it against the board's clock plan.
+    timeout, and ``psconv build`` checks it against the board's clock plan. ``max_payload``:
+    see :meth:`link_max_payload`.
     """
 
     def __init__(self, config: EngineConfig | None = None, clk_freq: float = DEFAULT_CLK_FREQ,
                  baud: int = DEFAULT_BAUD, *, bridge: bool = False,
                  timeout_cycles: int | None = None, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
                  bridge_beat_bytes: int = 1, bridge_fifo_beats: int = BRIDGE_FIFO_BEATS,
-                 bridge_flush_cycles: int = BRIDGE_FLUSH_CYCLES):
+                 bridge_flush_cycles: int = BRIDGE_FLUSH_CYCLES, max_payload: int | None = None):
         self.config = config if config is not None else EngineConfig()
         if not isinstance(self.config, EngineConfig):
             raise PsconvError(f"board top: config is {config!r}; allowed: an EngineConfig")
@@ -106,6 +113,13 @@ class BoardTop(wiring.Component):
         self.timeout_cycles = int(timeout_cycles if timeout_cycles is not None
                                   else max(2, clk_freq // 200))
         self.output_fifo_depth = output_fifo_depth
+        if max_payload is not None:
+            smallest = smallest_max_payload(self.config)
+            if check_max_payload(max_payload) < smallest:
+                raise PsconvError(f"board top: max_payload {max_payload} is too small for this "
+                                  f"engine; allowed: {smallest}..65535 bytes (every answer blob, "
+                                  f"the layer descriptor and one beat of each data command)")
+        self.max_payload = max_payload
         self.bridge_beat_bytes = check_beat_bytes(bridge_beat_bytes)
         self.bridge_fifo_beats = check_fifo_beats(bridge_fifo_beats)
         self.bridge_flush_cycles = bridge_flush_cycles
@@ -121,12 +135,22 @@ class BoardTop(wiring.Component):
             members = {"rx": In(1, init=1), "tx": Out(1, init=1)}
         super().__init__(members)
 
+    def link_max_payload(self, platform=None) -> int:
+        """The link's largest payload when elaborated for ``platform``: ``max_payload`` if given,
+        else the board's (a ``psconv build`` platform's ``psconv_board.link_max_payload``), else
+        ``MAX_PAYLOAD``."""
+        if self.max_payload is not None:
+            return self.max_payload
+        board = getattr(platform, "psconv_board", None)
+        return board.link_max_payload if board is not None else MAX_PAYLOAD
+
     def elaborate(self, platform):
         m = Module()
-        m.submodules.link = link = LinkLayer(MAX_PAYLOAD, timeout_cycles=self.timeout_cycles)
+        max_payload = self.link_max_payload(platform)
+        m.submodules.link = link = LinkLayer(max_payload, timeout_cycles=self.timeout_cycles)
         m.submodules.processor = processor = CommandProcessor(
-            self.config, output_fifo_depth=self.output_fifo_depth, max_payload=MAX_PAYLOAD)
-        m.submodules.engine = engine = PeriodicSparseEngine(self.config)
+            self.config, output_fifo_depth=self.output_fifo_depth, max_payload=max_payload)
+        m.submodules.engine = engine = PeriodicSparseEngine(self.config, layer_held=True)
 
         if self.bridge and self.bridge_beat_bytes > 1:
             m.submodules.bridge_rx = bridge_rx = BeatsToBytes(self.bridge_beat_bytes,

@@ -78,13 +78,14 @@ import math
 import struct
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
 from psconv.firmware.protocol import MAX_PAYLOAD, Command, NakReason, Status
 
 from .arith import SerialDivider
+from .block_ram import BlockRamFIFO
 from .counters import COUNTER_WIDTH
 from .engine import PeriodicSparseEngine
 from .framing import FRAME_HEADER, LINK_COUNTERS, PAYLOAD_BYTE, REPLY_HEADER
@@ -371,6 +372,13 @@ class LayerBudget(wiring.Component):
         return m
 
 
+def smallest_max_payload(config) -> int:
+    """The smallest link payload limit a processor for ``config`` works with: every DATA blob,
+    the layer descriptor and one beat of each data command must fit one frame."""
+    return max(IDENTITY_BYTES, COUNTERS_BYTES, STATUS_BYTES, descriptor_bytes(config),
+               *(beat_bytes(config, c) for c in DATA_COMMANDS))
+
+
 def engine_signature(config) -> wiring.Signature:
     """The signature of ``PeriodicSparseEngine(config)`` (read from an instance that is never
     elaborated, so the engine's port list is stated once, in :mod:`psconv.hw.engine`)."""
@@ -394,7 +402,10 @@ class CommandProcessor(wiring.Component):
       ``wiring.connect(m, processor.engine, engine)`` wires them all.
 
     ``output_fifo_depth`` (>= 2) is the output FIFO and the residual window in beats; ``max_payload``
-    the link's largest payload (the longest ``READ_OUTPUT``). Both are reported by ``IDENTIFY``.
+    the link's largest payload: no answer is longer (a ``READ_OUTPUT`` asking for more gets at
+    most ``max_payload // tm`` beats, since the link could neither send nor store a longer one),
+    and it must hold every DATA blob, the descriptor and a whole beat of every data command.
+    Both are reported by ``IDENTIFY``.
     """
 
     def __init__(self, config, *, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
@@ -407,6 +418,11 @@ class CommandProcessor(wiring.Component):
         self.max_payload = max_payload
         self.descriptor_layout = layer_descriptor_layout(config)
         self.descriptor_bytes = descriptor_bytes(config)
+        smallest = smallest_max_payload(config)
+        if not isinstance(max_payload, int) or not smallest <= max_payload <= 0xFFFF:
+            raise PsconvError(f"command processor: max_payload {max_payload!r}; allowed: an "
+                              f"integer {smallest}..65535 (bytes: every answer blob, the layer "
+                              f"descriptor and one beat of each data command must fit a frame)")
         super().__init__({
             "command": In(stream.Signature(FRAME_HEADER)),
             "command_payload": In(stream.Signature(PAYLOAD_BYTE)),
@@ -427,7 +443,7 @@ class CommandProcessor(wiring.Component):
 
         # ---- output FIFO (emptied by START) ----
         flush = Signal()
-        out_fifo = fifo.SyncFIFOBuffered(width=8 * tm, depth=depth)
+        out_fifo = BlockRamFIFO(width=8 * tm, depth=depth)
         m.submodules.output_fifo = ResetInserter({"sync": flush})(out_fifo)
         m.d.comb += [out_fifo.w_data.eq(eng.out.payload), out_fifo.w_en.eq(eng.out.valid),
                      eng.out.ready.eq(out_fifo.w_rdy)]
@@ -719,8 +735,11 @@ class CommandProcessor(wiring.Component):
                     with m.If(gathered == 1):
                         m.next = "DIVIDE_MAX"
             with m.State("DIVIDE_MAX"):
-                m.d.comb += [div.start.eq(1), div.dividend.eq(shreg[len(shreg) - 16:]),
-                             div.divisor.eq(tm)]
+                asked = shreg[len(shreg) - 16:]
+                if depth * tm > self.max_payload:
+                    # a full FIFO would not fit one answer: ask for at most max_payload bytes
+                    asked = Mux(asked > self.max_payload, self.max_payload, asked)
+                m.d.comb += [div.start.eq(1), div.dividend.eq(asked), div.divisor.eq(tm)]
                 m.next = "CHECK_OUTPUT"
             with m.State("CHECK_OUTPUT"):
                 with m.If(div.done):

@@ -34,12 +34,22 @@ def use_ecp5_dsp(platform) -> bool:
 
 
 class RegisteredMultiplier(wiring.Component):
-    def __init__(self, a_width: int, b_width: int, p_width: int | None = None):
+    """``fused_add_safe=True`` gives the product register a synchronous reset (the product is 0
+    after reset; nothing else changes). Use it where two products meet in an adder, as in the
+    PE array's adder tree: Yosys 0.70's ``ice40_dsp`` fuses such an adder into one
+    ``SB_MAC16`` and absorbs the other product's register a second time, leaving that operand
+    undriven (the netlist then drops a lane). Its patterns take only plain flip-flops, so a reset
+    keeps the product and the adder in the fabric (16 flip-flops a product on the iCE40; free on
+    an ECP5, whose flip-flops have a reset input)."""
+
+    def __init__(self, a_width: int, b_width: int, p_width: int | None = None, *,
+                 fused_add_safe: bool = False):
         if not (1 <= a_width <= 18 and 1 <= b_width <= 18):
             raise ValueError(f"RegisteredMultiplier: operands are {a_width} and {b_width} bits; "
                              f"allowed: 1..18 bits each (one MULT18X18D)")
         self.a_width, self.b_width = a_width, b_width
         self.p_width = p_width if p_width is not None else a_width + b_width
+        self.fused_add_safe = fused_add_safe
         super().__init__({"a": In(signed(a_width)), "b": In(signed(b_width)),
                           "p": Out(signed(self.p_width))})
 
@@ -77,7 +87,7 @@ class RegisteredMultiplier(wiring.Component):
             a1 = Signal(signed(self.a_width), reset_less=True)
             b1 = Signal(signed(self.b_width), reset_less=True)
             m.d.sync += [a1.eq(self.a), b1.eq(self.b)]
-            p = Signal(signed(self.p_width), reset_less=True)
+            p = Signal(signed(self.p_width), reset_less=not self.fused_add_safe)
             m.d.sync += p.eq(a1 * b1)
             m.d.comb += self.p.eq(p)
         return m

@@ -59,8 +59,13 @@ from .window import WindowGenerator
 
 
 class PeriodicSparseEngine(wiring.Component):
-    def __init__(self, config):
+    """``layer_held=True`` promises that ``layer`` holds its value from ``start`` until ``done``
+    (the command processor's descriptor register does: it refuses ``WRITE_LAYER`` while the
+    engine is busy), so the engine reads it directly instead of keeping a copy of its own."""
+
+    def __init__(self, config, layer_held: bool = False):
         self.config = config
+        self.layer_held = layer_held
         self.descriptor_layout = layer_descriptor_layout(config)
         pixels = data.ArrayLayout(signed(8), config.tm)
         super().__init__({
@@ -96,9 +101,12 @@ class PeriodicSparseEngine(wiring.Component):
         pe = m.submodules.pe_array = PEArray(cfg)
         pp = m.submodules.post_processor = PostProcessor(cfg)
 
-        desc = Signal(self.descriptor_layout)
-        with m.If(seq.accept_start):
-            m.d.sync += desc.eq(self.layer)
+        if self.layer_held:
+            desc = self.layer
+        else:
+            desc = Signal(self.descriptor_layout)
+            with m.If(seq.accept_start):
+                m.d.sync += desc.eq(self.layer)
         begin = seq.begin
         out_height = Signal(range(cfg.max_height + 1))
         out_width = Signal(range(cfg.max_width + 1))

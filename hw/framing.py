@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
 from psconv.firmware.protocol import MAX_PAYLOAD, SYNC, NakReason, Status
+
+from .block_ram import collision_free_memory, read_port
 
 #: FrameReceiver.frame / LinkLayer.command: the header of a CRC-valid frame.
 FRAME_HEADER = data.StructLayout({"seq": 8, "code": 8, "length": 16})
@@ -92,7 +93,8 @@ class CRC16(wiring.Component):
         return m
 
 
-def _check_max_payload(max_payload: int) -> int:
+def check_max_payload(max_payload: int) -> int:
+    """``max_payload`` if it is a valid frame payload limit (1..65535 bytes), else an error."""
     if not isinstance(max_payload, int) or not 1 <= max_payload <= 0xFFFF:
         raise PsconvError(f"max_payload {max_payload!r} must be an integer in 1..65535 "
                           f"(the protocol uses {MAX_PAYLOAD})")
@@ -102,17 +104,21 @@ def _check_max_payload(max_payload: int) -> int:
 def _stream_from_memory(m, port, depth, start, length, out_valid, out_ready, out_data, out_last):
     """Drive a read ``port`` to stream ``mem[0:length]`` after a ``start`` pulse, 1 byte/cycle.
 
-    The synchronous read port has one cycle of latency, so a byte is fetched whenever the output
-    register is empty or being taken; ``port.data`` holds while ``port.en`` is low, so it is the
-    output payload itself. The first beat is valid 2 cycles after ``start``.
+    ``length`` (>= 1) must hold from ``start`` until the last byte is fetched. The synchronous
+    read port has one cycle of latency, so a byte is fetched whenever the output register is
+    empty or being taken; ``port.data`` holds while ``port.en`` is low, so it is the output
+    payload itself. The first beat is valid 2 cycles after ``start``. The end is found by
+    comparing the incremented address with ``length`` (no second, down-counting register).
     """
     addr = Signal(range(depth + 1))
-    remaining = Signal(range(depth + 1))
+    next_addr = Signal(range(depth + 1))
+    running = Signal()
     valid = Signal()
     last = Signal()
     fetch = Signal()
     m.d.comb += [
-        fetch.eq((remaining != 0) & (~valid | out_ready)),
+        next_addr.eq(addr + 1),
+        fetch.eq(running & (~valid | out_ready)),
         port.addr.eq(addr),
         port.en.eq(fetch),
         out_valid.eq(valid),
@@ -122,10 +128,11 @@ def _stream_from_memory(m, port, depth, start, length, out_valid, out_ready, out
     with m.If(valid & out_ready):
         m.d.sync += valid.eq(0)
     with m.If(fetch):
-        m.d.sync += [addr.eq(addr + 1), remaining.eq(remaining - 1), valid.eq(1),
-                     last.eq(remaining == 1)]
+        m.d.sync += [addr.eq(next_addr), valid.eq(1), last.eq(next_addr == length)]
+        with m.If(next_addr == length):
+            m.d.sync += running.eq(0)
     with m.If(start):
-        m.d.sync += [addr.eq(0), remaining.eq(length), valid.eq(0)]
+        m.d.sync += [addr.eq(0), running.eq(1), valid.eq(0)]
 
 
 class FrameReceiver(wiring.Component):
@@ -152,7 +159,7 @@ class FrameReceiver(wiring.Component):
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES):
-        self.max_payload = _check_max_payload(max_payload)
+        self.max_payload = check_max_payload(max_payload)
         if not isinstance(timeout_cycles, int) or timeout_cycles < 2:
             raise PsconvError(f"timeout_cycles {timeout_cycles!r} must be an integer >= 2 "
                               f"(clock cycles without a byte before a frame is dropped)")
@@ -167,9 +174,11 @@ class FrameReceiver(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         depth = self.max_payload
-        m.submodules.buffer = buffer = Memory(shape=8, depth=depth, init=[])
+        # written only while a frame comes in, read only while a checked one drains: a read
+        # never meets a write (psconv.hw.block_ram)
+        m.submodules.buffer = buffer = collision_free_memory(shape=8, depth=depth)
         wr = buffer.write_port()
-        rd = buffer.read_port()
+        rd = read_port(m, buffer, "buffer_read")
         m.submodules.crc = crc = CRC16()
 
         byte = self.rx_data.payload
@@ -178,7 +187,8 @@ class FrameReceiver(wiring.Component):
 
         seq = Signal(8)
         code = Signal(8)
-        length = Signal(16)
+        # at most max_payload once checked (the low byte is kept whole for the check)
+        length = Signal(max(8, depth.bit_length()))
         count = Signal(range(depth + 1))
         crc_lo = Signal(8)
         reason = Signal(8)
@@ -262,7 +272,7 @@ class FrameReceiver(wiring.Component):
                 m.d.comb += [self.rx_data.ready.eq(1), crc.valid.eq(got), wr.en.eq(got)]
                 with m.If(got):
                     m.d.sync += count.eq(count + 1)
-                    with m.If(count == length - 1):
+                    with m.If(count + 1 == length):
                         m.next = "CRC_LO"
                 with m.Elif(timed_out):
                     fail(NakReason.TIMEOUT)
@@ -316,7 +326,7 @@ class FrameTransmitter(wiring.Component):
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD):
-        self.max_payload = _check_max_payload(max_payload)
+        self.max_payload = check_max_payload(max_payload)
         super().__init__({
             "response": In(stream.Signature(RESPONSE_HEADER)),
             "payload": In(stream.Signature(8)),
@@ -326,8 +336,10 @@ class FrameTransmitter(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.crc = crc = CRC16()
-        header = Signal(RESPONSE_HEADER)
-        count = Signal(16)
+        seq = Signal(8)
+        status = Signal(8)
+        # bytes still to send: the length field, then counted down in PAYLOAD (no byte counter)
+        left = Signal(max(8, self.max_payload.bit_length()))
         sent = Signal()
         m.d.comb += [
             sent.eq(self.tx_data.valid & self.tx_data.ready),
@@ -345,21 +357,23 @@ class FrameTransmitter(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += [self.response.ready.eq(1), crc.clear.eq(1)]
                 with m.If(self.response.valid):
-                    m.d.sync += [header.eq(self.response.payload), count.eq(0)]
+                    m.d.sync += [seq.eq(self.response.payload.seq),
+                                 status.eq(self.response.payload.status),
+                                 left.eq(self.response.payload.length)]
                     m.next = "SYNC0"
             with m.State("SYNC0"):
                 emit(SYNC[0], "SYNC1", checked=False)
             with m.State("SYNC1"):
                 emit(SYNC[1], "SEQ", checked=False)
             with m.State("SEQ"):
-                emit(header.seq, "STATUS")
+                emit(seq, "STATUS")
             with m.State("STATUS"):
-                emit(header.status, "LEN_LO")
+                emit(status, "LEN_LO")
             with m.State("LEN_LO"):
-                emit(header.length[:8], "LEN_HI")
+                emit(left[:8], "LEN_HI")
             with m.State("LEN_HI"):
-                emit(header.length[8:], "CRC_LO")
-                with m.If(sent & (header.length != 0)):
+                emit(left[8:], "CRC_LO")
+                with m.If(sent & (left != 0)):
                     m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 m.d.comb += [
@@ -369,8 +383,8 @@ class FrameTransmitter(wiring.Component):
                     crc.valid.eq(sent),
                 ]
                 with m.If(sent):
-                    m.d.sync += count.eq(count + 1)
-                    with m.If(count == header.length - 1):
+                    m.d.sync += left.eq(left - 1)
+                    with m.If(left == 1):
                         m.next = "CRC_LO"
             with m.State("CRC_LO"):
                 emit(crc.crc[:8], "CRC_HI", checked=False)
@@ -404,7 +418,7 @@ class LinkLayer(wiring.Component):
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD, timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES):
-        self.max_payload = _check_max_payload(max_payload)
+        self.max_payload = check_max_payload(max_payload)
         self.timeout_cycles = timeout_cycles
         super().__init__({
             "rx_data": In(stream.Signature(8)),
@@ -421,18 +435,24 @@ class LinkLayer(wiring.Component):
         depth = self.max_payload
         m.submodules.receiver = rx = FrameReceiver(depth, self.timeout_cycles)
         m.submodules.transmitter = tx = FrameTransmitter(depth)
-        m.submodules.replay_buffer = replay_buffer = Memory(shape=8, depth=depth, init=[])
+        # written only while a fresh command's reply goes out, read only while a stored one is
+        # replayed (never both): a read never meets a write (psconv.hw.block_ram)
+        m.submodules.replay_buffer = replay_buffer = collision_free_memory(shape=8, depth=depth)
         wr = replay_buffer.write_port()
-        rd = replay_buffer.read_port()
+        rd = read_port(m, replay_buffer, "replay_read")
 
         wiring.connect(m, wiring.flipped(self.rx_data), rx.rx_data)
         wiring.connect(m, wiring.flipped(self.tx_data), tx.tx_data)
 
+        # the stored answer: its seq is set when a fresh command is taken (nothing replays
+        # while that command executes, and it is always answered), so it is also the seq of
+        # the reply being sent; a reply is at most max_payload bytes long
         stored_valid = Signal()
-        stored = Signal(RESPONSE_HEADER)
-        current_seq = Signal(8)
+        stored_seq = Signal(8)
+        stored_status = Signal(8)
+        stored_length = Signal(range(depth + 1))
         nak = Signal(FRAME_ERROR)
-        reply_count = Signal(16)
+        reply_count = Signal(range(depth + 1))
         payload_open = Signal()     # the current command still has payload beats in the receiver
         replay_start = Signal()
         replay_valid = Signal()
@@ -440,7 +460,7 @@ class LinkLayer(wiring.Component):
         replay_last = Signal()
         counters = self.counters
 
-        _stream_from_memory(m, rd, depth, replay_start, stored.length, replay_valid,
+        _stream_from_memory(m, rd, depth, replay_start, stored_length, replay_valid,
                             tx.payload.ready, replay_data, replay_last)
         m.d.comb += [
             self.command.payload.eq(rx.frame.payload),
@@ -468,7 +488,7 @@ class LinkLayer(wiring.Component):
                         with m.Default():
                             m.d.sync += counters.timeouts.eq(counters.timeouts + 1)
                     m.next = "NAK_HEADER"
-                with m.Elif(rx.frame.valid & stored_valid & (rx.frame.payload.seq == stored.seq)):
+                with m.Elif(rx.frame.valid & stored_valid & (rx.frame.payload.seq == stored_seq)):
                     m.d.comb += rx.frame.ready.eq(1)
                     m.d.sync += counters.replays.eq(counters.replays + 1)
                     with m.If(rx.frame.payload.length != 0):
@@ -478,7 +498,7 @@ class LinkLayer(wiring.Component):
                 with m.Elif(rx.frame.valid):
                     m.d.comb += [self.command.valid.eq(1), rx.frame.ready.eq(self.command.ready)]
                     with m.If(self.command.ready):
-                        m.d.sync += [current_seq.eq(rx.frame.payload.seq),
+                        m.d.sync += [stored_valid.eq(1), stored_seq.eq(rx.frame.payload.seq),
                                      payload_open.eq(rx.frame.payload.length != 0),
                                      counters.commands.eq(counters.commands + 1)]
                         m.next = "EXECUTE"
@@ -487,15 +507,14 @@ class LinkLayer(wiring.Component):
                     forward_command_payload()
                 m.d.comb += [
                     tx.response.valid.eq(self.reply.valid),
-                    tx.response.payload.seq.eq(current_seq),
+                    tx.response.payload.seq.eq(stored_seq),
                     tx.response.payload.status.eq(self.reply.payload.status),
                     tx.response.payload.length.eq(self.reply.payload.length),
                     self.reply.ready.eq(tx.response.ready),
                 ]
                 with m.If(self.reply.valid & self.reply.ready):
-                    m.d.sync += [stored_valid.eq(1), stored.seq.eq(current_seq),
-                                 stored.status.eq(self.reply.payload.status),
-                                 stored.length.eq(self.reply.payload.length),
+                    m.d.sync += [stored_status.eq(self.reply.payload.status),
+                                 stored_length.eq(self.reply.payload.length),
                                  reply_count.eq(0)]
                     with m.If(self.reply.payload.length != 0):
                         m.next = "REPLY_PAYLOAD"
@@ -512,7 +531,7 @@ class LinkLayer(wiring.Component):
                 ]
                 with m.If(self.reply_payload.valid & self.reply_payload.ready):
                     m.d.sync += reply_count.eq(reply_count + 1)
-                    with m.If(reply_count == stored.length - 1):
+                    with m.If(reply_count + 1 == stored_length):
                         m.next = "FINISH"
             with m.State("FINISH"):
                 # drop what the processor did not read of the command payload
@@ -528,10 +547,12 @@ class LinkLayer(wiring.Component):
                 with m.If(rx.payload.valid & rx.payload.payload.last):
                     m.next = "REPLAY_HEADER"
             with m.State("REPLAY_HEADER"):
-                m.d.comb += [tx.response.valid.eq(1), tx.response.payload.eq(stored)]
+                m.d.comb += [tx.response.valid.eq(1), tx.response.payload.seq.eq(stored_seq),
+                             tx.response.payload.status.eq(stored_status),
+                             tx.response.payload.length.eq(stored_length)]
                 with m.If(tx.response.ready):
-                    m.d.comb += replay_start.eq(stored.length != 0)
-                    with m.If(stored.length != 0):
+                    m.d.comb += replay_start.eq(stored_length != 0)
+                    with m.If(stored_length != 0):
                         m.next = "REPLAY_PAYLOAD"
                     with m.Else():
                         m.next = "IDLE"

@@ -9,6 +9,13 @@ the same as Yosys' own replication, and the Verilog stays small (``ceil(n / 8)``
 
 Read port k: ``read_addr[k]`` in cycle t gives ``read_data[k]`` in cycle t + 1 (a write in
 cycle t is seen from cycle t + 2 on, as with a plain Memory sync read port).
+
+**Read/write collisions are don't-care.** A read of the address written in the same cycle gives
+the old word in simulation but is undefined on an FPGA: the read ports are
+:func:`psconv.hw.block_ram.read_port` s, which Yosys maps without collision logic. Every user
+reads a word at least two cycles after it was written whenever the read is used (the patch
+memory, the tap sequence and the weight buffer say why in their docstrings). Same cycles, same
+simulation.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from __future__ import annotations
 import math
 
 from amaranth.hdl import Module
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
+
+from .block_ram import collision_free_memory, read_port
 
 PORTS_PER_COPY = 8
 
@@ -45,12 +54,12 @@ class MultiReadMemory(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         for copy in range(self.copies):
-            mem = memory.Memory(shape=self.shape, depth=self.depth, init=[])
+            mem = collision_free_memory(shape=self.shape, depth=self.depth)
             m.submodules[f"copy{copy}"] = mem
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(self.write_addr), wp.data.eq(self.write_data), wp.en.eq(self.write_en)]
             first = copy * self.ports_per_copy
             for k in range(first, min(first + self.ports_per_copy, self.read_ports)):
-                rp = mem.read_port(domain="sync")
+                rp = read_port(m, mem, f"read{k}")
                 m.d.comb += [rp.addr.eq(self.read_addr[k]), self.read_data[k].eq(rp.data)]
         return m

@@ -9,21 +9,25 @@ channel; a word is tm x 9 int8 taps, see :func:`psconv.hw.window.patch_layout`),
 window generator, read by every lane at the channel the address generator gave it. It has ``tn``
 read ports: in the Verilog that is one array with ``tn`` reads (cheap to simulate); an FPGA tool
 replicates it per port (block RAM cost x tn; see docs/architecture.md for the banked alternative
-and why it is not used).
+and why it is not used). A read colliding with a write is undefined on an FPGA
+(:class:`~psconv.hw.multiport.MultiReadMemory`); no such read is used: the sequencer issues from a
+buffer only once it is flagged full (after its last write) and releases it after its last read,
+before the window generator writes it again; the reads of slots that are not valid meet weight 0.
 
 **Pipeline** (one slot cycle enters per clock; ``valid/first/last`` travel with it):
 
 * A: patch read at ``{buffer, channel}`` (block RAM); lane tap and weight word registered.
 * A2: the patch words are registered (no logic after a block RAM output); weight gated to 0 for
-  invalid lanes (channel >= C_in).
+  invalid lanes (channel >= C_in). Tap-early (``select_tap_early``, the iCE40's choice) registers
+  the bytes of stage B's mux here instead, and B only delays them.
 * B: per PE (r, l) a 9:1 tap mux picks byte ``patch[r][tap_l]`` into a fabric register (weight
   delayed alongside), which feeds the multiplier's input register (B2).
 * C: int8 x int8 multiply, registered product (:class:`~psconv.hw.dsp.RegisteredMultiplier`: on
   an ECP5 the MULT18X18D's own input and output registers).
 * tree: per row a binary adder tree over the tn lanes, one register per level.
 * accumulate: ``acc_r = first ? carried_r + sum_r : acc_r + sum_r`` (``acc_width`` bits); on
-  ``last`` of the last input-channel pass the total is presented on ``result`` with
-  ``result_valid`` for one cycle. The next output channel's ``first`` cycle may follow
+  ``last`` of the last input-channel pass the total is on ``result`` (the accumulator itself)
+  in the one cycle ``result_valid`` is high; at other times ``result`` is a partial sum. The next output channel's ``first`` cycle may follow
   immediately: no bubble between output channels.
 * partial sums (only if ``config.multi_pass``): on ``last`` of an earlier pass the total is
   written to a memory of ``max_out_channels`` entries at ``out_channel``; ``carried_r`` is that
@@ -47,6 +51,7 @@ from amaranth.utils import ceil_log2
 from .address_generator import lane_channel_width
 from .dsp import RegisteredMultiplier
 from .multiport import MultiReadMemory
+from .target import area_first
 from .window import patch_address_bits, patch_layout
 
 
@@ -55,8 +60,15 @@ def _tree_levels(n: int) -> int:
 
 
 class PEArray(wiring.Component):
-    def __init__(self, config):
+    """``select_tap_early``: where stage A2 registers the patch (None: from the platform,
+    :func:`~psconv.hw.target.area_first`). False: the whole patch word of every lane (``tm *
+    72`` flip-flops per lane, no logic after the block RAM output); True: the 9:1 tap mux sits
+    on the block RAM output and A2 registers the chosen bytes (``tm * 8`` flip-flops per lane).
+    Same cycles, same results."""
+
+    def __init__(self, config, select_tap_early: bool | None = None):
         self.config = config
+        self.select_tap_early = select_tap_early
         tm, tn = config.tm, config.tn
         self.patch_layout = patch_layout(config)
         self.address_bits = patch_address_bits(config) + 1
@@ -117,14 +129,26 @@ class PEArray(wiring.Component):
                      pixel_count.eq(sum(pixels_b[r] for r in range(tm)))]
         m.d.sync += self.macs.eq(lane_count * pixel_count)
 
-        # Stage A2: patch words registered (block RAM output -> flip-flops before the tap mux);
-        # invalid lanes' weights forced to 0.
-        patch_a2 = [Signal(self.patch_layout, name=f"patch_a2_{l}", reset_less=True) for l in range(tn)]
-        tap_a2 = [Signal(4, name=f"tap_a2_{l}", reset_less=True) for l in range(tn)]
+        # Stage A2: patch words (or, tap-early, the chosen bytes) registered; invalid lanes'
+        # weights forced to 0.
+        early = self.select_tap_early
+        if early is None:
+            early = area_first(platform)
         w_a2 = [Signal(signed(8), name=f"w_a2_{l}", reset_less=True) for l in range(tn)]
+        byte_a2 = [[None] * tn for _ in range(tm)]      # byte_a2[r][l]: PE (r, l)'s tap byte
         for l in range(tn):
-            m.d.sync += [patch_a2[l].eq(patches.read_data[l]), tap_a2[l].eq(tap_b[l]),
-                         w_a2[l].eq(Mux(lanes_b[l], wraw_b[l], 0))]
+            m.d.sync += w_a2[l].eq(Mux(lanes_b[l], wraw_b[l], 0))
+            word = patches.read_data[l]
+            if early:
+                for r in range(tm):
+                    byte_a2[r][l] = Signal(signed(8), name=f"byte_a2_{r}_{l}", reset_less=True)
+                    m.d.sync += byte_a2[r][l].eq(word[r].as_value().word_select(tap_b[l], 8))
+            else:
+                patch_a2 = Signal(self.patch_layout, name=f"patch_a2_{l}", reset_less=True)
+                tap_a2 = Signal(4, name=f"tap_a2_{l}", reset_less=True)
+                m.d.sync += [patch_a2.eq(word), tap_a2.eq(tap_b[l])]
+                for r in range(tm):
+                    byte_a2[r][l] = patch_a2[r].as_value().word_select(tap_a2, 8)
 
         # Stage B: per PE the 9:1 tap mux into a fabric register (the placer can put it next to
         # the multiplier; the mux and the route to a DSP column are two paths, not one).
@@ -137,8 +161,12 @@ class PEArray(wiring.Component):
             row = []
             for l in range(tn):
                 tapped = Signal(signed(8), name=f"tap_byte{r}_{l}", reset_less=True)
-                m.d.sync += tapped.eq(patch_a2[l][r].as_value().word_select(tap_a2[l], 8))
-                mul = m.submodules[f"mul{r}_{l}"] = RegisteredMultiplier(8, 8, 16)
+                m.d.sync += tapped.eq(byte_a2[r][l])
+                # the first product of each adder pair keeps its register in the fabric, so Yosys
+                # fuses the pair's adder into the other one's DSP without claiming it twice
+                paired_first = l % 2 == 0 and l + 1 < tn
+                mul = m.submodules[f"mul{r}_{l}"] = RegisteredMultiplier(
+                    8, 8, 16, fused_add_safe=paired_first)
                 m.d.comb += [mul.a.eq(tapped), mul.b.eq(w_b[l])]
                 row.append(mul.p)
             level.append(row)
@@ -166,17 +194,27 @@ class PEArray(wiring.Component):
 
         # Control delayed to the accumulate stage (5 + tree levels after stage A); the stage
         # before it addresses the partial-sum memory.
+        # A one-pass configuration carries no pass flags or channel: every pass is the first
+        # and the last (the sequencer drives both to 1) and there are no partial sums.
         delay = 5 + depth
-        ctl = Cat(self.valid, self.first, self.last, self.first_pass, self.last_pass,
-                  self.out_channel, self.pixels)
+        o_bits = len(self.out_channel)
+        if cfg.multi_pass:
+            ctl = Cat(self.valid, self.first, self.last, self.pixels, self.first_pass,
+                      self.last_pass, self.out_channel)
+        else:
+            ctl = Cat(self.valid, self.first, self.last, self.pixels)
         chain = [ctl]
         for k in range(delay):
             d = Signal(len(ctl), name=f"ctl_d{k + 1}")
             m.d.sync += d.eq(chain[-1])
             chain.append(d)
-        o_bits = len(self.out_channel)
-        valid_z, first_z, last_z, first_pass_z, last_pass_z = (chain[-1][k] for k in range(5))
-        pixels_z = chain[-1][5 + o_bits:5 + o_bits + tm]
+        valid_z, first_z, last_z = (chain[-1][k] for k in range(3))
+        pixels_z = chain[-1][3:3 + tm]
+        if cfg.multi_pass:
+            first_pass_z, last_pass_z = chain[-1][3 + tm], chain[-1][4 + tm]
+            channel_y, channel_z = (chain[k][5 + tm:5 + tm + o_bits] for k in (-2, -1))
+        else:
+            last_pass_z = 1
 
         # Partial sums of passes before the last, one entry per output channel (only when the
         # config allows several input-channel passes). Read one cycle ahead of the accumulate
@@ -190,9 +228,9 @@ class PEArray(wiring.Component):
             pr = psums.read_port(domain="sync", transparent_for=(pw,))
             totals = Signal(acc_layout)
             m.d.comb += [
-                pr.addr.eq(chain[-2][5:5 + o_bits]),
+                pr.addr.eq(channel_y),
                 carried.eq(Mux(first_pass_z, 0, pr.data.as_value())),
-                pw.addr.eq(chain[-1][5:5 + o_bits]),
+                pw.addr.eq(channel_z),
                 pw.data.eq(totals),
                 pw.en.eq(valid_z & last_z & ~last_pass_z),
             ]
@@ -208,8 +246,9 @@ class PEArray(wiring.Component):
                 m.d.comb += totals[r].eq(total)
             with m.If(valid_z):
                 m.d.sync += acc.eq(total)
-                with m.If(last_z):
-                    m.d.sync += self.result[r].eq(total)
+            # the accumulator holds the total in the cycle result_valid is high (the next output
+            # channel's first sum lands a cycle later): no copy of it is needed
+            m.d.comb += self.result[r].eq(acc)
         with m.If(valid_z & last_z):
             m.d.sync += self.result_pixels.eq(pixels_z)
         return m

@@ -89,11 +89,21 @@ class Sequencer(wiring.Component):
             "macs": Out(COUNTER_WIDTH),
         })
 
+    @staticmethod
+    def max_busy_cycles(config) -> int:
+        """Most slot cycles one layer issues: per pixel group (at most ``max_height`` rows x
+        ``ceil(max_width / tm)`` column blocks) every output channel issues its words of every
+        pass once, ``C_out * cycles_per_output <= weight_depth`` (a descriptor that passes
+        :meth:`psconv.hw.layer.LayerSpec.check`, the engine's input contract). Sizes the
+        busy and MAC counters (:mod:`psconv.hw.counters`)."""
+        return config.max_height * -(-config.max_width // config.tm) * config.weight_depth
+
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
         tm = cfg.tm
-        counters = m.submodules.counters = PerformanceCounters(tm * cfg.tn)
+        counters = m.submodules.counters = PerformanceCounters(tm * cfg.tn,
+                                                               self.max_busy_cycles(cfg))
 
         cycle = Signal(range(cfg.weight_depth + 1))
         first = Signal(init=1)                                 # cycle == 0
@@ -113,10 +123,19 @@ class Sequencer(wiring.Component):
         # ``first`` (cycle == 0) is kept as a register beside ``cycle``: it gates ``issue`` and
         # selects the address generator's lane restart, so no comparator may sit before it.
         m.d.comb += self.first.eq(first)
+        if cfg.multi_pass:
+            m.d.comb += [
+                self.first_pass.eq(pass_index == 0),
+                self.last_pass.eq(pass_index + 1 == self.passes),
+                pass_cycles.eq(Mux(self.last_pass, self.last_pass_cycles, self.full_pass_cycles)),
+            ]
+        else:
+            # One pass (C_in <= max_in_channels <= patch_channels): every pass is the first and
+            # the last, and its cycles are the output channel's (the address generator gives
+            # passes = 1 and last_pass_cycles = cycles_per_output).
+            m.d.comb += [self.first_pass.eq(1), self.last_pass.eq(1),
+                         pass_cycles.eq(self.last_pass_cycles)]
         m.d.comb += [
-            self.first_pass.eq(pass_index == 0),
-            self.last_pass.eq(pass_index + 1 == self.passes),
-            pass_cycles.eq(Mux(self.last_pass, self.last_pass_cycles, self.full_pass_cycles)),
             self.last.eq(cycle + 1 == pass_cycles),
             self.pixels.eq(Cat(*[(x0 + r) < self.out_width for r in range(tm)])),
         ]
@@ -175,11 +194,15 @@ class Sequencer(wiring.Component):
                                 with m.Else():
                                     m.d.sync += x0.eq(x0 + tm)
                         with m.Else():
-                            # next output channel: its words start cycles_per_output further on
-                            next_channel = channel_start + self.cycles_per_output
-                            m.d.sync += [channel.eq(channel + 1), channel_start.eq(next_channel),
-                                         waddr.eq(next_channel),
+                            m.d.sync += [channel.eq(channel + 1),
                                          out_mod.eq(Mux(out_mod + 1 == self.period, 0, out_mod + 1))]
+                            if cfg.multi_pass:
+                                # next output channel: its words start cycles_per_output further on
+                                next_channel = channel_start + self.cycles_per_output
+                                m.d.sync += [channel_start.eq(next_channel), waddr.eq(next_channel)]
+                            else:
+                                # one pass: the words of channel o + 1 follow o's last word
+                                m.d.sync += waddr.eq(waddr + 1)
                     with m.Else():
                         m.d.sync += [cycle.eq(cycle + 1), first.eq(0), waddr.eq(waddr + 1)]
             with m.State("DRAIN"):

@@ -14,14 +14,20 @@ beats are accepted. ``loaded_channels`` counts output channels whose words are a
 compute of output channel o may start while later channels are still loading (the first pixel
 group runs at the stream's rate instead of waiting for the whole buffer).
 
-Reading: ``read_addr`` in cycle n gives ``read_data`` in cycle n + 1.
+Reading: ``read_addr`` in cycle n gives ``read_data`` in cycle n + 1. A read of the word being
+written in the same cycle is undefined on an FPGA (:class:`~psconv.hw.multiport.MultiReadMemory`,
+no collision logic); no such read is used: output channel o issues only once ``loaded_channels``
+> o, one cycle after its last word is written, and the engine reads its words a cycle after
+issue, while a read that is not issued only feeds lanes whose weight the PE array forces to 0.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Module, Signal, signed
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from .multiport import MultiReadMemory
 
 
 class WeightBuffer(wiring.Component):
@@ -43,20 +49,19 @@ class WeightBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        mem = m.submodules.words = memory.Memory(shape=self.word_layout, depth=cfg.weight_depth, init=[])
-        wp = mem.write_port()
-        rp = mem.read_port(domain="sync")
-        m.d.comb += [rp.addr.eq(self.read_addr), self.read_data.eq(rp.data)]
+        mem = m.submodules.words = MultiReadMemory(self.word_layout, cfg.weight_depth, 1)
+        m.d.comb += [mem.read_addr[0].eq(self.read_addr), self.read_data.eq(mem.read_data[0])]
 
-        addr = Signal(range(cfg.weight_depth + 1))
-        cycle = Signal(range(cfg.weight_depth + 1))
+        # A word address: after the last word it wraps to 0, but nothing is written then.
+        addr = Signal(range(cfg.weight_depth))
+        cycle = Signal(range(cfg.weight_depth))      # < cycles_per_output <= weight_depth
         accepting = Signal()
         m.d.comb += [
             accepting.eq(self.load_enable & (self.loaded_channels < self.out_channels)),
             self.weight_in.ready.eq(accepting),
-            wp.addr.eq(addr),
-            wp.data.eq(self.weight_in.payload),
-            wp.en.eq(accepting & self.weight_in.valid),
+            mem.write_addr.eq(addr),
+            mem.write_data.eq(self.weight_in.payload),
+            mem.write_en.eq(accepting & self.weight_in.valid),
         ]
         with m.If(self.start):
             m.d.sync += [addr.eq(0), cycle.eq(0), self.loaded_channels.eq(0)]

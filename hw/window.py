@@ -6,12 +6,16 @@ input row of one channel (``max_width`` bytes). Row y of channel c is *linear ro
 linear rows sit in three different banks, so the three input rows a 3x3 window needs
 (y*s - 1, y*s, y*s + 1 of one channel) are read in one cycle, and the banks are packed with no
 holes whatever H is (C_in * H <= ``fmap_depth // max_width`` rows). The ``+ 1`` keeps the row above
-the map (padding) at a non-negative address.
+the map (padding) at a non-negative address. A small buffer (see :func:`bank_columns`) splits
+each bank into J column memories of 16-bit words of the left-padded row and reads, per bank, only
+the J words that hold the window (``2*J`` bytes instead of ``max_width``): on an iCE40, whose
+block RAMs are at most 16 bits wide, the tiny configuration needs 6 block RAMs instead of 12.
 
 **Loading.** ``fmap_in`` carries the map in CHW order as a flat byte stream, ``tn`` bytes per beat
 (element 0 in bits 7:0), only the last beat zero-padded. A gearbox writes, each cycle, the bytes
 of the current beat that belong to the current row, ``min(beat bytes left, row bytes left)``, into
-the row's word with byte enables; a beat spanning a row end takes one more cycle. Cycles:
+the row's word with byte enables (column-split banks: into the J words those bytes fall in, plus
+the padding zero at a row's start); a beat spanning a row end takes one more cycle. Cycles:
 ``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` (one per row/beat piece).
 
 **Window generator.** For each pixel group (output row y, column block xb, x = xb*tm + r), in the
@@ -20,11 +24,12 @@ order y, xb, it builds one *patch word* per input channel c: for each of the tm 
 x >= W_out. A 1x1 layer is built the same way (its centre tap t = 4 is ``x[c, y*s, x*s]``; its mask
 table selects only that tap). Per cycle: read 3 banks (R0), register the rows (R1), cut a
 ``2*tm + 1``-byte window out of each row at column ``x0*s - 1`` (a mux over ``max_width / tm`` block
-positions; R1b), rotate the banks into dy order, mask, pick the taps for stride 1|2 (R2), write the
-patch word (R3). One channel per cycle; a group's buffer is flagged full C_in + 4 cycles after its
-first read. With
-input-channel passes (C_in > ``patch_channels``) a group is built once per pass, each build reading
-the pass's channels (the next build continues where the last stopped) into the next buffer.
+positions, or over the window's offset in the J words read) and zero padding rows and columns
+(R1b), rotate the banks into dy order, zero pixels x >= W_out and pick the taps for stride 1|2
+(R2), write the patch word (R3). One channel per cycle; a group's buffer is flagged full C_in + 4
+cycles after its first read. With input-channel passes (C_in > ``patch_channels``) a group is
+built once per pass, each build reading the pass's channels (the next build continues where the
+last stopped) into the next buffer.
 
 **Double-buffered patch memory.** Patch words go to buffer ``b mod 2`` (b counts builds) of the PE
 array's patch memory at address ``(b mod 2) * patch_channels + (c mod patch_channels)``. ``patch_full[b]`` is set when
@@ -42,7 +47,7 @@ from amaranth.utils import ceil_log2
 
 from psconv.families import NUM_TAPS
 from .arith import SerialDivider
-from .layer import fmap_beat_bytes, fmap_rows_capacity, output_size_value
+from .layer import fmap_beat_bytes, fmap_rows_capacity
 
 
 def patch_layout(config) -> data.ArrayLayout:
@@ -56,6 +61,33 @@ def patch_address_bits(config) -> int:
     return max(1, ceil_log2(config.patch_channels))
 
 
+COLUMN_WORD_BYTES = 2
+"""Word of a column memory: 16 bits, the widest iCE40 block RAM port."""
+COLUMN_MAX_DEPTH = 256
+"""Words of one block RAM at that width. A deeper column memory would put a multiplexer between
+the block RAM outputs and the R1 register, so deeper banks keep whole rows."""
+
+
+def bank_columns(config) -> tuple[int, int]:
+    """``(J, D)``: each feature-map bank is J column memories of D words per row, or ``(0, 0)``
+    for one memory of whole-row words.
+
+    A column-split bank stores the padded row (byte 0 the left padding zero, then the row) as
+    ``COLUMN_WORD_BYTES``-byte words, word w in column ``w mod J`` at address ``row * D + w div J``
+    (J and D powers of two). Any ``J * COLUMN_WORD_BYTES`` consecutive padded bytes are in J
+    different columns, so one access per column reaches a window at any offset, or a loader piece
+    (a beat's bytes, plus the padding byte at a row start) at any offset. Chosen when that reads
+    fewer bytes than a whole row and the columns stay one block RAM deep: on an iCE40 the block
+    RAM count is set by the bits read per cycle, not by capacity."""
+    ww, beat, win = COLUMN_WORD_BYTES, fmap_beat_bytes(config), 2 * config.tm + 1
+    bank_depth = (fmap_rows_capacity(config) + 1) // 3 + 1
+    columns = 1 << ceil_log2(-(-max(beat + ww - 1, beat + 1, win + ww - 1) // ww))
+    slots = 1 << ceil_log2(-(-(config.max_width + 1) // (ww * columns)))
+    if columns * ww >= config.max_width or bank_depth * slots > COLUMN_MAX_DEPTH:
+        return 0, 0
+    return columns, slots
+
+
 class WindowGenerator(wiring.Component):
     def __init__(self, config):
         self.config = config
@@ -64,6 +96,7 @@ class WindowGenerator(wiring.Component):
         self.bank_depth = (self.rows_capacity + 1) // 3 + 1
         self.window_bytes = 2 * config.tm + 1
         self.patch_layout = patch_layout(config)
+        self.columns, self.row_slots = bank_columns(config)
         super().__init__({
             "start": In(1),
             "in_channels": In(range(config.max_in_channels + 1)),
@@ -86,17 +119,34 @@ class WindowGenerator(wiring.Component):
         win = self.window_bytes
         row_bits = maxw * 8
 
+        columns, ww = self.columns, COLUMN_WORD_BYTES
+        span = columns * ww                      # padded row bytes one column-split access sees
+        sbits, wbits, jbits = ceil_log2(span), ceil_log2(ww), ceil_log2(max(columns, 1))
+        slot_bits = ceil_log2(max(self.row_slots, 1))
+        # banks[k][j]: (write port, read port) of column j of bank k (one column: whole rows).
+        # Read ports are asynchronous with a register enabled outside loading: the same
+        # synchronous read, but Yosys then sees that reads and writes never collide and needs no
+        # read-first emulation (write-delay registers and a bypass multiplexer per bank).
         banks = []
         for k in range(3):
-            mem = memory.Memory(shape=unsigned(row_bits), depth=self.bank_depth, init=[])
-            m.submodules[f"bank{k}"] = mem
-            banks.append((mem.write_port(granularity=8), mem.read_port(domain="sync")))
+            ports = []
+            for j in range(max(columns, 1)):
+                if columns:
+                    mem = memory.Memory(shape=unsigned(8 * ww),
+                                        depth=self.bank_depth * self.row_slots, init=[])
+                    m.submodules[f"bank{k}_col{j}"] = mem
+                else:
+                    mem = memory.Memory(shape=unsigned(row_bits), depth=self.bank_depth, init=[])
+                    m.submodules[f"bank{k}"] = mem
+                ports.append((mem.write_port(granularity=8), mem.read_port(domain="comb")))
+            banks.append(ports)
+
+        def column_slot(word, j):
+            """Address within its row of the one word among ``word .. word + J - 1`` that lives
+            in column j."""
+            return (word[jbits:] + (word[:jbits] > j))[:slot_bits]
 
         height, width, stride = self.in_height, self.in_width, self.stride
-        out_height = Signal(range(cfg.max_height + 1))
-        out_width = Signal(range(cfg.max_width + 1))
-        m.d.comb += [out_height.eq(output_size_value(height, stride)),
-                     out_width.eq(output_size_value(width, stride))]
 
         # H divmod 3: the linear-row step between channels, split into bank address and bank.
         div = m.submodules.divider = SerialDivider(ceil_log2(cfg.max_height + 1) or 1, 2)
@@ -121,19 +171,43 @@ class WindowGenerator(wiring.Component):
         row_end = Signal()                       # the row's bytes left fit in this beat
         beat_end = Signal()                      # the beat's bytes left fit in this row
         m.d.comb += [row_end.eq(row_left <= beat_left), beat_end.eq(beat_left <= row_left)]
-        row_stop = Signal(range(maxw + 1))       # ld_x + min(beat_left, row_left)
-        m.d.comb += row_stop.eq(Mux(row_end, width, ld_x + beat_left))
-        shifted = Signal(row_bits)
-        m.d.comb += shifted.eq((self.fmap_in.payload.as_value() >> Cat(C(0, 3), ld_j))
-                               << Cat(C(0, 3), ld_x))
         last_row = row_end & last_y & last_c
         take = loading & self.fmap_in.valid
         m.d.comb += self.fmap_in.ready.eq(loading & (beat_end | last_row))
-        for k, (wp, _) in enumerate(banks):
-            m.d.comb += [wp.addr.eq(ld_q), wp.data.eq(shifted)]
-            with m.If(take & (ld_r == k)):
-                for b in range(maxw):
-                    m.d.comb += wp.en[b].eq((ld_x <= b) & (b < row_stop))
+        if not columns:
+            row_stop = Signal(range(maxw + 1))       # ld_x + min(beat_left, row_left)
+            m.d.comb += row_stop.eq(Mux(row_end, width, ld_x + beat_left))
+            shifted = Signal(row_bits)
+            m.d.comb += shifted.eq((self.fmap_in.payload.as_value() >> Cat(C(0, 3), ld_j))
+                                   << Cat(C(0, 3), ld_x))
+            for k, [(wp, _)] in enumerate(banks):
+                m.d.comb += [wp.addr.eq(ld_q), wp.data.eq(shifted)]
+                with m.If(take & (ld_r == k)):
+                    for b in range(maxw):
+                        m.d.comb += wp.en[b].eq((ld_x <= b) & (b < row_stop))
+        else:
+            # Padded bytes first .. first + count - 1 are written (a row's first piece also
+            # writes the padding zero, byte 0); padded byte p goes to byte p mod span of the
+            # rotated beat, i.e. column (p div ww) mod J.
+            pad = Signal()
+            first = Signal(range(maxw + 1))
+            count = Signal(range(beat + 2))
+            m.d.comb += [pad.eq(ld_x == 0), first.eq(Mux(pad, 0, ld_x + 1)),
+                         count.eq(Mux(row_end, row_left, beat_left) + pad)]
+            # The beat repeated to span bytes: a written byte's source index is below beat in
+            # any case, and the repetition makes the rotation a mux over beat, not span, sources.
+            beat_word = Cat(*[self.fmap_in.payload[i % beat] for i in range(span)])
+            rotated = Signal(8 * span)
+            m.d.comb += rotated.eq((Cat(beat_word, beat_word)
+                                    >> Cat(C(0, 3), (ld_j - ld_x - 1)[:sbits]))[:8 * span])
+            data = Cat(Mux(pad, 0, rotated[:8]), rotated[8:])
+            byte_en = Cat(*[(C(q, sbits) - first[:sbits])[:sbits] < count for q in range(span)])
+            for k, ports in enumerate(banks):
+                for j, (wp, _) in enumerate(ports):
+                    m.d.comb += [wp.addr.eq(Cat(column_slot(first[wbits:], j), ld_q)),
+                                 wp.data.eq(data.word_select(j, 8 * ww))]
+                    with m.If(take & (ld_r == k)):
+                        m.d.comb += wp.en.eq(byte_en.word_select(j, ww))
         with m.If(self.start):
             m.d.sync += [loading.eq(1), self.loaded.eq(0), ld_c.eq(0), ld_y.eq(0), ld_x.eq(0),
                          ld_j.eq(0), ld_q.eq(0), ld_r.eq(1), row_left.eq(width),
@@ -161,14 +235,18 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += [ld_x.eq(ld_x + beat_left), row_left.eq(row_left - beat_left)]
 
         # ---------------- patch building ----------------
-        g_y = Signal(range(cfg.max_height + 1))          # output row
+        # Output rows and columns are tracked only as input positions: output y (x) is the last
+        # when (y + 1) * s >= H (W), and pixel x exists when x * s < W.
         g_ys = Signal(range(2 * cfg.max_height + 2))     # y * s
         g_ysq = Signal(range(cfg.max_height + 1))        # (y * s) divmod 3
         g_ysr = Signal(range(3))
-        g_x0 = Signal(range(cfg.max_width + tm + 1))     # first output column of the block
-        g_x0s = Signal(range(2 * cfg.max_width + 2 * tm + 1))  # x0 * s
+        g_x0s = Signal(range(2 * cfg.max_width + 2 * tm + 1))  # x0 * s, x0 the block's first column
         n_blocks = (maxw - 1) // tm + 1
         g_blk = Signal(range(2 * n_blocks + 2))          # x0 * s / tm
+        # The window's position at R1b: the block x0*s/tm for whole rows; for column-split
+        # banks x0*s mod span (in steps of gcd(tm, span), the only offsets that occur).
+        step_bits = min((tm & -tm).bit_length() - 1, sbits)
+        win_pos = g_x0s[step_bits:sbits] if columns else g_blk
         g_buf = Signal()
         rd_c = Signal(range(cfg.max_in_channels + 1))
         rd_q = Signal(range(cfg.max_in_channels * (cfg.max_height // 3 + 1) + 2))
@@ -184,7 +262,7 @@ class WindowGenerator(wiring.Component):
         c1 = Signal.like(rd_c)
         buf1 = Signal()
         r1 = Signal(range(3))
-        blk1 = Signal.like(g_blk)
+        blk1 = Signal(len(win_pos))
         top_ok1 = Signal()
         bottom_ok1 = Signal()
         col_ok1 = Signal(win)
@@ -202,12 +280,17 @@ class WindowGenerator(wiring.Component):
          stride2_1r) = delayed("r", v1, last1, c1, buf1, r1, blk1, top_ok1, bottom_ok1, col_ok1,
                                pix_ok1, stride2_1)
         # R1b -> R2
-        v2, last2, c2, buf2, r2, top_ok2, bottom_ok2, col_ok2, pix_ok2, stride2_2 = delayed(
-            "2", v1r, last1r, c1r, buf1r, r1r, top_ok1r, bottom_ok1r, col_ok1r, pix_ok1r, stride2_1r)
+        v2, last2, c2, buf2, r2, pix_ok2, stride2_2 = delayed(
+            "2", v1r, last1r, c1r, buf1r, r1r, pix_ok1r, stride2_1r)
         last3, buf3 = Signal(), Signal()                    # R2 -> R3
 
-        for k, (_, rp) in enumerate(banks):
-            m.d.comb += rp.addr.eq(rd_q + (k < rd_r))
+        for k, ports in enumerate(banks):
+            row_addr = rd_q + (k < rd_r)
+            for j, (_, rp) in enumerate(ports):
+                if columns:
+                    m.d.comb += rp.addr.eq(Cat(column_slot(g_x0s[wbits:], j), row_addr))
+                else:
+                    m.d.comb += rp.addr.eq(row_addr)
 
         # A build of 1-2 channels can end before the one two builds back (same buffer) has set
         # its full flag: do not start on a buffer whose flag is still on its way.
@@ -216,7 +299,7 @@ class WindowGenerator(wiring.Component):
                                     | (v2 & last2 & (buf2 == g_buf)) | (last3 & (buf3 == g_buf)))
         m.d.sync += [v1.eq(0)]
         with m.If(self.start):
-            m.d.sync += [g_y.eq(0), g_ys.eq(0), g_ysq.eq(0), g_ysr.eq(0), g_x0.eq(0), g_x0s.eq(0),
+            m.d.sync += [g_ys.eq(0), g_ysq.eq(0), g_ysr.eq(0), g_x0s.eq(0),
                          g_blk.eq(0), g_buf.eq(0), building.eq(0), all_built.eq(0), resume.eq(0)]
         with m.Elif(~building & ~all_built & self.loaded & div.done
                     & ~self.patch_full.bit_select(g_buf, 1) & ~flag_pending):
@@ -227,10 +310,13 @@ class WindowGenerator(wiring.Component):
             last = rd_c + 1 == self.in_channels
             pass_end = rd_c[:pass_bits].all() if pass_bits else C(1, 1)
             m.d.sync += [
-                v1.eq(1), last1.eq(last | pass_end), c1.eq(rd_c), buf1.eq(g_buf), r1.eq(rd_r), blk1.eq(g_blk),
+                v1.eq(1), last1.eq(last | pass_end), c1.eq(rd_c), buf1.eq(g_buf), r1.eq(rd_r), blk1.eq(win_pos),
                 top_ok1.eq(g_ys != 0), bottom_ok1.eq(g_ys + 1 < height), stride2_1.eq(stride == 2),
-                col_ok1.eq(Cat(*[(g_x0s + k) <= width for k in range(win)])),
-                pix_ok1.eq(Cat(*[(g_x0 + r) < out_width for r in range(tm)])),
+                # A group is built only for x0 < W_out, so x0*s <= W - 1: window bytes 0 and 1
+                # (columns x0*s - 1 and x0*s) and pixel 0 need no comparator.
+                col_ok1.eq(Cat(C(0b11, 2), *[(g_x0s + k) <= width for k in range(2, win)])),
+                pix_ok1.eq(Cat(C(1, 1), *[g_x0s + Mux(stride == 2, 2 * r, r) < width
+                                          for r in range(1, tm)])),
                 rd_c.eq(rd_c + 1),
             ]
             with m.If(rd_r + height_r >= 3):
@@ -242,49 +328,64 @@ class WindowGenerator(wiring.Component):
                 m.d.sync += [building.eq(0), g_buf.eq(~g_buf), resume.eq(1)]
             with m.If(last):
                 m.d.sync += [building.eq(0), g_buf.eq(~g_buf), resume.eq(0)]
-                with m.If(g_x0 + tm >= out_width):
-                    m.d.sync += [g_x0.eq(0), g_x0s.eq(0), g_blk.eq(0), g_y.eq(g_y + 1),
-                                 g_ys.eq(g_ys + stride)]
+                next_x0s = g_x0s + Mux(stride == 2, 2 * tm, tm)
+                with m.If(next_x0s >= width):
+                    m.d.sync += [g_x0s.eq(0), g_blk.eq(0), g_ys.eq(g_ys + stride)]
                     with m.If(g_ysr + stride >= 3):
                         m.d.sync += [g_ysr.eq(g_ysr + stride - 3), g_ysq.eq(g_ysq + 1)]
                     with m.Else():
                         m.d.sync += g_ysr.eq(g_ysr + stride)
-                    with m.If(g_y + 1 == out_height):
+                    with m.If(g_ys + stride >= height):
                         m.d.sync += all_built.eq(1)
                 with m.Else():
-                    m.d.sync += [g_x0.eq(g_x0 + tm), g_x0s.eq(g_x0s + Mux(stride == 2, 2 * tm, tm)),
-                                 g_blk.eq(g_blk + stride)]
+                    m.d.sync += [g_x0s.eq(next_x0s), g_blk.eq(g_blk + stride)]
 
-        # R1: the bank rows registered (nothing after a block RAM output but a flip-flop).
+        # R1: the bank rows registered (nothing after a block RAM output but a flip-flop). The
+        # words read (``bank_read``) are the block RAM's own output register.
         rows1 = []
-        for k, (_, rp) in enumerate(banks):
-            row = Signal(row_bits, name=f"bank_row{k}", reset_less=True)
-            m.d.sync += row.eq(rp.data)
+        for k, ports in enumerate(banks):
+            words = []
+            for j, (_, rp) in enumerate(ports):
+                word = Signal(len(rp.data), name=f"bank_read{k}_{j}", reset_less=True)
+                with m.If(~loading):
+                    m.d.sync += word.eq(rp.data)
+                words.append(word)
+            row = Signal(len(Cat(*words)), name=f"bank_row{k}", reset_less=True)
+            m.d.sync += row.eq(Cat(*words))
             rows1.append(row)
 
-        # R1b: cut a window out of each registered row (one mux -> register).
+        # R1b: cut a window out of each registered row (one mux -> register), zeroing padding
+        # rows and columns there: bank k holds row dy = (k - r) mod 3, so the top padding row
+        # (dy 0) is bank r and the bottom one (dy 2) bank r + 2. A zeroed byte is a register
+        # clear, not a gate on the data path.
         ext_bytes = 8 * (maxw + 1)
         bank_windows = []
         for k, row in enumerate(rows1):
-            ext = Cat(C(0, 8), row)              # ext byte e = row byte e - 1 (e = 0: left padding)
+            row_ok = ~((r1r == k) & ~top_ok1r) & ~((r1r == (k + 1) % 3) & ~bottom_ok1r)
             candidates = []
-            for b in range(n_blocks):    # x0*s <= W - 1 < max_width: blocks 0..n_blocks-1
-                lo = b * tm * 8
-                piece = ext[lo:min(lo + win * 8, ext_bytes)]
-                candidates.append(Cat(piece, C(0, win * 8 - len(piece))))
+            if columns:      # padded byte p is row byte p mod span; bytes past W are masked
+                for o in range(0, span, 1 << step_bits):
+                    candidates.append(Cat(*[row.word_select((o + i) % span, 8) for i in range(win)]))
+            else:
+                ext = Cat(C(0, 8), row)          # ext byte e = row byte e - 1 (e = 0: left padding)
+                for b in range(n_blocks):    # x0*s <= W - 1 < max_width: blocks 0..n_blocks-1
+                    lo = b * tm * 8
+                    piece = ext[lo:min(lo + win * 8, ext_bytes)]
+                    candidates.append(Cat(piece, C(0, win * 8 - len(piece))))
             w = Signal(win * 8, name=f"bank_window{k}")
-            m.d.sync += w.eq(Array(candidates)[blk1r])
+            picked = Array(candidates)[blk1r]
+            m.d.sync += [w.word_select(i, 8).eq(Mux(row_ok & col_ok1r[i], picked.word_select(i, 8),
+                                                    0))
+                         for i in range(win)]
             bank_windows.append(w)
 
-        # R2: rotate the banks into dy order, zero padding rows/columns/pixels, pick the taps.
+        # R2: rotate the banks into dy order, zero pixels past W_out, pick the taps.
         rows = []
         for dy in range(3):
             sel = Signal(range(3), name=f"bank_of_dy{dy}")
             m.d.comb += sel.eq(Mux(r2 + dy >= 3, r2 + dy - 3, r2 + dy))
-            row_ok = top_ok2 if dy == 0 else (bottom_ok2 if dy == 2 else C(1, 1))
             w = Signal(win * 8, name=f"window_dy{dy}")
-            masked = Array(bank_windows)[sel]
-            m.d.comb += w.eq(Mux(row_ok, masked, 0) & Cat(*[col_ok2[k].replicate(8) for k in range(win)]))
+            m.d.comb += w.eq(Array(bank_windows)[sel])
             rows.append(w)
         patch = Signal(self.patch_layout)
         for r in range(tm):

@@ -14,7 +14,9 @@ Supported boards (:data:`BOARDS`, in this order):
   ``uart_tx_enable`` (pin L3, wired to the FT231X's TXDEN): leave it unrequested; the host
   link needs only ``rx``/``tx``.
 * ``icebreaker``: 1BitSquared iCEBreaker, iCE40UP5K-SG48, 12 MHz oscillator, FTDI FT2232H
-  channel B UART (``uart`` 0), 8 SB_MAC16 DSPs.
+  channel B UART (``uart`` 0), 8 SB_MAC16 DSPs. Its host link takes frames of at most 512
+  payload bytes (:attr:`Board.link_max_payload`): each of the link's two buffers is then one
+  4 kbit block RAM instead of two.
 
 Totals are the datasheet figures (Lattice FPGA-DS-02012 for ECP5, FPGA-DS-02008 for iCE40
 UltraPlus). On ECP5 every slice pairs two LUT4s with two flip-flops, so flip-flops = LUTs.
@@ -31,6 +33,7 @@ from typing import Callable
 
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
+from psconv.firmware.protocol import MAX_PAYLOAD
 
 
 @dataclass(frozen=True)
@@ -72,13 +75,12 @@ def _ulx3s_small_engine_config() -> EngineConfig:
 
 
 def _icebreaker_engine_config() -> EngineConfig:
-    """iCE40UP5K: 8 SB_MAC16 (so Tm x Tn = 2 x 4 = 8), 30 x 4 kbit BRAM (15 KiB).
-
-    The buffers (8 KiB feature map + 1024 words x 4 bytes of weights = 12 KiB) leave 3 KiB of
-    block RAM for the UART/command FIFOs and the mask and requantization tables.
-    """
-    return EngineConfig(tm=2, tn=4, max_in_channels=64, max_out_channels=64,
-                        max_height=32, max_width=32, fmap_depth=8192, weight_depth=1024)
+    """iCE40UP5K (5,280 logic cells, 30 x 4 kbit block RAM, 8 SB_MAC16): 2 multipliers (Tm=1,
+    Tn=2), 16 channels, 8x8 maps, a 1 KiB feature-map buffer and 256 weight words. Enough for a
+    width-2 PSD1_P16 ResNet18 on 8x8 images (every layer of it, bit-exact); the post-processor
+    takes the other 6 DSPs. Measured in docs/fpga.md."""
+    return EngineConfig(tm=1, tn=2, max_in_channels=16, max_out_channels=16,
+                        max_height=8, max_width=8, fmap_depth=1024, weight_depth=256)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class Board:
     link_clock_mhz: float | None = None
     """Default ``sync`` clock of a build (None: the oscillator): a clock the 3 Mbaud host link
     divides exactly (ULX3S: 60 MHz from the PLL, divisor 20; iCEBreaker: 12 MHz, divisor 4)."""
+    link_max_payload: int = MAX_PAYLOAD
+    """Largest frame payload the board's link takes (reported by ``IDENTIFY``; the driver sends
+    and reads in frames of at most this). The link's receive and replay buffers hold this many
+    bytes each: on the iCE40, 512 bytes is one block RAM per buffer, ``MAX_PAYLOAD`` two."""
 
     @property
     def platform_class(self):
@@ -133,6 +139,7 @@ class Board:
             "resources": self.resources.to_json(),
             "bitstream_suffix": self.bitstream_suffix,
             "openfpgaloader_board": self.openfpgaloader_board,
+            "link_max_payload": self.link_max_payload,
         }
 
 
@@ -169,6 +176,7 @@ BOARDS: dict[str, Board] = {
             resources=DeviceResources(luts=5280, ffs=5280, dsps=8, brams=30, sprams=4),
             bitstream_suffix=".bin", openfpgaloader_board="ice40_generic",
             engine_config_factory=_icebreaker_engine_config,
+            link_max_payload=512,
         ),
     )
 }

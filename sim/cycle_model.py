@@ -23,7 +23,8 @@ The model is the engine's schedule written out (see docs/architecture.md), not a
   once per pass, so the recurrences above run over (group, pass) with each pass's channel count
   and cycles (:func:`psconv.firmware.packing.pass_cycles`); the first output channel's weights
   are all its passes' words; setup takes two more divisions and a multiply.
-* **Drain**: ``done`` is visible ``issue_to_output_latency + 2`` cycles after the last issue.
+* **Drain**: ``done`` is visible ``issue_to_output_latency + DRAIN_CYCLES`` cycles after the last
+  issue.
 
 Definitions of the returned figures: ``load`` = cycles before the first issue; ``compute`` =
 first issue to ``done``; ``total`` = ``load + compute`` (= busy + stall + idle counters);
@@ -47,6 +48,7 @@ POST_LATENCY = 8             # psconv.hw.post_processor.PostProcessor.LATENCY
 START_CYCLES = 2             # start cycle + BEGIN cycle before the blocks run
 BUILD_TAIL = 4               # patch word written / buffer flagged full after the last read
 RELEASE_TO_BUILD = 4         # last issue of a group -> the builder may overwrite its buffer
+DRAIN_CYCLES = 3             # last beat into the output FIFO (a SyncFIFOBuffered) -> empty, done seen
 
 
 def _bits(n: int) -> int:
@@ -153,7 +155,7 @@ def predict_cycles(config, shape, masks) -> dict:
         ends.append(end)
 
     load = starts[0]
-    total = ends[-1] + issue_to_output_latency(config) + 2
+    total = ends[-1] + issue_to_output_latency(config) + DRAIN_CYCLES
     compute = total - load
     busy = groups * c_out * cycles_per_o
     stall = ends[-1] - starts[0] - busy

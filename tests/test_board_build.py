@@ -46,8 +46,10 @@ def test_registry_lists_ulx3s_85f_first_and_icebreaker():
     ice = get_board("icebreaker")
     assert (ice.device, ice.clock_hz, ice.resources.dsps) == ("iCE40UP5K", 12e6, 8)
     config = ice.engine_config()
-    assert (config.tm, config.tn, config.max_in_channels) == (2, 4, 64)
-    assert config.multipliers <= ice.resources.dsps
+    assert (config.tm, config.tn, config.max_in_channels, config.max_width) == (1, 2, 16, 8)
+    # the PE's multipliers and the post-processor's 6 per row (16x16 SB_MAC16 each) fill it
+    assert config.multipliers + 6 * config.tm == ice.resources.dsps
+    assert ice.link_max_payload == 512
     assert ice.platform().lookup("uart", 0)
     for board in BOARDS.values():
         assert board.engine_config().multipliers <= board.resources.dsps
@@ -68,7 +70,7 @@ def test_unknown_board_lists_the_allowed(capsys):
 def test_list_boards(capsys):
     assert run_cli(["build", "--list-boards"]) == 0
     out = capsys.readouterr().out
-    assert "ulx3s-85f" in out and "icebreaker" in out and "Tm=2 Tn=4" in out
+    assert "ulx3s-85f" in out and "icebreaker" in out and "Tm=1 Tn=2" in out
 
 
 # ---- clocks --------------------------------------------------------------------------------

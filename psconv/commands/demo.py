@@ -34,6 +34,7 @@ def run(args) -> int:
     from . import run as run_command
 
     return run_command.run(argparse.Namespace(
-        model=None, family=None, width=args.width, config=None, board=None, transport="sim",
+        model=None, family=None, width=args.width, image_size=None, config=None, board=None,
+        transport="sim",
         image_seed=0, faults=0.0, fault_seed=0, timeout=None, retries=None, json=None,
         no_progress=args.no_progress))

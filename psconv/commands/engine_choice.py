@@ -18,7 +18,8 @@ def add_engine_arguments(parser) -> None:
                              "simulated board's)")
     source.add_argument("--board", metavar="BOARD",
                         help="use that board's engine configuration, e.g. ulx3s-85f (Tm=4 Tn=8, "
-                             "128 channels per pass); needed for a real board")
+                             "128 channels per pass) or icebreaker (Tm=1 Tn=2, 16 channels, 8x8 "
+                             "maps); needed for a real board")
 
 
 def engine_config_from_args(args):

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
         "golden", help="run the integer golden model on a quantized ResNet18",
         description="Run the pure-integer golden model on one image and print every layer's "
                     "shape, nonzero count and checksum, then the logits. Without --model it uses "
-                    "the embedded default: a seeded PSD1_P16 ResNet18 and a seeded input.")
+                    "the embedded default: a seeded PSD1_P16 ResNet18 and a seeded input "
+                    "(32x32, or --image-size; with --model, the size the file records).")
     add_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the default input image (default: %(default)s)")
@@ -23,41 +24,88 @@ def register(subparsers) -> None:
 
 
 def add_model_arguments(parser) -> None:
-    """--model FILE, or the embedded default's --family/--width (read by :func:`load_or_default`)."""
-    from psconv.nn.default import DEFAULT_FAMILY, DEFAULT_WIDTH
+    """--model FILE, or the embedded default's --family/--width/--image-size (read by
+    :func:`load_or_default`)."""
+    from psconv.nn.cifar import MAX_IMAGE_SIZE
+    from psconv.nn.default import DEFAULT_FAMILY, DEFAULT_IMAGE_SIZE, DEFAULT_WIDTH
     from psconv.nn.models import MAX_WIDTH
 
-    parser.add_argument("--model", help="quantized model file (.npz from `psconv quantize`)")
+    parser.add_argument("--model", help="quantized model file (.npz from `psconv quantize`; "
+                                        "it records its input size)")
     parser.add_argument("--family", default=None,
                         help=f"family of the embedded default (default {DEFAULT_FAMILY})")
     parser.add_argument("--width", type=int, default=None,
                         help=f"base width of the embedded default ResNet18, 1..{MAX_WIDTH} "
-                             f"(default {DEFAULT_WIDTH}; {MAX_WIDTH} is full)")
+                             f"(default {DEFAULT_WIDTH}, or for `run` the largest its engine "
+                             f"holds; {MAX_WIDTH} is full)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="N",
+                        help=f"side of the embedded default's seeded square images, "
+                             f"1..{MAX_IMAGE_SIZE} (default {DEFAULT_IMAGE_SIZE}, CIFAR-10's, or "
+                             f"for `run` the largest its engine holds); "
+                             f"the pixels are drawn at that size, not downsampled, and the "
+                             f"network's statistics and calibration use the same size")
 
 
-def load_or_default(args):
-    """The quantized model the user named, or the embedded default."""
-    from psconv.nn.default import DEFAULT_FAMILY, DEFAULT_WIDTH, default_quantized_model
+def load_or_default(args, config=None):
+    """The quantized model the user named, or the embedded default.
+
+    With an engine ``config`` (``psconv run``), a default width or image size the user left out
+    becomes the largest that fits the engine (:func:`psconv.nn.default.fitting_default`) and a
+    line on stdout says what was chosen and why; values the user gave that do not fit end in the
+    compiler's one-line error (layer, value, limit) plus the largest default that does fit.
+    """
+    from psconv.families import family_by_name
+    from psconv.nn.cifar import check_image_size
+    from psconv.nn.default import (DEFAULT_FAMILY, DEFAULT_IMAGE_SIZE, DEFAULT_WIDTH,
+                                   default_quantized_model, fitting_default)
     from psconv.nn.models import check_width
     from psconv.qmodel import QuantizedModel
 
+    image_size = getattr(args, "image_size", None)
     if args.model:
-        if args.family or args.width is not None:
-            raise PsconvError("--family/--width describe the embedded default; they cannot be "
-                              "combined with --model")
+        if args.family or args.width is not None or image_size is not None:
+            raise PsconvError("--family/--width/--image-size describe the embedded default; they "
+                              "cannot be combined with --model (the file records its input size)")
         return QuantizedModel.load(args.model)
+    family = args.family or DEFAULT_FAMILY
+    family_by_name(family)                      # an unknown name is its own error, not a misfit
+    if args.width is not None:
+        check_width(args.width)
+    if image_size is not None:
+        check_image_size(image_size)
     width = DEFAULT_WIDTH if args.width is None else args.width
-    check_width(width)
-    return default_quantized_model(args.family or DEFAULT_FAMILY, width)
+    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    if config is not None:
+        asked = f"width {width} on {size}x{size}"
+        try:
+            width, size, why = fitting_default(config, family, args.width, image_size)
+        except PsconvError as error:
+            raise PsconvError(f"{error}{_largest_fit_hint(config, family)}") from None
+        if why is not None:
+            print(f"psconv {getattr(args, 'command', None) or 'run'}: embedded default: width "
+                  f"{width} on {size}x{size} images, the largest this engine holds ({asked} "
+                  f"does not: {why}); --width and --image-size choose", flush=True)
+    return default_quantized_model(family, width, image_size=size)
+
+
+def _largest_fit_hint(config, family: str) -> str:
+    """``"; this engine holds ..."`` naming the largest embedded default ``config`` takes
+    (empty if none does)."""
+    from psconv.nn.default import fitting_default
+
+    try:
+        width, size, _ = fitting_default(config, family)
+    except PsconvError:
+        return "; no width of the embedded default fits this engine"
+    return f"; the largest embedded default this engine holds: --width {width} --image-size {size}"
 
 
 def run(args) -> int:
-    from psconv.nn.default import default_images
+    from psconv.nn.default import model_images
     from psconv.sim.golden.network import checksum, run_golden
-    from psconv.sim.golden.ops import quantize_input
 
     model = load_or_default(args)
-    image = quantize_input(default_images(1, seed=1000 + args.seed)[0], model.input_scale)
+    image = model_images(model, 1, seed=1000 + args.seed)[0]
     result = run_golden(model, image)
     rows = []
     for layer in model.layers:
@@ -70,7 +118,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
-    print(f"golden model: {model.arch} {model.family_name}, input 3x32x32 int8 "
+    print(f"golden model: {model.arch} {model.family_name}, input "
+          f"{'x'.join(str(n) for n in model.input_shape)} int8 "
           f"(scale {model.input_scale:.5f}), {len(model.conv_layers)} conv layers")
     print(f"{'layer':<20} {'op':<8} {'shape':<14} {'nonzeros':>10} {'checksum':>12}")
     for row in rows:

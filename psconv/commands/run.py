@@ -23,7 +23,10 @@ def register(subparsers) -> None:
         "run", help="run a quantized ResNet18 on the board (or the simulated board), bit-exact check",
         description="Stream a quantized ResNet18 layer by layer into the accelerator over the host "
                     "link and compare every layer and the logits with the integer golden model. "
-                    "Without --model it uses the embedded default (seeded PSD1_P16 ResNet18).")
+                    "Without --model it uses the embedded default (seeded PSD1_P16 ResNet18, "
+                    "width 16 on 32x32 images); when the engine cannot hold that (e.g. --board "
+                    "icebreaker: 16 channels, 8x8 maps), the width and image size you leave out "
+                    "become the largest that fit, and a line says what was chosen and why.")
     add_model_arguments(parser)
     add_engine_arguments(parser)
     parser.add_argument("--transport", default="sim", metavar="SPEC",
@@ -49,15 +52,16 @@ def register(subparsers) -> None:
 
 
 def load_program(args):
-    """The model (file or embedded default), its image and its compiled program."""
+    """The model (file or embedded default, sized for the engine: see
+    :func:`~psconv.commands.golden.load_or_default`), its seeded image at the model's input size
+    and its compiled program."""
     from psconv.commands.golden import load_or_default
     from psconv.firmware.compiler import compile_model
-    from psconv.nn.default import default_images
-    from psconv.sim.golden.ops import quantize_input
+    from psconv.nn.default import model_images
 
-    model = load_or_default(args)
     config = engine_config_from_args(args)
-    image = quantize_input(default_images(1, seed=1000 + args.image_seed)[0], model.input_scale)
+    model = load_or_default(args, config)
+    image = model_images(model, 1, seed=1000 + args.image_seed)[0]
     return compile_model(model, config), image
 
 
@@ -77,7 +81,9 @@ def run(args) -> int:
         raise PsconvError(f"--faults is {args.faults}; allowed: a probability per frame, 0..1")
     program, image = load_program(args)
     model = program.model
-    print(f"psconv {getattr(args, 'command', None) or 'run'}: {model.arch} {model.family_name}, {len(program.engine_steps)} engine steps "
+    print(f"psconv {getattr(args, 'command', None) or 'run'}: {model.arch} {model.family_name} "
+          f"width {model.conv_layers[0].out_channels} on {'x'.join(str(n) for n in model.input_shape[1:])} images, "
+          f"{len(program.engine_steps)} engine steps "
           f"+ {len(program.steps) - len(program.engine_steps)} host steps, engine "
           f"Tm={program.config.tm} Tn={program.config.tn}, transport {args.transport}"
           + (f", faults {args.faults:g} per frame" if args.faults else ""), flush=True)

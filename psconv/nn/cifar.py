@@ -25,6 +25,11 @@ from ..errors import PsconvError
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 NUM_CLASSES = 10
+IMAGE_SIZE = 32
+"""Height and width of a CIFAR-10 image."""
+MAX_IMAGE_SIZE = 256
+"""The largest height/width of a seeded image (``--image-size``): ResNet18 is fully
+convolutional, but larger maps than this only cost memory and time."""
 IMAGE_BYTES = 3 * 32 * 32
 TRAIN_BATCHES = tuple(f"data_batch_{n}" for n in range(1, 6))
 TEST_BATCHES = ("test_batch",)
@@ -46,8 +51,15 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def check_image_size(size, what: str = "--image-size") -> None:
+    """Raise :class:`PsconvError` unless ``size`` is an integer 1..:data:`MAX_IMAGE_SIZE`."""
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise PsconvError(f"{what} is {size!r}; allowed: an integer 1..{MAX_IMAGE_SIZE} "
+                          f"({IMAGE_SIZE} is CIFAR-10's)")
+
+
 def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, 32, 32) pixels to the normalized float32 space models are trained in."""
+    """uint8 (N, 3, H, W) pixels to the normalized float32 space models are trained in."""
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
     return (pixels.to(torch.float32) / 255 - mean) / std
@@ -98,14 +110,22 @@ def load_cifar10(directory, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return normalize_pixels(pixels), torch.from_numpy(labels)
 
 
-def synthetic_cifar_like(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` seeded random images and labels shaped, typed and normalized like
-    :func:`load_cifar10`'s (pixels are whole uint8 values, so the value grid is the real one)."""
+def synthetic_cifar_like(n: int, seed: int = 0,
+                         image_size: int | tuple[int, int] = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` seeded random images and labels typed and normalized like :func:`load_cifar10`'s
+    (pixels are whole uint8 values, so the value grid is the real one).
+
+    ``image_size`` (``S`` or ``(H, W)``; default 32, CIFAR-10's) sets the images' height and
+    width: the pixels are drawn at that size (not downsampled from 32x32, which would average
+    them towards grey), so a 32x32 batch is the same as before the option existed."""
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise PsconvError(f"synthetic CIFAR-10: n is {n!r}; allowed: an integer >= 1")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PsconvError(f"synthetic CIFAR-10: seed is {seed!r}; allowed: an integer")
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    check_image_size(height, "synthetic CIFAR-10: image height")
+    check_image_size(width, "synthetic CIFAR-10: image width")
     generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (n, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    pixels = torch.randint(0, 256, (n, 3, height, width), generator=generator, dtype=torch.uint8)
     labels = torch.randint(0, NUM_CLASSES, (n,), generator=generator, dtype=torch.int64)
     return normalize_pixels(pixels), labels

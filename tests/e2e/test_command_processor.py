@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """CommandProcessor behind the real LinkLayer, in the Amaranth simulator, with a mock engine.
 
 The host side is the real ``LinkClient`` over ``SimulatorTransport``, so every check goes
@@ -14,7 +15,8 @@ import torch
 from amaranth.sim import Simulator
 
 from psconv.config import EngineConfig
-from psconv.firmware.protocol import Command, LinkClient, LinkNak, NakReason, read_output_payload
+from psconv.firmware.protocol import (Command, LinkClient, LinkNak, NakReason, encode_frame,
+                                      read_output_payload)
 from psconv.hw.command_processor import (COUNTERS_BYTES, LayerBudget, beats_payload,
                                          identity_blob, layer_payload, mask_payload,
                                          output_beats, parse_counters, parse_identity,
@@ -230,3 +232,39 @@ def test_layer_budget_matches_the_engine_formulas(tm, tn, base):
         expected = {k: v for k, v in _budget(spec, masks, cfg).items()
                     if k in ("fmap_in", "weight_in", "residual_in")}
         assert values == expected, spec
+
+
+def test_read_counters_puts_every_link_counter_in_its_place():
+    """Each link counter moves by a different amount between two READ_COUNTERS, so a byte of
+    the answer's tail (fed in while its head goes out) in the wrong place fails here."""
+    engine, client = _session()
+    transport = client.transport
+
+    def raw(frame):
+        transport.write(frame)
+        while transport.read(256, 1e-3):       # the answer, then 1 ms of silence
+            pass
+
+    before = parse_counters(client.request(Command.READ_COUNTERS).payload)
+    bad_crc = bytearray(encode_frame(0x70, Command.IDENTIFY))
+    bad_crc[-1] ^= 0x01
+    raw(bytes(bad_crc))
+    for _ in range(2):
+        raw(bytes([0xA5, 0x5A, 0x71, Command.IDENTIFY, 0xFF, 0xFF]))    # len > max_payload
+    for _ in range(3):
+        raw(bytes([0xA5, 0x5A, 0x72, Command.IDENTIFY]))                # then silence
+    for _ in range(5):                                                  # 1 fresh + 4 replays
+        raw(encode_frame(0x73, Command.READ_STATUS))
+    after = parse_counters(client.request(Command.READ_COUNTERS).payload)
+    moved = {k[5:]: after[k] - before[k] for k in after if k.startswith("link_")}
+    assert moved == {"commands": 2, "replays": 4, "crc_errors": 1, "length_errors": 2,
+                     "timeouts": 3}
+
+
+def test_the_processor_refuses_a_max_payload_its_answers_do_not_fit():
+    from psconv.errors import PsconvError
+    from psconv.hw.command_processor import CommandProcessor
+
+    with pytest.raises(PsconvError, match=r"max_payload 33; allowed: an integer 34\.\.65535"):
+        CommandProcessor(CFG, max_payload=33)
+    assert CommandProcessor(CFG, max_payload=34).max_payload == 34

@@ -89,12 +89,14 @@ def golden_output(spec, layer):
 
 
 def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, output_stalls=0.0,
-                    order="concurrent", timeout=200000):
+                    order="concurrent", timeout=200000, family_of_fpga=None):
     """Run one layer through :class:`PeriodicSparseEngine` in the Amaranth simulator.
 
     ``input_gaps``/``output_stalls``: probability that a source withholds ``valid`` / the sink
     withholds ``ready`` in a cycle. ``order="sequential"`` sends masks, quant, weights, then fmap
-    one after the other (as a simple host would). Returns dict(out=(C,H,W) tensor, beats,
+    one after the other (as a simple host would). ``family_of_fpga`` ("iCE40", "ecp5") elaborates
+    the engine as for that FPGA family (the structures psconv.hw.target picks), else for none.
+    Returns dict(out=(C,H,W) tensor, beats,
     counters, cycles = start..done, load = cycles before the first issue).
     """
     import random
@@ -184,7 +186,15 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
         tbs.append(sequential)
     else:
         tbs += [driver(name, beats) for name, beats in streams.items()]
-    run(dut, *tbs)
+    if family_of_fpga is None:
+        run(dut, *tbs)
+    else:
+        from amaranth.hdl import Fragment
+
+        class FamilyOnly:          # all a psconv block asks of a platform (psconv.hw.target)
+            family = family_of_fpga
+
+        run(Fragment.get(dut, FamilyOnly()), *tbs)
     out = beats_to_pixels(config, state["out"], spec.out_channels, spec.out_height, spec.out_width)
     return dict(out=out, beats=len(state["out"]), cycles=state["cycles"], counters=state["counters"],
                 load=state["first_issue"])

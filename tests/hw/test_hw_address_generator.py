@@ -30,10 +30,11 @@ def expected_slots(masks, in_channels, o, tn):
     return out
 
 
-def simulate(config, masks, in_channels, out_channels, gap_every=0):
+def simulate(config, masks, in_channels, out_channels, gap_every=0, shared=True):
     """Load ``masks``, then issue every cycle of ``out_channels`` output channels; returns
-    (cycles_per_output, list of per-cycle lane tuples, T)."""
-    dut = AddressGenerator(config)
+    (cycles_per_output, list of per-cycle lane tuples, T). ``shared``: one sequence word read
+    for all lanes (iCE40) or a read port per lane (ECP5 LUT RAM)."""
+    dut = AddressGenerator(config, shared_sequence_read=shared)
     period = len(masks)
     result = {}
 
@@ -86,14 +87,21 @@ CASES = [
     (dense_family(), 16, 5, 3),                             # T = 9 < tn: two wraps per cycle
     (pointwise_family(), 16, 21, 2),                        # T = 1: 16 periods per cycle
     (paper_family(3, 6), 4, 7, 7),                          # P = 6 (not a power of two)
+    # narrow engines (the iCEBreaker's tn = 2): sequence words of tn entries wrapping around T
+    (paper_family(1, 16, dense_kernel=True), 2, 16, 3),     # T = 24 > tn
+    (dense_family(), 2, 5, 2),                              # T = 9 odd: word 8 is (s8, s0)
+    (pointwise_family(), 2, 5, 2),                          # T = 1 = tn - 1
+    (pointwise_family(), 3, 4, 2),                          # T = 1 < tn - 1: entries kept twice
+    (paper_family(2, 8), 1, 9, 2),                          # tn = 1: one entry per word
 ]
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_read", "read_per_lane"])
 @pytest.mark.parametrize("family,tn,c_in,c_out", CASES, ids=lambda v: getattr(v, "name", str(v)))
-def test_lanes_follow_stream_order(family, tn, c_in, c_out):
+def test_lanes_follow_stream_order(family, tn, c_in, c_out, shared):
     config = small_config(tn=tn, family=paper_family(1, 16, dense_kernel=True), max_in_channels=64)
     masks = rotated_masks(family)
-    res = simulate(config, masks, c_in, c_out, gap_every=5)
+    res = simulate(config, masks, c_in, c_out, gap_every=5, shared=shared)
     expected = [row for o in range(c_out) for row in expected_slots(masks, c_in, o, tn)]
     assert res["taps"] == sum(bin(m).count("1") for m in masks)
     slots = math.ceil(c_in / len(masks)) * res["taps"]
@@ -117,3 +125,18 @@ def test_lanes_follow_stream_order(family, tn, c_in, c_out):
             if valid:
                 want = int(taps[o, i, t if k == 3 else 0])
             assert int(words[idx, lane]) == want, (idx, lane, i, t)
+
+
+def test_sequence_read_ports_follow_the_platform():
+    """One shared sequence read where block RAM has one read port (iCE40, no platform); a read
+    port per lane in LUT RAM on an ECP5."""
+    from amaranth.back import rtlil
+
+    class ECP5:
+        family = "ecp5"
+
+    config = small_config(tn=4)
+    shared = rtlil.convert(AddressGenerator(config), name="top")
+    per_lane = rtlil.convert(AddressGenerator(config), name="top", platform=ECP5())
+    assert shared.count("cell $memrd_v2") == 1
+    assert per_lane.count("cell $memrd_v2") == config.tn

@@ -11,6 +11,7 @@ SPARSE = paper_family(1, 4, dense_kernel=True)      # unbalanced: T = 9 + 3 = 12
 
 
 def check(config, family, spec, seed, **kw):
+    """Run ``spec`` on the engine and compare every output with the golden model."""
     layer = random_layer(config, family, spec, seed)
     res = simulate_engine(config, family, spec, layer, seed=seed, **kw)
     want = golden_output(spec, layer)
@@ -131,5 +132,27 @@ def test_input_channel_passes(c_in, family, residual):
                      period=family.period)
     layer = random_layer(config, family, spec, seed=c_in)
     res = simulate_engine(config, family, spec, layer, input_gaps=0.2, output_stalls=0.2, seed=c_in)
+    assert (res["out"] == golden_output(spec, layer)).all()
+    assert res["counters"]["macs"] == expected_mac_count(family, spec)
+
+
+@pytest.mark.parametrize("spec", [
+    LayerSpec(16, 16, 8, 8, stride=1, kernel=3, relu=True, residual=True, period=16),
+    LayerSpec(3, 2, 8, 8, stride=1, kernel=3, relu=True, period=1),
+    LayerSpec(8, 16, 4, 4, stride=2, kernel=1, relu=False, period=1),
+], ids=["3x3-residual-full", "first-conv-dense", "1x1-stride2"])
+def test_icebreaker_engine_as_built_for_the_ice40(spec):
+    """The iCEBreaker's engine elaborated as for an iCE40 (the area-first structures of
+    psconv.hw.target: tap-early PE, entry straight from the block RAM, shared tap sequence),
+    bit-exact on the largest layer it holds and the ResNet18 layer kinds."""
+    from psconv.families import family_by_name
+    from psconv.rtl_gen.boards import get_board
+
+    config = get_board("icebreaker").engine_config()
+    family = {16: family_by_name("PSD1_P16"), 1: dense_family() if spec.kernel == 3
+              else pointwise_family()}[spec.period]
+    layer = random_layer(config, family, spec, seed=spec.in_channels)
+    res = simulate_engine(config, family, spec, layer, family_of_fpga="iCE40", input_gaps=0.1,
+                          output_stalls=0.1, seed=spec.in_channels)
     assert (res["out"] == golden_output(spec, layer)).all()
     assert res["counters"]["macs"] == expected_mac_count(family, spec)

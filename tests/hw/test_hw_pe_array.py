@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from psconv.hw.layer import pack_bytes
 from psconv.hw.pe_array import PEArray
 from psconv.hw.window import patch_address_bits
@@ -9,7 +11,8 @@ from psconv.hw.window import patch_address_bits
 from hw_sim_helpers import raw, run, small_config
 
 
-def test_accumulated_dot_products():
+@pytest.mark.parametrize("select_tap_early", [False, True])
+def test_accumulated_dot_products(select_tap_early):
     config = small_config(tm=3, tn=5)      # odd tn: the adder tree carries an unpaired lane
     tm, tn = config.tm, config.tn
     rng = random.Random(9)
@@ -35,7 +38,7 @@ def test_accumulated_dot_products():
         for r in range(tm):
             patches[0][0][r][0] = -128
 
-    dut = PEArray(config)
+    dut = PEArray(config, select_tap_early=select_tap_early)
     results, issue_cycles, macs = [], [], []
     state = {"cycle": 0, "done": False}
 

@@ -28,9 +28,12 @@ def expected_issues(c_out, out_h, out_w, period, pass_cycles, tm):
     return seq
 
 
-@pytest.mark.parametrize("pass_cycles", [[2], [3, 3, 1]])
-def test_loop_order_conditions_and_counters(pass_cycles):
-    config = small_config(tm=2, max_in_channels=48, patch_channels=16)
+@pytest.mark.parametrize("pass_cycles,max_in", [([2], 48), ([3, 3, 1], 48), ([2], 16), ([3], 16)],
+                         ids=["multi_pass-1", "multi_pass-3", "one_pass-2", "one_pass-3"])
+def test_loop_order_conditions_and_counters(pass_cycles, max_in):
+    # max_in = patch_channels: a one-pass configuration (no pass state, consecutive weight words)
+    config = small_config(tm=2, max_in_channels=max_in, patch_channels=16)
+    assert config.multi_pass == (max_in > 16)
     c_out, out_h, out_w, period = 5, 2, 3, 2
     latency = 9                          # issue of a last cycle -> residual pop; +4 -> written
     rng = random.Random(3)
@@ -115,3 +118,49 @@ def test_loop_order_conditions_and_counters(pass_cycles):
     assert counters["busy_cycles"] + counters["stall_cycles"] + counters["idle_cycles"] == state["done_cycles"][0]
     assert counters["macs"] == 3 * (state["done_cycles"][0])     # macs_add summed every cycle
     assert not state["busy_after"]
+
+
+def test_narrow_counters_cover_the_largest_layer():
+    """The busy and MAC counters are only as wide as a layer can count (hw/counters.py): the
+    largest layer the iCEBreaker configuration accepts must fit, and the outputs stay 48 bits."""
+    from psconv.families import paper_family
+    from psconv.firmware.packing import rotated_masks
+    from psconv.hw.counters import COUNTER_WIDTH, PerformanceCounters
+    from psconv.hw.layer import LayerSpec
+    from psconv.sim.cycle_model import predict_cycles
+
+    config = small_config(tm=1, tn=2, family=paper_family(1, 16, dense_kernel=True),
+                          weight_depth=256)
+    family = paper_family(1, 16, dense_kernel=True)
+    masks = rotated_masks(family)
+    shape = dict(in_channels=16, out_channels=16, in_height=8, in_width=8, stride=1, kernel=3,
+                 relu=0, residual=0, period=16)
+    LayerSpec(**shape).check(config, masks)                 # the largest layer is a valid one
+    pred = predict_cycles(config, shape, masks)
+    counters = PerformanceCounters(config.tm * config.tn, Sequencer.max_busy_cycles(config))
+    assert pred["busy"] < 1 << counters.busy_width
+    assert pred["busy"] * config.tm * config.tn < 1 << counters.macs_width
+    assert counters.busy_width < COUNTER_WIDTH and counters.macs_width < COUNTER_WIDTH
+    assert len(counters.busy_cycles) == len(counters.macs) == COUNTER_WIDTH
+
+    # At their bound the narrow counters read as 48-bit ones would (and clear restarts them).
+    cycles, per_cycle = 2 ** counters.busy_width - 1, config.tm * config.tn
+
+    async def tb(ctx):
+        ctx.set(counters.clear, 1)
+        ctx.set(counters.count_busy, 1)
+        ctx.set(counters.macs_add, per_cycle)
+        await ctx.tick()
+        ctx.set(counters.clear, 0)
+        for _ in range(cycles - 1):
+            await ctx.tick()
+        ctx.set(counters.count_busy, 0)
+        ctx.set(counters.macs_add, 0)
+        await ctx.tick()
+        assert ctx.get(counters.busy_cycles) == cycles
+        assert ctx.get(counters.macs) == cycles * per_cycle
+        ctx.set(counters.clear, 1)
+        await ctx.tick()
+        assert ctx.get(counters.busy_cycles) == ctx.get(counters.macs) == 0
+
+    run(counters, tb)

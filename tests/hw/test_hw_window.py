@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from psconv.hw.layer import fmap_beats, output_size, unpack_bytes
-from psconv.hw.window import WindowGenerator, patch_address_bits
+from psconv.hw.window import WindowGenerator, bank_columns, patch_address_bits
 
 from hw_sim_helpers import raw, run, send, small_config
 
@@ -89,9 +89,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("channels,height,width,stride,tn,max_width", CASES)
-def test_patches_match_reference(channels, height, width, stride, tn, max_width):
-    config = small_config(tn=tn, max_width=max_width, max_height=8)
+def check_patches(config, channels, height, width, stride):
+    """Every patch write of a random map, in order, against :func:`reference_patch`."""
     torch.manual_seed(channels * 100 + height * 10 + width)
     x = torch.randint(-128, 128, (channels, height, width))
     writes, out_h, out_w = build_patches(config, x, stride, seed=channels)
@@ -106,6 +105,39 @@ def test_patches_match_reference(channels, height, width, stride, tn, max_width)
     assert len(writes) == len(expected)
     for k, (got, want) in enumerate(zip(writes, expected)):
         assert got == want, f"write {k}: address/patch differ"
+
+
+@pytest.mark.parametrize("channels,height,width,stride,tn,max_width", CASES)
+def test_patches_match_reference(channels, height, width, stride, tn, max_width):
+    check_patches(small_config(tn=tn, max_width=max_width, max_height=8), channels, height, width,
+                  stride)
+
+
+COLUMN_CASES = [
+    # (tm, tn, max_width, columns, C, H, W, stride): banks split into 16-bit column memories
+    (1, 2, 8, 2, 3, 5, 7, 1),     # the iCEBreaker shape; rows straddle beats
+    (1, 2, 8, 2, 2, 6, 8, 2),     # full max_width, stride 2: windows past the row end
+    (1, 1, 8, 2, 2, 3, 8, 1),     # one byte per beat: every piece at a new column offset
+    (1, 2, 8, 2, 3, 4, 1, 1),     # one-pixel rows: each piece writes padding and pixel
+    (2, 4, 16, 4, 2, 5, 13, 1),   # windows of 5 bytes over 4 columns
+    (3, 2, 16, 4, 2, 4, 16, 2),   # tm not a power of two: window offsets step by 1 mod 8
+    (2, 4, 32, 4, 1, 3, 29, 2),   # 8 words per row and column memory
+]
+
+
+@pytest.mark.parametrize("tm,tn,max_width,columns,channels,height,width,stride", COLUMN_CASES)
+def test_column_split_banks(tm, tn, max_width, columns, channels, height, width, stride):
+    config = small_config(tm=tm, tn=tn, max_width=max_width, max_height=8)
+    assert bank_columns(config)[0] == columns
+    check_patches(config, channels, height, width, stride)
+
+
+def test_wide_rows_when_columns_would_not_be_narrower():
+    """The column split is only taken when it reads fewer bytes than a row and stays one
+    block RAM deep; the ULX3S shape (683-word banks) keeps whole rows."""
+    assert bank_columns(small_config(tm=2, tn=4, max_width=8)) == (0, 0)
+    assert bank_columns(small_config(tm=4, tn=8, max_width=32, fmap_depth=65536,
+                                     max_height=32)) == (0, 0)
 
 
 def test_pointwise_centre_tap_is_the_strided_pixel():
