@@ -9,9 +9,10 @@ Every convolution becomes one or more :class:`EngineStep` s; a step is one engin
 channels. Tiling by output channels is needed when a layer's weight image exceeds the engine's
 weight buffer (``EngineConfig.weight_depth`` words) or its output channels exceed
 ``max_out_channels``; each tile re-sends the input map. A layer whose input map does not fit
-is refused with an error naming the layer (:meth:`LayerSpec.check` states the limits): the engine accumulates all input
-channels of an output channel in one pass, so input-channel tiling would need partial-sum
-outputs it does not have. :func:`check_fits` raises the same error from the graph's shapes
+is refused with an error naming the layer (:meth:`LayerSpec.check` states the limits): input
+channels beyond the patch buffer run in the engine's own input-channel passes with partial sums
+on chip (``EngineConfig.patch_channels``), but the whole input map of an invocation must be in
+its feature-map buffer, and the engine has no partial-sum outputs to tile it by. :func:`check_fits` raises the same error from the graph's shapes
 alone, before any weight exists (how ``psconv run`` picks a default network an engine holds).
 
 The whole-map average pool and the classifier (0.002 % of ResNet18's MACs) run on the host with
