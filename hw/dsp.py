@@ -35,12 +35,13 @@ def use_ecp5_dsp(platform) -> bool:
 
 class RegisteredMultiplier(wiring.Component):
     """``fused_add_safe=True`` gives the product register a synchronous reset (the product is 0
-    after reset; nothing else changes). Use it where two products meet in an adder, as in the
-    PE array's adder tree: Yosys 0.70's ``ice40_dsp`` fuses such an adder into one
-    ``SB_MAC16`` and absorbs the other product's register a second time, leaving that operand
-    undriven (the netlist then drops a lane). Its patterns take only plain flip-flops, so a reset
-    keeps the product and the adder in the fabric (16 flip-flops a product on the iCE40; free on
-    an ECP5, whose flip-flops have a reset input)."""
+    after reset; nothing else changes). Use it on one of two products that meet in an adder, as
+    in the PE array's adder tree: Yosys 0.70's ``ice40_dsp`` fuses such an adder into one
+    product's ``SB_MAC16`` and absorbs the other product's register a second time, leaving that
+    operand undriven (the netlist then drops a lane). Its patterns take only plain flip-flops, so
+    the reset keeps this product's register in the fabric (16 flip-flops on the iCE40; free on an
+    ECP5, whose flip-flops have a reset input), where the fused adder reads it as an ordinary
+    input. ``tests/hw/test_hw_ice40_dsp.py`` checks the mapped netlist."""
 
     def __init__(self, a_width: int, b_width: int, p_width: int | None = None, *,
                  fused_add_safe: bool = False):
