@@ -41,12 +41,13 @@ when the current group's output channels finish.
 from __future__ import annotations
 
 from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from psconv.families import NUM_TAPS
 from .arith import SerialDivider
+from .block_ram import collision_free_memory, read_port
 from .layer import fmap_beat_bytes, fmap_rows_capacity
 
 
@@ -124,21 +125,20 @@ class WindowGenerator(wiring.Component):
         sbits, wbits, jbits = ceil_log2(span), ceil_log2(ww), ceil_log2(max(columns, 1))
         slot_bits = ceil_log2(max(self.row_slots, 1))
         # banks[k][j]: (write port, read port) of column j of bank k (one column: whole rows).
-        # Read ports are asynchronous with a register enabled outside loading: the same
-        # synchronous read, but Yosys then sees that reads and writes never collide and needs no
-        # read-first emulation (write-delay registers and a bypass multiplexer per bank).
+        # A bank is written only while loading and read (its register enabled) only outside it,
+        # so no read meets a write: read ports without collision logic (psconv.hw.block_ram).
         banks = []
         for k in range(3):
             ports = []
             for j in range(max(columns, 1)):
                 if columns:
-                    mem = memory.Memory(shape=unsigned(8 * ww),
-                                        depth=self.bank_depth * self.row_slots, init=[])
+                    mem = collision_free_memory(shape=unsigned(8 * ww),
+                                                depth=self.bank_depth * self.row_slots)
                     m.submodules[f"bank{k}_col{j}"] = mem
                 else:
-                    mem = memory.Memory(shape=unsigned(row_bits), depth=self.bank_depth, init=[])
+                    mem = collision_free_memory(shape=unsigned(row_bits), depth=self.bank_depth)
                     m.submodules[f"bank{k}"] = mem
-                ports.append((mem.write_port(granularity=8), mem.read_port(domain="comb")))
+                ports.append((mem.write_port(granularity=8), read_port(m, mem, f"bank_read{k}_{j}")))
             banks.append(ports)
 
         def column_slot(word, j):
@@ -346,10 +346,8 @@ class WindowGenerator(wiring.Component):
         for k, ports in enumerate(banks):
             words = []
             for j, (_, rp) in enumerate(ports):
-                word = Signal(len(rp.data), name=f"bank_read{k}_{j}", reset_less=True)
-                with m.If(~loading):
-                    m.d.sync += word.eq(rp.data)
-                words.append(word)
+                m.d.comb += rp.en.eq(~loading)
+                words.append(rp.data)
             row = Signal(len(Cat(*words)), name=f"bank_row{k}", reset_less=True)
             m.d.sync += row.eq(Cat(*words))
             rows1.append(row)
