@@ -57,9 +57,9 @@ POSTPROCESS_REVISION = 1
 CACHE_ENV = "PSCONV_CACHE_DIR"
 
 ECP5_IO_SIM_MODELS = """\
-// Behavioural models of the ECP5 I/O flip-flops LiteDRAM's GENSDRPHY instances, for
+// Behavioural models of the ECP5 flip-flops a LiteDRAM GENSDRPHY core instances, for
 // simulation only (the FPGA flow maps the real primitives). SP is the clock enable, PD an
-// asynchronous preset; both are tied off (SP=1, PD=0) by the PHY.
+// asynchronous preset (tied off by the PHY; the reset synchroniser's FD1S3BX uses it).
 module OFS1P3BX (input D, input SP, input SCLK, input PD, output reg Q);
     initial Q = 1'b1;
     always @(posedge SCLK or posedge PD)
@@ -71,8 +71,14 @@ module IFS1P3BX (input D, input SP, input SCLK, input PD, output reg Q);
     always @(posedge SCLK or posedge PD)
         if (PD) Q <= 1'b1; else if (SP) Q <= D;
 endmodule
+
+module FD1S3BX (input D, input CK, input PD, output reg Q);
+    initial Q = 1'b1;
+    always @(posedge CK or posedge PD)
+        if (PD) Q <= 1'b1; else Q <= D;
+endmodule
 """
-"""Verilog simulation models of ``OFS1P3BX``/``IFS1P3BX`` (set-type I/O registers)."""
+"""Verilog simulation models of ``OFS1P3BX``/``IFS1P3BX`` (I/O registers) and ``FD1S3BX``."""
 
 
 @dataclass(frozen=True)

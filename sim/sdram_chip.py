@@ -13,7 +13,13 @@ datasheet table 16, grade -7). :meth:`SdramTiming.cycles` converts them to clock
 the simulation clock by the datasheets' own rule (divide by tCK, round up), and
 :func:`chip_parameters` gives the Verilog parameters. ``tMRD`` is in clocks on Micron parts,
 in ns on Alliance parts; the table keeps both forms (``tmrd_ck``, ``tmrd_ns``) and the larger
-wins. The refresh rule is the datasheets' "8192 AUTO REFRESH commands every 64 ms": one
+wins. A WRITE with auto-precharge starts precharging ``twr_auto_ck`` clocks + ``twr_auto_ns``
+after its last data (Micron -75: 1 CLK + 7.5 ns; Alliance: tWR); a READ with auto-precharge
+when its burst ends; tRP runs from that moment. Whether the chip delays that internal
+precharge until tRAS has passed ("tRAS lockout"; Micron: it begins "at the earliest valid
+stage") or the controller must ensure tRAS is part-dependent: ``tras_lockout`` (default True)
+models the delay; False makes an early auto-precharge a tRAS violation. LiteDRAM relies on the
+lockout: at 50 MHz it issues READ with auto-precharge one clock after ACTIVE on a row miss. The refresh rule is the datasheets' "8192 AUTO REFRESH commands every 64 ms": one
 refresh falls due every 64 ms / 8192 = 7812.5 ns (counted in picoseconds, so no rounding drift)
 from the first AUTO REFRESH on, each AUTO REFRESH pays one, and more than
 ``refresh_postpone_max`` (8) overdue is a violation.
@@ -78,10 +84,13 @@ class SdramTiming:
     tmrd_ck: int
     tck_min_cl2: float
     tck_min_cl3: float
+    twr_auto_ns: float
+    twr_auto_ck: int
     power_up_us: float = 100.0
     refresh_ms: float = 64.0
     refreshes: int = 8192
     refresh_postpone_max: int = 8
+    tras_lockout: bool = True
 
     @property
     def tREFI(self) -> float:
@@ -98,7 +107,8 @@ class SdramTiming:
         return {
             "tRCD": ck(self.tRCD), "tRP": ck(self.tRP), "tRAS": ck(self.tRAS),
             "tRAS_max": int(self.tRAS_max // tck), "tRC": ck(self.tRC), "tRRD": ck(self.tRRD),
-            "tWR": ck(self.tWR), "tRFC": ck(self.tRFC),
+            "tWR": ck(self.tWR), "tWR_auto": self.twr_auto_ck + ck(self.twr_auto_ns),
+            "tRFC": ck(self.tRFC),
             "tMRD": max(self.tmrd_ck, ck(self.tmrd_ns)),
             "power_up": ck(self.power_up_us * 1000.0),
             "tREFI": self.tREFI / tck,
@@ -109,11 +119,11 @@ PARTS = {
     "MT48LC16M16A2-75": SdramTiming(
         part="MT48LC16M16A2-75", rows=8192, columns=512, banks=4,
         tRCD=20, tRP=20, tRAS=44, tRAS_max=120_000, tRC=66, tRRD=15, tWR=15, tRFC=66,
-        tmrd_ns=0, tmrd_ck=2, tck_min_cl2=10, tck_min_cl3=7.5),
+        tmrd_ns=0, tmrd_ck=2, tck_min_cl2=10, tck_min_cl3=7.5, twr_auto_ns=7.5, twr_auto_ck=1),
     "AS4C32M16SB-7": SdramTiming(
         part="AS4C32M16SB-7", rows=8192, columns=1024, banks=4,
         tRCD=21, tRP=21, tRAS=42, tRAS_max=120_000, tRC=63, tRRD=14, tWR=14, tRFC=63,
-        tmrd_ns=14, tmrd_ck=0, tck_min_cl2=10, tck_min_cl3=7),
+        tmrd_ns=14, tmrd_ck=0, tck_min_cl2=10, tck_min_cl3=7, twr_auto_ns=14, twr_auto_ck=0),
 }
 """Datasheet AC parameters by part (see the module docstring for the sources)."""
 
@@ -140,12 +150,13 @@ def chip_parameters(timing: SdramTiming, clk_hz: float) -> dict:
         "BANK_BITS": int(math.log2(timing.banks)), "ROW_BITS": int(math.log2(timing.rows)),
         "COL_BITS": int(math.log2(timing.columns)),
         "T_RCD": c["tRCD"], "T_RP": c["tRP"], "T_RAS": c["tRAS"], "T_RAS_MAX": c["tRAS_max"],
-        "T_RC": c["tRC"], "T_RRD": c["tRRD"], "T_WR": c["tWR"], "T_RFC": c["tRFC"],
+        "T_RC": c["tRC"], "T_RRD": c["tRRD"], "T_WR": c["tWR"], "T_WR_AUTO": c["tWR_auto"], "T_RFC": c["tRFC"],
         "T_MRD": c["tMRD"], "T_POWERUP": c["power_up"], "TCK_PS": tck_ps,
         "TCK_MIN_CL2_PS": round(timing.tck_min_cl2 * 1000),
         "TCK_MIN_CL3_PS": round(timing.tck_min_cl3 * 1000),
         "TREFI_PS": round(timing.tREFI * 1000),
         "REFRESH_POSTPONE_MAX": timing.refresh_postpone_max,
+        "TRAS_LOCKOUT": int(timing.tras_lockout),
     }
 
 

@@ -8,7 +8,7 @@
 // rule (codes below, mirrored by psconv.sim.sdram_chip.Violation) and `violation_cycle` the
 // clock edge; the model also prints the rule once. Later violations are ignored so the
 // first cause is what a test reports. Not modelled (each flagged UNSUPPORTED when used):
-// auto-precharge, burst terminate, power-down/self refresh, interleaved or full-page bursts.
+// burst terminate, power-down/self refresh, interleaved or full-page bursts.
 // DQM masks write bytes; read DQM is ignored (LiteDRAM drives it low on reads).
 module psconv_sdram_chip #(
     parameter BANK_BITS = 2,
@@ -21,6 +21,8 @@ module psconv_sdram_chip #(
     parameter T_RC = 4,
     parameter T_RRD = 1,
     parameter T_WR = 1,
+    parameter T_WR_AUTO = 2,
+    parameter TRAS_LOCKOUT = 1,
     parameter T_RFC = 4,
     parameter T_MRD = 2,
     parameter T_POWERUP = 5000,
@@ -68,7 +70,7 @@ module psconv_sdram_chip #(
     reg [63:0] t_act [0:NB-1];
     reg [63:0] t_pre [0:NB-1];
     reg [63:0] t_wrdata [0:NB-1];
-    reg [63:0] t_act_any, t_ref, t_mrd;
+    reg [63:0] t_act_any, t_ref, t_mrd, ap_time;
     reg        active [0:NB-1];
     reg [ROW_BITS-1:0] open_row [0:NB-1];
     reg        any_command, init_pall, mode_valid;
@@ -123,7 +125,7 @@ module psconv_sdram_chip #(
                 V_NOT_IDLE:    $display("SDRAM model: violation NOT_IDLE at cycle %0d: AUTO REFRESH or LOAD MODE with a bank open", cycle_count);
                 V_MODE:        $display("SDRAM model: violation MODE at cycle %0d: access with no valid mode register", cycle_count);
                 V_CL:          $display("SDRAM model: violation CL at cycle %0d: CAS latency too short for the clock period", cycle_count);
-                V_UNSUPPORTED: $display("SDRAM model: violation UNSUPPORTED at cycle %0d: command or mode not modelled", cycle_count);
+                V_UNSUPPORTED: $display("SDRAM model: violation UNSUPPORTED at cycle %0d: not modelled: cke=%0d cs_n=%0d ras_n/cas_n/we_n=%0d%0d%0d a10=%0d (auto-precharge, burst terminate or power-down)", cycle_count, cke, cs_n, ras_n, cas_n, we_n, a[10]);
                 V_TRAS_MAX:    $display("SDRAM model: violation tRAS_MAX at cycle %0d: row open too long", cycle_count);
                 V_BUS:         $display("SDRAM model: violation BUS at cycle %0d: controller and SDRAM drive DQ at once", cycle_count);
                 V_WRITE_DATA:  $display("SDRAM model: violation WRITE_DATA at cycle %0d: WRITE with DQ not driven", cycle_count);
@@ -148,7 +150,7 @@ module psconv_sdram_chip #(
         end
         // rows open too long; refresh debt accrues once refresh duty has begun
         for (b = 0; b < NB; b = b + 1)
-            if (active[b] && now - t_act[b] > T_RAS_MAX) flag(V_TRAS_MAX);
+            if (active[b] && now > t_act[b] + T_RAS_MAX) flag(V_TRAS_MAX);
         if (refreshing) begin
             refi_acc = refi_acc + TCK_PS;
             if (refi_acc >= TREFI_PS) begin
@@ -168,11 +170,11 @@ module psconv_sdram_chip #(
             3'b011: begin  // ACTIVE
                 if (!ready) flag(V_INIT);
                 if (active[ba]) flag(V_BANK_OPEN);
-                if (now - t_pre[ba] < T_RP) flag(V_TRP);
-                if (now - t_act[ba] < T_RC) flag(V_TRC);
-                if (now - t_act_any < T_RRD) flag(V_TRRD);
-                if (now - t_ref < T_RFC) flag(V_TRFC);
-                if (now - t_mrd < T_MRD) flag(V_TMRD);
+                if (now < t_pre[ba] + T_RP) flag(V_TRP);
+                if (now < t_act[ba] + T_RC) flag(V_TRC);
+                if (now < t_act_any + T_RRD) flag(V_TRRD);
+                if (now < t_ref + T_RFC) flag(V_TRFC);
+                if (now < t_mrd + T_MRD) flag(V_TMRD);
                 active[ba] = 1;
                 open_row[ba] = a;
                 t_act[ba] = now;
@@ -182,10 +184,22 @@ module psconv_sdram_chip #(
             3'b101, 3'b100: begin  // READ, WRITE
                 if (!ready) flag(V_INIT);
                 if (!mode_valid) flag(V_MODE);
-                if (a[10]) flag(V_UNSUPPORTED);
                 if (!active[ba]) flag(V_BANK_CLOSED);
-                if (now - t_act[ba] < T_RCD) flag(V_TRCD);
+                if (now < t_act[ba] + T_RCD) flag(V_TRCD);
                 addr = {ba, open_row[ba], a[COL_BITS-1:0]};
+                if (a[10]) begin
+                    // auto-precharge: the bank starts precharging by itself after a READ
+                    // burst, or T_WR_AUTO after a WRITE's last data; with TRAS_LOCKOUT not
+                    // before tRAS, else tRAS must already hold then
+                    ap_time = command == 3'b101 ? now + bl : now + bl - 1 + T_WR_AUTO;
+                    if (TRAS_LOCKOUT && ap_time < t_act[ba] + T_RAS) ap_time = t_act[ba] + T_RAS;
+                    if (ap_time < t_act[ba] + T_RAS) begin
+                        if (!violation) $display("SDRAM model: auto-precharge of bank %0d begins %0d clocks after its ACTIVE (tRAS = %0d)", ba, ap_time - t_act[ba], T_RAS);
+                        flag(V_TRAS);
+                    end
+                    active[ba] = 0;
+                    t_pre[ba] = ap_time;
+                end
                 if (command == 3'b101) begin
                     for (k = 0; k < PIPE; k = k + 1)
                         if (k >= cl) due_valid[k] = 0;  // a new READ truncates the old burst
@@ -208,8 +222,11 @@ module psconv_sdram_chip #(
             3'b010: begin  // PRECHARGE (A10: all banks)
                 for (b = 0; b < NB; b = b + 1)
                     if ((a[10] || ba == b[BANK_BITS-1:0]) && active[b]) begin
-                        if (now - t_act[b] < T_RAS) flag(V_TRAS);
-                        if (now - t_wrdata[b] < T_WR) flag(V_TWR);
+                        if (now < t_act[b] + T_RAS) begin
+                            if (!violation) $display("SDRAM model: PRECHARGE of bank %0d %0d clocks after its ACTIVE (tRAS = %0d)", b, now - t_act[b], T_RAS);
+                            flag(V_TRAS);
+                        end
+                        if (now < t_wrdata[b] + T_WR) flag(V_TWR);
                         active[b] = 0;
                         t_pre[b] = now;
                     end
@@ -218,10 +235,10 @@ module psconv_sdram_chip #(
             3'b001: begin  // AUTO REFRESH
                 for (b = 0; b < NB; b = b + 1) begin
                     if (active[b]) flag(V_NOT_IDLE);
-                    if (now - t_pre[b] < T_RP) flag(V_TRP);
+                    if (now < t_pre[b] + T_RP) flag(V_TRP);
                 end
-                if (now - t_ref < T_RFC) flag(V_TRFC);
-                if (now - t_mrd < T_MRD) flag(V_TMRD);
+                if (now < t_ref + T_RFC) flag(V_TRFC);
+                if (now < t_mrd + T_MRD) flag(V_TMRD);
                 t_ref = now;
                 refresh_count = refresh_count + 1;
                 if (init_pall && init_refs != 2'd2) init_refs = init_refs + 1;
@@ -232,10 +249,10 @@ module psconv_sdram_chip #(
             3'b000: begin  // LOAD MODE REGISTER
                 for (b = 0; b < NB; b = b + 1) begin
                     if (active[b]) flag(V_NOT_IDLE);
-                    if (now - t_pre[b] < T_RP) flag(V_TRP);
+                    if (now < t_pre[b] + T_RP) flag(V_TRP);
                 end
-                if (now - t_ref < T_RFC) flag(V_TRFC);
-                if (now - t_mrd < T_MRD) flag(V_TMRD);
+                if (now < t_ref + T_RFC) flag(V_TRFC);
+                if (now < t_mrd + T_MRD) flag(V_TMRD);
                 t_mrd = now;
                 // A2:0 burst length, A3 burst type, A6:4 CAS latency, A8:7 operating mode
                 // (00 = standard; others reserved); A9 write burst mode is ignored.
