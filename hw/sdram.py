@@ -17,10 +17,11 @@ is the same frequency, 90 degrees later, see :mod:`psconv.rtl_gen.sdram_clock`):
 * ``wdata`` (in stream): one beat per write command, in command order: ``data`` and
   ``enable`` (one bit per byte, 1 = write that byte). A beat may be offered before or with
   its command; the core takes it when it executes the write.
-* ``rdata`` (out stream): one beat per read command, in command order, ``data_width`` bits.
-  Latency from the read command's acceptance is at least CL + 3 clocks (row hit) and grows with
-  row misses and refreshes; holding ``rdata.ready`` low stalls the core's read path and, once
-  its queues fill, ``cmd.ready``.
+* ``rdata`` (out stream): one beat per read command, in command order, ``data_width`` bits,
+  through a ``read_fifo_depth``-entry FIFO (LiteDRAM's own port has no back-pressure). A read
+  command is accepted only while fewer than ``read_fifo_depth`` reads are in flight or
+  unread, so holding ``rdata.ready`` low eventually stalls reads in ``cmd`` (writes still go).
+  Latency grows with row misses and refreshes; measured figures are in the tests' output.
 * Commands to the same bank execute in order, so a read after a write to the same address
   returns the written data.
 
@@ -36,6 +37,7 @@ from __future__ import annotations
 from amaranth import ClockSignal, Module, ResetSignal, Signal
 from amaranth.hdl import Instance
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
@@ -71,11 +73,13 @@ class SDRAM(wiring.Component):
 
     ``address_width``, ``data_width``: the core's native port. ``program``: list of
     :class:`~psconv.hw.sdram_init.InitWrite`. ``row_bits``/``bank_bits``: the chip's address
-    and bank pins. ``pins``: ``"sim"`` or the requested board resource.
+    and bank pins. ``pins``: ``"sim"`` or the requested board resource. ``read_fifo_depth``:
+    read beats buffered (and so reads in flight).
     """
 
     def __init__(self, *, address_width: int, program, data_width: int = 16,
-                 row_bits: int = 13, bank_bits: int = 2, pins="sim"):
+                 row_bits: int = 13, bank_bits: int = 2, pins="sim",
+                 read_fifo_depth: int = 16):
         if data_width != 16:
             raise PsconvError(f"SDRAM: data width {data_width} not supported; allowed: 16 "
                               f"(the ULX3S's x16 chip at 1:1 rate)")
@@ -85,6 +89,10 @@ class SDRAM(wiring.Component):
         self.bank_bits = bank_bits
         self.program = list(program)
         self.pins = pins
+        if read_fifo_depth < 2:
+            raise PsconvError(f"SDRAM: read_fifo_depth {read_fifo_depth} too small; allowed: 2 "
+                              f"or more (16 covers the read latency at full rate)")
+        self.read_fifo_depth = read_fifo_depth
         members = {
             "cmd": In(stream.Signature(command_layout(address_width))),
             "wdata": In(stream.Signature(write_layout(data_width))),
@@ -114,6 +122,27 @@ class SDRAM(wiring.Component):
         m = Module()
         m.submodules.init = init = SDRAMInit(self.program)
         init_done = Signal()
+        # LiteDRAM's native port ignores rdata.ready (data comes at a fixed latency), so read
+        # data lands in a FIFO and a read is issued only while the FIFO has a free entry for
+        # it counting every read still in flight.
+        depth = self.read_fifo_depth
+        m.submodules.read_fifo = fifo = SyncFIFOBuffered(width=self.data_width, depth=depth)
+        reserved = Signal(range(depth + 1))
+        core_cmd_ready = Signal()
+        may_issue = Signal()
+        m.d.comb += [
+            may_issue.eq(self.cmd.payload.write | (reserved < depth)),
+            self.cmd.ready.eq(core_cmd_ready & may_issue),
+            self.rdata.valid.eq(fifo.r_rdy),
+            self.rdata.payload.eq(fifo.r_data),
+            fifo.r_en.eq(self.rdata.ready),
+        ]
+        read_issued = self.cmd.valid & self.cmd.ready & ~self.cmd.payload.write
+        read_taken = self.rdata.valid & self.rdata.ready
+        with m.If(read_issued & ~read_taken):
+            m.d.sync += reserved.eq(reserved + 1)
+        with m.Elif(read_taken & ~read_issued):
+            m.d.sync += reserved.eq(reserved - 1)
         dq_oe = Signal(self.data_width)
         port = dict(
             i_clk=ClockSignal("sync"), i_rst=ResetSignal("sync"),
@@ -123,17 +152,17 @@ class SDRAM(wiring.Component):
             i_wb_ctrl_sel=init.bus.sel, i_wb_ctrl_cyc=init.bus.cyc, i_wb_ctrl_stb=init.bus.stb,
             i_wb_ctrl_we=init.bus.we, o_wb_ctrl_ack=init.bus.ack, i_wb_ctrl_cti=0,
             i_wb_ctrl_bte=0, o_wb_ctrl_dat_r=Signal(32), o_wb_ctrl_err=Signal(),
-            i_user_port_primary_cmd_valid=self.cmd.valid,
-            o_user_port_primary_cmd_ready=self.cmd.ready,
+            i_user_port_primary_cmd_valid=self.cmd.valid & may_issue,
+            o_user_port_primary_cmd_ready=core_cmd_ready,
             i_user_port_primary_cmd_we=self.cmd.payload.write,
             i_user_port_primary_cmd_addr=self.cmd.payload.addr,
             i_user_port_primary_wdata_valid=self.wdata.valid,
             o_user_port_primary_wdata_ready=self.wdata.ready,
             i_user_port_primary_wdata_data=self.wdata.payload.data,
             i_user_port_primary_wdata_we=self.wdata.payload.enable,
-            o_user_port_primary_rdata_valid=self.rdata.valid,
-            i_user_port_primary_rdata_ready=self.rdata.ready,
-            o_user_port_primary_rdata_data=self.rdata.payload,
+            o_user_port_primary_rdata_valid=fifo.w_en,
+            i_user_port_primary_rdata_ready=1,
+            o_user_port_primary_rdata_data=fifo.w_data,
         )
         if self.pins == "sim":
             pins = self.sdram

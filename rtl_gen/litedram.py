@@ -1,8 +1,8 @@
 """LiteDRAM SDR SDRAM controller cores, generated at build time and cached.
 
 :func:`generate_core` writes a ``litedram_gen`` YAML for a :class:`LiteDRAMConfig` (GENSDRPHY,
-one SDR module, no CPU, one native user port), runs ``python -m litedram.gen`` in a
-subprocess, post-processes the Verilog and caches the result under
+one SDR module, no CPU, one native user port), runs LiteDRAM's ``litedram_gen`` in a
+subprocess (after adding :data:`SDRAM_MODULES` entries LiteDRAM lacks to its module table), post-processes the Verilog and caches the result under
 ``<cache root>/<key>/``, the key being a SHA-256 of the YAML, the variant, this module's
 post-processing revision and the versions of litedram, litex and migen. The cache root is
 ``$PSCONV_CACHE_DIR/litedram`` if set, else ``$XDG_CACHE_HOME/psconv/litedram`` (default
@@ -41,7 +41,10 @@ from pathlib import Path
 from psconv.errors import PsconvError
 
 SDRAM_MODULES = {
-    "AS4C32M16": "64 MB, 8192 rows x 1024 columns x 4 banks x 16 bit (recent ULX3S boards)",
+    "AS4C32M16_7": "64 MB, 8192 rows x 1024 columns x 4 banks x 16 bit, speed grade -7 "
+                   "(AS4C32M16SB-7, recent ULX3S boards)",
+    "AS4C32M16": "64 MB, as AS4C32M16_7 but LiteDRAM's own timings (the -6 grade's: tRCD and "
+                 "tRP 18 ns, too short for a -7 part at 50 MHz)",
     "MT48LC16M16": "32 MB, 8192 rows x 512 columns x 4 banks x 16 bit",
     "IS42S16160": "32 MB, 8192 rows x 512 columns x 4 banks x 16 bit",
 }
@@ -51,7 +54,7 @@ DEFAULT_MODULE = "MT48LC16M16"
 
 VARIANTS = ("board", "sim")
 
-POSTPROCESS_REVISION = 1
+POSTPROCESS_REVISION = 2
 """Bumped whenever the Verilog post-processing below changes, so cached cores regenerate."""
 
 CACHE_ENV = "PSCONV_CACHE_DIR"
@@ -334,7 +337,33 @@ def hand_over_steps(header_text: str) -> list[InitStep]:
             InitStep("ddrctrl_init_done", 1, comment="Init done")]
 
 
-_INFO_SCRIPT = r"""
+_EXTRA_MODULES = r"""
+from litedram import modules as _modules
+from litedram.modules import SDRModule, _SpeedgradeTimings, _TechnologyTimings
+
+
+class AS4C32M16_7(SDRModule):
+    # Alliance AS4C32M16SB-7 (datasheet table 16, grade -7): LiteDRAM's AS4C32M16 carries the
+    # -6 grade's timings.
+    nbanks, nrows, ncols = 4, 8192, 1024
+    technology_timings = _TechnologyTimings(tREFI=64e6 / 8192, tWTR=(2, None), tCCD=(1, None),
+                                            tRRD=(None, 14))
+    speedgrade_timings = {"default": _SpeedgradeTimings(tRP=21, tRCD=21, tWR=14,
+                                                        tRFC=(None, 63), tFAW=None, tRAS=42)}
+
+
+_modules.AS4C32M16_7 = AS4C32M16_7
+"""
+"""SDR module classes psconv adds to ``litedram.modules`` in the generator's process."""
+
+_GEN_SCRIPT = _EXTRA_MODULES + r"""
+import sys
+from litedram.gen import main
+sys.argv = ["litedram_gen", *sys.argv[1:]]
+main()
+"""
+
+_INFO_SCRIPT = _EXTRA_MODULES + r"""
 import json, math, sys
 from litedram import modules
 from litedram.common import get_default_cl
@@ -386,7 +415,7 @@ def generate_core(config: LiteDRAMConfig | None = None, variant: str = "board",
     with tempfile.TemporaryDirectory(prefix="litedram-", dir=directory.parent) as tmp:
         tmp = Path(tmp)
         (tmp / "core.yml").write_text(config.yaml_text())
-        _run([sys.executable, "-m", "litedram.gen", "core.yml", "--output-dir", "out",
+        _run([sys.executable, "-c", _GEN_SCRIPT, "core.yml", "--output-dir", "out",
               "--no-compile"], tmp, "litedram_gen")
         info = json.loads(_run([sys.executable, "-c", _INFO_SCRIPT,
                                 json.dumps(json.loads(config.yaml_text()))], tmp,

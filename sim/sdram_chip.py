@@ -128,7 +128,7 @@ PARTS = {
 """Datasheet AC parameters by part (see the module docstring for the sources)."""
 
 MODULE_PARTS = {"MT48LC16M16": "MT48LC16M16A2-75", "IS42S16160": "MT48LC16M16A2-75",
-                "AS4C32M16": "AS4C32M16SB-7"}
+                "AS4C32M16": "AS4C32M16SB-7", "AS4C32M16_7": "AS4C32M16SB-7"}
 """The chip each LiteDRAM module name is simulated as (IS42S16160 has the MT48LC16M16
 geometry; its -7 grade is no slower than the Micron -75 table)."""
 

@@ -61,6 +61,7 @@ module psconv_sdram_chip #(
                V_CL = 15, V_UNSUPPORTED = 16, V_TRAS_MAX = 17, V_BUS = 18,
                V_WRITE_DATA = 19;
     localparam NB = 1 << BANK_BITS;
+    localparam integer POSTPONE_MAX = REFRESH_POSTPONE_MAX;  // signed: compared with debt
     localparam PIPE = 16;                       // read output slots (CL + BL <= 11)
     localparam [63:0] START = 64'd1 << 32;      // every "last event" starts long ago
 
@@ -118,7 +119,7 @@ module psconv_sdram_chip #(
                 V_TWR:         $display("SDRAM model: violation tWR at cycle %0d: PRECHARGE too soon after the last write data", cycle_count);
                 V_TRFC:        $display("SDRAM model: violation tRFC at cycle %0d: command too soon after AUTO REFRESH", cycle_count);
                 V_TMRD:        $display("SDRAM model: violation tMRD at cycle %0d: command too soon after LOAD MODE REGISTER", cycle_count);
-                V_TREFI:       $display("SDRAM model: violation tREFI at cycle %0d: more than %0d refreshes overdue (8192 per 64 ms)", cycle_count, REFRESH_POSTPONE_MAX);
+                V_TREFI:       $display("SDRAM model: violation tREFI at cycle %0d: %0d refreshes overdue, more than %0d (8192 per 64 ms); %0d refreshes so far", cycle_count, debt, REFRESH_POSTPONE_MAX, refresh_count);
                 V_TRRD:        $display("SDRAM model: violation tRRD at cycle %0d: ACTIVE too soon after ACTIVE on another bank", cycle_count);
                 V_BANK_OPEN:   $display("SDRAM model: violation BANK_OPEN at cycle %0d: ACTIVE to a bank with an open row", cycle_count);
                 V_BANK_CLOSED: $display("SDRAM model: violation BANK_CLOSED at cycle %0d: READ/WRITE to a bank with no open row", cycle_count);
@@ -243,7 +244,7 @@ module psconv_sdram_chip #(
                 refresh_count = refresh_count + 1;
                 if (init_pall && init_refs != 2'd2) init_refs = init_refs + 1;
                 if (refreshing) begin
-                    if (debt > -REFRESH_POSTPONE_MAX) debt = debt - 1;
+                    if (debt > -POSTPONE_MAX) debt = debt - 1;
                 end else refreshing = 1;
             end
             3'b000: begin  // LOAD MODE REGISTER
@@ -267,7 +268,7 @@ module psconv_sdram_chip #(
             3'b110: flag(V_UNSUPPORTED);  // BURST TERMINATE
             default: ;                    // NOP
         endcase
-        if (debt > REFRESH_POSTPONE_MAX) flag(V_TREFI);
+        if (debt > POSTPONE_MAX) flag(V_TREFI);
 
         // write data: word of a burst on this edge, bytes masked by DQM
         if (wr_left != 0) begin
