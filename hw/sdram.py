@@ -63,9 +63,9 @@ def write_layout(data_width: int = 16) -> data.StructLayout:
 
 
 def _pad(port):
-    """The pad itself, undoing an active-low pin's inversion: the core's outputs are
-    already active-low (``sdram_cs_n`` ...), registered in the I/O cell."""
-    return ~port if all(port.invert) else port
+    """The raw pad of a requested pin, without the resource's inversion: the core's outputs
+    are already active-low (``sdram_cs_n`` ...) and registered in the I/O cell."""
+    return port.io
 
 
 class SDRAM(wiring.Component):

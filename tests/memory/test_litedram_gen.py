@@ -56,3 +56,11 @@ def test_errors_name_the_problem(cache):
         generate_core(LiteDRAMConfig(), "fpga", cache_dir=cache)
     with pytest.raises(PsconvError, match="unexpected statement"):
         parse_init_sequence("static inline void init_sequence(void)\n{\n\tsdram_poke();\n}\n")
+
+
+def test_pll_phase_for_90_degrees():
+    from psconv.rtl_gen.sdram_board import pll_phase
+
+    assert pll_phase(12, 90) == (14, 0)   # 3 whole VCO cycles after CLKOP's CPHASE 11
+    assert pll_phase(10, 90) == (11, 4)   # 2.5 VCO cycles: 2 whole, 4 eighths
+    assert pll_phase(12, 0) == (11, 0)
