@@ -279,7 +279,9 @@ module psconv_sdram_chip #(
             if (!dqm[1]) word[15:8] = dq_i[15:8];
             mem[wr_addr] = word;
             t_wrdata[wr_bank] = now;
-            wr_addr = wr_addr + 1;
+            // next word of a sequential burst, wrapping inside its BL-aligned column block
+            wr_addr[COL_BITS-1:0] = (wr_addr[COL_BITS-1:0] & ~(bl - 1)) |
+                                    ((wr_addr[COL_BITS-1:0] + 1) & (bl - 1));
             wr_left = wr_left - 1;
         end
 

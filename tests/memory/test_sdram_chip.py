@@ -133,3 +133,21 @@ def test_read_from_closed_bank_and_bus_contention(chip):
     assert _early(chip, [{"cmd": "ACT", "ba": BANK, "a": ROW, "wait": c["tRCD"] - 1},
                          {"cmd": "READ", "ba": BANK, "a": 0, "wait": 1},
                          {"cmd": "WRITE", "ba": BANK, "a": 1, "data": 5}]) == Violation.BUS
+
+
+def test_auto_precharge_waits_for_tras_then_trp(chip):
+    """READ with auto-precharge (A10) right at tRCD: the bank precharges once tRAS has passed
+    (tRAS lockout), so the next ACTIVE is legal tRP after that, not before."""
+    c = chip.cycles
+    read_ap = [{"cmd": "ACT", "ba": BANK, "a": ROW, "wait": c["tRCD"] - 1},
+               {"cmd": "READ", "ba": BANK, "a": (1 << 10) | 4,
+                "wait": c["tRAS"] - c["tRCD"] + c["tRP"] - 2}]
+    assert _early(chip, read_ap + [{"cmd": "ACT", "ba": BANK, "a": ROW}]) == Violation.tRP
+    read_ap[1]["wait"] += 1
+    assert _early(chip, read_ap + [{"cmd": "ACT", "ba": BANK, "a": ROW}]) == Violation.NONE
+    # WRITE with auto-precharge: precharge starts 1 CLK + 7.5 ns after the data (Micron -75)
+    write_ap = [{"cmd": "ACT", "ba": BANK, "a": ROW, "wait": c["tRAS"] - 1},
+                {"cmd": "WRITE", "ba": BANK, "a": (1 << 10) | 4, "data": 9,
+                 "wait": c["tWR_auto"] + c["tRP"] - 2}]
+    assert _early(chip, write_ap + [{"cmd": "ACT", "ba": BANK, "a": ROW}]) == Violation.tRP
+    assert _early(chip, write_ap + [{"cmd": "READ", "ba": BANK, "a": 4}]) == Violation.BANK_CLOSED
