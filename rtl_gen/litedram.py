@@ -111,6 +111,19 @@ class LiteDRAMConfig:
         if not 1 <= int(self.cmd_buffer_depth) <= 64:
             raise PsconvError(f"cmd_buffer_depth {self.cmd_buffer_depth} out of range 1..64")
 
+    @classmethod
+    def for_board(cls, board, module: str | None = None, sys_clk_hz: float = 50e6):
+        """The core for ``board`` (a :class:`~psconv.rtl_gen.boards.Board` or its name):
+        its ``sdram_module`` unless ``module`` overrides it (the 64 MB ULX3S revisions)."""
+        from psconv.rtl_gen.boards import get_board
+
+        board = get_board(board)
+        module = module or board.sdram_module
+        if module is None:
+            raise PsconvError(f"board {board.name} has no SDRAM; boards with one: ulx3s-*")
+        return cls(module=module, sys_clk_hz=sys_clk_hz,
+                   device=f"{board.device}-{board.speed_grade}{board.package}C")
+
     def yaml_text(self) -> str:
         """The ``litedram_gen`` configuration (YAML flow style, i.e. JSON)."""
         config = {

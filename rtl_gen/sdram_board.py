@@ -136,7 +136,7 @@ class SDRAMExerciser(wiring.Component):
         return m
 
 
-def build_exerciser(outdir, board: str = "ulx3s-85f", module: str = "MT48LC16M16",
+def build_exerciser(outdir, board: str = "ulx3s-85f", module: str | None = None,
                     clock_mhz: float = 50.0, progress: bool = False) -> dict:
     """Place and route :class:`SDRAMExerciser` (no bitstream programming) and return
     nextpnr's figures: ``luts``, ``ffs``, ``fmax_mhz`` (the ``sync`` clock) and the report."""
@@ -145,7 +145,7 @@ def build_exerciser(outdir, board: str = "ulx3s-85f", module: str = "MT48LC16M16
     from psconv.rtl_gen.litedram import LiteDRAMConfig, generate_core
 
     board = get_board(board)
-    core = generate_core(LiteDRAMConfig(module=module, sys_clk_hz=clock_mhz * 1e6), "board")
+    core = generate_core(LiteDRAMConfig.for_board(board, module, clock_mhz * 1e6), "board")
     top = SDRAMExerciser(core, board, clock_mhz)
     report = build_bitstream(top, board, outdir, clock_mhz=None, progress=progress)
     raw = json.loads((Path(outdir) / "nextpnr_report.json").read_text())

@@ -64,3 +64,11 @@ def test_pll_phase_for_90_degrees():
     assert pll_phase(12, 90) == (14, 0)   # 3 whole VCO cycles after CLKOP's CPHASE 11
     assert pll_phase(10, 90) == (11, 4)   # 2.5 VCO cycles: 2 whole, 4 eighths
     assert pll_phase(12, 0) == (11, 0)
+
+
+def test_board_option_selects_the_module():
+    config = LiteDRAMConfig.for_board("ulx3s-85f")
+    assert config.module == "MT48LC16M16" and config.device == "LFE5U-85F-6BG381C"
+    assert LiteDRAMConfig.for_board("ulx3s-85f", "AS4C32M16_7").module == "AS4C32M16_7"
+    with pytest.raises(PsconvError, match="has no SDRAM"):
+        LiteDRAMConfig.for_board("icebreaker")
