@@ -32,6 +32,7 @@ import torch
 
 from psconv.errors import PsconvError
 from psconv.families import CENTRE_MASK, NUM_TAPS, PatternFamily, mask_taps
+from psconv.schedule import check_passes, entries_per_output_channel, input_channel_passes
 
 FORMAT_VERSION = 1
 
@@ -153,54 +154,12 @@ def unpack_layer(packed: PackedLayer) -> torch.Tensor:
     return taps.reshape(packed.out_channels, packed.in_channels, 3, 3)
 
 
-def entries_per_output_channel(masks, in_channels: int) -> int:
-    """Stream slots per output channel in the engine: whole periods, the last one padded."""
-    return math.ceil(in_channels / len(masks)) * sum(bin(m).count("1") for m in masks)
-
-
-def input_channel_passes(in_channels: int, patch_channels: int | None = None) -> list[tuple[int, int]]:
-    """``(first channel, channel count)`` of each input-channel pass of a layer on an engine whose
-    patch buffer holds ``patch_channels`` channels (``None``: one pass).
-
-    Why passes: the patch memory is copied for every lane, so its depth decides whether an engine
-    fits an FPGA; a layer with more input channels is accumulated over several passes per pixel
-    group, the partial sums staying in the PE array (:mod:`psconv.hw.pe_array`).
-    """
-    step = patch_channels or in_channels
-    return [(first, min(step, in_channels - first)) for first in range(0, in_channels, step)]
-
-
-def check_passes(period: int, in_channels: int, patch_channels: int | None,
-                 what: str = "layer") -> None:
-    """A layer split into passes needs P to divide ``patch_channels`` (so each pass starts on a
-    period boundary and kernel (o, i) keeps mask ``(o + i) % P``). ``what`` names the layer in
-    the error."""
-    passes = len(input_channel_passes(in_channels, patch_channels))
-    if passes > 1 and patch_channels % period:
-        raise PsconvError(
-            f"{what}: {in_channels} input channels need {passes} passes of {patch_channels} "
-            f"channels, but its period P = {period} does not divide patch_channels; allowed: "
-            f"a period dividing {patch_channels}, or at most {patch_channels} input channels")
-
-
-def pass_cycles(masks, in_channels: int, tn: int, patch_channels: int | None = None) -> list[int]:
-    """Engine cycles (weight words) of each pass of one output channel: whole periods of the
-    pass's channels, padded to a whole number of ``tn``-slot cycles."""
-    return [math.ceil(entries_per_output_channel(masks, count) / tn)
-            for _, count in input_channel_passes(in_channels, patch_channels)]
-
-
-def words_per_output_channel(masks, in_channels: int, tn: int, patch_channels: int | None = None) -> int:
-    """Weight words one output channel occupies in the engine's weight buffer."""
-    return sum(pass_cycles(masks, in_channels, tn, patch_channels))
-
-
 def engine_weight_words(packed: PackedLayer, tn: int, patch_channels: int | None = None) -> torch.Tensor:
     """The weight buffer image for an engine with ``tn`` lanes: (C_out * words, tn) int8.
 
     Output channel o occupies rows ``o * words .. (o + 1) * words - 1``
-    (:func:`words_per_output_channel`): for each input-channel pass in order
-    (:func:`input_channel_passes`), ``cycles`` rows holding the pass's stream slots, ``c * tn ..
+    (:func:`psconv.schedule.words_per_output_channel`): for each input-channel pass in order
+    (:func:`psconv.schedule.input_channel_passes`), ``cycles`` rows holding the pass's stream slots, ``c * tn ..
     c * tn + tn - 1`` in row c. A pass's slots are the stream order of the module docstring over
     its own channels ``first + p * P + (q - o) % P`` *without* skipping channels past the pass's
     end (those slots, and the tail of the pass's last row, hold 0). With one pass this is simply

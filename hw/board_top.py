@@ -56,11 +56,12 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import MAX_PAYLOAD
+from psconv.protocol.frame import MAX_PAYLOAD
+from psconv.protocol.payloads import OUTPUT_FIFO_DEPTH, smallest_max_payload
 
 from .byte_gearbox import (BRIDGE_FIFO_BEATS, BRIDGE_FLUSH_CYCLES, BeatsToBytes, BytesToBeats,
                            bridge_beat_layout, check_beat_bytes, check_fifo_beats)
-from .command_processor import OUTPUT_FIFO_DEPTH, CommandProcessor, smallest_max_payload
+from .command_processor import CommandProcessor
 from .engine import PeriodicSparseEngine
 from .framing import LinkLayer, check_max_payload
 from .uart import DEFAULT_BAUD, UART, uart_divisor

@@ -25,8 +25,8 @@ UART_BYTES_PER_S = 3_000_000 / 10       # 8N1 at 3 Mbaud
 
 def offchip_bytes(program) -> dict:
     """Bytes the engine is sent and returns for one inference, by kind (exact, from the program)."""
-    from psconv.hw.command_processor import MASK_BYTES, QUANT_BYTES, descriptor_bytes
-    from psconv.hw.layer import fmap_beat_bytes
+    from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES, descriptor_bytes
+    from psconv.protocol.beats import fmap_beat_bytes
 
     cfg = program.config
     kinds = {"weights": 0, "input maps": 0, "residuals": 0, "outputs": 0,

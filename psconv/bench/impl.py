@@ -123,10 +123,10 @@ def link_bytes(program) -> dict:
     whole ``tm``-byte beats with a 2-byte READ_OUTPUT request; no empty polls (the engine is
     faster than the link), no retransmissions.
     """
-    from psconv.firmware.protocol import FRAME_OVERHEAD, MAX_PAYLOAD
-    from psconv.hw.command_processor import (COUNTERS_BYTES, IDENTITY_BYTES, MASK_BYTES,
-                                             QUANT_BYTES, STATUS_BYTES)
-    from psconv.hw.layer import fmap_beat_bytes
+    from psconv.protocol.frame import FRAME_OVERHEAD, MAX_PAYLOAD
+    from psconv.protocol.payloads import (COUNTERS_BYTES, IDENTITY_BYTES, MASK_BYTES, QUANT_BYTES,
+                                          STATUS_BYTES)
+    from psconv.protocol.beats import fmap_beat_bytes
 
     cfg = program.config
     exchange = 2 * FRAME_OVERHEAD                       # a request frame and its answer frame

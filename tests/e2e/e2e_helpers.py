@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.config import EngineConfig
 from psconv.families import family_by_name, paper_family
-from psconv.firmware.protocol import MAX_PAYLOAD
+from psconv.protocol.frame import MAX_PAYLOAD
 from psconv.hw.command_processor import CommandProcessor, engine_signature
 from psconv.hw.framing import LinkLayer
 

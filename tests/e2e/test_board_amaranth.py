@@ -19,10 +19,13 @@ from psconv.firmware.compiler import EngineStep
 from psconv.firmware.driver import Driver
 from psconv.sim.golden.network import describe_mismatch
 from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
-from psconv.firmware.protocol import MAX_PAYLOAD, Command, LinkClient, LinkNak, read_output_payload
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.protocol.codes import Command
+from psconv.protocol.frame import MAX_PAYLOAD
+from psconv.protocol.payloads import read_output_payload
 from psconv.hw.board_top import BoardTop
-from psconv.hw.command_processor import identity_blob
-from psconv.hw.layer import LayerSpec
+from psconv.protocol.payloads import identity_blob
+from psconv.protocol.descriptor import LayerSpec
 from psconv.hw.uart import UART
 from psconv.sim.amaranth_transport import SimulatorTransport
 from psconv.sim.golden.ops import conv2d_int, requantize

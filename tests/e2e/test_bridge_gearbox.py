@@ -18,10 +18,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import Command, LinkClient, LinkNak, read_output_payload
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.protocol.codes import Command
+from psconv.protocol.payloads import read_output_payload
 from psconv.hw.board_top import BoardTop
 from psconv.hw.byte_gearbox import BeatsToBytes, BytesToBeats
-from psconv.hw.command_processor import identity_blob
+from psconv.protocol.payloads import identity_blob
 from psconv.sim.amaranth_transport import SimulatorTransport
 
 from e2e_helpers import TINY_CONFIG

@@ -3,7 +3,7 @@
 
 The host side is the real ``LinkClient`` over ``SimulatorTransport``, so every check goes
 through the wire format. The mock engine records every beat the processor pushes, which is
-compared with the encoders of :mod:`psconv.hw.layer` (the same ones the driver uses): a byte
+compared with the encoders of :mod:`psconv.protocol` (the same ones the driver uses): a byte
 order, beat size or budget mistake in the gateware fails here.
 """
 
@@ -15,14 +15,17 @@ import torch
 from amaranth.sim import Simulator
 
 from psconv.config import EngineConfig
-from psconv.firmware.protocol import (Command, LinkClient, LinkNak, NakReason, encode_frame,
-                                      read_output_payload)
-from psconv.hw.command_processor import (COUNTERS_BYTES, LayerBudget, beats_payload,
-                                         identity_blob, layer_payload, mask_payload,
-                                         output_beats, parse_counters, parse_identity,
-                                         parse_status, quant_payload)
-from psconv.hw.layer import (LayerSpec, cycles_per_output_channel, encode_quant_entry, fmap_beats,
-                             fmap_rows_capacity, pack_bytes, pixel_beats)
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.frame import encode_frame
+from psconv.protocol.payloads import read_output_payload
+from psconv.hw.layer_budget import LayerBudget
+from psconv.protocol.payloads import (COUNTERS_BYTES, beats_payload, identity_blob, layer_payload,
+                                      mask_payload, output_beats, parse_counters, parse_identity,
+                                      parse_status, quant_payload)
+from psconv.protocol.beats import fmap_beats, pack_bytes, pixel_beats
+from psconv.protocol.descriptor import LayerSpec, encode_quant_entry
+from psconv.schedule import cycles_per_output_channel, fmap_rows_capacity
 from psconv.sim.amaranth_transport import SimulatorTransport
 
 from e2e_helpers import TINY_CONFIG, MockEngine, ProcessorHarness

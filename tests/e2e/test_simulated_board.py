@@ -25,9 +25,11 @@ import pytest
 from psconv import cli
 from psconv.errors import PsconvError
 from psconv.firmware.compiler import compile_model
-from psconv.firmware.driver import Driver, EngineMismatch, uniform_fault_rates
+from psconv.firmware.driver import Driver, EngineMismatch
+from psconv.firmware.faults import uniform_fault_rates
 from psconv.firmware.faults import FAULT_KINDS, FaultInjectingTransport
-from psconv.firmware.protocol import Command, LinkNak, LinkTimeout, NakReason
+from psconv.firmware.link import LinkNak, LinkTimeout
+from psconv.protocol.codes import Command, NakReason
 from psconv.firmware.transport import SocketTransport, transport_from_spec
 from psconv.families import family_by_name
 from psconv.nn.default import default_images, default_quantized_model

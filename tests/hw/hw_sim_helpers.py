@@ -105,8 +105,8 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
 
     from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
     from psconv.hw.engine import PeriodicSparseEngine
-    from psconv.hw.layer import (beats_to_pixels, encode_quant_entry, fmap_beats, pixel_beats,
-                                 weight_beats)
+    from psconv.protocol.beats import beats_to_pixels, fmap_beats, pixel_beats, weight_beats
+    from psconv.protocol.descriptor import encode_quant_entry
 
     rng = random.Random(seed)
     dut = PeriodicSparseEngine(config)

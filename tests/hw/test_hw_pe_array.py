@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from psconv.hw.layer import pack_bytes
+from psconv.protocol.beats import pack_bytes
 from psconv.hw.pe_array import PEArray
 from psconv.hw.window import patch_address_bits
 

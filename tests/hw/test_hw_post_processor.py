@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from psconv.hw.layer import encode_quant_entry, pack_bytes, unpack_bytes
+from psconv.protocol.beats import pack_bytes, unpack_bytes
+from psconv.protocol.descriptor import encode_quant_entry
 from psconv.hw.post_processor import PostProcessor
 from psconv.sim.golden.ops import requantize
 

@@ -4,7 +4,7 @@ import torch
 
 from psconv.families import paper_family
 from psconv.firmware.packing import engine_weight_words, pack_layer
-from psconv.hw.layer import unpack_bytes, weight_beats
+from psconv.protocol.beats import unpack_bytes, weight_beats
 from psconv.hw.weight_buffer import WeightBuffer
 
 from hw_sim_helpers import raw, run, send, small_config

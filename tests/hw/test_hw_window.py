@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from psconv.hw.layer import fmap_beats, output_size, unpack_bytes
+from psconv.protocol.beats import fmap_beats, unpack_bytes
+from psconv.schedule import output_size
 from psconv.hw.window import WindowGenerator, bank_columns, patch_address_bits
 
 from hw_sim_helpers import raw, run, send, small_config

@@ -16,10 +16,10 @@ from psconv.firmware.faults import (
     DIRECTIONS, FAULT_KINDS, FaultInjectingTransport, FaultRates, FrameSplitter, flip_bits,
     truncate_frame,
 )
-from psconv.firmware.protocol import (
-    MAX_PAYLOAD, Command, FrameParser, LinkClient, LinkNak, NakReason, Status, crc16_ccitt,
-    encode_frame, read_output_payload,
-)
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.protocol.codes import Command, NakReason, Status
+from psconv.protocol.frame import MAX_PAYLOAD, FrameParser, crc16_ccitt, encode_frame
+from psconv.protocol.payloads import read_output_payload
 from psconv.firmware.transport import LoopbackTransport
 from psconv.errors import PsconvError
 from psconv.hw.framing import LinkLayer

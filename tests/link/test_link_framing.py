@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""Frame gateware in the Amaranth simulator, checked against firmware/protocol.py.
+"""Frame gateware in the Amaranth simulator, checked against psconv.protocol.frame.
 
 FrameReceiver is compared event for event with ``FrameParser(rescan=False)`` (the same machine
 in Python) on good frames, damaged frames, truncation, oversize lengths and garbage; the
@@ -13,9 +13,8 @@ import pytest
 
 from psconv.errors import PsconvError
 from psconv.firmware.faults import flip_bits, garbage_bytes, truncate_frame
-from psconv.firmware.protocol import (
-    SYNC, Command, Frame, FrameError, FrameParser, NakReason, Status, crc16_ccitt, encode_frame,
-)
+from psconv.protocol.codes import Command, NakReason, Status
+from psconv.protocol.frame import SYNC, Frame, FrameError, FrameParser, crc16_ccitt, encode_frame
 from amaranth import Module
 from amaranth.lib import wiring
 
