@@ -159,13 +159,6 @@ class BuildReport:
         return self.format()
 
 
-_CELLS = {
-    # family: (luts, ffs, dsps, brams, sprams) cell names in nextpnr's utilization report
-    "ecp5": ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD", None),
-    "ice40": ("ICESTORM_LC", "ICESTORM_LC", "ICESTORM_DSP", "ICESTORM_RAM", "ICESTORM_SPRAM"),
-}
-
-
 def yosys_cell_counts(path) -> dict[str, int]:
     """Cell counts of the last ``stat`` in a Yosys log (``top.rpt``) or in the listing
     ``tee -o FILE stat`` writes, e.g. ``{"LUT4": 12406, "DP16KD": 121}``; empty if the file is
@@ -214,7 +207,7 @@ class NextpnrReport:
 
     def critical_path(self) -> list[tuple[float, str, str]]:
         """The longest of the critical paths as ``(delay_ns, "type:from cell", "to cell")``
-        steps, in path order; empty when the report has none (placement only)."""
+        steps, in path order; empty when the report has none."""
         best = None
         for p in self.critical_paths:
             total = sum(step.get("delay", 0.0) for step in p.get("path", []))
@@ -265,6 +258,13 @@ def routing_detail(nextpnr_log: Path) -> str:
     if iterations:
         return f"iteration {iterations[-1][0]}, {int(iterations[-1][1]):,} wires overused"
     return ""
+
+
+_CELLS = {
+    # family: (luts, ffs, dsps, brams, sprams) cell names in nextpnr's utilization report
+    "ecp5": ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD", None),
+    "ice40": ("ICESTORM_LC", "ICESTORM_LC", "ICESTORM_DSP", "ICESTORM_RAM", "ICESTORM_SPRAM"),
+}
 
 
 def parse_nextpnr_report(path, board, plan: ClockPlan, *, design: str = DESIGN_NAME,
