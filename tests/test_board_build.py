@@ -19,8 +19,11 @@ from psconv.config import EngineConfig
 from psconv.cli import main as run_cli
 from psconv.errors import PsconvError
 from psconv.rtl_gen.boards import BOARDS, DEFAULT_BOARD, get_board
-from psconv.rtl_gen.build import (YOWASP_TOOLS, ClockPlan, UartMacDemo, build_bitstream,
-                                  parse_nextpnr_report, plan_clock)
+from psconv.hw.mac_demo import UartMacDemo
+from psconv.rtl_gen.build import build_bitstream
+from psconv.rtl_gen.clocking import ClockPlan, plan_clock
+from psconv.rtl_gen.reports import parse_nextpnr_report
+from psconv.rtl_gen.toolchain import YOWASP_TOOLS
 
 TOOL_VARS = (*YOWASP_TOOLS, "OPENFPGALOADER")
 
@@ -308,7 +311,7 @@ def test_board_top_is_built_with_config_clock_and_baud(monkeypatch):
 
 def test_routing_progress_is_read_from_the_nextpnr_log(tmp_path):
     """A routing stage can take half an hour: the progress line says how far the router is."""
-    from psconv.rtl_gen.build import routing_detail
+    from psconv.rtl_gen.reports import routing_detail
 
     tim = tmp_path / "top.tim"
     assert routing_detail(tim) == ""

@@ -192,7 +192,8 @@ def _describe_path(critical_path) -> str:
 def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, router: str,
               placer: str = DEFAULT_ECP5_PLACER):
     """The :class:`FmaxReport` saved in ``folder`` when it is for the same build, else None."""
-    from psconv.rtl_gen.fmax import FmaxReport, _config_dict, yosys_cells
+    from psconv.rtl_gen.fmax import FmaxReport, config_record
+    from psconv.rtl_gen.reports import yosys_cell_counts
 
     saved = folder / "fmax_report.json"
     if not saved.exists():
@@ -200,11 +201,11 @@ def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, rout
     data = json.loads(saved.read_text())
     known = {f.name for f in fields(FmaxReport)}
     report = FmaxReport(**{k: v for k, v in data.items() if k in known})
-    if (report.config != json.loads(json.dumps(_config_dict(config)))
+    if (report.config != json.loads(json.dumps(config_record(config)))
             or report.target_mhz != freq or report.routed != route
             or report.placer != placer or (route and report.router != router)):
         return None
-    report.yosys_cells = yosys_cells(folder / "yosys_stat.txt")   # the listing is the source
+    report.yosys_cells = yosys_cell_counts(folder / "yosys_stat.txt")   # the listing is the source
     return report
 
 

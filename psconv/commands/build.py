@@ -84,7 +84,7 @@ def board_top_class():
 
 def make_top(design: str, board, config, clk_freq: float, baud: int):
     """The design to build: the engine's board top or the MAC demo, for ``clk_freq`` Hz."""
-    from psconv.rtl_gen.build import UartMacDemo
+    from psconv.hw.mac_demo import UartMacDemo
 
     if design == "mac-demo":
         return UartMacDemo(board, clk_freq=clk_freq, baud=baud)
@@ -111,7 +111,8 @@ def _board_table() -> str:
 def run(args) -> int:
     from psconv.config import EngineConfig
     from psconv.rtl_gen.boards import get_board
-    from psconv.rtl_gen.build import build_bitstream, plan_clock
+    from psconv.rtl_gen.build import build_bitstream
+    from psconv.rtl_gen.clocking import plan_clock
 
     if args.list_boards:
         print(_board_table())

@@ -166,7 +166,7 @@ def test_board_top_requests_only_the_uart_and_takes_the_planned_clock(board, clo
                                                                      constraints, tmp_path):
     """What ``psconv build`` elaborates (no tools run): the FTDI UART's rx/tx pins, nothing else
     (ULX3S's uart_tx_enable stays unrequested), in a sync domain at the planned clock."""
-    from psconv.rtl_gen.build import make_platform, plan_clock
+    from psconv.rtl_gen.clocking import make_platform, plan_clock
 
     plan = plan_clock(board, clock_mhz)
     top = BoardTop(CFG, plan.actual_hz, 3_000_000)
@@ -182,7 +182,7 @@ def test_psconv_build_gives_the_icebreaker_top_its_smaller_link_buffers(tmp_path
     """Left at None, max_payload is the board's when ``psconv build`` elaborates the top (its
     platform carries the board), MAX_PAYLOAD elsewhere; an explicit one wins."""
     from psconv.rtl_gen.boards import get_board
-    from psconv.rtl_gen.build import make_platform
+    from psconv.rtl_gen.clocking import make_platform
 
     top = BoardTop(CFG, 12_000_000, 3_000_000)
     icebreaker = make_platform("icebreaker")
