@@ -15,7 +15,6 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
 from psconv.hw.uart import UART, uart_divisor
-from psconv.rtl_gen.boards import get_board
 
 
 class MacArray(wiring.Component):
@@ -69,12 +68,13 @@ class UartMacDemo(Elaboratable):
     the accumulator, 4 bytes little-endian. ``sync`` runs at ``clk_freq`` (from
     :func:`psconv.rtl_gen.clocking.plan_clock`); the UART is the board's FTDI UART
     (``board.uart_resource``), or the ``rx``/``tx`` signals when elaborated without a platform
-    (simulation).
+    (simulation). ``board`` is a :class:`psconv.rtl_gen.boards.Board` (its DSP count, clock and
+    UART resource; passed in, so the gateware does not depend on the board catalogue).
     """
 
     def __init__(self, board, n_mult: int | None = None, clk_freq: float | None = None,
                  baud: int = 115200):
-        self.board = get_board(board)
+        self.board = board
         self.n_mult = n_mult or min(16, self.board.resources.dsps)
         if not isinstance(self.n_mult, int) or self.n_mult < 1:
             raise PsconvError(f"demo: n_mult is {n_mult!r}; allowed: an integer >= 1")

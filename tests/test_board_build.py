@@ -102,7 +102,7 @@ def test_clock_plans():
 
 def test_top_built_for_another_clock_is_refused(tmp_path):
     with pytest.raises(PsconvError, match="built for a 25 MHz clock"):
-        build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, clock_mhz=50)
+        build_bitstream(UartMacDemo(get_board("ulx3s-85f")), "ulx3s-85f", tmp_path, clock_mhz=50)
 
 
 # ---- the demo design -----------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_top_built_for_another_clock_is_refused(tmp_path):
 def test_uart_mac_demo_computes_dot_products():
     """Simulated: the host sends a then w, the design answers the accumulator (4 bytes LE)."""
     n, divisor = 4, 8
-    dut = UartMacDemo("icebreaker", n_mult=n, clk_freq=divisor * 1000, baud=1000)
+    dut = UartMacDemo(get_board("icebreaker"), n_mult=n, clk_freq=divisor * 1000, baud=1000)
     vectors = [([1, -2, 3, 127], [5, 6, -128, 2]), ([-128, -128, 7, 0], [-128, 1, 9, 100])]
     received = []
     sim = Simulator(dut)
@@ -200,7 +200,7 @@ def test_real_build_ulx3s_85f_through_pll_with_missed_timing(tmp_path, capsys, m
     monkeypatch.setattr(build_module, "_run_script", run_script)
     before = {var: os.environ.get(var) for var in TOOL_VARS}
     plan = plan_clock("ulx3s-85f", 250)
-    top = UartMacDemo("ulx3s-85f", clk_freq=plan.actual_hz)
+    top = UartMacDemo(get_board("ulx3s-85f"), clk_freq=plan.actual_hz)
     report = build_bitstream(top, "ulx3s-85f", tmp_path / "ulx3s", clock_mhz=250,
                              router="router2", placer="static")
     assert {var: os.environ.get(var) for var in TOOL_VARS} == before
@@ -251,7 +251,7 @@ def test_real_build_icebreaker_through_cli(tmp_path, capsys):
 def test_toolchain_failure_is_reported_with_the_log(tmp_path):
     """12 multipliers on an 8-DSP iCE40: nextpnr cannot place it, and the error says where."""
     with pytest.raises(PsconvError) as e:
-        build_bitstream(UartMacDemo("icebreaker", n_mult=12), "icebreaker", tmp_path,
+        build_bitstream(UartMacDemo(get_board("icebreaker"), n_mult=12), "icebreaker", tmp_path,
                         progress=False)
     message = str(e.value)
     assert "failed during" in message and "build.log" in message
@@ -260,10 +260,10 @@ def test_toolchain_failure_is_reported_with_the_log(tmp_path):
 
 def test_unknown_placer_or_router_is_refused_before_any_tool_runs(tmp_path):
     with pytest.raises(PsconvError, match="router 'router3'; allowed: router1, router2"):
-        build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, router="router3",
+        build_bitstream(UartMacDemo(get_board("ulx3s-85f")), "ulx3s-85f", tmp_path, router="router3",
                         progress=False)
     with pytest.raises(PsconvError, match="placer 'sa'; allowed: heap, static"):
-        build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, placer="sa",
+        build_bitstream(UartMacDemo(get_board("ulx3s-85f")), "ulx3s-85f", tmp_path, placer="sa",
                         progress=False)
     assert not (tmp_path / "build_top.sh").exists()
 

@@ -87,7 +87,9 @@ def make_top(design: str, board, config, clk_freq: float, baud: int):
     from psconv.hw.mac_demo import UartMacDemo
 
     if design == "mac-demo":
-        return UartMacDemo(board, clk_freq=clk_freq, baud=baud)
+        from psconv.rtl_gen.boards import get_board
+
+        return UartMacDemo(get_board(board), clk_freq=clk_freq, baud=baud)
     if design != "engine":
         raise PsconvError(f"--design is {design!r}; allowed: {', '.join(DESIGNS)}")
     return board_top_class()(config, clk_freq, baud)
