@@ -260,10 +260,8 @@ def test_link_layer_executes_once_replays_duplicates_and_naks_damage():
             await ctx.tick().repeat(3 * TIMEOUT)
 
     async def line(ctx):
-        ctx.set(dut.tx_data.ready, 1)
-        async for _, _, valid, byte in ctx.tick().sample(dut.tx_data.valid, dut.tx_data.payload):
-            if valid:
-                rx.append(byte)
+        while True:
+            rx.append(await stream_get(ctx, dut.tx_data))
 
     async def processor(ctx):
         while True:
