@@ -12,7 +12,6 @@ import types
 
 import pytest
 from amaranth.hdl import Elaboratable, Module
-from amaranth.sim import Simulator
 
 from psconv.commands import build as build_command
 from psconv.config import EngineConfig
@@ -24,6 +23,8 @@ from psconv.rtl_gen.build import build_bitstream
 from psconv.rtl_gen.clocking import ClockPlan, plan_clock
 from psconv.rtl_gen.reports import parse_nextpnr_report
 from psconv.rtl_gen.toolchain import YOWASP_TOOLS
+
+from sim_helpers import run
 
 TOOL_VARS = (*YOWASP_TOOLS, "OPENFPGALOADER")
 
@@ -114,8 +115,6 @@ def test_uart_mac_demo_computes_dot_products():
     dut = UartMacDemo(get_board("icebreaker"), n_mult=n, clk_freq=divisor * 1000, baud=1000)
     vectors = [([1, -2, 3, 127], [5, 6, -128, 2]), ([-128, -128, 7, 0], [-128, 1, 9, 100])]
     received = []
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
 
     async def host(ctx):
         ctx.set(dut.rx, 1)
@@ -139,9 +138,7 @@ def test_uart_mac_demo_computes_dot_products():
             assert ctx.get(dut.tx) == 1  # stop bit
             received.append(byte)
 
-    sim.add_testbench(host)
-    sim.add_testbench(listener, background=True)
-    sim.run()
+    run(dut, host, background=[listener])
     assert len(received) == 8
     acc = 0
     for k, (a, w) in enumerate(vectors):

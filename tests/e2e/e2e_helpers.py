@@ -12,6 +12,8 @@ from psconv.protocol.frame import MAX_PAYLOAD
 from psconv.hw.command_processor import CommandProcessor, engine_signature
 from psconv.hw.framing import LinkLayer
 
+from sim_helpers import raw
+
 # Verilator: big enough for a width-8 ResNet18 (64 channels, 32x32 maps), small enough to build fast
 # 16 channels per patch buffer: the width-8 ResNet18's 32- and 64-channel layers run in 2 and 4
 # input-channel passes, as the ULX3S build runs ResNet18's 256- and 512-channel layers.
@@ -55,10 +57,6 @@ class ProcessorHarness(wiring.Component):
         m.d.comb += processor.link_counters.eq(link.counters)
         wiring.connect(m, wiring.flipped(self.engine), processor.engine)
         return m
-
-
-def raw(value):
-    return value.as_value() if hasattr(value, "as_value") else value
 
 
 class MockEngine:

@@ -12,7 +12,6 @@ import random
 
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from psconv.config import EngineConfig
 from psconv.firmware.link import LinkClient, LinkNak
@@ -29,6 +28,7 @@ from psconv.schedule import cycles_per_output_channel, fmap_rows_capacity
 from psconv.sim.amaranth_transport import SimulatorTransport
 
 from e2e_helpers import TINY_CONFIG, MockEngine, ProcessorHarness
+from sim_helpers import run
 
 CFG = TINY_CONFIG
 MASKS = (0x010, 0x1FF, 0x003, 0x110)   # T = 1 + 9 + 2 + 2 = 14
@@ -227,10 +227,7 @@ def test_layer_budget_matches_the_engine_formulas(tm, tn, base):
             assert ctx.get(budget.done)
             got.append(values)
 
-    sim = Simulator(budget)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    run(budget, bench)
     for (spec, masks), values in zip(cases, got):
         expected = {k: v for k, v in _budget(spec, masks, cfg).items()
                     if k in ("fmap_in", "weight_in", "residual_in")}

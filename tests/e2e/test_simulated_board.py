@@ -197,7 +197,7 @@ def test_sim_transport_spec_and_shutdown_when_the_host_dies(board_build, tmp_pat
     # a host killed mid-session: its simulator must notice and end by itself
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        sys.path[:0] = [{os.path.dirname(__file__)!r}, {os.path.dirname(os.path.dirname(__file__))!r}]
         from e2e_helpers import SIM_CONFIG
         from psconv.sim.bridge import SimBoard
         board = SimBoard(SIM_CONFIG, quiet=True)

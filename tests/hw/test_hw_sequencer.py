@@ -7,7 +7,8 @@ import pytest
 
 from psconv.hw.sequencer import Sequencer
 
-from hw_sim_helpers import run, small_config
+from hw_sim_helpers import small_config
+from sim_helpers import run
 
 
 def expected_issues(c_out, out_h, out_w, period, pass_cycles, tm):
