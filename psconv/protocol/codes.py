@@ -18,6 +18,13 @@ class Command(enum.IntEnum, shape=8):
     READ_OUTPUT = 0x09     # payload u16 LE max bytes -> DATA with 0..max output bytes
     READ_COUNTERS = 0x0A   # -> DATA: performance counters
     READ_STATUS = 0x0B     # -> DATA: busy / done flags
+    # resident mode (boards with memory; psconv.protocol.memory): others answer UNKNOWN_COMMAND
+    WRITE_MEM = 0x0C       # address u32, data -> ACK
+    READ_MEM = 0x0D        # address u32, length u16 -> DATA
+    CRC_MEM = 0x0E         # address u32, length u32 -> DATA: CRC-32 u32
+    CHECK_MODEL = 0x0F     # address u32, length u32, crc u32 -> ACK (model valid) or NAK MODEL_CRC
+    INFER = 0x10           # program address u32 -> ACK (running), NAK NO_MODEL / BUSY
+    RUN_STATUS = 0x11      # -> DATA: the resident runner's status
 
 
 class Status(enum.IntEnum, shape=8):
@@ -36,6 +43,8 @@ class NakReason(enum.IntEnum, shape=8):
     BAD_STATE = 0x05        # e.g. READ_OUTPUT before START
     OVERFLOW = 0x06
     TIMEOUT = 0x07          # frame truncated: inter-byte timeout on the device
+    MODEL_CRC = 0x08        # CHECK_MODEL: the region's CRC-32 differs from the host's
+    NO_MODEL = 0x09         # INFER: no checked model in memory (never checked, reset, or overwritten)
 
 
 # NAK reasons that mean "your frame was damaged on the way": the host re-sends the same frame.
