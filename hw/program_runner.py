@@ -16,14 +16,16 @@ Out(:func:`~psconv.hw.memory_port.memory_port_signature`); ``engine``: the engin
 flipped (connect it to a :class:`~psconv.hw.engine.PeriodicSparseEngine`). The engine's
 ``layer`` is driven from the step record, which holds still until the engine is idle again.
 
-One byte moves per cycle at most (the memory port's width); loads for the streamed tables run
-back to back, the gather and scatter one pixel at a time (writes first).
+One byte moves per cycle at most (the memory port's width); loads run back to back (the tables,
+and the residual gather up to :data:`GATHER_LOADS_IN_FLIGHT` pixels ahead), output writes go
+first.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from psconv.protocol.beats import fmap_beat_bytes
@@ -37,6 +39,8 @@ from .memory_port import memory_port_signature
 from .pixel_order import PixelOrderAddress
 
 COUNT_WIDTH = 48
+GATHER_LOADS_IN_FLIGHT = 16
+"""Residual pixels the gather may run ahead of its collector (covers an SDRAM's read latency)."""
 
 
 class ProgramRunner(wiring.Component):
@@ -120,7 +124,8 @@ class ProgramRunner(wiring.Component):
                          walker.channels.eq(d.out_channels)]
         residual_beat = Signal(8 * tm)
         residual_full = Signal()
-        residual_waiting = Signal()       # a gather load is out; its byte comes next
+        residual_fill = Signal(range(tm))
+        m.submodules.tokens = tokens = SyncFIFO(width=1, depth=GATHER_LOADS_IN_FLIGHT)
         out_beat = Signal(8 * tm)
         out_held = Signal()
         m.d.comb += [eng.residual_in.payload.eq(residual_beat),
@@ -187,7 +192,7 @@ class ProgramRunner(wiring.Component):
                 # the engine is idle here (INFER checked it, and a step ends only when it is);
                 # its busy follows start combinationally, so start must not depend on it
                 m.d.comb += [eng.start.eq(1), gather.start.eq(1), scatter.start.eq(1)]
-                m.d.sync += [residual_full.eq(0), residual_waiting.eq(0), out_held.eq(0),
+                m.d.sync += [residual_full.eq(0), residual_fill.eq(0), out_held.eq(0),
                              beat_fill.eq(0)]
                 begin_loads(record.masks_address, d.period * MASK_BYTES)
                 m.next = "MASKS"
@@ -216,26 +221,31 @@ class ProgramRunner(wiring.Component):
                     m.d.sync += out_beat.eq(out_beat >> 8)
                     with m.If(scatter.beat_end):
                         m.d.sync += out_held.eq(0)
-                # the gather (residual layers only): one load at a time, writes first
-                with m.If(d.residual & ~gather.finished & ~residual_full):
-                    with m.If(residual_waiting):
-                        m.d.comb += read_data.ready.eq(1)
-                        with m.If(read_data.valid):
-                            m.d.sync += [residual_beat.eq(Cat(residual_beat[8:], read_data.payload)),
-                                         residual_waiting.eq(0)]
-                            m.d.comb += gather.advance.eq(1)
-                            with m.If(gather.beat_end):
-                                m.d.sync += residual_full.eq(1)
-                    with m.Elif(~gather.inside):
-                        m.d.sync += residual_beat.eq(Cat(residual_beat[8:], 0))
-                        m.d.comb += gather.advance.eq(1)
-                        with m.If(gather.beat_end):
-                            m.d.sync += residual_full.eq(1)
-                    with m.Elif(~write_now):
+                # the gather (residual layers only), writes first: the walker issues a load per
+                # pixel inside the map and a token per pixel (1: a byte will come, 0: padding);
+                # the collector builds beats from the tokens in order, so loads may overlap
+                with m.If(d.residual & ~gather.finished & ~write_now & tokens.w_rdy):
+                    with m.If(gather.inside):
                         m.d.comb += [request.valid.eq(1),
                                      request.payload.address.eq(gather.address)]
                         with m.If(request.ready):
-                            m.d.sync += residual_waiting.eq(1)
+                            m.d.comb += [tokens.w_en.eq(1), tokens.w_data.eq(1),
+                                         gather.advance.eq(1)]
+                    with m.Else():
+                        m.d.comb += [tokens.w_en.eq(1), tokens.w_data.eq(0), gather.advance.eq(1)]
+                with m.If(tokens.r_rdy & ~residual_full):
+                    with m.If(tokens.r_data):
+                        m.d.comb += read_data.ready.eq(1)
+                        with m.If(read_data.valid):
+                            m.d.comb += tokens.r_en.eq(1)
+                            m.d.sync += residual_beat.eq(Cat(residual_beat[8:], read_data.payload))
+                    with m.Else():
+                        m.d.comb += tokens.r_en.eq(1)
+                        m.d.sync += residual_beat.eq(Cat(residual_beat[8:], 0))
+                    with m.If(tokens.r_en):
+                        m.d.sync += residual_fill.eq(residual_fill + 1)
+                        with m.If(residual_fill == tm - 1):
+                            m.d.sync += [residual_fill.eq(0), residual_full.eq(1)]
                 with m.If(eng.residual_in.valid & eng.residual_in.ready):
                     m.d.sync += residual_full.eq(0)
                 with m.If(scatter.finished & ~eng.busy):
