@@ -8,7 +8,9 @@ scales are kept only so a float fake-quant model can be rebuilt for comparison.
 On disk (format version 1) it is one ``.npz`` file: the array ``__manifest__`` holds UTF-8 JSON
 (format, version, arch, family, input scale, and per layer its fields without tensors) and every
 tensor is stored as ``<layer name>/<field>`` in a fixed dtype (weights int8, bias int32,
-multiplier/shift/residual_multiplier int64, weight_scale float64).
+multiplier/shift/residual_multiplier int64, weight_scale float64). :mod:`psconv.qmodel_check`
+holds the contract: :meth:`QuantizedModel.load` refuses a file and :meth:`QuantizedModel.save` a
+model that breaks it.
 """
 
 from __future__ import annotations

@@ -136,9 +136,15 @@ def check_stored_dtype(array: np.ndarray, layer: str, field: str, source) -> Non
 
 
 def _dtype_message(where: str, field: str, found: str, values) -> str:
-    seen = ""
-    if np.asarray(values).dtype.kind in "iu" and np.asarray(values).size:
-        seen = f" (values {np.asarray(values).min()}..{np.asarray(values).max()})"
+    """``<where> <field>: dtype <found> (values lo..hi); allowed: ...`` (the span for integers)."""
+    if isinstance(values, torch.Tensor):
+        integer = not (values.is_floating_point() or values.is_complex()
+                       or values.dtype == torch.bool)
+        count = values.numel()
+    else:
+        integer = isinstance(values, np.ndarray) and values.dtype.kind in "iu"
+        count = getattr(values, "size", 0)
+    seen = f" (values {int(values.min())}..{int(values.max())})" if integer and count else ""
     return f"{where} {field}: dtype {found}{seen}; allowed: {_ALLOWED_VALUES[field]}"
 
 
@@ -168,7 +174,8 @@ def check_model(model, source) -> None:
     where = f"quantized model {source}"
     _positive_finite(model.input_scale, f"{where}: input_scale")
     if not _is(model.num_classes, int) or model.num_classes < 1:
-        raise PsconvError(f"{where}: num_classes is {model.num_classes!r}; allowed: an integer >= 1")
+        raise PsconvError(f"{where}: num_classes is {model.num_classes!r}; allowed: an integer "
+                          f">= 1")
     shape = tuple(model.input_shape)
     if len(shape) != 3 or not all(_is(n, int) for n in shape) or shape[0] < 1:
         raise PsconvError(f"{where}: input_shape is {list(shape)}; allowed: [C, H, W], integers")
@@ -205,7 +212,8 @@ def _check_layer(layer, shapes: _Shapes, where: str) -> tuple:
                               f"{', '.join(required)}")
     for field in required:
         tensor = getattr(layer, field)
-        if not isinstance(tensor, torch.Tensor) or tensor.dtype != getattr(torch, TENSOR_DTYPES[field].__name__):
+        dtype = getattr(torch, TENSOR_DTYPES[field].__name__)
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != dtype:
             found = str(getattr(tensor, "dtype", type(tensor).__name__)).removeprefix("torch.")
             raise PsconvError(_dtype_message(where, field, found, tensor))
         if field in _RANGES:

@@ -100,7 +100,8 @@ def test_missing_residual_multiplier(good_file, tmp_path, capsys):
 def test_tensor_of_no_layer(good_file, tmp_path, capsys):
     path = _edited(good_file, tmp_path,
                    lambda m, a: a.update({"stem/weights": a["stem/weight"]}))
-    _refused(["golden", "--model", str(path)], capsys, "tensor 'stem/weights' is no layer's field")
+    _refused(["golden", "--model", str(path)], capsys,
+             "tensor 'stem/weights' is no layer's field")
 
 
 def test_no_layers(good_file, tmp_path, capsys):
@@ -111,7 +112,8 @@ def test_no_layers(good_file, tmp_path, capsys):
 
 def test_missing_manifest_field(good_file, tmp_path, capsys):
     path = _edited(good_file, tmp_path, lambda m, a: _layer(m, "stem").pop("stride"))
-    _refused(["golden", "--model", str(path)], capsys, "layer 0 ('stem'): field 'stride' is missing")
+    _refused(["golden", "--model", str(path)], capsys,
+             "layer 0 ('stem'): field 'stride' is missing")
 
 
 def test_manifest_field_of_the_wrong_type(good_file, tmp_path, capsys):
