@@ -133,7 +133,10 @@ class QuantizedModel:
         if not path.is_file():
             raise PsconvError(f"quantized model: {path} is not a file")
         try:
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one .npy array, not an .npz archive")
+            with data:
                 manifest = json.loads(bytes(data["__manifest__"]).decode())
                 check_manifest(manifest, data.files, path)
                 arrays = {key: np.array(data[key]) for key in data.files if key != "__manifest__"}

@@ -71,6 +71,14 @@ def test_npz_without_arrays(tmp_path, capsys):
              "__manifest__")
 
 
+def test_single_npy_array(tmp_path, capsys):
+    path = tmp_path / "array.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros(3))
+    _refused(["golden", "--model", str(path)], capsys, "is not a psconv quantized model",
+             "not an .npz archive")
+
+
 def test_truncated_file(good_file, tmp_path, capsys):
     path = tmp_path / "cut.npz"
     path.write_bytes(good_file.read_bytes()[:3000])
