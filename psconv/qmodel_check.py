@@ -206,9 +206,10 @@ def _check_layer(layer, shapes: _Shapes, where: str) -> tuple:
     for field in TENSOR_DTYPES:
         present = getattr(layer, field) is not None
         if present != (field in required):
+            kind = f"{layer.op} layers" + ("" if layer.op != "conv" else (
+                f" {'with' if layer.residual is not None else 'without'} a residual"))
             raise PsconvError(f"{where} ({layer.op}): tensor {field!r} is "
-                              f"{'present' if present else 'missing'}; a {layer.op} layer "
-                              f"{'with' if layer.residual else 'without'} a residual has: "
+                              f"{'present' if present else 'missing'}; {kind} have: "
                               f"{', '.join(required)}")
     for field in required:
         tensor = getattr(layer, field)
@@ -234,8 +235,7 @@ def _check_vectors(layer, fields, length: int, where: str) -> None:
     for field in fields:
         got = tuple(getattr(layer, field).shape)
         if got != (length,):
-            raise PsconvError(f"{where} {field}: shape {got}; allowed: ({length},), one entry "
-                              f"per output channel")
+            raise PsconvError(f"{where} {field}: shape {got}; allowed: ({length},)")
 
 
 def _check_avgpool(layer, x, where: str) -> tuple:

@@ -96,13 +96,20 @@ def test_missing_weight_tensor(good_file, tmp_path, capsys):
     path = _edited(good_file, tmp_path, lambda m, a: a.pop("layer1.0.conv1/weight"))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'layer1.0.conv1' (conv): tensor 'weight' is missing",
-             "weight, bias, multiplier, shift, weight_scale")
+             "conv layers without a residual have: weight, bias, multiplier, shift, weight_scale")
 
 
 def test_missing_residual_multiplier(good_file, tmp_path, capsys):
     path = _edited(good_file, tmp_path, lambda m, a: a.pop("layer1.0.conv2/residual_multiplier"))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'layer1.0.conv2' (conv): tensor 'residual_multiplier' is missing")
+
+
+def test_tensor_the_op_does_not_have(good_file, tmp_path, capsys):
+    path = _edited(good_file, tmp_path, lambda m, a: a.update({"avgpool/bias": a["fc/bias"]}))
+    _refused(["golden", "--model", str(path)], capsys,
+             "layer 'avgpool' (avgpool): tensor 'bias' is present; avgpool layers have: "
+             "multiplier, shift")
 
 
 def test_tensor_of_no_layer(good_file, tmp_path, capsys):
