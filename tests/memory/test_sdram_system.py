@@ -77,3 +77,28 @@ def test_litedram_timings_of_the_faster_grade_break_trcd():
     row = 1 << (system.core.info["bankbits"] + system.core.info["colbits"])
     run = system.run([["R", 5], ["R", 5 + row], ["R", 5 + 2 * row]])
     assert run.violation == Violation.tRCD, run.rule
+
+
+def test_byte_port_through_the_word_bridge():
+    """The resident-mode byte port (psconv.hw.memory_port.WordMemoryBridge) in front of the
+    SDRAM: byte writes land in their lane only, loads return their byte, in order."""
+    system = SDRAMSystemRTL("MT48LC16M16", CLK_HZ, cache_dir=CACHE, byte_port=True)
+    rng = random.Random(5)
+    row_bytes = 2 << (system.core.info["bankbits"] + system.core.info["colbits"])
+    bases = [row * row_bytes for row in (0, 1, 77, 8191)]
+    memory, ops, expected = {}, [], []
+    for _ in range(1200):
+        address = rng.choice(bases) + rng.randrange(row_bytes)
+        if address in memory and rng.random() < 0.5:
+            ops.append(["R", address])
+            expected.append(memory[address])
+        else:
+            memory[address] = rng.randrange(256)
+            ops.append(["W", address, memory[address]])
+    for address in sorted(memory):
+        ops.append(["R", address])
+        expected.append(memory[address])
+    run = system.run(ops, rdata_stall=0.2)
+    assert run.violation == Violation.NONE, run.rule
+    mismatches = [(i, a, b) for i, (a, b) in enumerate(zip(run.reads, expected)) if a != b]
+    assert len(run.reads) == len(expected) and not mismatches, mismatches[:5]
