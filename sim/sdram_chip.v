@@ -135,6 +135,17 @@ module psconv_sdram_chip #(
         end
     endtask
 
+    // AUTO REFRESH and LOAD MODE need every bank precharged (tRP ago), tRFC and tMRD passed
+    task automatic check_all_banks_idle;
+        integer n;
+        for (n = 0; n < NB; n = n + 1) begin
+            if (active[n]) flag(V_NOT_IDLE);
+            if (now < t_pre[n] + T_RP) flag(V_TRP);
+        end
+        if (now < t_ref + T_RFC) flag(V_TRFC);
+        if (now < t_mrd + T_MRD) flag(V_TMRD);
+    endtask
+
     wire [2:0] command = {ras_n, cas_n, we_n};
     wire       selected = !cs_n && cke;
     integer b, k;
@@ -234,12 +245,7 @@ module psconv_sdram_chip #(
                 if (a[10] && !mode_valid) init_pall = 1;
             end
             3'b001: begin  // AUTO REFRESH
-                for (b = 0; b < NB; b = b + 1) begin
-                    if (active[b]) flag(V_NOT_IDLE);
-                    if (now < t_pre[b] + T_RP) flag(V_TRP);
-                end
-                if (now < t_ref + T_RFC) flag(V_TRFC);
-                if (now < t_mrd + T_MRD) flag(V_TMRD);
+                check_all_banks_idle();
                 t_ref = now;
                 refresh_count = refresh_count + 1;
                 if (init_pall && init_refs != 2'd2) init_refs = init_refs + 1;
@@ -248,12 +254,7 @@ module psconv_sdram_chip #(
                 end else refreshing = 1;
             end
             3'b000: begin  // LOAD MODE REGISTER
-                for (b = 0; b < NB; b = b + 1) begin
-                    if (active[b]) flag(V_NOT_IDLE);
-                    if (now < t_pre[b] + T_RP) flag(V_TRP);
-                end
-                if (now < t_ref + T_RFC) flag(V_TRFC);
-                if (now < t_mrd + T_MRD) flag(V_TMRD);
+                check_all_banks_idle();
                 t_mrd = now;
                 // A2:0 burst length, A3 burst type, A6:4 CAS latency, A8:7 operating mode
                 // (00 = standard; others reserved); A9 write burst mode is ignored.
