@@ -64,56 +64,60 @@ async def _finish(dut, data, reads, init_cycles, cycles, started):
         json.dump(result, f)
 
 
+async def _stream(dut, sources, sink, expected_reads, stall, rng):
+    """Offer every source's beats in order (``sources``: ``(prefix, [payload, ...])`` of
+    ``<prefix>__valid/ready/payload`` input streams) while taking ``expected_reads`` beats from
+    the output stream ``sink`` (refused with probability ``stall``). Returns the beats taken
+    and the clocks it took; fails if nothing moves for 5000 clocks."""
+    pending = [(getattr(dut, f"{name}__valid"), getattr(dut, f"{name}__ready"),
+                getattr(dut, f"{name}__payload"), list(beats), name) for name, beats in sources]
+    taken = [0] * len(pending)
+    out_valid, out_ready, out_payload = (getattr(dut, f"{sink}__{x}")
+                                         for x in ("valid", "ready", "payload"))
+    reads, cycles, idle = [], 0, 0
+    while any(t < len(p[3]) for t, p in zip(taken, pending)) or len(reads) < expected_reads:
+        offered = []
+        for t, (valid, _, payload, beats, _) in zip(taken, pending):
+            offered.append(t < len(beats))
+            if offered[-1]:
+                payload.value = beats[t]
+            valid.value = int(offered[-1])
+        accept = stall == 0.0 or rng.random() >= stall
+        out_ready.value = int(accept)
+        await ReadOnly()
+        progressed = False
+        for i, (_, ready, _, _, _) in enumerate(pending):
+            if offered[i] and int(ready.value):
+                taken[i] += 1
+                progressed = True
+        if accept and int(out_valid.value):
+            reads.append(int(out_payload.value))
+            progressed = True
+        idle = 0 if progressed else idle + 1
+        if idle > 5000:
+            state = ", ".join(f"{p[4]} {t}/{len(p[3])}" for t, p in zip(taken, pending))
+            raise AssertionError(f"no progress for 5000 cycles: {state}, {sink} "
+                                 f"{len(reads)}/{expected_reads}")
+        await RisingEdge(dut.clk)
+        cycles += 1
+    for valid, *_ in pending:
+        valid.value = 0
+    return reads, cycles
+
+
 @cocotb.test()
 async def run_ops(dut):
     """Word operations on the wrapper's own ``cmd``/``wdata``/``rdata`` ports."""
     data = tb_data()
-    rng = random.Random(data.get("seed", 0))
     init_cycles, started = await _start(dut, data, (dut.cmd__valid, dut.wdata__valid),
                                         dut.rdata__ready)
-
     ops = data["ops"]
-    writes = [op for op in ops if op[0] == "W"]
-    expected_reads = sum(op[0] == "R" for op in ops)
-    stall = data.get("rdata_stall", 0.0)
     address_width = len(dut.cmd__payload) - 1
-    cmd_i = wr_i = 0
-    reads = []
-    cycles = 0
-    idle = 0
-    while cmd_i < len(ops) or wr_i < len(writes) or len(reads) < expected_reads:
-        cmd_valid = cmd_i < len(ops)
-        if cmd_valid:
-            op = ops[cmd_i]
-            dut.cmd__payload.value = op[1] | ((op[0] == "W") << address_width)
-        dut.cmd__valid.value = int(cmd_valid)
-        wr_valid = wr_i < len(writes)
-        if wr_valid:
-            _, _, word, enable = writes[wr_i]
-            dut.wdata__payload.value = word | (enable << 16)
-        dut.wdata__valid.value = int(wr_valid)
-        rd_ready = stall == 0.0 or rng.random() >= stall
-        dut.rdata__ready.value = int(rd_ready)
-        await ReadOnly()
-        progressed = False
-        if cmd_valid and int(dut.cmd__ready.value):
-            cmd_i += 1
-            progressed = True
-        if wr_valid and int(dut.wdata__ready.value):
-            wr_i += 1
-            progressed = True
-        if rd_ready and int(dut.rdata__valid.value):
-            reads.append(int(dut.rdata__payload.value))
-            progressed = True
-        idle = 0 if progressed else idle + 1
-        if idle > 5000:
-            raise AssertionError(
-                f"no progress for 5000 cycles: commands {cmd_i}/{len(ops)}, write beats "
-                f"{wr_i}/{len(writes)}, reads {len(reads)}/{expected_reads}")
-        await RisingEdge(dut.clk)
-        cycles += 1
-    dut.cmd__valid.value = 0
-    dut.wdata__valid.value = 0
+    commands = [op[1] | (int(op[0] == "W") << address_width) for op in ops]
+    writes = [op[2] | (op[3] << 16) for op in ops if op[0] == "W"]
+    reads, cycles = await _stream(dut, [("cmd", commands), ("wdata", writes)], "rdata",
+                                  sum(op[0] == "R" for op in ops), data.get("rdata_stall", 0.0),
+                                  random.Random(data.get("seed", 0)))
     await _finish(dut, data, reads, init_cycles, cycles, started)
 
 
@@ -121,36 +125,13 @@ async def run_ops(dut):
 async def run_byte_ops(dut):
     """Byte operations on a memory port (``port__request``/``port__read_data``)."""
     data = tb_data()
-    rng = random.Random(data.get("seed", 0))
-    request, read_data = dut.port__request__valid, dut.port__read_data__ready
-    init_cycles, started = await _start(dut, data, (request,), read_data)
+    init_cycles, started = await _start(dut, data, (dut.port__request__valid,),
+                                        dut.port__read_data__ready)
     ops = data["ops"]
-    expected_reads = sum(op[0] == "R" for op in ops)
-    stall = data.get("rdata_stall", 0.0)
-    index, reads, cycles, idle = 0, [], 0, 0
-    while index < len(ops) or len(reads) < expected_reads:
-        valid = index < len(ops)
-        if valid:
-            op = ops[index]
-            # MEMORY_REQUEST: address (32 bits), write (1), data (8)
-            dut.port__request__payload.value = (op[1] | (int(op[0] == "W") << 32)
-                                                | ((op[2] if op[0] == "W" else 0) << 33))
-        request.value = int(valid)
-        ready = stall == 0.0 or rng.random() >= stall
-        read_data.value = int(ready)
-        await ReadOnly()
-        progressed = False
-        if valid and int(dut.port__request__ready.value):
-            index += 1
-            progressed = True
-        if ready and int(dut.port__read_data__valid.value):
-            reads.append(int(dut.port__read_data__payload.value))
-            progressed = True
-        idle = 0 if progressed else idle + 1
-        if idle > 5000:
-            raise AssertionError(f"no progress for 5000 cycles: requests {index}/{len(ops)}, "
-                                 f"reads {len(reads)}/{expected_reads}")
-        await RisingEdge(dut.clk)
-        cycles += 1
-    request.value = 0
+    # MEMORY_REQUEST: address (32 bits), write (1), data (8)
+    requests = [op[1] | (int(op[0] == "W") << 32) | ((op[2] if op[0] == "W" else 0) << 33)
+                for op in ops]
+    reads, cycles = await _stream(dut, [("port__request", requests)], "port__read_data",
+                                  sum(op[0] == "R" for op in ops), data.get("rdata_stall", 0.0),
+                                  random.Random(data.get("seed", 0)))
     await _finish(dut, data, reads, init_cycles, cycles, started)
