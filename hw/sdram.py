@@ -6,7 +6,7 @@ this component's Verilog) and an :class:`~psconv.hw.sdram_init.SDRAMInit` that p
 program on the core's control bus, so no CPU is needed.
 
 Interface contract (all in the ``sync`` domain, which clocks the core; the SDRAM chip's clock
-is the same frequency, 90 degrees later, see :mod:`psconv.rtl_gen.sdram_clock`):
+is the same frequency, 90 degrees later, see :mod:`psconv.rtl_gen.sdram_board`):
 
 * ``ready`` (out): the core finished init; before that ``cmd`` and ``wdata`` are not accepted
   (their ``ready`` stays low) and nothing comes out of ``rdata``.
@@ -29,7 +29,7 @@ Pins: ``pins="sim"`` adds an ``sdram`` port (the chip's pins, with DQ split into
 ``dq_oe`` and ``dq_i`` for a simulator, matching the core's ``sim`` variant); otherwise pass
 the object of ``platform.request("sdram", 0, dir="-")`` (amaranth-boards names) and the
 core's ``board`` variant, and the core's I/O buffers drive the pads. The chip clock pin is
-not driven here (see :mod:`psconv.rtl_gen.sdram_clock`).
+not driven here (see :mod:`psconv.rtl_gen.sdram_board`).
 """
 
 from __future__ import annotations
