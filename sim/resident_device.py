@@ -25,6 +25,8 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
   steps run (the engine fed without stalls; memory latency not modelled).
   ``memory_reads`` counts every byte the runner reads (header, step records, masks,
   quantization entries, weights, input map, residual), ``memory_writes`` every output byte.
+* ``READ_STATUS`` (what the host's link sends at session start): the runner's running and
+  done flags as ``busy`` and ``done``.
 * Anything else: NAK UNKNOWN_COMMAND (this board has no streamed command set).
 
 Each step runs :func:`psconv.sim.engine_model.run_step` on what it reads from memory, so the
@@ -55,7 +57,8 @@ from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REG
                                     MODEL_CHECK_LAYOUT, PROGRAM_HEADER_LAYOUT, PROGRAM_MAGIC,
                                     PROGRAM_VERSION, RUN_STATUS_LAYOUT, layout_bytes, memory_crc,
                                     step_record_layout)
-from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES, config_hash, encode_payload, identity_blob
+from psconv.protocol.payloads import (MASK_BYTES, QUANT_BYTES, STATUS_LAYOUT, config_hash,
+                                      encode_payload, identity_blob)
 from psconv.sim.cycle_model import predict_cycles
 from psconv.sim.device_link import DeviceLink
 from psconv.sim.engine_model import run_step
@@ -104,7 +107,7 @@ class ResidentDevice:
             Command.IDENTIFY: self._identify, Command.WRITE_MEM: self._write_mem,
             Command.READ_MEM: self._read_mem, Command.CRC_MEM: self._crc_mem,
             Command.CHECK_MODEL: self._check_model, Command.INFER: self._infer,
-            Command.RUN_STATUS: self._run_status,
+            Command.RUN_STATUS: self._run_status, Command.READ_STATUS: self._read_status,
         }.get(command)
         if handler is None:
             return Response.nak(NakReason.UNKNOWN_COMMAND)
@@ -182,6 +185,13 @@ class ResidentDevice:
         if self.steps_per_poll is None:
             self._advance(len(queue))
         return Response.ack()
+
+    def _read_status(self, payload: bytes) -> Response:
+        """The streamed engine's status (the link client's session start asks for it): the
+        runner's running and done flags, no output beats."""
+        return Response.data(encode_payload(STATUS_LAYOUT, {
+            "busy": int(self.running), "done": int(self.done), "output_beats": 0,
+            "residual_window": 0}))
 
     def _run_status(self, payload: bytes) -> Response:
         if payload:
