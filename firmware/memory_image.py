@@ -110,6 +110,13 @@ class MemoryImage:
         """Bytes of memory the image uses, from address 0 to the end of the last region."""
         return max([len(self.model_bytes), *(r.end for r in self.regions.values())])
 
+    def summary(self) -> str:
+        """One line: the model, the maps and the total against the board's memory."""
+        maps = self.total_bytes - self.input_region.address
+        return (f"memory: model {len(self.model_bytes)} bytes (program {self.program_bytes}, "
+                f"tables {len(self.model_bytes) - self.program_bytes}) + {len(self.regions)} maps "
+                f"{maps} bytes = {self.total_bytes} of {self.memory_bytes} bytes")
+
     def memory_map(self) -> list[dict]:
         """One row per part (program, each step's tables, each map region), in address order:
         ``part``, ``address``, ``bytes``, ``end`` (exclusive) and ``what`` it holds."""

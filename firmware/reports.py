@@ -245,7 +245,8 @@ class ResidentRunReport:
     transport: str
     load: LoadReport
     inferences: list = field(default_factory=list)
-    memory_map: list = field(default_factory=list)
+    memory_map: list = field(default_factory=list)   # MemoryImage.memory_map() rows
+    memory_summary: str = ""
     link_summary: str = ""
     faults_injected: int = 0
     fault_summary: str = ""
@@ -268,7 +269,7 @@ class ResidentRunReport:
         return "\n".join(lines)
 
     def summary_lines(self) -> list[str]:
-        lines = [self.load.line()]
+        lines = [self.memory_summary, self.load.line()] if self.memory_summary else [self.load.line()]
         for r in self.inferences:
             lines.append(f"image {r.image}: logits {r.logits}; golden {r.golden_logits}")
             if not r.bit_exact:
@@ -289,6 +290,7 @@ class ResidentRunReport:
     def to_json(self) -> dict:
         return {"mode": "resident", "model": self.model, "transport": self.transport,
                 "load": self.load.to_json(), "inferences": [r.to_json() for r in self.inferences],
-                "memory_map": self.memory_map, "bit_exact": self.bit_exact,
+                "memory": self.memory_summary, "memory_map": self.memory_map,
+                "bit_exact": self.bit_exact,
                 "link": self.link_summary, "faults_injected": self.faults_injected,
                 "fault_summary": self.fault_summary, "wall_s": self.wall_s}

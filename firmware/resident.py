@@ -286,7 +286,8 @@ def run_resident(program: LayerProgram, images, transport: str = "resident-ref",
         image = driver.build_image()
         load = driver.load(image, progress=progress)
         report = ResidentRunReport(model=f"{program.model.arch} {program.model.family_name}",
-                                   transport=transport, load=load, memory_map=image.memory_map())
+                                   transport=transport, load=load, memory_map=image.memory_map(),
+                                   memory_summary=image.summary())
         for x in tqdm(images, desc="images", unit="image", disable=None if progress else True,
                       leave=False):
             report.inferences.append(driver.infer(x, check_layers=check_layers))
