@@ -14,6 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def closing_lines(report) -> list[str]:
+    """The fault-injection and wall-time lines that end a run report (streamed or resident):
+    ``report`` has ``fault_summary``, ``faults_injected``, ``bit_exact``, ``wall_s``, ``transport``."""
+    lines = []
+    if report.fault_summary:
+        lines.append(f"faults injected: {report.faults_injected} ({report.fault_summary}); "
+                     + ("all survived (bit-exact)" if report.bit_exact else "result NOT bit-exact"))
+    lines.append(f"wall time: {report.wall_s:.1f} s over {report.transport or 'the link'}")
+    return lines
+
+
 @dataclass
 class StepReport:
     """One engine step as run on the board."""
@@ -182,11 +193,7 @@ class RunReport(Verdicts):
         if self.device_link:
             lines.append("device link counters: " + ", ".join(
                 f"{k}={v}" for k, v in self.device_link.items()))
-        if self.fault_summary:
-            lines.append(f"faults injected: {self.faults_injected} ({self.fault_summary}); "
-                         + ("all survived (bit-exact)" if self.bit_exact else "result NOT bit-exact"))
-        lines.append(f"wall time: {self.wall_s:.1f} s over {self.transport or 'the link'}")
-        return lines
+        return lines + closing_lines(self)
 
 
 @dataclass
@@ -281,11 +288,7 @@ class ResidentRunReport:
         else:
             lines.append("verdict: NOT bit-exact (see the images above)")
         lines.append(f"link: {self.link_summary}")
-        if self.fault_summary:
-            lines.append(f"faults injected: {self.faults_injected} ({self.fault_summary}); "
-                         + ("all survived (bit-exact)" if self.bit_exact else "result NOT bit-exact"))
-        lines.append(f"wall time: {self.wall_s:.1f} s over {self.transport or 'the link'}")
-        return lines
+        return lines + closing_lines(self)
 
     def to_json(self) -> dict:
         return {"mode": "resident", "model": self.model, "transport": self.transport,

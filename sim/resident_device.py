@@ -136,28 +136,32 @@ class ResidentDevice:
         self.memory[address:address + len(data)] = data
         return Response.ack()
 
+    def _region(self, layout, payload: bytes, max_length: int | None = None):
+        """``payload`` decoded with ``layout`` if it has that size and its ``address`` and
+        ``length`` lie inside the memory (and ``length <= max_length``), else None (BAD_LENGTH)."""
+        if len(payload) != layout_bytes(layout):
+            return None
+        request = _fields(layout, payload)
+        if max_length is not None and request.length > max_length:
+            return None
+        return request if self._inside(request.address, request.length) else None
+
     def _read_mem(self, payload: bytes) -> Response:
-        if len(payload) != layout_bytes(MEM_READ_LAYOUT):
-            return Response.nak(NakReason.BAD_LENGTH)
-        request = _fields(MEM_READ_LAYOUT, payload)
-        if request.length > self.max_payload or not self._inside(request.address, request.length):
+        request = self._region(MEM_READ_LAYOUT, payload, self.max_payload)
+        if request is None:
             return Response.nak(NakReason.BAD_LENGTH)
         return Response.data(bytes(self.memory[request.address:request.address + request.length]))
 
     def _crc_mem(self, payload: bytes) -> Response:
-        if len(payload) != layout_bytes(MEM_REGION_LAYOUT):
-            return Response.nak(NakReason.BAD_LENGTH)
-        region = _fields(MEM_REGION_LAYOUT, payload)
-        if not self._inside(region.address, region.length):
+        region = self._region(MEM_REGION_LAYOUT, payload)
+        if region is None:
             return Response.nak(NakReason.BAD_LENGTH)
         crc = memory_crc(bytes(self.memory[region.address:region.address + region.length]))
         return Response.data(struct.pack("<I", crc))
 
     def _check_model(self, payload: bytes) -> Response:
-        if len(payload) != layout_bytes(MODEL_CHECK_LAYOUT):
-            return Response.nak(NakReason.BAD_LENGTH)
-        check = _fields(MODEL_CHECK_LAYOUT, payload)
-        if not self._inside(check.address, check.length):
+        check = self._region(MODEL_CHECK_LAYOUT, payload)
+        if check is None:
             return Response.nak(NakReason.BAD_LENGTH)
         region = bytes(self.memory[check.address:check.address + check.length])
         if memory_crc(region) != check.crc:
