@@ -14,9 +14,11 @@ from psconv.firmware.link import LinkNak, LinkTimeout
 from psconv.firmware.resident import ResidentDriver, ResidentError
 from psconv.firmware.transport import LoopbackTransport, Transport
 from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.frame import Response
 from psconv.protocol.memory import MEM_ADDRESS_LAYOUT
 from psconv.protocol.payloads import encode_payload
 from psconv.sim.golden.network import run_golden
+from psconv.sim.device_link import DeviceLink
 from psconv.sim.resident_device import ResidentDevice
 
 from conftest import MEMORY_BYTES, RESIDENT_CONFIG
@@ -204,3 +206,18 @@ def test_infer_before_load_and_a_wrong_image_shape_are_refused(program, images, 
     driver.load(memory_image, progress=False)
     with pytest.raises(ResidentError, match=r"shape \(3, 8, 8\); the model takes \(3, 16, 16\)"):
         driver.infer(torch.zeros((3, 8, 8), dtype=torch.int64))
+
+
+def test_a_board_without_resident_mode_is_named(program, memory_image):
+    device = ResidentDevice(RESIDENT_CONFIG, MEMORY_BYTES)
+
+    def streamed_only(code, payload):        # a board whose bitstream has no memory
+        if code >= Command.WRITE_MEM:
+            return Response.nak(NakReason.UNKNOWN_COMMAND)
+        return device.handle(code, payload)
+    driver = ResidentDriver(LoopbackTransport(DeviceLink(streamed_only)), program)
+    with pytest.raises(LinkNak) as error:
+        driver.load(memory_image, progress=False)
+    assert error.value.reason == NakReason.UNKNOWN_COMMAND
+    assert "identifying the board: RUN_STATUS" in one_line(error)
+    assert "this board has no resident mode" in one_line(error)
