@@ -121,19 +121,9 @@ def pack_layer(weight: torch.Tensor, family: PatternFamily, name: str = "layer")
         o, i, t = (int(v) for v in torch.nonzero((taps < -128) | (taps > 127))[0])
         raise PsconvError(f"pack layer {name!r}: weight[{o}, {i}] tap {t} is {int(taps[o, i, t])}; "
                           f"allowed: int8 -128..127")
+    family.check_weight(weight, f"pack layer {name!r}")
     masks = rotated_masks(family)
     c_out, c_in = taps.shape[:2]
-    q = (torch.arange(c_out)[:, None] + torch.arange(c_in)[None, :]) % len(masks)
-    table = torch.tensor([[m >> t & 1 for t in range(NUM_TAPS)] for m in masks], dtype=torch.bool)
-    allowed = table[q]
-    violating = (taps != 0) & ~allowed
-    if bool(violating.any()):
-        o, i, t = (int(v) for v in torch.nonzero(violating)[0])
-        raise PsconvError(
-            f"pack layer {name!r}: output channel {o}, input channel {i}, tap {t} (row {t // 3}, "
-            f"column {t % 3}) holds {int(taps[o, i, t])} but mask {int(q[o, i])} "
-            f"({masks[int(q[o, i])]:#05x}) of family {family.name!r} prunes that tap; "
-            f"{int(violating.sum())} such weight(s) in this layer")
     o_idx, i_idx, t_idx = stream_positions(masks, c_out, c_in)
     values = taps[o_idx, i_idx, t_idx].to(torch.int8)
     return PackedLayer(name=name, masks=masks, out_channels=c_out, in_channels=c_in,

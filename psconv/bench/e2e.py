@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 
 from psconv.errors import PsconvError
+from psconv.outputs import output_folder
 
 from .energy import ENERGY_PJ, ENERGY_SOURCE, energy_per_inference, engine_activity, plot_energy
 from .results import write_results
@@ -257,7 +258,8 @@ def register(benches) -> None:
     parser.add_argument("--image-seed", type=int, default=0,
                         help="seed of the input image, as `psconv run --image-seed` "
                              "(default: %(default)s)")
-    parser.add_argument("--out", help="results folder (default results/e2e)")
+    parser.add_argument("--out", type=output_folder("--out"),
+                        help="results folder (default results/e2e)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_command)
 

@@ -40,6 +40,7 @@ from types import SimpleNamespace
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import dense_family, family_by_name
+from psconv.outputs import output_folder
 from psconv.rtl_gen import (DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS,
                             progress_due)
 
@@ -517,8 +518,10 @@ def register(benches) -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse a build folder's fmax_report.json made for the same config")
     parser.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR),
+                        type=output_folder("--build-dir"),
                         help="where the netlists and tool logs go (default build/impl)")
-    parser.add_argument("--out", help="results folder (default results/impl)")
+    parser.add_argument("--out", type=output_folder("--out"),
+                        help="results folder (default results/impl)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar and no line per build: only the results table")

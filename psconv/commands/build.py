@@ -13,6 +13,7 @@ import json
 import sys
 
 from psconv.errors import PsconvError
+from psconv.outputs import output_folder
 from psconv.rtl_gen import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS
 
 DESIGNS = ("engine", "mac-demo")
@@ -54,6 +55,7 @@ def register(subparsers) -> None:
                         help="engine: the accelerator's board top (default); mac-demo: a UART "
                              "multiply-accumulate demo that checks the flow")
     parser.add_argument("-o", "--outdir", default=None, metavar="DIR",
+                        type=output_folder("-o/--outdir"),
                         help="build directory (default build/BOARD)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true",

@@ -116,3 +116,26 @@ def layout_bytes(layout: data.StructLayout) -> int:
 def memory_crc(data_bytes: bytes) -> int:
     """:data:`MEMORY_CRC` of ``data_bytes`` (what ``CRC_MEM`` and ``CHECK_MODEL`` compute)."""
     return binascii.crc32(data_bytes) & 0xFFFFFFFF
+
+
+def encode_layout(layout: data.StructLayout, fields: dict) -> bytes:
+    """``fields`` as the bytes of one ``layout`` item (little-endian, fields from bit 0 up)."""
+    value = layout.const(fields).as_value().value
+    return value.to_bytes(layout_bytes(layout), "little")
+
+
+def program_header(config_hash: int, steps: int) -> bytes:
+    """The bytes of :data:`PROGRAM_HEADER_LAYOUT` for a program of ``steps`` step records."""
+    return encode_layout(PROGRAM_HEADER_LAYOUT, {
+        "magic": int.from_bytes(PROGRAM_MAGIC, "little"), "version": PROGRAM_VERSION,
+        "steps": steps, "config_hash": config_hash})
+
+
+def step_record(config, spec, **addresses) -> bytes:
+    """The bytes of one :func:`step_record_layout` item: ``spec`` is the step's
+    :class:`~.descriptor.LayerSpec`; ``addresses`` its other fields (masks_address,
+    quant_address, weights_address, weight_bytes, fmap_address, fmap_bytes, residual_address,
+    output_address, plane_bytes)."""
+    layout = step_record_layout(config)
+    descriptor = layout["descriptor"].shape.from_bits(spec.encode(config))
+    return encode_layout(layout, {"descriptor": descriptor, **addresses})

@@ -81,7 +81,6 @@ def test_reduced_resnet18_is_bit_exact_on_the_simulated_board(board_build, width
     # a clean link: no retransmission, no device-side error
     assert driver.link.stats.retransmissions == 0
     assert report.device_link["crc_errors"] == report.device_link["replays"] == 0
-    assert seconds < 120
 
 
 def test_faulty_link_still_bit_exact(board_build, width8, capsys):
