@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from psconv.errors import PsconvError
 from psconv.firmware.compiler import HostStep, LayerProgram
 from psconv.protocol.beats import weight_beats
-from psconv.protocol.descriptor import encode_quant_entry, layer_descriptor_layout
-from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, PROGRAM_MAGIC, PROGRAM_VERSION,
-                                    layout_bytes, memory_crc, step_record_layout)
-from psconv.protocol.payloads import beats_payload, config_hash, encode_payload, mask_payload, quant_payload
+from psconv.protocol.descriptor import encode_quant_entry
+from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, layout_bytes, memory_crc,
+                                    program_header, step_record, step_record_layout)
+from psconv.protocol.payloads import beats_payload, config_hash, mask_payload, quant_payload
 
 ALIGN = 4
 """Every table and map region starts at a multiple of this many bytes."""
@@ -79,7 +79,8 @@ class MemoryImage:
 
     ``model_bytes`` is what the host loads and ``CHECK_MODEL`` covers, from address 0
     (:attr:`program_address`); ``regions`` the maps by name (``"input"`` first, then every
-    engine layer in program order); ``records`` each step record's field values.
+    engine layer in program order); ``records`` each step record's fields but the descriptor
+    (the step's ``LayerSpec``).
     """
 
     memory_bytes: int
@@ -220,7 +221,6 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
                           f"{model_length}, maps {cursor - _align(model_length)}) but the board "
                           f"has {memory_bytes} bytes of memory")
 
-    descriptor_layout = layer_descriptor_layout(config)
     records = []
     for step, placed in zip(steps, addresses):
         spec = step.descriptor
@@ -239,18 +239,13 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
                                   f"of shape {residual.shape}; its output is {out.shape}")
             residual_address = residual.address + offset
         records.append({
-            "descriptor": spec.encode(config), **placed,
-            "fmap_address": source.address, "fmap_bytes": source.size,
+            **placed, "fmap_address": source.address, "fmap_bytes": source.size,
             "residual_address": residual_address, "output_address": out.address + offset,
             "plane_bytes": out.plane_bytes,
         })
 
-    header = encode_payload(PROGRAM_HEADER_LAYOUT, {
-        "magic": int.from_bytes(PROGRAM_MAGIC, "little"), "version": PROGRAM_VERSION,
-        "steps": len(steps), "config_hash": config_hash(config)})
-    program_image = header + b"".join(
-        encode_payload(record_layout, {**r, "descriptor": descriptor_layout.from_bits(r["descriptor"])})
-        for r in records)
+    program_image = program_header(config_hash(config), len(steps)) + b"".join(
+        step_record(config, step.descriptor, **r) for step, r in zip(steps, records))
     return MemoryImage(memory_bytes=memory_bytes, model_bytes=program_image + bytes(tables),
                        regions=regions, output_layer=output_layer, program_bytes=program_bytes,
                        step_names=[s.name for s in steps], records=records,
