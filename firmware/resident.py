@@ -137,7 +137,7 @@ class ResidentDriver(BoardClient):
             data += part
         return bytes(data)
 
-    def memory_crc(self, address: int, length: int, context: str) -> int:
+    def crc_memory(self, address: int, length: int, context: str) -> int:
         payload = self._request(Command.CRC_MEM, encode_payload(
             MEM_REGION_LAYOUT, {"address": address, "length": length}), context).payload
         if len(payload) != 4:
@@ -165,7 +165,7 @@ class ResidentDriver(BoardClient):
         model, crc = image.model_bytes, image.model_crc
         self.image = None
         resume = self._acknowledged[1] if self._acknowledged[0] == crc else 0
-        if resume and self.memory_crc(0, resume, "resuming the model load") != memory_crc(model[:resume]):
+        if resume and self.crc_memory(0, resume, "resuming the model load") != memory_crc(model[:resume]):
             resume = 0
         bar = tqdm(total=len(model), initial=resume, desc="model", unit="B", unit_scale=True,
                    disable=None if progress else True, leave=False)
