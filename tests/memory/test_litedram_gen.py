@@ -59,7 +59,7 @@ def test_errors_name_the_problem(cache):
 
 
 def test_pll_phase_for_90_degrees():
-    from psconv.rtl_gen.sdram_board import pll_phase
+    from psconv.hw.sdram_clocking import pll_phase
 
     assert pll_phase(12, 90) == (14, 0)   # 3 whole VCO cycles after CLKOP's CPHASE 11
     assert pll_phase(10, 90) == (11, 4)   # 2.5 VCO cycles: 2 whole, 4 eighths
