@@ -325,9 +325,10 @@ LOCAL_BOARDS = {"sim": ("psconv.sim.bridge", "open_sim"),
 spec -> (module, function(config) -> Transport)."""
 
 
-def open_transport(spec: str, config) -> Transport:
+def open_transport(spec: str, config, memory_bytes: int = 0) -> Transport:
     """A bare ``"sim"`` (the board top in Verilator) or ``"resident-ref"`` (the software resident
-    board) is a fresh board with ``config`` (the program's); anything else goes to
+    board) is a fresh board with ``config`` (the program's) and, if ``memory_bytes``, that much
+    resident memory; anything else goes to
     :func:`~psconv.firmware.transport.transport_from_spec`."""
     import importlib
 
@@ -335,7 +336,8 @@ def open_transport(spec: str, config) -> Transport:
 
     if spec in LOCAL_BOARDS:
         module, function = LOCAL_BOARDS[spec]
-        return getattr(importlib.import_module(module), function)(config)
+        options = {"memory_bytes": memory_bytes} if memory_bytes else {}
+        return getattr(importlib.import_module(module), function)(config, **options)
     return transport_from_spec(spec)
 
 
@@ -358,13 +360,15 @@ class OpenedLink:
 
 
 def open_link(spec: str, config, *, faults: float = 0.0, fault_seed: int = 0,
-              timeout_s: float | None = None, retries: int | None = None) -> OpenedLink:
+              timeout_s: float | None = None, retries: int | None = None,
+              memory_bytes: int = 0) -> OpenedLink:
     """Open the transport ``spec`` (:func:`open_transport`), optionally wrapped in a
     :class:`~psconv.firmware.faults.FaultInjectingTransport` with ``faults`` per frame; with
-    faults the default answer timeout is shorter (0.3 s) and the retries more (20)."""
+    faults the default answer timeout is shorter (0.3 s) and the retries more (20).
+    ``memory_bytes``: the resident memory of a local board (see :func:`open_transport`)."""
     from psconv.firmware.faults import FaultInjectingTransport, uniform_fault_rates
 
-    inner = open_transport(spec, config)
+    inner = open_transport(spec, config, memory_bytes)
     injector = None
     if faults:
         # a dropped frame costs a host timeout, so keep it short; a delay stays below it

@@ -29,7 +29,8 @@ import torch
 
 from psconv.errors import PsconvError
 from psconv.firmware.compiler import HostStep, LayerProgram
-from psconv.firmware.driver import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, BoardClient, open_link
+from psconv.firmware.driver import (DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, LOCAL_BOARDS, BoardClient,
+                                    open_link)
 from psconv.firmware.link import LinkNak
 from psconv.firmware.memory_image import MapRegion, MemoryImage, build_memory_image
 from psconv.firmware.reports import InferenceReport, LoadReport, ResidentRunReport
@@ -269,6 +270,14 @@ class ResidentDriver(BoardClient):
             golden_logits=[int(v) for v in golden.logits.reshape(-1).tolist()])
 
 
+def local_board_memory(program: LayerProgram) -> int:
+    """Memory for a fresh local board (simulated or reference) to run ``program``: its memory
+    image rounded up to a power of two (at least 64 KiB), so boards for similar models share one
+    simulator build."""
+    needed = build_memory_image(program, 1 << 32).total_bytes
+    return max(1 << 16, 1 << (needed - 1).bit_length())
+
+
 def run_resident(program: LayerProgram, images, transport: str = "resident-ref", *,
                  check_layers: bool = False, faults: float = 0.0, fault_seed: int = 0,
                  timeout_s: float | None = None, retries: int | None = None,
@@ -279,7 +288,8 @@ def run_resident(program: LayerProgram, images, transport: str = "resident-ref",
     from tqdm import tqdm
 
     link = open_link(transport, program.config, faults=faults, fault_seed=fault_seed,
-                     timeout_s=timeout_s, retries=retries)
+                     timeout_s=timeout_s, retries=retries,
+                     memory_bytes=local_board_memory(program) if transport in LOCAL_BOARDS else 0)
     started = time.perf_counter()
     driver = ResidentDriver(link.transport, program, timeout_s=link.timeout_s, retries=link.retries)
     try:

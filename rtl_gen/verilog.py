@@ -89,7 +89,47 @@ def generate_verilog(component, name: str = DEFAULT_TOP, header_lines=(), *,
     _check_top_name(name)
     _check_component(component)
     text = verilog.convert(component, name=name, emit_src=emit_src)
-    return header_comment(header_lines) + text
+    return header_comment(header_lines) + loop_zero_initializers(text)
+
+
+_ZERO_ENTRY_RE = re.compile(r"^(\s+)([A-Za-z_][A-Za-z0-9_$]*)\[(\d+)\] = \d+'h0+;$")
+
+
+def loop_zero_initializers(text: str, shortest: int = 64) -> str:
+    """``text`` with each memory's all-zero ``initial`` block written as one loop.
+
+    Why: Yosys writes a memory's initial value one line per word, so a simulated board's
+    megabyte of on-chip memory would be a million Verilog lines for Verilator to parse and
+    compile. Only blocks that set words 0..N-1 (N >= ``shortest``) to zero in order change; the
+    loop sets exactly those words to zero, so simulation is unchanged.
+    """
+    lines = text.split("\n")
+    out = []
+    k = 0
+    while k < len(lines):
+        line = lines[k]
+        if line.strip() == "initial begin":
+            j = k + 1
+            name = None
+            while j < len(lines):
+                match = _ZERO_ENTRY_RE.match(lines[j])
+                if (not match or int(match.group(3)) != j - k - 1
+                        or (name is not None and match.group(2) != name)):
+                    break
+                name = match.group(2)
+                j += 1
+            count = j - k - 1
+            if count >= shortest and j < len(lines) and lines[j].strip() == "end":
+                indent = line[:len(line) - len(line.lstrip())]
+                index = f"{name}__zero_init"
+                out += [f"{indent}integer {index};", line,
+                        f"{indent}  for ({index} = 0; {index} < {count}; {index} = {index} + 1)",
+                        f"{indent}    {name}[{index}] = 0;", lines[j]]
+                k = j + 1
+                continue
+        out.append(line)
+        k += 1
+    return "\n".join(out)
 
 
 _PORT_DECL_RE = re.compile(
