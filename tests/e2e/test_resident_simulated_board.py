@@ -1,0 +1,46 @@
+"""Resident mode on the simulated board: the board's gateware in Verilator, with memory.
+
+The host loads a reduced ResNet18 once (through the fault-injecting transport: the load must
+survive damaged, dropped and duplicated frames), then runs two images in a row; every layer is
+read back from the board's memory and compared with the golden model on every element, and the
+board's memory traffic equals the software reference board's exactly.
+"""
+
+import pytest
+
+from psconv.firmware.compiler import compile_model
+from psconv.firmware.resident import ResidentDriver, local_board_memory, run_resident
+from psconv.nn.default import default_quantized_model, model_images
+from psconv.sim.resident_device import open_reference
+
+from e2e_helpers import SIM_CONFIG
+
+
+@pytest.fixture(scope="module")
+def width8():
+    model = default_quantized_model("PSD1_P16", width=8, image_size=16, calibration_images=4)
+    return compile_model(model, SIM_CONFIG), model_images(model, 2, seed=2000)
+
+
+def test_two_images_bit_exact_at_every_layer_after_a_faulty_load(width8, capsys):
+    program, images = width8
+    report = run_resident(program, images, transport="sim", check_layers=True, faults=0.05,
+                          fault_seed=3, progress=False)
+    with capsys.disabled():
+        print("\n" + "\n".join(report.summary_lines()))
+    assert report.faults_injected > 0
+    assert report.bit_exact, report.first_mismatch
+    assert len(report.inferences) == 2
+    for inference in report.inferences:
+        assert inference.bit_exact and len(inference.layers) == 22
+        assert inference.logits == inference.golden_logits and len(inference.logits) == 10
+        assert inference.device_cycles > 0
+    assert report.inferences[0].logits != report.inferences[1].logits
+
+    reference = ResidentDriver(open_reference(SIM_CONFIG, local_board_memory(program)), program)
+    reference.load(reference.build_image(), progress=False)
+    for image, board in zip(images, report.inferences):
+        expected = reference.infer(image)
+        assert (board.memory_reads, board.memory_writes) == (expected.memory_reads,
+                                                             expected.memory_writes)
+        assert board.logits == expected.logits
