@@ -1,12 +1,12 @@
 """``psconv demo``: the README's main job on the embedded default, no board and no files needed.
 
-The whole path of the README, on one seeded image: the embedded-default ResNet18
-(PSD1_P16, reduced to width 8 so it runs in well under a minute once the simulator is built)
-is quantized, compiled for the default engine (Tm=4 Tn=16, one input-channel pass per layer),
-and streamed layer by layer over the host link into the board top simulated in Verilator (UART
-replaced by a socket bridge; link layer, command processor and engine are the gateware). Every layer and the
-logits are compared with the integer golden model; the verdict and the multiplier utilization
-are printed. Exit status 1 if anything differs.
+The whole path of the README: the embedded-default ResNet18 (PSD1_P16, reduced to width 8 so it
+runs in well under a minute once the simulator is built) is quantized, compiled for the default
+engine (Tm=4 Tn=16) and run on the board top simulated in Verilator (UART replaced by a socket
+bridge; everything behind it is the gateware), twice: streamed (every layer's weights and maps
+over the link, one image) and resident (the model loaded into the board's memory once, CRC
+checked, then two images in, results out). Every layer and the logits are compared with the
+integer golden model. Exit status 1 if anything differs.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from . import run as run_command
 
-    return run_command.run(argparse.Namespace(
-        model=None, family=None, width=args.width, image_size=None, config=None, board=None,
-        transport="sim", mode="streamed", images=1, check_layers=False,
-        image_seed=0, faults=0.0, fault_seed=0, timeout=None, retries=None, json=None,
-        no_progress=args.no_progress))
+    status = 0
+    for mode, images in (("streamed", 1), ("resident", 2)):
+        status |= run_command.run(argparse.Namespace(
+            model=None, family=None, width=args.width, image_size=None, config=None, board=None,
+            transport="sim", mode=mode, images=images, check_layers=True,
+            image_seed=0, faults=0.0, fault_seed=0, timeout=None, retries=None, json=None,
+            no_progress=args.no_progress))
+    return status

@@ -35,10 +35,13 @@ def register(subparsers) -> None:
                     "become the largest that fit, and a line says what was chosen and why.")
     add_model_arguments(parser)
     add_engine_arguments(parser)
-    parser.add_argument("--mode", choices=("streamed", "resident"), default="streamed",
+    parser.add_argument("--mode", choices=("auto", "streamed", "resident"), default="auto",
                         help="streamed: send every layer's weights and maps over the link; "
                              "resident: load the model into the board's memory once, then send "
-                             "only images and read results (default: %(default)s)")
+                             "only images and read results; auto (default): resident where the "
+                             "board has memory (the simulated board, the ULX3S's SDRAM), "
+                             "streamed on a board without (--board icebreaker, a --transport to "
+                             "a board of unknown build)")
     parser.add_argument("--transport", default="sim", metavar="SPEC",
                         help="sim (the board top in Verilator), resident-ref[:BYTES] (a software "
                              "resident board, --mode resident), serial:/dev/ttyUSB0[@baud] or "
@@ -93,7 +96,22 @@ def print_report(report, stream=None) -> None:
         print(line, file=stream)
 
 
+def choose_mode(args) -> str:
+    """``--mode``, with ``auto`` resolved: resident on a board with memory (a ``--board`` with
+    SDRAM, or a local board: the simulated or reference one), else streamed."""
+    if args.mode != "auto":
+        return args.mode
+    if args.board:
+        from psconv.rtl_gen.boards import get_board
+
+        return "resident" if get_board(args.board).sdram_module else "streamed"
+    from psconv.firmware.driver import LOCAL_BOARDS
+
+    return "resident" if args.transport in LOCAL_BOARDS else "streamed"
+
+
 def run(args) -> int:
+    args.mode = choose_mode(args)
     if not 0.0 <= args.faults <= 1.0:
         raise PsconvError(f"--faults is {args.faults}; allowed: a probability per frame, 0..1")
     if args.images < 1:

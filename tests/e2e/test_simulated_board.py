@@ -151,8 +151,8 @@ def test_psconv_run_command(board_build, tmp_path, capsys):
     config = tmp_path / "engine.json"
     config.write_text(json.dumps(SIM_CONFIG.to_json()))
     report = tmp_path / "report.json"
-    code = cli.main(["run", "--config", str(config), "--width", "4", "--no-progress",
-                     "--json", str(report)])
+    code = cli.main(["run", "--mode", "streamed", "--config", str(config), "--width", "4",
+                     "--no-progress", "--json", str(report)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "verdict: BIT-EXACT" in out and "multiplier utilization" in out
@@ -160,8 +160,9 @@ def test_psconv_run_command(board_build, tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["bit_exact"] is True and len(data["steps"]) == 20
     # --faults: the same network through a fault-injecting link, still bit-exact
-    code = cli.main(["run", "--config", str(config), "--width", "4", "--no-progress",
-                     "--faults", "0.05", "--fault-seed", "3", "--json", str(report)])
+    code = cli.main(["run", "--mode", "streamed", "--config", str(config), "--width", "4",
+                     "--no-progress", "--faults", "0.05", "--fault-seed", "3", "--json",
+                     str(report)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "verdict: BIT-EXACT" in out and "faults injected: " in out
