@@ -74,13 +74,11 @@ def _network_settings(args) -> dict:
 
 
 def run(args) -> int:
-    import torch
-
     from psconv.nn.datasets import dataset_from_args
     from psconv.nn.evaluate import evaluate, plot_confusion
     from psconv.nn.models import check_width
     from psconv.nn.quantize import quantize_resnet
-    from psconv.nn.train import load_checkpoint
+    from psconv.nn.train import load_checkpoint, set_threads
     from psconv.qmodel import QuantizedModel
 
     if not args.checkpoint and not args.model:
@@ -89,10 +87,7 @@ def run(args) -> int:
         raise PsconvError(f"--images is {args.images}; allowed: an integer >= 1")
     if args.calibration_images < 1:
         raise PsconvError(f"--calibration-images is {args.calibration_images}; allowed: >= 1")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise PsconvError(f"--threads is {args.threads}; allowed: an integer >= 1")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.transport is None and (args.board or args.config):
         raise PsconvError("--board/--config name the board's engine; add --transport (e.g. sim) "
                           "to run on it")

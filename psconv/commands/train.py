@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from psconv.errors import PsconvError
-
 DEFAULT_FAMILY = "PSD1_P16"
 DEFAULT_WIDTHS = {"cifar10": 64, "digits": 2}
 """Per data set: the paper's full network for CIFAR-10; for the digits the widest ResNet18 every
@@ -77,22 +75,17 @@ def register(subparsers) -> None:
 def spec_from_args(args):
     """The :class:`~psconv.nn.train.TrainSpec` and the :class:`~psconv.nn.datasets.Dataset`
     the options name."""
-    import torch
-
     from psconv.families import family_by_name
     from psconv.nn.datasets import dataset_from_args, dataset_name
     from psconv.nn.models import check_width
-    from psconv.nn.train import TrainSpec, recipe_for
+    from psconv.nn.train import TrainSpec, recipe_for, set_threads
 
     name = dataset_name(args)
     width = DEFAULT_WIDTHS[name] if args.width is None else args.width
     check_width(width)
     family = args.family or DEFAULT_FAMILIES[name]
     family_by_name(family)                     # an unknown family fails before data is read
-    if args.threads is not None:
-        if args.threads < 1:
-            raise PsconvError(f"--threads is {args.threads}; allowed: an integer >= 1")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     recipe = recipe_for(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                         momentum=args.momentum, weight_decay=args.weight_decay,
                         milestones=None if args.milestones is None else tuple(args.milestones),

@@ -150,6 +150,15 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
                       for i in range(0, len(images), batch_size)])
 
 
+def set_threads(threads: int | None) -> None:
+    """``--threads``: torch's CPU threads (``None``: leave torch's choice)."""
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise PsconvError(f"--threads is {threads!r}; allowed: an integer >= 1")
+    torch.set_num_threads(threads)
+
+
 def default_device() -> torch.device:
     """The GPU when one is present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
