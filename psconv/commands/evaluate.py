@@ -119,7 +119,7 @@ def run(args) -> int:
         if args.transport else ""
     print(f"psconv evaluate: {count} {dataset.name} test images{where}", flush=True)
     result = evaluate(images, labels, float_model, quantized, config, args.transport,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, classes=dataset.num_classes)
     result.update({"dataset": dataset.name, "checkpoint": args.checkpoint, "model": args.model,
                    "network": settings, "board": args.board or args.config})
     for path in ("float", "int8", "board"):

@@ -20,6 +20,8 @@ import torch
 
 from psconv.qmodel import QuantizedModel
 
+from .cifar import NUM_CLASSES
+
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, classes: int) -> list[list[int]]:
     """``m[true][predicted]`` counts."""
@@ -51,9 +53,11 @@ class BoardSession:
 
 def evaluate(images: torch.Tensor, labels: torch.Tensor, float_model=None,
              quantized: QuantizedModel | None = None, engine_config=None,
-             transport: str | None = None, progress: bool = True) -> dict:
+             transport: str | None = None, progress: bool = True,
+             classes: int = NUM_CLASSES) -> dict:
     """Accuracies of the float network (if given), the int8 golden model (if ``quantized``) and
-    the board (if ``transport`` and ``engine_config``) on ``images``/``labels``.
+    the board (if ``transport`` and ``engine_config``) on ``images``/``labels`` (0 ..
+    ``classes - 1``).
 
     Returns ``images``, ``float_accuracy``, ``int8_accuracy``, ``board_accuracy`` (``None``
     where not run), ``board_golden_mismatches`` (images on which the board differs from the
@@ -67,7 +71,6 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, float_model=None,
 
     from .train import predict
 
-    classes = int(labels.max()) + 1 if quantized is None else quantized.num_classes
     result = {"images": len(labels), "float_accuracy": None, "int8_accuracy": None,
               "board_accuracy": None, "board_golden_mismatches": None,
               "float_int8_disagreements": None, "first_board_mismatch": None,
@@ -133,7 +136,7 @@ def plot_confusion(result: dict, path, title: str = "") -> None:
     fig, axes = plt.subplots(1, len(paths), figsize=(4.2 * len(paths), 4.2), squeeze=False)
     for ax, name in zip(axes[0], paths):
         matrix = torch.tensor(result["confusion"][name])
-        ax.imshow(matrix, cmap="Blues")
+        ax.imshow(matrix.tolist(), cmap="Blues")
         for (t, p), count in zip(torch.cartesian_prod(torch.arange(len(matrix)),
                                                       torch.arange(len(matrix))).tolist(),
                                  matrix.reshape(-1).tolist()):
