@@ -83,6 +83,9 @@ def test_cifar10_batches_train_vgg16_and_resnet18(tmp_path, capsys):
                 info["recipe"]["flip"], info["recipe"]["lr"]) == ("cifar10", 32, 4, True, 0.1)
         assert len(info["history"]) == 1
         capsys.readouterr()
+        # the data set comes from train.json too: CIFAR-10, whose folder must be named
+        assert main(["evaluate", "--checkpoint", str(run / "model.pt")]) == 2
+        assert "data set cifar10 needs --cifar DIR" in capsys.readouterr().err
         assert main(["evaluate", "--checkpoint", str(run / "model.pt"), "--cifar", str(cifar),
                      "--json", str(run / "e.json"), "--no-progress"]) == 0
         result = json.loads((run / "e.json").read_text())

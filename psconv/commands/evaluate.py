@@ -23,7 +23,8 @@ def register(subparsers) -> None:
                     "quantized with calibration on the train split), and with --transport the "
                     "board or simulated board, counting the images on which the board differs "
                     "from the golden model anywhere (must be 0). --arch, --family and --width "
-                    "default to the train.json that `psconv train` wrote next to the checkpoint.")
+                    "(and --dataset) default to the train.json that `psconv train` wrote next to "
+                    "the checkpoint.")
     parser.add_argument("--checkpoint", metavar="FILE.pt",
                         help="state dict (model.pt of `psconv train`) of the float network")
     parser.add_argument("--model", metavar="FILE.npz",
@@ -55,7 +56,8 @@ def register(subparsers) -> None:
 
 
 def _network_settings(args) -> dict:
-    """arch/family/width: the options given, else train.json beside the checkpoint."""
+    """arch/family/width (and the data set, unless --dataset or --cifar name one): the options
+    given, else train.json beside the checkpoint."""
     from psconv.nn.train import INFO_FILE, read_info
 
     settings = {"arch": args.arch, "family": args.family, "width": args.width}
@@ -66,6 +68,8 @@ def _network_settings(args) -> dict:
             settings[key] = info.get(key)
     if settings["arch"] is None:
         settings["arch"] = "resnet18"
+    if args.dataset is None and not args.cifar:
+        args.dataset = info.get("dataset")
     missing = [f"--{k}" for k in ("family", "width") if settings[k] is None]
     if missing:
         raise PsconvError(f"{' and '.join(missing)} needed: {args.checkpoint} has no {INFO_FILE} "
