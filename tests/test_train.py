@@ -138,6 +138,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
         (["train", "-o", str(tmp_path / "x"), "--resume"], "train_state.pt does not exist"),
         (["train", "-o", str(tmp_path / "x"), "--dataset", "cifar10"], "needs --cifar DIR"),
         (["train", "-o", str(tmp_path / "x"), "--batch-size", "5000"], "--batch-size is 5000"),
+        (["train", "-o", str(tmp_path / "x"), "--device", "toaster"], "--device is 'toaster'"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

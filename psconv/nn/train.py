@@ -159,9 +159,19 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def default_device() -> torch.device:
-    """The GPU when one is present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def choose_device(name: str | torch.device | None = None) -> torch.device:
+    """``name`` (``--device``) checked, or the GPU when one is present, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PsconvError(f"--device is {name!r}; allowed: cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PsconvError(f"--device is {name!r} but torch sees no GPU here; allowed: cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise PsconvError(f"--device is {name!r}; allowed: cpu, cuda or cuda:N")
+    return device
 
 
 def _save_atomic(obj, path: Path, as_json: bool = False) -> None:
@@ -207,7 +217,7 @@ def train(spec: TrainSpec, dataset: Dataset, out, resume: bool = False, progress
     from tqdm import tqdm
 
     recipe = spec.recipe
-    device = torch.device(device) if device is not None else default_device()
+    device = choose_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = new_model(spec.arch, spec.family, spec.width, spec.num_classes, recipe.seed,
