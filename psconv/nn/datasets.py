@@ -13,7 +13,8 @@ engine take a 3-channel image) and int64 labels, split into train and test.
   ``p / 8 - 1`` (-1..1, zero-centred like normalized CIFAR) and the grey channel is replicated
   to 3 channels. Why replicate rather than build a 1-channel stem: the network, the checkpoint
   ``psconv quantize --checkpoint`` reads, the model file and the engines stay exactly the
-  CIFAR ones, for 3x the stem's multiplies (the stem is under 1 % of the network's MACs).
+  CIFAR ones, for 3x the stem's multiplies (at width 2 on 8x8 images 3,456 instead of 1,152,
+  out of 18,858 MACs for PS4_P8).
   The 17 pixel levels stay 17 distinct int8 values after input quantization
   (``round(127 * (p / 8 - 1))`` with the max-calibrated scale 1/127), so quantizing the input
   loses nothing.
