@@ -121,6 +121,7 @@ def run(families=DEFAULT_FAMILIES, width: int = DEFAULT_WIDTH, epochs: int | Non
 
 def register(benches) -> None:
     from psconv.nn.models import MAX_WIDTH
+    from psconv.nn.train import add_threads_argument
 
     parser = benches.add_parser("accuracy", help="digits: train, quantize, float/int8/board accuracy",
                                 description="Train a width-2 ResNet18 per family on "
@@ -144,8 +145,7 @@ def register(benches) -> None:
     parser.add_argument("--boards", nargs="*", default=list(DEFAULT_BOARDS), metavar="BOARD",
                         help=f"boards whose engines run the test images on the simulated board; "
                              f"none for golden only (default: {' '.join(DEFAULT_BOARDS)})")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--out", help="results folder (default results/accuracy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_args)

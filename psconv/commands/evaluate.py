@@ -15,6 +15,7 @@ def register(subparsers) -> None:
     from psconv.nn.datasets import add_dataset_arguments
     from psconv.nn.default import DEFAULT_CALIBRATION_IMAGES
     from psconv.nn.models import MAX_WIDTH
+    from psconv.nn.train import add_threads_argument
 
     parser = subparsers.add_parser(
         "evaluate", help="accuracy: float, int8 golden model and board, on a test split",
@@ -49,8 +50,7 @@ def register(subparsers) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--confusion", metavar="FILE.png",
                         help="plot the confusion matrix of each path evaluated")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

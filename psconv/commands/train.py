@@ -15,7 +15,7 @@ PS4_P8 (4 of 9 taps), as PSD1_P16's one-tap kernels leave a 2..16-channel networ
 def register(subparsers) -> None:
     from psconv.nn.datasets import add_dataset_arguments
     from psconv.nn.models import MAX_WIDTH
-    from psconv.nn.train import CIFAR10_RECIPE, DIGITS_RECIPE
+    from psconv.nn.train import CIFAR10_RECIPE, DIGITS_RECIPE, add_threads_argument
 
     def both(field, fmt=str):
         return (f"cifar10: {fmt(getattr(CIFAR10_RECIPE, field))}, "
@@ -64,10 +64,10 @@ def register(subparsers) -> None:
                                                  "augmentation (default: 0)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda when "
                                          "present, else cpu)")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/train_state.pt (same settings required)")
+                        help="continue from OUT/train_state.pt: the same settings, except "
+                             "that --epochs may ask for more")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

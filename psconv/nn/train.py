@@ -150,6 +150,12 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 512,
                       for i in range(0, len(images), batch_size)])
 
 
+def add_threads_argument(parser) -> None:
+    """``--threads N`` (read back with :func:`set_threads`)."""
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice)")
+
+
 def set_threads(threads: int | None) -> None:
     """``--threads``: torch's CPU threads (``None``: leave torch's choice)."""
     if threads is None:
