@@ -1,6 +1,6 @@
 """Layer program compiler: a quantized model becomes the engine invocations that run it.
 
-Each step's descriptor is a :class:`psconv.hw.layer.LayerSpec` (the engine's layer registers)
+Each step's descriptor is a :class:`psconv.protocol.descriptor.LayerSpec` (the engine's layer registers)
 and is checked against the configuration with its ``check``.
 
 The program is deterministic (same model and config, same bytes; :meth:`LayerProgram.digest`).
@@ -30,9 +30,10 @@ import torch
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import PatternFamily
-from psconv.hw.layer import LayerSpec, cycles_per_output_channel, output_size
 from psconv.firmware.packing import PackedLayer, engine_weight_words, pack_layer, rotated_masks
+from psconv.protocol.descriptor import LayerSpec
 from psconv.qmodel import QLayer, QuantizedModel
+from psconv.schedule import cycles_per_output_channel, output_size
 
 PROGRAM_VERSION = 1
 

@@ -1,7 +1,7 @@
 """Host driver: runs a compiled program layer by layer on a board (real or simulated) over the link.
 
-:class:`Driver` speaks the command set of :mod:`psconv.hw.command_processor` through a
-:class:`~psconv.firmware.protocol.LinkClient` on any :class:`~psconv.firmware.transport.Transport`
+:class:`Driver` speaks the command set of :mod:`psconv.protocol` through a
+:class:`~psconv.firmware.link.LinkClient` on any :class:`~psconv.firmware.transport.Transport`
 (serial port, the Verilator socket bridge, the Amaranth simulator, with or without fault
 injection): it cannot tell them apart.
 
@@ -23,40 +23,41 @@ reads outputs.
 :meth:`Driver.run_program` runs a whole :class:`~psconv.firmware.compiler.LayerProgram` with
 :func:`~psconv.firmware.execute.execute_program` (avgpool and the classifier run on the host with
 the golden model's integer ops), compares every layer and the logits with
-:func:`~psconv.sim.golden.network.run_golden`, and returns a :class:`RunReport`.
+:func:`~psconv.sim.golden.network.run_golden`, and returns a
+:class:`~psconv.firmware.reports.RunReport`.
 
 Errors are :class:`~psconv.errors.PsconvError` s naming what failed: :class:`EngineMismatch`
 (the board's engine is not the one the program was compiled for, with the differing fields),
-:class:`~psconv.firmware.protocol.LinkNak` / :class:`~psconv.firmware.protocol.LinkTimeout`
+:class:`~psconv.firmware.link.LinkNak` / :class:`~psconv.firmware.link.LinkTimeout`
 (with the step, command, seq and reason), :class:`DriverError` (no progress, wrong state).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 
 from psconv.errors import PsconvError
 from psconv.firmware.compiler import EngineStep, LayerProgram
-from psconv.firmware.protocol import (MAX_PAYLOAD, Command, LinkClient, LinkNak, LinkTimeout,
-                                      read_output_payload)
-from psconv.firmware.transport import Transport
-from psconv.hw.command_processor import (IDENTITY_FIELDS, IDENTITY_VERSION, MASK_BYTES,
-                                         QUANT_BYTES, beats_payload, identity_fields,
-                                         layer_payload, mask_payload, output_beats,
-                                         parse_counters, parse_identity, parse_status,
-                                         quant_payload)
-from psconv.hw.layer import (LayerSpec, beats_to_pixels, encode_quant_entry, fmap_beat_bytes,
-                             fmap_beats, pixel_beats, weight_beats)
+from psconv.firmware.link import LinkClient, LinkNak, LinkTimeout
+from psconv.firmware.reports import RunReport, StepReport
+from psconv.firmware.transport import CountingTransport, Transport
+from psconv.protocol.beats import beats_to_pixels, fmap_beat_bytes, fmap_beats, pixel_beats, weight_beats
+from psconv.protocol.codes import Command
+from psconv.protocol.descriptor import LayerSpec, encode_quant_entry
+from psconv.protocol.frame import MAX_PAYLOAD
+from psconv.protocol.payloads import (IDENTITY_LAYOUT, IDENTITY_VERSION, MASK_BYTES, QUANT_BYTES,
+                                      beats_payload, identity_fields, layer_payload, mask_payload,
+                                      output_beats, parse_counters, parse_identity, parse_status,
+                                      quant_payload, read_output_payload)
 
 DEFAULT_TIMEOUT_S = 1.0
 DEFAULT_RETRIES = 8
 DEFAULT_OUTPUT_STALL_S = 60.0
 
 # the identity fields that come from the EngineConfig (the others describe the board's link)
-CONFIG_IDENTITY_FIELDS = tuple(f for f in IDENTITY_FIELDS
+CONFIG_IDENTITY_FIELDS = tuple(f for f, _ in IDENTITY_LAYOUT
                                if f not in ("magic", "version", "output_fifo_depth", "max_payload"))
 
 
@@ -71,191 +72,6 @@ class EngineMismatch(DriverError):
     def __init__(self, message: str, fields: dict):
         super().__init__(message)
         self.fields = fields
-
-
-class CountingTransport(Transport):
-    """Passes everything through to ``inner`` and counts the bytes each way (wire bytes)."""
-
-    def __init__(self, inner: Transport):
-        self.inner = inner
-        self.clock = inner.clock
-        self.bytes_written = 0
-        self.bytes_read = 0
-
-    def write(self, data: bytes) -> None:
-        self.bytes_written += len(data)
-        self.inner.write(data)
-
-    def read(self, max_bytes: int, timeout_s: float) -> bytes:
-        data = self.inner.read(max_bytes, timeout_s)
-        self.bytes_read += len(data)
-        return data
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-@dataclass
-class StepReport:
-    """One engine step as run on the board."""
-
-    layer: str
-    tile: int
-    tiles: int
-    shape: str
-    wire_bytes_sent: int          # frames to the board, retransmissions included
-    wire_bytes_received: int      # frames from the board
-    payload_bytes_sent: int       # what the engine was given: descriptor, masks, quant, weights, fmap, residual
-    payload_bytes_received: int   # output bytes
-    requests: int
-    busy_cycles: int
-    stall_cycles: int
-    idle_cycles: int
-    macs: int
-    useful_macs: int
-    multipliers: int
-    wall_s: float
-    bit_exact: bool | None = None
-    mismatch: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.layer if self.tiles == 1 else f"{self.layer}[{self.tile}/{self.tiles}]"
-
-    @property
-    def cycles(self) -> int:
-        """Device cycles from START to done (busy + stall + idle)."""
-        return self.busy_cycles + self.stall_cycles + self.idle_cycles
-
-    @property
-    def utilization(self) -> float:
-        """MACs / (multipliers x device cycles): includes the time spent waiting for the link."""
-        return self.macs / (self.multipliers * self.cycles) if self.cycles else 0.0
-
-    @property
-    def compute_utilization(self) -> float:
-        """MACs / (multipliers x busy cycles): the engine while it had work."""
-        return self.macs / (self.multipliers * self.busy_cycles) if self.busy_cycles else 0.0
-
-    def to_json(self) -> dict:
-        return {"layer": self.layer, "tile": self.tile, "tiles": self.tiles, "shape": self.shape,
-                "wire_bytes_sent": self.wire_bytes_sent,
-                "wire_bytes_received": self.wire_bytes_received,
-                "payload_bytes_sent": self.payload_bytes_sent,
-                "payload_bytes_received": self.payload_bytes_received,
-                "requests": self.requests, "busy_cycles": self.busy_cycles,
-                "stall_cycles": self.stall_cycles, "idle_cycles": self.idle_cycles,
-                "cycles": self.cycles, "macs": self.macs, "useful_macs": self.useful_macs,
-                "utilization": self.utilization, "compute_utilization": self.compute_utilization,
-                "wall_s": self.wall_s, "bit_exact": self.bit_exact, "mismatch": self.mismatch}
-
-
-@dataclass
-class RunReport:
-    """A whole program on the board, checked against the golden model."""
-
-    model: str
-    multipliers: int
-    steps: list = field(default_factory=list)
-    layers: dict = field(default_factory=dict)   # layer name -> mismatch text or None (bit-exact)
-    logits: list | None = None
-    golden_logits: list | None = None
-    wall_s: float = 0.0
-    link_summary: str = ""
-    device_link: dict = field(default_factory=dict)
-    transport: str = ""
-    faults_injected: int = 0
-    fault_summary: str = ""
-
-    @property
-    def logits_bit_exact(self) -> bool:
-        return self.logits is not None and self.logits == self.golden_logits
-
-    @property
-    def bit_exact(self) -> bool:
-        return (self.logits_bit_exact and all(s.bit_exact for s in self.steps)
-                and all(v is None for v in self.layers.values()))
-
-    @property
-    def first_mismatch(self) -> str | None:
-        for name, problem in self.layers.items():
-            if problem:
-                return problem
-        if not self.logits_bit_exact:
-            return f"logits {self.logits} differ from the golden logits {self.golden_logits}"
-        return None
-
-    def total(self, attribute: str) -> int:
-        return sum(getattr(s, attribute) for s in self.steps)
-
-    @property
-    def cycles(self) -> int:
-        return self.total("cycles")
-
-    @property
-    def utilization(self) -> float:
-        """Whole network: MACs / (multipliers x device cycles of all steps)."""
-        cycles = self.cycles
-        return self.total("macs") / (self.multipliers * cycles) if cycles else 0.0
-
-    @property
-    def compute_utilization(self) -> float:
-        busy = self.total("busy_cycles")
-        return self.total("macs") / (self.multipliers * busy) if busy else 0.0
-
-    def table(self) -> str:
-        """The per-step table: bytes, device cycles, utilization, wall time, bit-exact."""
-        head = (f"{'step':<22} {'shape':<24} {'sent B':>9} {'recv B':>8} {'cycles':>9} "
-                f"{'stall':>8} {'util':>6} {'busy util':>9} {'wall s':>7}  bit-exact")
-        lines = [head, "-" * len(head)]
-        for s in self.steps:
-            lines.append(
-                f"{s.name:<22} {s.shape:<24} {s.wire_bytes_sent:>9} {s.wire_bytes_received:>8} "
-                f"{s.cycles:>9} {s.stall_cycles:>8} {100 * s.utilization:>5.1f}% "
-                f"{100 * s.compute_utilization:>8.1f}% {s.wall_s:>7.2f}  "
-                f"{'yes' if s.bit_exact else 'NO'}")
-        lines.append("-" * len(head))
-        lines.append(
-            f"{'total':<22} {'':<24} {self.total('wire_bytes_sent'):>9} "
-            f"{self.total('wire_bytes_received'):>8} {self.cycles:>9} "
-            f"{self.total('stall_cycles'):>8} {100 * self.utilization:>5.1f}% "
-            f"{100 * self.compute_utilization:>8.1f}% {self.total('wall_s'):>7.2f}  "
-            f"{'yes' if all(s.bit_exact for s in self.steps) else 'NO'}")
-        return "\n".join(lines)
-
-    def to_json(self) -> dict:
-        return {"model": self.model, "multipliers": self.multipliers,
-                "steps": [s.to_json() for s in self.steps], "layers": self.layers,
-                "logits": self.logits, "golden_logits": self.golden_logits,
-                "bit_exact": self.bit_exact, "utilization": self.utilization,
-                "compute_utilization": self.compute_utilization, "cycles": self.cycles,
-                "wall_s": self.wall_s, "link": self.link_summary, "device_link": self.device_link,
-                "transport": self.transport, "faults_injected": self.faults_injected,
-                "fault_summary": self.fault_summary}
-
-    def summary_lines(self) -> list[str]:
-        """Logits, verdict, utilization and link figures as printable lines."""
-        lines = [f"logits (board):  {self.logits}", f"logits (golden): {self.golden_logits}"]
-        bad = [name for name, problem in self.layers.items() if problem]
-        if self.bit_exact:
-            lines.append(f"verdict: BIT-EXACT: all {len(self.layers)} layers and the logits equal "
-                         f"the golden model")
-        else:
-            lines.append(f"verdict: NOT bit-exact: {len(bad)} layer(s) differ; first: "
-                         f"{self.first_mismatch}")
-        lines.append(
-            f"multiplier utilization: {100 * self.utilization:.1f} % of {self.multipliers} "
-            f"multipliers over {self.cycles} device cycles (START to done, waiting for the link "
-            f"included); {100 * self.compute_utilization:.1f} % over the engine's busy cycles")
-        lines.append(f"link: {self.link_summary}")
-        if self.device_link:
-            lines.append("device link counters: " + ", ".join(
-                f"{k}={v}" for k, v in self.device_link.items()))
-        if self.fault_summary:
-            lines.append(f"faults injected: {self.faults_injected} ({self.fault_summary}); "
-                         + ("all survived (bit-exact)" if self.bit_exact else "result NOT bit-exact"))
-        lines.append(f"wall time: {self.wall_s:.1f} s over {self.transport or 'the link'}")
-        return lines
 
 
 def _with_context(error: PsconvError, context: str) -> PsconvError:
@@ -492,16 +308,6 @@ class Driver:
         return report
 
 
-def uniform_fault_rates(rate: float):
-    """:class:`~psconv.firmware.faults.FaultRates` with ``rate`` (per frame) split evenly over
-    every fault kind."""
-    from psconv.firmware.faults import FAULT_KINDS, FaultRates
-
-    if not 0.0 <= rate <= 1.0:
-        raise PsconvError(f"fault rate {rate} must be within 0..1 (probability per frame)")
-    return FaultRates(**{kind: rate / len(FAULT_KINDS) for kind in FAULT_KINDS})
-
-
 def open_transport(spec: str, config) -> Transport:
     """``"sim"`` is a fresh simulated board with ``config`` (the program's); anything else goes
     to :func:`~psconv.firmware.transport.transport_from_spec`."""
@@ -520,7 +326,7 @@ def run_on_board(program: LayerProgram, image: torch.Tensor, transport: str = "s
     """Open ``transport`` (a spec), optionally wrap it in a
     :class:`~psconv.firmware.faults.FaultInjectingTransport` with ``faults`` per frame, run
     ``program`` on ``image`` and return the :class:`RunReport` (what ``psconv run`` prints)."""
-    from psconv.firmware.faults import FaultInjectingTransport
+    from psconv.firmware.faults import FaultInjectingTransport, uniform_fault_rates
 
     inner = open_transport(transport, program.config)
     link = inner

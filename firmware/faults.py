@@ -27,8 +27,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, fields
 
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import HEADER_LEN, CRC_LEN, MAX_PAYLOAD, SYNC
 from psconv.firmware.transport import Transport, VirtualClock
+from psconv.protocol.frame import CRC_LEN, HEADER_LEN, MAX_PAYLOAD, SYNC
 
 FAULT_KINDS = ("bitflip", "drop", "duplicate", "truncate", "delay", "garbage")
 DIRECTIONS = ("to_device", "to_host")
@@ -245,3 +245,11 @@ class FaultInjectingTransport(Transport):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def uniform_fault_rates(rate: float):
+    """:class:`~psconv.firmware.faults.FaultRates` with ``rate`` (per frame) split evenly over
+    every fault kind."""
+    if not 0.0 <= rate <= 1.0:
+        raise PsconvError(f"fault rate {rate} must be within 0..1 (probability per frame)")
+    return FaultRates(**{kind: rate / len(FAULT_KINDS) for kind in FAULT_KINDS})

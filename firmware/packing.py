@@ -32,6 +32,7 @@ import torch
 
 from psconv.errors import PsconvError
 from psconv.families import CENTRE_MASK, NUM_TAPS, PatternFamily, mask_taps
+from psconv.schedule import check_passes, entries_per_output_channel, input_channel_passes
 
 FORMAT_VERSION = 1
 
@@ -120,19 +121,9 @@ def pack_layer(weight: torch.Tensor, family: PatternFamily, name: str = "layer")
         o, i, t = (int(v) for v in torch.nonzero((taps < -128) | (taps > 127))[0])
         raise PsconvError(f"pack layer {name!r}: weight[{o}, {i}] tap {t} is {int(taps[o, i, t])}; "
                           f"allowed: int8 -128..127")
+    family.check_weight(weight, f"pack layer {name!r}")
     masks = rotated_masks(family)
     c_out, c_in = taps.shape[:2]
-    q = (torch.arange(c_out)[:, None] + torch.arange(c_in)[None, :]) % len(masks)
-    table = torch.tensor([[m >> t & 1 for t in range(NUM_TAPS)] for m in masks], dtype=torch.bool)
-    allowed = table[q]
-    violating = (taps != 0) & ~allowed
-    if bool(violating.any()):
-        o, i, t = (int(v) for v in torch.nonzero(violating)[0])
-        raise PsconvError(
-            f"pack layer {name!r}: output channel {o}, input channel {i}, tap {t} (row {t // 3}, "
-            f"column {t % 3}) holds {int(taps[o, i, t])} but mask {int(q[o, i])} "
-            f"({masks[int(q[o, i])]:#05x}) of family {family.name!r} prunes that tap; "
-            f"{int(violating.sum())} such weight(s) in this layer")
     o_idx, i_idx, t_idx = stream_positions(masks, c_out, c_in)
     values = taps[o_idx, i_idx, t_idx].to(torch.int8)
     return PackedLayer(name=name, masks=masks, out_channels=c_out, in_channels=c_in,
@@ -153,54 +144,12 @@ def unpack_layer(packed: PackedLayer) -> torch.Tensor:
     return taps.reshape(packed.out_channels, packed.in_channels, 3, 3)
 
 
-def entries_per_output_channel(masks, in_channels: int) -> int:
-    """Stream slots per output channel in the engine: whole periods, the last one padded."""
-    return math.ceil(in_channels / len(masks)) * sum(bin(m).count("1") for m in masks)
-
-
-def input_channel_passes(in_channels: int, patch_channels: int | None = None) -> list[tuple[int, int]]:
-    """``(first channel, channel count)`` of each input-channel pass of a layer on an engine whose
-    patch buffer holds ``patch_channels`` channels (``None``: one pass).
-
-    Why passes: the patch memory is copied for every lane, so its depth decides whether an engine
-    fits an FPGA; a layer with more input channels is accumulated over several passes per pixel
-    group, the partial sums staying in the PE array (:mod:`psconv.hw.pe_array`).
-    """
-    step = patch_channels or in_channels
-    return [(first, min(step, in_channels - first)) for first in range(0, in_channels, step)]
-
-
-def check_passes(period: int, in_channels: int, patch_channels: int | None,
-                 what: str = "layer") -> None:
-    """A layer split into passes needs P to divide ``patch_channels`` (so each pass starts on a
-    period boundary and kernel (o, i) keeps mask ``(o + i) % P``). ``what`` names the layer in
-    the error."""
-    passes = len(input_channel_passes(in_channels, patch_channels))
-    if passes > 1 and patch_channels % period:
-        raise PsconvError(
-            f"{what}: {in_channels} input channels need {passes} passes of {patch_channels} "
-            f"channels, but its period P = {period} does not divide patch_channels; allowed: "
-            f"a period dividing {patch_channels}, or at most {patch_channels} input channels")
-
-
-def pass_cycles(masks, in_channels: int, tn: int, patch_channels: int | None = None) -> list[int]:
-    """Engine cycles (weight words) of each pass of one output channel: whole periods of the
-    pass's channels, padded to a whole number of ``tn``-slot cycles."""
-    return [math.ceil(entries_per_output_channel(masks, count) / tn)
-            for _, count in input_channel_passes(in_channels, patch_channels)]
-
-
-def words_per_output_channel(masks, in_channels: int, tn: int, patch_channels: int | None = None) -> int:
-    """Weight words one output channel occupies in the engine's weight buffer."""
-    return sum(pass_cycles(masks, in_channels, tn, patch_channels))
-
-
 def engine_weight_words(packed: PackedLayer, tn: int, patch_channels: int | None = None) -> torch.Tensor:
     """The weight buffer image for an engine with ``tn`` lanes: (C_out * words, tn) int8.
 
     Output channel o occupies rows ``o * words .. (o + 1) * words - 1``
-    (:func:`words_per_output_channel`): for each input-channel pass in order
-    (:func:`input_channel_passes`), ``cycles`` rows holding the pass's stream slots, ``c * tn ..
+    (:func:`psconv.schedule.words_per_output_channel`): for each input-channel pass in order
+    (:func:`psconv.schedule.input_channel_passes`), ``cycles`` rows holding the pass's stream slots, ``c * tn ..
     c * tn + tn - 1`` in row c. A pass's slots are the stream order of the module docstring over
     its own channels ``first + p * P + (q - o) % P`` *without* skipping channels past the pass's
     end (those slots, and the tail of the pass's last row, hold 0). With one pass this is simply

@@ -164,7 +164,7 @@ class LoopbackTransport(Transport):
     """In-process transport to a device model, on a :class:`VirtualClock`.
 
     ``device`` has ``receive(data, now) -> bytes``, ``poll(now) -> bytes`` and
-    ``next_deadline() -> float | None`` (:class:`psconv.firmware.protocol.DeviceLink` has them).
+    ``next_deadline() -> float | None`` (:class:`psconv.sim.device_link.DeviceLink` has them).
     Bytes written reach the device at once; ``read`` advances virtual time to the device's next
     deadline (so truncated frames time out on the device) or to ``timeout_s``.
     """
@@ -264,3 +264,25 @@ def transport_from_spec(spec: str) -> Transport:
         raise PsconvError(f"unknown transport {spec!r}{hint}: use one of {known}, e.g. "
                           f"'serial:/dev/ttyUSB0@3000000'")
     return factory(rest)
+
+
+class CountingTransport(Transport):
+    """Passes everything through to ``inner`` and counts the bytes each way (wire bytes)."""
+
+    def __init__(self, inner: Transport):
+        self.inner = inner
+        self.clock = inner.clock
+        self.bytes_written = 0
+        self.bytes_read = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes_written += len(data)
+        self.inner.write(data)
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        data = self.inner.read(max_bytes, timeout_s)
+        self.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        self.inner.close()

@@ -58,8 +58,9 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psconv.families import NUM_TAPS
+from psconv.protocol.descriptor import MASK_BITS
+
 from .arith import SerialDivider
-from .layer import MASK_BITS
 from .multiport import MultiReadMemory
 from .target import has_lut_ram
 

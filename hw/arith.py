@@ -1,5 +1,7 @@
 """Small arithmetic helpers for per-layer setup.
 
+:func:`output_size_value` is :func:`psconv.schedule.output_size` in gateware.
+
 :class:`SerialDivider` computes the few per-layer quotients (periods of the input channels, cycles
 per output channel, lane start positions, rows modulo the 3 line-buffer banks) one bit per cycle.
 Setup runs once per layer while the input map is still loading, so a restoring divider (``width``
@@ -63,3 +65,9 @@ class SerialDivider(wiring.Component):
                 m.d.sync += [running.eq(0), self.done.eq(1)]
         m.d.comb += self.remainder.eq(rem)
         return m
+
+
+def output_size_value(size, stride):
+    """:func:`psconv.schedule.output_size` in gateware (``stride`` is a 1|2 value): a shift and
+    an add."""
+    return Mux(stride == 2, ((size - 1) >> 1) + 1, size)

@@ -56,13 +56,18 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import MAX_PAYLOAD
+from psconv.protocol.frame import MAX_PAYLOAD
+from psconv.protocol.payloads import OUTPUT_FIFO_DEPTH, smallest_max_payload
 
 from .byte_gearbox import (BRIDGE_FIFO_BEATS, BRIDGE_FLUSH_CYCLES, BeatsToBytes, BytesToBeats,
                            bridge_beat_layout, check_beat_bytes, check_fifo_beats)
-from .command_processor import OUTPUT_FIFO_DEPTH, CommandProcessor, smallest_max_payload
+from .command_processor import CommandProcessor
 from .engine import PeriodicSparseEngine
+from .engine_owner import connect_engine_owners
 from .framing import LinkLayer, check_max_payload
+from .memory_commands import CommandRouter, MemoryCommandProcessor
+from .memory_port import OnChipMemory, memory_port_mux
+from .program_runner import ProgramRunner
 from .uart import DEFAULT_BAUD, UART, uart_divisor
 
 DEFAULT_CLK_FREQ = 60_000_000
@@ -99,7 +104,8 @@ class BoardTop(wiring.Component):
                  baud: int = DEFAULT_BAUD, *, bridge: bool = False,
                  timeout_cycles: int | None = None, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
                  bridge_beat_bytes: int = 1, bridge_fifo_beats: int = BRIDGE_FIFO_BEATS,
-                 bridge_flush_cycles: int = BRIDGE_FLUSH_CYCLES, max_payload: int | None = None):
+                 bridge_flush_cycles: int = BRIDGE_FLUSH_CYCLES, max_payload: int | None = None,
+                 memory_bytes: int = 0):
         self.config = config if config is not None else EngineConfig()
         if not isinstance(self.config, EngineConfig):
             raise PsconvError(f"board top: config is {config!r}; allowed: an EngineConfig")
@@ -120,6 +126,10 @@ class BoardTop(wiring.Component):
                                   f"engine; allowed: {smallest}..65535 bytes (every answer blob, "
                                   f"the layer descriptor and one beat of each data command)")
         self.max_payload = max_payload
+        if not isinstance(memory_bytes, int) or memory_bytes < 0:
+            raise PsconvError(f"board top: memory_bytes {memory_bytes!r}; allowed: 0 (streamed "
+                              f"mode only) or the resident memory's size in bytes")
+        self.memory_bytes = memory_bytes
         self.bridge_beat_bytes = check_beat_bytes(bridge_beat_bytes)
         self.bridge_fifo_beats = check_fifo_beats(bridge_fifo_beats)
         self.bridge_flush_cycles = bridge_flush_cycles
@@ -177,12 +187,16 @@ class BoardTop(wiring.Component):
             else:
                 m.d.comb += uart.rx.eq(self.rx)
 
-        wiring.connect(m, link.command, processor.command)
-        wiring.connect(m, link.command_payload, processor.command_payload)
-        wiring.connect(m, processor.reply, link.reply)
-        wiring.connect(m, processor.reply_payload, link.reply_payload)
         m.d.comb += processor.link_counters.eq(link.counters)
-        wiring.connect(m, processor.engine, engine)
+        runner = None
+        if self.memory_bytes:
+            runner = self._resident_mode(m, link, processor, engine, max_payload)
+        else:
+            wiring.connect(m, link.command, processor.command)
+            wiring.connect(m, link.command_payload, processor.command_payload)
+            wiring.connect(m, processor.reply, link.reply)
+            wiring.connect(m, processor.reply_payload, link.reply_payload)
+            wiring.connect(m, processor.engine, engine)
         if self.bridge and self.bridge_beat_bytes > 1:
             # a hint for the bench, read by nothing on the board: the engine is computing (its
             # busy counter moved in the last ENGINE_ACTIVE_CYCLES cycles), so the clock must run
@@ -194,9 +208,42 @@ class BoardTop(wiring.Component):
                 m.d.sync += active_for.eq(ENGINE_ACTIVE_CYCLES)
             with m.Elif(active_for != 0):
                 m.d.sync += active_for.eq(active_for - 1)
-            m.d.comb += self.engine_active.eq(active_for != 0)
+            running = runner.running if runner is not None else 0
+            m.d.comb += self.engine_active.eq((active_for != 0) | running)
             return self._with_power_on_reset(m)
         return m
+
+    def _resident_mode(self, m, link, processor, engine, max_payload):
+        """The memory, the program runner and the resident commands beside the streamed
+        processor (:mod:`psconv.hw.memory_commands`); returns the runner."""
+        m.submodules.router = router = CommandRouter()
+        m.submodules.memory_commands = memory_commands = MemoryCommandProcessor(
+            self.memory_bytes, max_payload)
+        m.submodules.runner = runner = ProgramRunner(self.config)
+        m.submodules.memory = memory = OnChipMemory(self.memory_bytes)
+        wiring.connect(m, link.command, router.link.command)
+        wiring.connect(m, link.command_payload, router.link.command_payload)
+        wiring.connect(m, router.link.reply, link.reply)
+        wiring.connect(m, router.link.reply_payload, link.reply_payload)
+        for name in ("command", "command_payload"):
+            wiring.connect(m, getattr(router.streamed, name), getattr(processor, name))
+            wiring.connect(m, getattr(router.resident, name), getattr(memory_commands, name))
+        for name in ("reply", "reply_payload"):
+            wiring.connect(m, getattr(processor, name), getattr(router.streamed, name))
+            wiring.connect(m, getattr(memory_commands, name), getattr(router.resident, name))
+        m.d.comb += [
+            runner.start.eq(memory_commands.infer),
+            runner.program_address.eq(memory_commands.program_address),
+            memory_commands.running.eq(runner.running), memory_commands.done.eq(runner.done),
+            memory_commands.steps_done.eq(runner.steps_done),
+            memory_commands.cycles.eq(runner.cycles),
+            memory_commands.memory_reads.eq(runner.memory_reads),
+            memory_commands.memory_writes.eq(runner.memory_writes),
+            memory_commands.engine_busy.eq(engine.busy),
+        ]
+        memory_port_mux(m, runner.running, memory_commands.memory, runner.memory, memory.port)
+        connect_engine_owners(m, engine, processor.engine, runner.engine, runner.running)
+        return runner
 
     @staticmethod
     def _with_power_on_reset(core):

@@ -3,36 +3,11 @@
 :class:`CommandProcessor` takes fresh, CRC-checked commands from
 :class:`psconv.hw.framing.LinkLayer` (``command`` / ``command_payload``), executes them on the
 :class:`psconv.hw.engine.PeriodicSparseEngine` and answers each exactly once (``reply`` /
-``reply_payload``): ACK, DATA, or NAK with one :class:`~psconv.firmware.protocol.NakReason` byte.
+``reply_payload``): ACK, DATA, or NAK with one :class:`~psconv.protocol.codes.NakReason` byte.
 A NAK always means *nothing happened*: every check is made before the first side effect.
 
-Payload layouts (all little-endian; docs/protocol.md section 8 has the tables). This module is
-their single description: the gateware below and the host helpers next to it
-(:func:`layer_payload`, :func:`mask_payload`, :func:`quant_payload`, :func:`beats_payload`,
-:func:`output_beats`, :func:`identity_blob`, :func:`parse_identity`, :func:`parse_status`,
-:func:`parse_counters`, used by :mod:`psconv.firmware.driver`) are the only code that knows the
-byte positions.
-
-==================  =================================================  =======================
-command             payload                                            answer
-==================  =================================================  =======================
-``IDENTIFY``        none                                               DATA: identity (34 B)
-``WRITE_LAYER``     the ``layer`` descriptor, exactly                  ACK
-                    ``ceil(bits / 8)`` bytes (:func:`layer_payload`)
-``START``           none                                               ACK
-``WRITE_MASKS``     2 bytes per mask (9 bits used)                     ACK
-``WRITE_QUANT``     13 bytes per 98-bit quantization entry             ACK
-``WRITE_WEIGHTS``   ``tn`` bytes per ``weight_in`` beat                ACK
-``WRITE_FMAP``      ``tn`` bytes per ``fmap_in`` beat                  ACK
-``WRITE_RESIDUAL``  ``tm`` bytes per ``residual_in`` beat              ACK
-``READ_OUTPUT``     u16: at most this many bytes                       DATA: whole ``tm``-byte
-                                                                       output beats, maybe none
-``READ_COUNTERS``   none                                               DATA: 4 x u48 engine
-                                                                       counters, 5 x u16 link
-``READ_STATUS``     none                                               DATA: busy u8, done u8,
-                                                                       output beats u16,
-                                                                       residual window u16
-==================  =================================================  =======================
+Payload layouts are :mod:`psconv.protocol.payloads`' (its module docstring has the command
+table); the replies below are built as signals of those layouts.
 
 Rules (each refusal is a NAK, with no side effect):
 
@@ -72,150 +47,27 @@ pushes that follow cannot be stopped, so the end state is the one per-beat count
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import struct
-
-from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import MAX_PAYLOAD, Command, NakReason, Status
+from psconv.protocol.codes import Command, NakReason, Status
+from psconv.protocol.descriptor import MASK_BITS, layer_descriptor_layout
+from psconv.protocol.frame import MAX_PAYLOAD
+from psconv.protocol.payloads import (COUNTERS_BYTES, COUNTERS_LAYOUT, DATA_COMMANDS, IDENTITY_BYTES,
+                                      LINK_COUNTERS, OUTPUT_FIFO_DEPTH, STATUS_BYTES, STATUS_LAYOUT,
+                                      beat_bytes, descriptor_bytes, identity_const,
+                                      smallest_max_payload)
 
 from .arith import SerialDivider
 from .block_ram import BlockRamFIFO
-from .counters import COUNTER_WIDTH
 from .engine import PeriodicSparseEngine
-from .framing import FRAME_HEADER, LINK_COUNTERS, PAYLOAD_BYTE, REPLY_HEADER
-from .layer import MASK_BITS, QUANT_ENTRY_LAYOUT, fmap_beat_bytes, layer_descriptor_layout, output_size_value
+from .framing import FRAME_HEADER, PAYLOAD_BYTE, REPLY_HEADER
+from .layer_budget import LayerBudget
 
-OUTPUT_FIFO_DEPTH = 256
-"""Output beats buffered between the engine and ``READ_OUTPUT`` (also the residual window)."""
-
-MASK_BYTES = 2
-QUANT_BYTES = math.ceil(QUANT_ENTRY_LAYOUT.size / 8)   # 98 bits -> 13 bytes
-
-IDENTITY_MAGIC = b"PSCV"
-IDENTITY_VERSION = 1
-IDENTITY_FORMAT = "<4sBBBBBBHHHHIIHHI"
-IDENTITY_FIELDS = ("magic", "version", "tm", "tn", "max_period", "acc_width", "data_width",
-                   "max_in_channels", "max_out_channels", "max_height", "max_width",
-                   "fmap_depth", "weight_depth", "output_fifo_depth", "max_payload", "config_hash")
-IDENTITY_BYTES = struct.calcsize(IDENTITY_FORMAT)
-
-ENGINE_COUNTERS = ("busy_cycles", "stall_cycles", "idle_cycles", "macs")
-COUNTER_BYTES = COUNTER_WIDTH // 8
-LINK_COUNTER_NAMES = tuple(name for name, _ in LINK_COUNTERS)
-COUNTERS_BYTES = len(ENGINE_COUNTERS) * COUNTER_BYTES + 2 * len(LINK_COUNTER_NAMES)
-
-STATUS_FORMAT = "<BBHH"
-STATUS_FIELDS = ("busy", "done", "output_beats", "residual_window")
-STATUS_BYTES = struct.calcsize(STATUS_FORMAT)
-
-DATA_COMMANDS = (Command.WRITE_MASKS, Command.WRITE_QUANT, Command.WRITE_WEIGHTS,
-                 Command.WRITE_FMAP, Command.WRITE_RESIDUAL)
 WIDE_BUDGETS = (Command.WRITE_WEIGHTS, Command.WRITE_FMAP, Command.WRITE_RESIDUAL)
 
-
-# --- the formats, host side ----------------------------------------------------------------------
-
-def descriptor_bytes(config) -> int:
-    """``WRITE_LAYER`` payload length: the descriptor's bits rounded up to whole bytes."""
-    return math.ceil(layer_descriptor_layout(config).size / 8)
-
-
-def beat_bytes(config, command) -> int:
-    """Bytes per beat of a data command's payload."""
-    return {Command.WRITE_MASKS: MASK_BYTES, Command.WRITE_QUANT: QUANT_BYTES,
-            Command.WRITE_WEIGHTS: config.tn, Command.WRITE_FMAP: fmap_beat_bytes(config),
-            Command.WRITE_RESIDUAL: config.tm}[Command(command)]
-
-
-def layer_payload(config, spec) -> bytes:
-    """``WRITE_LAYER`` payload of a :class:`psconv.hw.layer.LayerSpec`."""
-    return spec.encode(config).to_bytes(descriptor_bytes(config), "little")
-
-
-def mask_payload(masks) -> bytes:
-    return b"".join(int(m).to_bytes(MASK_BYTES, "little") for m in masks)
-
-
-def quant_payload(entries) -> bytes:
-    """``WRITE_QUANT`` payload of :func:`psconv.hw.layer.encode_quant_entry` integers."""
-    return b"".join(int(e).to_bytes(QUANT_BYTES, "little") for e in entries)
-
-
-def beats_payload(beats, nbytes: int) -> bytes:
-    """Beat integers (element 0 in bits 7:0) as ``nbytes`` little-endian bytes each."""
-    return b"".join(int(b).to_bytes(nbytes, "little") for b in beats)
-
-
-def output_beats(config, payload: bytes) -> list[int]:
-    """``READ_OUTPUT`` data back to ``out`` beat integers (``tm`` bytes each)."""
-    tm = config.tm
-    if len(payload) % tm:
-        raise PsconvError(f"READ_OUTPUT answer of {len(payload)} bytes is not whole {tm}-byte beats")
-    return [int.from_bytes(payload[k:k + tm], "little") for k in range(0, len(payload), tm)]
-
-
-def config_hash(config) -> int:
-    """32-bit hash of ``config.to_json()`` (canonical JSON, SHA-256, first 4 bytes LE)."""
-    text = json.dumps(config.to_json(), sort_keys=True, separators=(",", ":"))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-
-
-def identity_fields(config, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
-                    max_payload: int = MAX_PAYLOAD) -> dict:
-    """What ``IDENTIFY`` reports for an engine built from ``config``."""
-    return {
-        "magic": IDENTITY_MAGIC, "version": IDENTITY_VERSION, "tm": config.tm, "tn": config.tn,
-        "max_period": config.max_period, "acc_width": config.acc_width,
-        "data_width": config.data_width, "max_in_channels": config.max_in_channels,
-        "max_out_channels": config.max_out_channels, "max_height": config.max_height,
-        "max_width": config.max_width, "fmap_depth": config.fmap_depth,
-        "weight_depth": config.weight_depth, "output_fifo_depth": output_fifo_depth,
-        "max_payload": max_payload, "config_hash": config_hash(config),
-    }
-
-
-def identity_blob(config, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
-                  max_payload: int = MAX_PAYLOAD) -> bytes:
-    fields = identity_fields(config, output_fifo_depth, max_payload)
-    return struct.pack(IDENTITY_FORMAT, *(fields[name] for name in IDENTITY_FIELDS))
-
-
-def parse_identity(payload: bytes) -> dict:
-    if len(payload) != IDENTITY_BYTES or not payload.startswith(IDENTITY_MAGIC):
-        raise PsconvError(f"IDENTIFY answer {payload[:40].hex()} is not a psconv engine identity "
-                          f"({IDENTITY_BYTES} bytes starting with {IDENTITY_MAGIC!r}): is this "
-                          f"board running the psconv bitstream?")
-    return dict(zip(IDENTITY_FIELDS, struct.unpack(IDENTITY_FORMAT, payload)))
-
-
-def parse_status(payload: bytes) -> dict:
-    if len(payload) != STATUS_BYTES:
-        raise PsconvError(f"READ_STATUS answer has {len(payload)} bytes; expected {STATUS_BYTES}")
-    return dict(zip(STATUS_FIELDS, struct.unpack(STATUS_FORMAT, payload)))
-
-
-def parse_counters(payload: bytes) -> dict:
-    """``READ_COUNTERS`` data: the engine's four u48 counters, then the link's five u16."""
-    if len(payload) != COUNTERS_BYTES:
-        raise PsconvError(f"READ_COUNTERS answer has {len(payload)} bytes; expected {COUNTERS_BYTES}")
-    values = {}
-    offset = 0
-    for name in ENGINE_COUNTERS:
-        values[name] = int.from_bytes(payload[offset:offset + COUNTER_BYTES], "little")
-        offset += COUNTER_BYTES
-    for name in LINK_COUNTER_NAMES:
-        values[f"link_{name}"] = int.from_bytes(payload[offset:offset + 2], "little")
-        offset += 2
-    return values
-
-
-# --- gateware ------------------------------------------------------------------------------------
 
 def _times_constant(value, constant: int):
     """``value * constant`` as a sum of shifts: no multiplier cell (the DSPs belong to the engine)."""
@@ -224,159 +76,6 @@ def _times_constant(value, constant: int):
     for term in terms[1:]:
         total = total + term
     return total
-
-
-class LayerBudget(wiring.Component):
-    """How many beats each engine stream of a layer takes, from its descriptor and mask table.
-
-    Inputs (held from ``start`` until ``done``): ``descriptor`` fields in_channels, out_channels,
-    in_height, in_width, stride, residual, period, and ``taps`` (T, kept taps of the P masks).
-    After a ``start`` pulse it computes
-
-    * ``fmap_beats`` = ceil(C_in * H * W / tn)
-    * ``residual_beats`` = H_out * ceil(W_out / tm) * C_out if ``residual`` else 0
-    * ``weight_beats`` = C_out * ceil(ceil(C_in / P) * T / tn)
-
-    (the formulas of :meth:`psconv.hw.layer.LayerSpec.output_beats`,
-    :func:`psconv.hw.layer.cycles_per_output_channel` and :func:`psconv.hw.layer.fmap_beats`)
-    and hands each out once, in that order: in the cycle ``store_fmap`` / ``store_residual`` /
-    ``store_weights`` is high, ``value`` is that stream's beats (nothing holds them here: the
-    consumer's counters are the only copy). ``done`` rises after the last one and holds until the
-    next ``start``; a ``start`` during a run restarts it. ``width`` bits hold every product the
-    descriptor's field widths allow, so nothing wraps.
-
-    How (small on purpose: this runs once per layer): one ``width``-bit register ``q`` holds the
-    running value, and a shift-add multiplier built around it (``{hi, q}`` shifts right one bit a
-    cycle while ``hi`` adds the small factor, ``width`` cycles per product) computes
-    ``q * f + c``; ceil(x / 2**k) is that with ``f`` = 1, ``c`` = 2**k - 1 and k more shifts.
-    A :class:`~psconv.hw.arith.SerialDivider` does ceil(C_in / P) (a narrow one) and, only for a
-    ``tn`` or ``tm`` that is not a power of two, the divisions by them. About 7 ``width``-cycle
-    products in all: ~150 cycles for the small configurations, ~250 for the default one.
-    """
-
-    def __init__(self, config):
-        self.config = config
-        self.layout = layer_descriptor_layout(config)
-        bits = {name: field.shape.width for name, field in self.layout}
-        self.taps_width = (9 * ((1 << bits["period"]) - 1)).bit_length()
-        self.width = 1 + max(
-            bits["in_channels"] + bits["in_height"] + bits["in_width"],
-            bits["in_height"] + bits["in_width"] + bits["out_channels"],
-            bits["in_channels"] + self.taps_width + bits["out_channels"])
-        self.factor_width = max(bits["in_height"], bits["in_width"], bits["out_channels"],
-                                self.taps_width)
-        pow2 = all(n & (n - 1) == 0 for n in (config.tn, config.tm))
-        if pow2:          # the divider only does ceil(C_in / P)
-            self.dividend_width = max(bits["in_channels"], bits["period"]) + 1
-            self.divisor_width = bits["period"]
-        else:
-            self.dividend_width = self.width
-            self.divisor_width = max(config.tn, config.tm, (1 << bits["period"]) - 1).bit_length()
-        super().__init__({
-            "start": In(1),
-            "descriptor": In(self.layout),
-            "taps": In(self.taps_width),
-            "value": Out(self.width),
-            "store_fmap": Out(1),
-            "store_residual": Out(1),
-            "store_weights": Out(1),
-            "done": Out(1),
-        })
-
-    def elaborate(self, platform):
-        m = Module()
-        cfg = self.config
-        d = self.descriptor
-        width = self.width
-        m.submodules.divider = div = SerialDivider(self.dividend_width, self.divisor_width)
-        q = Signal(width)
-        hi = Signal(max(self.factor_width, (max(cfg.tn, cfg.tm) - 1).bit_length()))
-        factor = Signal(self.factor_width)
-        count = Signal(range(max(width, 7)))
-        m.d.comb += self.value.eq(q)
-        out_height = output_size_value(d.in_height, d.stride)
-        out_width = output_size_value(d.in_width, d.stride)
-
-        def ceil_div(n):
-            """Steps for q = q // n (the caller has added n - 1 to q: a ceiling division)."""
-            if n & (n - 1) == 0:
-                return [("shift", n.bit_length() - 1)] if n > 1 else []
-            return [("div", q, n)]
-
-        def times_then_ceil(f, n):
-            """q = ceil(q * f / n): the ``+ n - 1`` rides on the product (q * f + c)."""
-            return [("mul", f, n - 1)] + ceil_div(n)
-
-        steps = (
-            [("load", d.in_channels), ("mul", d.in_height, 0)]
-            + times_then_ceil(d.in_width, cfg.tn) + [("store", self.store_fmap)]
-            + [("load", out_width + (cfg.tm - 1))] + ceil_div(cfg.tm)
-            + [("mul", out_height, 0), ("mul", Mux(d.residual, d.out_channels, 0), 0),
-               ("store", self.store_residual)]
-            + [("div", d.in_channels + d.period - 1, d.period)]
-            + times_then_ceil(self.taps, cfg.tn)
-            + [("mul", d.out_channels, 0), ("store", self.store_weights)])
-        # ("mul", f, c, n): n cycles of the multiply datapath; a product is n = width, a shift
-        # right by k is n = k with f = c = 0
-        steps = [("mul", 0, 0, step[1]) if step[0] == "shift"
-                 else step + (width,) if step[0] == "mul" else step for step in steps]
-
-        def enter(k):
-            """Go to step ``k`` (its first cycle is the next one)."""
-            if k == len(steps):
-                m.d.sync += self.done.eq(1)
-                m.next = "IDLE"
-                return
-            kind, *args = steps[k]
-            if kind == "mul":
-                m.d.sync += [hi.eq(args[1]), count.eq(args[2] - 1)]
-            m.next = f"STEP_{k}"
-
-        # {hi, q} >> 1 after hi += factor (if q[0]): q * factor + hi, one bit a cycle
-        total = Signal(len(hi) + 1)
-        m.d.comb += total.eq(hi + Mux(q[0], factor, 0))
-
-        def restart():
-            with m.If(self.start):
-                m.d.sync += self.done.eq(0)
-                enter(0)
-
-        with m.FSM():
-            with m.State("IDLE"):
-                restart()
-            for k, (kind, *args) in enumerate(steps):
-                with m.State(f"STEP_{k}"):
-                    if kind == "load":
-                        m.d.sync += q.eq(args[0])
-                        enter(k + 1)
-                    elif kind == "mul":
-                        m.d.comb += factor.eq(args[0])
-                        m.d.sync += [q.eq(Cat(q[1:], total[0])), hi.eq(total[1:]),
-                                     count.eq(count - 1)]
-                        with m.If(count == 0):
-                            enter(k + 1)
-                    elif kind == "store":
-                        m.d.comb += args[0].eq(1)
-                        enter(k + 1)
-                    else:   # div: issue, then wait
-                        m.d.comb += [div.start.eq(1), div.dividend.eq(args[0]),
-                                     div.divisor.eq(args[1])]
-                        m.next = f"WAIT_{k}"
-                    restart()
-                if kind == "div":
-                    with m.State(f"WAIT_{k}"):
-                        with m.If(div.done):
-                            m.d.sync += q.eq(div.quotient)
-                            enter(k + 1)
-                        restart()
-        return m
-
-
-def smallest_max_payload(config) -> int:
-    """The smallest link payload limit a processor for ``config`` works with: every DATA blob,
-    the layer descriptor and one beat of each data command must fit one frame."""
-    return max(IDENTITY_BYTES, COUNTERS_BYTES, STATUS_BYTES, descriptor_bytes(config),
-               *(beat_bytes(config, c) for c in DATA_COMMANDS))
 
 
 def engine_signature(config) -> wiring.Signature:
@@ -515,7 +214,7 @@ class CommandProcessor(wiring.Component):
         out_shift = Signal(8 * tm)         # the output beat being sent (registered: the FIFO's
         out_byte = Signal(range(tm + 1))   # block RAM output goes to a flip-flop, not the link)
 
-        identity = identity_blob(cfg, depth, self.max_payload)
+        identity = identity_const(cfg, depth, self.max_payload)
 
         def reply(status, length_value, kind):
             m.d.sync += [reply_status.eq(status), reply_length.eq(length_value), reply_kind.eq(kind)]
@@ -572,17 +271,23 @@ class CommandProcessor(wiring.Component):
         m.d.comb += [left_after.eq(left_of_code - div.quotient),
                      window_after.eq(window - div.quotient)]
 
-        level16 = Signal(16)
-        window16 = Signal(16)
-        m.d.comb += [level16.eq(out_fifo.level), window16.eq(Mux(window > 0xFFFF, 0xFFFF, window))]
-        status_value = Cat(busy, Const(0, 7), done_since_start, Const(0, 7), level16, window16)
-        counters_value = Cat(eng.busy_cycles, eng.stall_cycles, eng.idle_cycles, eng.macs,
-                             *(getattr(self.link_counters, name) for name in LINK_COUNTER_NAMES))
+        status = Signal(STATUS_LAYOUT)
+        counters = Signal(COUNTERS_LAYOUT)
+        m.d.comb += [
+            status.busy.eq(busy), status.done.eq(done_since_start),
+            status.output_beats.eq(out_fifo.level),
+            status.residual_window.eq(Mux(window > 0xFFFF, 0xFFFF, window)),
+            counters.busy_cycles.eq(eng.busy_cycles), counters.stall_cycles.eq(eng.stall_cycles),
+            counters.idle_cycles.eq(eng.idle_cycles), counters.macs.eq(eng.macs),
+            counters.link.eq(self.link_counters),
+        ]
+        status_value = status.as_value()
+        counters_value = counters.as_value()
         is_identity = Signal()   # registered with the header: a select shared by 272 bits must
         is_status = Signal()     # not be an 8-bit compare that synthesis copies into each bit
         # above the status bytes the status choice repeats the counters (those bytes are never
         # sent for READ_STATUS): a zero there would make every bit a 3-way choice
-        blob_value = Mux(is_identity, int.from_bytes(identity, "little"),
+        blob_value = Mux(is_identity, identity.as_value(),
                          Mux(is_status, Cat(status_value, counters_value[len(status_value):]),
                              counters_value))
 

@@ -21,7 +21,7 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-COUNTER_WIDTH = 48
+from psconv.protocol.payloads import COUNTER_WIDTH
 
 
 class PerformanceCounters(wiring.Component):

@@ -6,9 +6,9 @@ bit-exact to :mod:`psconv.sim.golden.ops` (``conv2d_int`` then ``requantize``).
 
 Interface (all ports flat after Verilog conversion; ``clk``/``rst`` are the sync domain; stream
 ports are ``<name>__valid``, ``<name>__ready``, ``<name>__payload``; multi-byte payloads put element
-0 in bits 7:0; see :mod:`psconv.hw.layer` for Python encoders of every beat):
+0 in bits 7:0; see :mod:`psconv.protocol.beats` for Python encoders of every beat):
 
-* ``layer`` In(:func:`~psconv.hw.layer.layer_descriptor_layout`): in_channels, out_channels,
+* ``layer`` In(:func:`~psconv.protocol.descriptor.layer_descriptor_layout`): in_channels, out_channels,
   in_height, in_width, stride (1|2), kernel (3|1), relu, residual, period. Sampled when ``start``
   is accepted.
 * ``start`` In(1): pulse; accepted only when ``busy`` is low.
@@ -16,11 +16,11 @@ ports are ``<name>__valid``, ``<name>__ready``, ``<name>__payload``; multi-byte 
 * ``done`` Out(1): one-cycle pulse when the last output beat of the layer has been accepted.
 * ``mask_in`` In(stream 9 bits): the layer's P masks, rotated so kernel (o, i) uses entry
   (o + i) mod P (:func:`psconv.firmware.packing.rotated_masks`); P beats.
-* ``quant_in`` In(stream :data:`~psconv.hw.layer.QUANT_ENTRY_LAYOUT`): bias, multiplier, shift,
+* ``quant_in`` In(stream :data:`~psconv.protocol.descriptor.QUANT_ENTRY_LAYOUT`): bias, multiplier, shift,
   residual_multiplier of output channel 0, 1, ..; C_out beats.
 * ``weight_in`` In(stream ArrayLayout(signed(8), tn)): the rows of
   :func:`psconv.firmware.packing.engine_weight_words` in order; C_out * words beats,
-  words = :func:`psconv.firmware.packing.words_per_output_channel` (one input-channel pass:
+  words = :func:`psconv.schedule.words_per_output_channel` (one input-channel pass:
   ceil(ceil(C_in / P) * T / tn), T = kept taps of the table).
 * ``fmap_in`` In(stream ArrayLayout(signed(8), tn)): the input map, CHW order, as a flat byte
   stream of tn bytes per beat, the last beat zero-padded; ceil(C_in*H*W / tn) beats.
@@ -38,7 +38,7 @@ first (then ~150 cycles of setup), weights once setup is done, quant entries, th
 residuals at once; output channel o of the first pixel group starts as soon as its weights and
 entry are in, so the weight load overlaps the first group's compute.
 
-The descriptor is not checked in gateware: :meth:`psconv.hw.layer.LayerSpec.check` states the
+The descriptor is not checked in gateware: :meth:`psconv.protocol.descriptor.LayerSpec.check` states the
 limits (C_in*H rows in the feature-map buffer, C_out*cycles words in the weight buffer, ...).
 """
 
@@ -48,9 +48,12 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from psconv.protocol.beats import fmap_beat_bytes
+from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT, layer_descriptor_layout
+
 from .address_generator import AddressGenerator
+from .arith import output_size_value
 from .counters import COUNTER_WIDTH
-from .layer import MASK_BITS, QUANT_ENTRY_LAYOUT, fmap_beat_bytes, layer_descriptor_layout, output_size_value
 from .pe_array import PEArray
 from .post_processor import PostProcessor
 from .sequencer import Sequencer

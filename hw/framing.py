@@ -1,6 +1,7 @@
 """Link framing in gateware: CRC-16, frame receiver, frame transmitter, and the link layer.
 
-The frame format and the rules are firmware/protocol.py's (docs/protocol.md)::
+The frame format is :mod:`psconv.protocol.frame`'s and the exactly-once rules
+:mod:`psconv.firmware.link`'s (docs/protocol.md)::
 
     0xA5 0x5A | seq:u8 | code:u8 | len:u16 LE | payload[len] | crc:u16 LE
 
@@ -21,75 +22,49 @@ ever sees fresh, CRC-valid commands exactly once and only has to answer each of 
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Signal
+from amaranth import Cat, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import MAX_PAYLOAD, SYNC, NakReason, Status
+from psconv.protocol.codes import NakReason, Status
+from psconv.protocol.frame import CRC_ALGORITHM, MAX_PAYLOAD, SYNC
+from psconv.protocol.payloads import LINK_COUNTERS
 
 from .block_ram import collision_free_memory, read_port
 
-#: FrameReceiver.frame / LinkLayer.command: the header of a CRC-valid frame.
+#: FrameReceiver.frame / LinkLayer.command: the header of a CRC-valid frame. ``code`` is any
+#: byte the host sent (an unknown one is NAKed), so it is a plain 8 bits, not a Command.
 FRAME_HEADER = data.StructLayout({"seq": 8, "code": 8, "length": 16})
 #: One payload byte; ``last`` marks the final byte of the frame's payload.
 PAYLOAD_BYTE = data.StructLayout({"data": 8, "last": 1})
 #: FrameReceiver.error: a frame that must be NAKed (``reason`` is a NakReason).
 FRAME_ERROR = data.StructLayout({"seq": 8, "reason": 8})
 #: FrameTransmitter.response: the header of a device frame to send.
-RESPONSE_HEADER = data.StructLayout({"seq": 8, "status": 8, "length": 16})
+RESPONSE_HEADER = data.StructLayout({"seq": 8, "status": Status, "length": 16})
 #: LinkLayer.reply: the command processor's answer (the link layer fills in the seq).
-REPLY_HEADER = data.StructLayout({"status": 8, "length": 16})
-#: LinkLayer.counters: wrapping 16-bit event counts, for READ_COUNTERS.
-LINK_COUNTERS = data.StructLayout({
-    "commands": 16,        # fresh frames handed to the command processor
-    "replays": 16,         # duplicates answered from the stored response
-    "crc_errors": 16,      # NAK BAD_CRC sent
-    "length_errors": 16,   # NAK BAD_LENGTH sent (len > max_payload)
-    "timeouts": 16,        # NAK TIMEOUT sent (truncated frames)
-})
+REPLY_HEADER = data.StructLayout({"status": Status, "length": 16})
 
 DEFAULT_TIMEOUT_CYCLES = 240_000   # 5 ms at 48 MHz: far above USB-serial gaps inside a frame
 
 
-def _crc_step(crc: int, byte: int) -> int:
-    crc ^= byte << 8
-    for _ in range(8):
-        crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-    return crc & 0xFFFF
-
-
-def crc16_ccitt_next(crc, byte):
-    """Combinational CRC-16/CCITT-FALSE update by one byte (MSB first): 16 XOR trees.
-
-    The step is linear over GF(2), so each output bit is the XOR of the state and data bits its
-    column selects; this builds those XORs directly instead of eight chained shift stages.
-    """
-    bits = []
-    for i in range(16):
-        terms = [crc[j] for j in range(16) if (_crc_step(1 << j, 0) >> i) & 1]
-        terms += [byte[k] for k in range(8) if (_crc_step(0, 1 << k) >> i) & 1]
-        bits.append(Cat(*terms).xor())
-    return Cat(*bits)
-
-
 class CRC16(wiring.Component):
-    """CRC-16/CCITT-FALSE accumulator, one byte per cycle.
+    """The frame CRC (:data:`psconv.protocol.frame.CRC_ALGORITHM`), one byte per cycle.
 
     Ports: ``data`` In(8), ``valid`` In(1), ``clear`` In(1), ``crc`` Out(16).
     ``crc`` is registered: a byte with ``valid`` is included from the next cycle on. ``clear``
-    restarts from 0xFFFF (it wins over ``valid``). Feeding ``b"123456789"`` gives 0x29B1.
+    restarts from 0xFFFF; callers never raise it with ``valid``. Feeding ``b"123456789"``
+    gives 0x29B1. The XOR network is ``amaranth.lib.crc``'s; this only names the ports.
     """
 
     def __init__(self):
-        super().__init__({"data": In(8), "valid": In(1), "clear": In(1), "crc": Out(16, init=0xFFFF)})
+        super().__init__({"data": In(8), "valid": In(1), "clear": In(1), "crc": Out(16)})
 
     def elaborate(self, platform):
         m = Module()
-        with m.If(self.clear):
-            m.d.sync += self.crc.eq(0xFFFF)
-        with m.Elif(self.valid):
-            m.d.sync += self.crc.eq(crc16_ccitt_next(self.crc, self.data))
+        m.submodules.processor = processor = CRC_ALGORITHM(data_width=8).create()
+        m.d.comb += [processor.start.eq(self.clear), processor.valid.eq(self.valid),
+                     processor.data.eq(self.data), self.crc.eq(processor.crc)]
         return m
 
 
@@ -337,7 +312,7 @@ class FrameTransmitter(wiring.Component):
         m = Module()
         m.submodules.crc = crc = CRC16()
         seq = Signal(8)
-        status = Signal(8)
+        status = Signal(Status)
         # bytes still to send: the length field, then counted down in PAYLOAD (no byte counter)
         left = Signal(max(8, self.max_payload.bit_length()))
         sent = Signal()
@@ -449,7 +424,7 @@ class LinkLayer(wiring.Component):
         # the reply being sent; a reply is at most max_payload bytes long
         stored_valid = Signal()
         stored_seq = Signal(8)
-        stored_status = Signal(8)
+        stored_status = Signal(Status)
         stored_length = Signal(range(depth + 1))
         nak = Signal(FRAME_ERROR)
         reply_count = Signal(range(depth + 1))

@@ -50,10 +50,10 @@ from amaranth.hdl import Array, C, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from psconv.protocol.descriptor import QUANT_ENTRY_LAYOUT
+
 from .block_ram import BlockRamFIFO, collision_free_memory, read_port
 from .dsp import RegisteredMultiplier
-
-from .layer import QUANT_ENTRY_LAYOUT
 from .target import area_first
 
 

@@ -94,7 +94,7 @@ class Sequencer(wiring.Component):
         """Most slot cycles one layer issues: per pixel group (at most ``max_height`` rows x
         ``ceil(max_width / tm)`` column blocks) every output channel issues its words of every
         pass once, ``C_out * cycles_per_output <= weight_depth`` (a descriptor that passes
-        :meth:`psconv.hw.layer.LayerSpec.check`, the engine's input contract). Sizes the
+        :meth:`psconv.protocol.descriptor.LayerSpec.check`, the engine's input contract). Sizes the
         busy and MAC counters (:mod:`psconv.hw.counters`)."""
         return config.max_height * -(-config.max_width // config.tm) * config.weight_depth
 

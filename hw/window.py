@@ -46,9 +46,11 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from psconv.families import NUM_TAPS
+from psconv.protocol.beats import fmap_beat_bytes
+from psconv.schedule import fmap_rows_capacity
+
 from .arith import SerialDivider
 from .block_ram import collision_free_memory, read_port
-from .layer import fmap_beat_bytes, fmap_rows_capacity
 
 
 def patch_layout(config) -> data.ArrayLayout:

@@ -16,6 +16,7 @@ import select
 import sys
 
 from .errors import PsconvError
+from .outputs import check_outputs
 
 EXIT_BROKEN_PIPE = 128 + 13   # 128 + SIGPIPE, what a shell reports for `yes | head -1`
 
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        check_outputs(args)
         code = int(args.func(args) or 0)
         sys.stdout.flush()      # a closed pipe shows here if the output was still buffered
         return code

@@ -169,6 +169,21 @@ class PatternFamily:
             return full[:, :, 1:2, 1:2].contiguous()
         return full
 
+    def check_weight(self, weight, what: str) -> None:
+        """Raise :class:`PsconvError` (naming ``what``, output channel, input channel and tap) if
+        the (out, in, k, k) ``weight`` is nonzero where its kernel's mask prunes the tap."""
+        out_channels, in_channels = weight.shape[:2]
+        violating = (weight != 0) & (self.weight_mask(out_channels, in_channels) == 0)
+        if bool(violating.any()):
+            o, i, row, column = (int(v) for v in violating.nonzero()[0])
+            tap = 4 if self.kernel_size == 1 else 3 * row + column
+            q = self.mask_index(o, i)
+            raise PsconvError(
+                f"{what}: output channel {o}, input channel {i}, tap {tap} (row {tap // 3}, "
+                f"column {tap % 3}) holds {int(weight[o, i, row, column])} but mask {q} "
+                f"({self.masks[q]:#05x}) of family {self.name!r} prunes that tap; "
+                f"{int(violating.sum())} such weight(s) in this layer")
+
     def to_json(self) -> dict:
         return {"name": self.name, "masks": list(self.masks), "offset": self.offset,
                 "kernel_size": self.kernel_size}

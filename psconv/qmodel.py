@@ -8,13 +8,16 @@ scales are kept only so a float fake-quant model can be rebuilt for comparison.
 On disk (format version 1) it is one ``.npz`` file: the array ``__manifest__`` holds UTF-8 JSON
 (format, version, arch, family, input scale, and per layer its fields without tensors) and every
 tensor is stored as ``<layer name>/<field>`` in a fixed dtype (weights int8, bias int32,
-multiplier/shift/residual_multiplier int64, weight_scale float64).
+multiplier/shift/residual_multiplier int64, weight_scale float64). :mod:`psconv.qmodel_check`
+holds the contract: :meth:`QuantizedModel.load` refuses a file and :meth:`QuantizedModel.save` a
+model that breaks it.
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,19 +26,9 @@ import torch
 
 from .errors import PsconvError
 from .families import PatternFamily
-
-FORMAT_NAME = "psconv-quantized-model"
-FORMAT_VERSION = 1
-OPS = ("conv", "avgpool", "fc")
-
-_TENSOR_FIELDS = {
-    "weight": np.int8,
-    "bias": np.int32,
-    "multiplier": np.int64,
-    "shift": np.int64,
-    "residual_multiplier": np.int64,
-    "weight_scale": np.float64,
-}
+from .outputs import check_output_file
+from .qmodel_check import (FORMAT_NAME, FORMAT_VERSION, TENSOR_DTYPES, check_manifest, check_model,
+                           check_stored_dtype)
 
 
 @dataclass
@@ -109,7 +102,10 @@ class QuantizedModel:
         return [l for l in self.layers if l.op == "conv"]
 
     def save(self, path) -> Path:
-        path = Path(path)
+        """Write the model to ``path`` (``.npz``) after :func:`~psconv.qmodel_check.check_model`:
+        a model outside the format's contract is refused, never written."""
+        path = check_output_file(path, "quantized model")
+        check_model(self, path)
         manifest = {
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "arch": self.arch,
             "family": self.family_name, "input_scale": self.input_scale,
@@ -118,10 +114,10 @@ class QuantizedModel:
         }
         arrays = {"__manifest__": np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)}
         for layer in self.layers:
-            for name, dtype in _TENSOR_FIELDS.items():
+            for name in TENSOR_DTYPES:
                 value = getattr(layer, name)
                 if value is not None:
-                    arrays[f"{layer.name}/{name}"] = value.detach().cpu().numpy().astype(dtype)
+                    arrays[f"{layer.name}/{name}"] = value.detach().cpu().numpy()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
             np.savez(f, **arrays)
@@ -129,6 +125,8 @@ class QuantizedModel:
 
     @classmethod
     def load(cls, path) -> "QuantizedModel":
+        """Read a model file, refusing (one :class:`PsconvError` naming the layer and field) any
+        field or tensor outside the format's contract before anything can run on it."""
         path = Path(path)
         if not path.exists():
             raise PsconvError(f"quantized model: {path} does not exist")
@@ -136,34 +134,40 @@ class QuantizedModel:
             raise PsconvError(f"quantized model: {path} is not a file")
         try:
             data = np.load(path, allow_pickle=False)
-            manifest = json.loads(bytes(data["__manifest__"]).decode())
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise PsconvError(f"quantized model: {path} is not a psconv quantized model ({e})") from None
-        if manifest.get("format") != FORMAT_NAME:
-            raise PsconvError(f"quantized model: {path} has format {manifest.get('format')!r}, "
-                              f"expected {FORMAT_NAME!r}")
-        if manifest.get("version") != FORMAT_VERSION:
-            raise PsconvError(f"quantized model: {path} is format version {manifest.get('version')!r}; "
-                              f"this psconv reads version {FORMAT_VERSION}")
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("it holds one .npy array, not an .npz archive")
+            with data:
+                manifest = json.loads(bytes(data["__manifest__"]).decode())
+                check_manifest(manifest, data.files, path)
+                arrays = {key: np.array(data[key]) for key in data.files if key != "__manifest__"}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            if isinstance(e, PsconvError):
+                raise
+            reason = "it is empty" if path.stat().st_size == 0 else e
+            raise PsconvError(f"quantized model: {path} is not a psconv quantized model "
+                              f"({reason})") from None
         layers = []
         for entry in manifest["layers"]:
-            if entry["op"] not in OPS:
-                raise PsconvError(f"quantized model: layer {entry['name']!r} has op {entry['op']!r}; "
-                                  f"allowed: {', '.join(OPS)}")
             tensors = {}
-            for name in _TENSOR_FIELDS:
-                key = f"{entry['name']}/{name}"
-                if key in data.files:
-                    tensors[name] = torch.from_numpy(np.array(data[key]))
-            family = entry.get("family")
+            for name in TENSOR_DTYPES:
+                array = arrays.get(f"{entry['name']}/{name}")
+                if array is not None:
+                    check_stored_dtype(array, entry["name"], name, path)
+                    tensors[name] = torch.from_numpy(array)
+            try:
+                family = PatternFamily.from_json(entry["family"]) if entry.get("family") else None
+            except (PsconvError, KeyError, TypeError, ValueError) as e:
+                raise PsconvError(f"quantized model {path}: layer {entry['name']!r} family "
+                                  f"{entry['family']!r}: {e}") from None
             layers.append(QLayer(
-                name=entry["name"], op=entry["op"], input=entry["input"], relu=bool(entry["relu"]),
-                residual=entry.get("residual"), stride=int(entry["stride"]),
-                kernel_size=int(entry["kernel_size"]),
-                family=PatternFamily.from_json(family) if family else None,
-                input_scale=float(entry["input_scale"]), output_scale=float(entry["output_scale"]),
+                name=entry["name"], op=entry["op"], input=entry["input"], relu=entry["relu"],
+                residual=entry.get("residual"), stride=entry["stride"],
+                kernel_size=entry["kernel_size"], family=family,
+                input_scale=entry["input_scale"], output_scale=entry["output_scale"],
                 residual_scale=entry.get("residual_scale"), **tensors))
-        return cls(arch=manifest["arch"], family_name=manifest["family"],
-                   input_scale=float(manifest["input_scale"]), layers=layers,
-                   num_classes=int(manifest["num_classes"]),
-                   input_shape=tuple(manifest["input_shape"]), notes=manifest.get("notes", {}))
+        model = cls(arch=manifest["arch"], family_name=manifest["family"],
+                    input_scale=manifest["input_scale"], layers=layers,
+                    num_classes=manifest["num_classes"],
+                    input_shape=tuple(manifest["input_shape"]), notes=manifest.get("notes", {}))
+        check_model(model, path)
+        return model

@@ -33,7 +33,7 @@ from typing import Callable
 
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import MAX_PAYLOAD
+from psconv.protocol.frame import MAX_PAYLOAD
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,7 +36,9 @@ from amaranth.lib.wiring import In, Out
 from psconv.config import EngineConfig
 from psconv.rtl_gen import (DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS,
                             ecp5_place_route_args)
-from psconv.rtl_gen.build import find_pypi_command, routing_detail
+from psconv.rtl_gen.reports import (estimated_fmax_mhz, read_nextpnr_report, routing_detail,
+                                    yosys_cell_counts)
+from psconv.rtl_gen.toolchain import find_pypi_command, run_logged
 
 DEVICE_ARGS = ["--85k", "--package", "CABGA381", "--speed", "6"]
 CLOCK_PIN = "G2"          # ULX3S 25 MHz oscillator input (any pin works for timing)
@@ -154,46 +154,13 @@ POLL_SECONDS = 5.0
 def _run(cmd, cwd, log, poll=None):
     """Run a PyPI tool with its output in ``log``; ``poll()`` is called every
     :data:`POLL_SECONDS` while it runs (for progress)."""
-    import os
     tool = find_pypi_command(cmd[0])
     if tool is None:
         raise RuntimeError(f"{cmd[0]} not found; pip install {cmd[0]}")
-    cmd = [tool, *cmd[1:]]
-    env = dict(os.environ)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=POLL_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    if poll is not None:
-                        poll()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-    if proc.returncode != 0:
+    returncode = run_logged([tool, *cmd[1:]], cwd, log, poll=poll, poll_seconds=POLL_SECONDS)
+    if returncode != 0:
         tail = Path(log).read_text(errors="replace").splitlines()[-30:]
-        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}); log {log}:\n" + "\n".join(tail))
-
-
-def _critical_path(report: dict) -> list:
-    paths = report.get("critical_paths", [])
-    best = None
-    for p in paths:
-        total = sum(step.get("delay", 0.0) for step in p.get("path", []))
-        if best is None or total > best[0]:
-            best = (total, p)
-    if best is None:
-        return []
-    rows = []
-    for step in best[1]["path"]:
-        src = step.get("from", {}).get("cell", "?")
-        dst = step.get("to", {}).get("cell", "?")
-        rows.append((step.get("delay", 0.0), f"{step.get('type', '')}:{src}", dst))
-    return rows
+        raise RuntimeError(f"{tool} failed ({returncode}); log {log}:\n" + "\n".join(tail))
 
 
 def synthesize(config: EngineConfig, outdir, *, abc9: bool = True, progress=None) -> Path:
@@ -243,38 +210,29 @@ def place_and_route(outdir, *, freq: float = 150.0, route: bool = True, seed: in
 
 def read_report(config: EngineConfig, outdir, *, freq: float = 150.0, route: bool = True,
                 router: str = DEFAULT_ECP5_ROUTER, placer: str = DEFAULT_ECP5_PLACER) -> FmaxReport:
+    """The :class:`FmaxReport` of a finished build in ``outdir`` (nextpnr's ``report.json`` and
+    log, Yosys' ``yosys_stat.txt``)."""
     outdir = Path(outdir)
-    rep = FmaxReport(config=_config_dict(config), target_mhz=freq, routed=route, router=router,
+    rep = FmaxReport(config=config_record(config), target_mhz=freq, routed=route, router=router,
                      placer=placer)
-    data = json.loads((outdir / "report.json").read_text())
-    util = data.get("utilization", {})
-    get = lambda k: util.get(k, {}).get("used", 0)
-    rep.luts, rep.ffs, rep.dsps = get("TRELLIS_COMB"), get("TRELLIS_FF"), get("MULT18X18D")
-    rep.brams, rep.lutrams = get("DP16KD"), get("TRELLIS_RAMW")
-    for clk, v in data.get("fmax", {}).items():
+    nextpnr = read_nextpnr_report(outdir / "report.json")
+    rep.luts, rep.ffs = nextpnr.used("TRELLIS_COMB"), nextpnr.used("TRELLIS_FF")
+    rep.dsps, rep.brams = nextpnr.used("MULT18X18D"), nextpnr.used("DP16KD")
+    rep.lutrams = nextpnr.used("TRELLIS_RAMW")
+    for clk, v in nextpnr.fmax.items():
         if "raw" in clk or "clk" in clk:
             rep.fmax_mhz = round(v["achieved"], 2)
     if rep.fmax_mhz is None:  # placement only: the report has no timing, the log has the estimate
-        log = (outdir / "nextpnr.log").read_text(errors="replace")
-        found = re.findall(r"Max frequency for clock '[^']*': ([0-9.]+) MHz", log)
-        if found:
-            rep.fmax_mhz = float(found[-1])
-    rep.critical_path = _critical_path(data)
-    rep.yosys_cells = yosys_cells(outdir / "yosys_stat.txt")
+        rep.fmax_mhz = estimated_fmax_mhz(outdir / "nextpnr.log")
+    rep.critical_path = nextpnr.critical_path()
+    rep.yosys_cells = yosys_cell_counts(outdir / "yosys_stat.txt")
     return rep
 
 
-def yosys_cells(stat_file) -> dict:
-    """Cell counts of a Yosys ``stat`` listing (``<count>  <cell type>`` lines), e.g.
-    ``{"LUT4": 12406, "DP16KD": 121}``; empty if the file is missing."""
-    stat_file = Path(stat_file)
-    if not stat_file.exists():
-        return {}
-    return {name: int(count) for count, name in
-            re.findall(r"^\s+(\d+)\s+(\$?[A-Za-z_][\w$]*)\s*$", stat_file.read_text(), re.M)}
-
-
-def _config_dict(config):
+def config_record(config: EngineConfig) -> dict:
+    """``config`` as an :class:`FmaxReport` records it (its ``config``): the
+    :meth:`~psconv.config.EngineConfig.to_json` object plus the family's name, so a saved
+    report says which build it is and a sweep can tell whether it may reuse it."""
     d = config.to_json()
     d["family"] = config.family.name
     return d

@@ -53,17 +53,19 @@ SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def build_board(config: EngineConfig, build_root=None, waves: bool | None = None,
-                quiet: bool = False):
+                quiet: bool = False, memory_bytes: int = 0):
     """Generate (if stale) and Verilate the bridge-mode board top for ``config``; returns the
-    :class:`~psconv.sim.runner.SimBuild`."""
+    :class:`~psconv.sim.runner.SimBuild`. ``memory_bytes`` > 0 gives the board that much
+    on-chip memory and the resident-mode blocks (:class:`~psconv.hw.board_top.BoardTop`)."""
     from psconv.hw.board_top import BoardTop
     from psconv.rtl_gen.verilog import generate_verilog
     from psconv.sim import runner
     from psconv.sim.engine_rtl import _config_key   # the project's one build key: config + hw/ sources
 
     # the bridge's width is not under hw/, so it names the directory
+    memory = f"_mem{memory_bytes}" if memory_bytes else ""
     root = (Path(build_root or DEFAULT_BUILD_ROOT) / _config_key(config)
-            / f"board_bridge_{BEAT_BYTES}x{FIFO_BEATS}")
+            / f"board_bridge_{BEAT_BYTES}x{FIFO_BEATS}{memory}")
     verilog = root / "verilog" / f"{TOP}.v"
     waves = runner.waves_requested(waves)
     build_dir = root / ("sim-waves" if waves else "sim")
@@ -76,11 +78,12 @@ def build_board(config: EngineConfig, build_root=None, waves: bool | None = None
         # the board's default clock and baud (nominal here: validated like a real board's, the
         # UART then bypassed)
         top = BoardTop(config, bridge=True, timeout_cycles=LINK_TIMEOUT_CYCLES,
-                       bridge_beat_bytes=BEAT_BYTES, bridge_fifo_beats=FIFO_BEATS)
+                       bridge_beat_bytes=BEAT_BYTES, bridge_fifo_beats=FIFO_BEATS,
+                       memory_bytes=memory_bytes)
         header = [*config.summary_lines(),
                   f"board top in bridge mode: rx_beats/tx_beats ({BEAT_BYTES} bytes per beat, "
                   f"{FIFO_BEATS}-beat gearbox FIFOs) replace the UART; link timeout "
-                  f"{LINK_TIMEOUT_CYCLES} cycles"]
+                  f"{LINK_TIMEOUT_CYCLES} cycles; resident memory {memory_bytes} bytes"]
         text = generate_verilog(top, TOP, header)
         verilog.parent.mkdir(parents=True, exist_ok=True)
         tmp = verilog.with_suffix(f".v.{os.getpid()}.tmp")
@@ -143,9 +146,10 @@ class SimBoard:
     def __init__(self, config: EngineConfig | None = None, *, build_root=None,
                  waves: bool | None = None, accept_timeout_s: float = ACCEPT_TIMEOUT_S,
                  startup_timeout_s: float = STARTUP_TIMEOUT_S, max_idle_cycles: int = MAX_IDLE_CYCLES,
-                 quiet: bool = False):
+                 quiet: bool = False, memory_bytes: int = 0):
         self.config = config if config is not None else EngineConfig()
-        self.build = build_board(self.config, build_root, waves, quiet)
+        self.memory_bytes = memory_bytes
+        self.build = build_board(self.config, build_root, waves, quiet, memory_bytes)
         self.session_dir = Path(tempfile.mkdtemp(prefix="psconv-simboard-"))
         self.port_file = self.session_dir / "port"
         self.log = self.session_dir / "sim.log"

@@ -21,7 +21,7 @@ The model is the engine's schedule written out (see docs/architecture.md), not a
   ``C_out * cycles`` back-to-back slot cycles (``cycles = ceil(ceil(C_in/P) * T / tn)``).
 * **Input-channel passes** (C_in > ``patch_channels``): every pixel group is built and issued
   once per pass, so the recurrences above run over (group, pass) with each pass's channel count
-  and cycles (:func:`psconv.firmware.packing.pass_cycles`); the first output channel's weights
+  and cycles (:func:`psconv.schedule.pass_cycles`); the first output channel's weights
   are all its passes' words; setup takes two more divisions and a multiply.
 * **Drain**: ``done`` is visible ``issue_to_output_latency + DRAIN_CYCLES`` cycles after the last
   issue.
@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from psconv.firmware.packing import input_channel_passes, pass_cycles
+from psconv.schedule import input_channel_passes, pass_cycles
 
 NUM_TAPS = 9
 PE_FIXED_STAGES = 6          # patch read + register, tap mux, multiplier input, product, accumulate
@@ -104,7 +104,7 @@ def useful_macs(masks, in_channels: int, out_channels: int, out_pixels: int) -> 
 def predict_cycles(config, shape, masks) -> dict:
     """Predicted cycles and efficiency of one layer (see module docstring).
 
-    ``shape``: a :class:`psconv.hw.layer.LayerSpec` or a mapping with ``in_channels``,
+    ``shape``: a :class:`psconv.protocol.descriptor.LayerSpec` or a mapping with ``in_channels``,
     ``out_channels``, ``in_height``, ``in_width``, optional ``stride`` (1) and ``kernel`` (3).
     ``masks``: the layer's :class:`~psconv.families.PatternFamily` or its rotated mask table.
     """

@@ -16,7 +16,7 @@ import torch
 
 from psconv.errors import PsconvError
 from psconv.families import mask_taps
-from psconv.firmware.packing import input_channel_passes, pass_cycles
+from psconv.schedule import input_channel_passes, pass_cycles
 from psconv.sim.golden.ops import requantize
 
 

@@ -21,7 +21,8 @@ import torch
 from psconv.config import EngineConfig
 from psconv.families import PatternFamily
 from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
-from psconv.hw.layer import LayerSpec
+from psconv.protocol.beats import fmap_beats, pixel_beats, weight_beats
+from psconv.protocol.descriptor import LayerSpec, encode_quant_entry
 from psconv.sim.golden.network import describe_mismatch
 from psconv.sim.golden.ops import conv2d_int, requantize
 
@@ -104,22 +105,19 @@ def case_from_step(step, fmap: torch.Tensor, residual, expected) -> LayerCase:
 
 def encode_case(case: LayerCase, config: EngineConfig) -> dict:
     """The bench's view of a case: every stream's beats as integers."""
-    from psconv.hw import layer as hw_layer
-
     spec = case.spec
     spec.check(config, case.masks)
-    quant = [hw_layer.encode_quant_entry(int(case.bias[o]), int(case.multiplier[o]),
-                                         int(case.shift[o]),
-                                         int(case.residual_multiplier[o]) if case.residual is not None else 0)
+    quant = [encode_quant_entry(int(case.bias[o]), int(case.multiplier[o]), int(case.shift[o]),
+                                int(case.residual_multiplier[o]) if case.residual is not None else 0)
              for o in range(spec.out_channels)]
     beats = {
         "mask_in": list(case.masks),
         "quant_in": quant,
-        "weight_in": hw_layer.weight_beats(case.weight_words),
-        "fmap_in": hw_layer.fmap_beats(config, case.fmap),
+        "weight_in": weight_beats(case.weight_words),
+        "fmap_in": fmap_beats(config, case.fmap),
     }
     if case.residual is not None:
-        beats["residual_in"] = hw_layer.pixel_beats(config, case.residual)
+        beats["residual_in"] = pixel_beats(config, case.residual)
     output_beats = spec.output_beats(config)
     budget = 20 * (len(beats["weight_in"]) + len(beats["fmap_in"]) + output_beats
                    + case.weight_words.shape[0] * spec.out_height * spec.column_blocks(config)) + 20000
@@ -192,7 +190,7 @@ class EngineRTL:
 
     def run(self, cases: list[LayerCase], seed: int = 0) -> list[LayerRun]:
         """Run ``cases`` in one simulator launch; returns their outputs and counters."""
-        from psconv.hw.layer import beats_to_pixels
+        from psconv.protocol.beats import beats_to_pixels
         from psconv.sim import runner
 
         if not cases:

@@ -97,13 +97,13 @@ def test_dense_baseline_alone_and_the_place_route_in_each_row(tmp_path, monkeypa
     its Fmax.
     The tools are replaced by a fixed report (the tiny real build above covers them)."""
     from psconv.bench import impl
-    from psconv.rtl_gen.fmax import FmaxReport, _config_dict
+    from psconv.rtl_gen.fmax import FmaxReport, config_record
 
     calls = []
 
     def fake_build(config, folder, freq, route, reuse, router, placer, progress=None):
         calls.append((config.family.name, config.tm, config.tn, placer, router))
-        return FmaxReport(config=_config_dict(config), luts=900, ffs=800, dsps=2, brams=3,
+        return FmaxReport(config=config_record(config), luts=900, ffs=800, dsps=2, brams=3,
                           fmax_mhz=50.0, target_mhz=freq, routed=route, router=router,
                           placer=placer, seconds={"synth_s": 1, "pnr_s": 2}), False
 
@@ -128,10 +128,10 @@ def test_a_saved_build_is_reused_only_for_the_same_placer_and_router(tmp_path):
     from dataclasses import asdict
 
     from psconv.bench.impl import _reusable
-    from psconv.rtl_gen.fmax import FmaxReport, _config_dict
+    from psconv.rtl_gen.fmax import FmaxReport, config_record
 
     config = sweep_config(2, 8, "PSD1_P16")
-    saved = FmaxReport(config=_config_dict(config), fmax_mhz=70.0, routed=True, router="router2")
+    saved = FmaxReport(config=config_record(config), fmax_mhz=70.0, routed=True, router="router2")
     (tmp_path / "fmax_report.json").write_text(json.dumps(asdict(saved)))
     assert _reusable(tmp_path, config, 150.0, True, "router1", "heap") is None
     assert _reusable(tmp_path, config, 150.0, True, "router2", "heap").fmax_mhz == 70.0

@@ -12,15 +12,19 @@ import types
 
 import pytest
 from amaranth.hdl import Elaboratable, Module
-from amaranth.sim import Simulator
 
 from psconv.commands import build as build_command
 from psconv.config import EngineConfig
 from psconv.cli import main as run_cli
 from psconv.errors import PsconvError
 from psconv.rtl_gen.boards import BOARDS, DEFAULT_BOARD, get_board
-from psconv.rtl_gen.build import (YOWASP_TOOLS, ClockPlan, UartMacDemo, build_bitstream,
-                                  parse_nextpnr_report, plan_clock)
+from psconv.hw.mac_demo import UartMacDemo
+from psconv.rtl_gen.build import build_bitstream
+from psconv.rtl_gen.clocking import ClockPlan, plan_clock
+from psconv.rtl_gen.reports import parse_nextpnr_report
+from psconv.rtl_gen.toolchain import YOWASP_TOOLS
+
+from sim_helpers import run
 
 TOOL_VARS = (*YOWASP_TOOLS, "OPENFPGALOADER")
 
@@ -99,7 +103,7 @@ def test_clock_plans():
 
 def test_top_built_for_another_clock_is_refused(tmp_path):
     with pytest.raises(PsconvError, match="built for a 25 MHz clock"):
-        build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, clock_mhz=50)
+        build_bitstream(UartMacDemo(get_board("ulx3s-85f")), "ulx3s-85f", tmp_path, clock_mhz=50)
 
 
 # ---- the demo design -----------------------------------------------------------------------
@@ -108,11 +112,9 @@ def test_top_built_for_another_clock_is_refused(tmp_path):
 def test_uart_mac_demo_computes_dot_products():
     """Simulated: the host sends a then w, the design answers the accumulator (4 bytes LE)."""
     n, divisor = 4, 8
-    dut = UartMacDemo("icebreaker", n_mult=n, clk_freq=divisor * 1000, baud=1000)
+    dut = UartMacDemo(get_board("icebreaker"), n_mult=n, clk_freq=divisor * 1000, baud=1000)
     vectors = [([1, -2, 3, 127], [5, 6, -128, 2]), ([-128, -128, 7, 0], [-128, 1, 9, 100])]
     received = []
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
 
     async def host(ctx):
         ctx.set(dut.rx, 1)
@@ -136,9 +138,7 @@ def test_uart_mac_demo_computes_dot_products():
             assert ctx.get(dut.tx) == 1  # stop bit
             received.append(byte)
 
-    sim.add_testbench(host)
-    sim.add_testbench(listener, background=True)
-    sim.run()
+    run(dut, host, background=[listener])
     assert len(received) == 8
     acc = 0
     for k, (a, w) in enumerate(vectors):
@@ -197,7 +197,7 @@ def test_real_build_ulx3s_85f_through_pll_with_missed_timing(tmp_path, capsys, m
     monkeypatch.setattr(build_module, "_run_script", run_script)
     before = {var: os.environ.get(var) for var in TOOL_VARS}
     plan = plan_clock("ulx3s-85f", 250)
-    top = UartMacDemo("ulx3s-85f", clk_freq=plan.actual_hz)
+    top = UartMacDemo(get_board("ulx3s-85f"), clk_freq=plan.actual_hz)
     report = build_bitstream(top, "ulx3s-85f", tmp_path / "ulx3s", clock_mhz=250,
                              router="router2", placer="static")
     assert {var: os.environ.get(var) for var in TOOL_VARS} == before
@@ -248,7 +248,7 @@ def test_real_build_icebreaker_through_cli(tmp_path, capsys):
 def test_toolchain_failure_is_reported_with_the_log(tmp_path):
     """12 multipliers on an 8-DSP iCE40: nextpnr cannot place it, and the error says where."""
     with pytest.raises(PsconvError) as e:
-        build_bitstream(UartMacDemo("icebreaker", n_mult=12), "icebreaker", tmp_path,
+        build_bitstream(UartMacDemo(get_board("icebreaker"), n_mult=12), "icebreaker", tmp_path,
                         progress=False)
     message = str(e.value)
     assert "failed during" in message and "build.log" in message
@@ -257,10 +257,10 @@ def test_toolchain_failure_is_reported_with_the_log(tmp_path):
 
 def test_unknown_placer_or_router_is_refused_before_any_tool_runs(tmp_path):
     with pytest.raises(PsconvError, match="router 'router3'; allowed: router1, router2"):
-        build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, router="router3",
+        build_bitstream(UartMacDemo(get_board("ulx3s-85f")), "ulx3s-85f", tmp_path, router="router3",
                         progress=False)
     with pytest.raises(PsconvError, match="placer 'sa'; allowed: heap, static"):
-        build_bitstream(UartMacDemo("ulx3s-85f"), "ulx3s-85f", tmp_path, placer="sa",
+        build_bitstream(UartMacDemo(get_board("ulx3s-85f")), "ulx3s-85f", tmp_path, placer="sa",
                         progress=False)
     assert not (tmp_path / "build_top.sh").exists()
 
@@ -308,7 +308,7 @@ def test_board_top_is_built_with_config_clock_and_baud(monkeypatch):
 
 def test_routing_progress_is_read_from_the_nextpnr_log(tmp_path):
     """A routing stage can take half an hour: the progress line says how far the router is."""
-    from psconv.rtl_gen.build import routing_detail
+    from psconv.rtl_gen.reports import routing_detail
 
     tim = tmp_path / "top.tim"
     assert routing_detail(tim) == ""

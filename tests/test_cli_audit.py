@@ -100,11 +100,11 @@ def test_every_command_with_a_progress_bar_takes_no_progress(command):
 def test_impl_no_progress_keeps_the_build_lines_quiet_drops_them(tmp_path, monkeypatch, capsys):
     """bench impl: --no-progress drops only the bar; --quiet also the line printed per build."""
     from psconv.bench import impl
-    from psconv.rtl_gen.fmax import FmaxReport, _config_dict
+    from psconv.rtl_gen.fmax import FmaxReport, config_record
 
     def fake_build(config, folder, freq, route, reuse, router, placer, progress=None):
         assert progress is None          # nothing to show the build's progress in
-        return FmaxReport(config=_config_dict(config), luts=900, ffs=800, dsps=2, brams=3,
+        return FmaxReport(config=config_record(config), luts=900, ffs=800, dsps=2, brams=3,
                           fmax_mhz=50.0, target_mhz=freq, routed=route, router=router,
                           placer=placer, seconds={"synth_s": 1}), False
 

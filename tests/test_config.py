@@ -92,7 +92,7 @@ def test_fmap_depth_must_hold_one_row():
     with pytest.raises(PsconvError, match="fmap_depth is 1"):
         EngineConfig().replace(fmap_depth=1)
     smallest = EngineConfig(max_width=8, max_height=8, fmap_depth=8, weight_depth=1)
-    from psconv.hw.layer import LayerSpec
+    from psconv.protocol.descriptor import LayerSpec
     LayerSpec(in_channels=1, out_channels=1, in_height=1, in_width=8, kernel=1).check(
         smallest, masks=(0x010,))    # one row, one weight word: the minimum really runs a layer
 

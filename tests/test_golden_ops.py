@@ -106,3 +106,10 @@ def test_avgpool_and_linear():
     assert pooled.tolist() == [8, 24]  # 7.5 -> 8, 23.5 -> 24
     w = torch.tensor([[1, -1], [2, 3]])
     assert ops.linear_int(pooled, w, torch.tensor([5, -5])).tolist() == [-11, 83]
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_quantize_input_refuses_a_scale_that_is_not_finite_and_positive(scale):
+    """NaN passes ``scale <= 0`` and would quantize every image to one constant."""
+    with pytest.raises(PsconvError, match=f"scale is {scale}; allowed: a finite number > 0"):
+        ops.quantize_input(torch.ones((3, 2, 2)), scale)

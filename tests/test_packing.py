@@ -7,6 +7,7 @@ import torch
 
 from psconv.errors import PsconvError
 from psconv.families import dense_family, paper_family, pointwise_family
+from psconv import schedule
 from psconv.firmware import packing
 
 FAMILIES = [paper_family(4, 8), paper_family(4, 8, True), paper_family(1, 16, True),
@@ -83,7 +84,7 @@ def test_engine_words_hold_the_stream_in_tn_banks(family, tn):
     w = _weight(family, c_out, c_in, seed=tn)
     packed = packing.pack_layer(w, family, "conv")
     words = packing.engine_weight_words(packed, tn)
-    slots = packing.entries_per_output_channel(packed.masks, c_in)
+    slots = schedule.entries_per_output_channel(packed.masks, c_in)
     cycles = math.ceil(slots / tn)
     assert words.shape == (c_out * cycles, tn)
     seq = packed.tap_sequence
@@ -114,15 +115,15 @@ def test_engine_words_with_input_channel_passes(family):
     w = _weight(family, c_out, c_in, seed=7)
     packed = packing.pack_layer(w, family, "conv")
     words = packing.engine_weight_words(packed, tn, patch)
-    assert packing.input_channel_passes(c_in, patch) == [(0, 16), (16, 16), (32, 5)]
-    cycles = packing.pass_cycles(packed.masks, c_in, tn, patch)
-    rows = packing.words_per_output_channel(packed.masks, c_in, tn, patch)
+    assert schedule.input_channel_passes(c_in, patch) == [(0, 16), (16, 16), (32, 5)]
+    cycles = schedule.pass_cycles(packed.masks, c_in, tn, patch)
+    rows = schedule.words_per_output_channel(packed.masks, c_in, tn, patch)
     assert rows == sum(cycles) and words.shape == (c_out * rows, tn)
     seq = packed.tap_sequence
     taps = w.reshape(c_out, c_in, -1)
     for o in range(c_out):
         row0 = o * rows
-        for (first, count), pass_rows in zip(packing.input_channel_passes(c_in, patch), cycles):
+        for (first, count), pass_rows in zip(schedule.input_channel_passes(c_in, patch), cycles):
             flat = words[row0:row0 + pass_rows].reshape(-1)
             for slot in range(pass_rows * tn):
                 p, e = divmod(slot, len(seq))

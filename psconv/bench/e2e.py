@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import time
 
+from psconv.outputs import output_folder
+
 from .results import write_results
 
 UART_BYTES_PER_S = 3_000_000 / 10       # 8N1 at 3 Mbaud
@@ -25,8 +27,8 @@ UART_BYTES_PER_S = 3_000_000 / 10       # 8N1 at 3 Mbaud
 
 def offchip_bytes(program) -> dict:
     """Bytes the engine is sent and returns for one inference, by kind (exact, from the program)."""
-    from psconv.hw.command_processor import MASK_BYTES, QUANT_BYTES, descriptor_bytes
-    from psconv.hw.layer import fmap_beat_bytes
+    from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES, descriptor_bytes
+    from psconv.protocol.beats import fmap_beat_bytes
 
     cfg = program.config
     kinds = {"weights": 0, "input maps": 0, "residuals": 0, "outputs": 0,
@@ -137,7 +139,8 @@ def register(benches) -> None:
     parser.add_argument("--image-seed", type=int, default=0,
                         help="seed of the input image, as `psconv run --image-seed` "
                              "(default: %(default)s)")
-    parser.add_argument("--out", help="results folder (default results/e2e)")
+    parser.add_argument("--out", type=output_folder("--out"),
+                        help="results folder (default results/e2e)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_command)
 

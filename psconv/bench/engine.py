@@ -31,6 +31,7 @@ from psconv.config import EngineConfig
 from psconv.families import dense_family, family_by_name, pointwise_family
 from psconv.firmware.compiler import output_channel_tiles
 from psconv.firmware.packing import rotated_masks
+from psconv.outputs import output_folder
 
 from .results import format_table, write_results
 
@@ -393,7 +394,8 @@ def register(benches) -> None:
                         help="PE rows of the engine benchmarked (default: %(default)s)")
     parser.add_argument("--tn", type=int, default=16,
                         help="PE lanes of the engine benchmarked (default: %(default)s)")
-    parser.add_argument("--out", help="results folder (default results/engine)")
+    parser.add_argument("--out", type=output_folder("--out"),
+                        help="results folder (default results/engine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_command)
 

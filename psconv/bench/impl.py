@@ -40,6 +40,7 @@ from types import SimpleNamespace
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.families import dense_family, family_by_name
+from psconv.outputs import output_folder
 from psconv.rtl_gen import (DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS,
                             progress_due)
 
@@ -123,10 +124,10 @@ def link_bytes(program) -> dict:
     whole ``tm``-byte beats with a 2-byte READ_OUTPUT request; no empty polls (the engine is
     faster than the link), no retransmissions.
     """
-    from psconv.firmware.protocol import FRAME_OVERHEAD, MAX_PAYLOAD
-    from psconv.hw.command_processor import (COUNTERS_BYTES, IDENTITY_BYTES, MASK_BYTES,
-                                             QUANT_BYTES, STATUS_BYTES)
-    from psconv.hw.layer import fmap_beat_bytes
+    from psconv.protocol.frame import FRAME_OVERHEAD, MAX_PAYLOAD
+    from psconv.protocol.payloads import (COUNTERS_BYTES, IDENTITY_BYTES, MASK_BYTES, QUANT_BYTES,
+                                          STATUS_BYTES)
+    from psconv.protocol.beats import fmap_beat_bytes
 
     cfg = program.config
     exchange = 2 * FRAME_OVERHEAD                       # a request frame and its answer frame
@@ -192,7 +193,8 @@ def _describe_path(critical_path) -> str:
 def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, router: str,
               placer: str = DEFAULT_ECP5_PLACER):
     """The :class:`FmaxReport` saved in ``folder`` when it is for the same build, else None."""
-    from psconv.rtl_gen.fmax import FmaxReport, _config_dict, yosys_cells
+    from psconv.rtl_gen.fmax import FmaxReport, config_record
+    from psconv.rtl_gen.reports import yosys_cell_counts
 
     saved = folder / "fmax_report.json"
     if not saved.exists():
@@ -200,11 +202,11 @@ def _reusable(folder: Path, config: EngineConfig, freq: float, route: bool, rout
     data = json.loads(saved.read_text())
     known = {f.name for f in fields(FmaxReport)}
     report = FmaxReport(**{k: v for k, v in data.items() if k in known})
-    if (report.config != json.loads(json.dumps(_config_dict(config)))
+    if (report.config != json.loads(json.dumps(config_record(config)))
             or report.target_mhz != freq or report.routed != route
             or report.placer != placer or (route and report.router != router)):
         return None
-    report.yosys_cells = yosys_cells(folder / "yosys_stat.txt")   # the listing is the source
+    report.yosys_cells = yosys_cell_counts(folder / "yosys_stat.txt")   # the listing is the source
     return report
 
 
@@ -516,8 +518,10 @@ def register(benches) -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse a build folder's fmax_report.json made for the same config")
     parser.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR),
+                        type=output_folder("--build-dir"),
                         help="where the netlists and tool logs go (default build/impl)")
-    parser.add_argument("--out", help="results folder (default results/impl)")
+    parser.add_argument("--out", type=output_folder("--out"),
+                        help="results folder (default results/impl)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar and no line per build: only the results table")

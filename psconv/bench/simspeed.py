@@ -16,6 +16,7 @@ import torch
 
 from psconv.config import EngineConfig
 from psconv.families import family_by_name
+from psconv.outputs import output_folder
 
 from .results import write_results
 
@@ -82,5 +83,6 @@ def register(benches) -> None:
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS),
                         help=f"engine configurations to build and run (default: "
                              f"{' '.join(sorted(CONFIGS))})")
-    parser.add_argument("--out", help="results folder (default results/simspeed)")
+    parser.add_argument("--out", type=output_folder("--out"),
+                        help="results folder (default results/simspeed)")
     parser.set_defaults(func=lambda args: run(args.configs, args.out) and 0)

@@ -12,6 +12,7 @@ import torch
 
 from psconv.families import family_by_name
 from psconv.firmware.packing import pack_layer, storage_report
+from psconv.outputs import output_folder
 
 from .results import write_results
 
@@ -93,5 +94,6 @@ def register(benches) -> None:
     parser.add_argument("--width", type=int, default=None,
                         help=f"base width, 1..{MAX_WIDTH} (default: {MAX_WIDTH}, the full "
                              f"network; VGG16's channels are scaled by WIDTH/{MAX_WIDTH})")
-    parser.add_argument("--out", help="results folder (default results/storage)")
+    parser.add_argument("--out", type=output_folder("--out"),
+                        help="results folder (default results/storage)")
     parser.set_defaults(func=lambda args: run(args.families, args.arch, args.width, args.out) and 0)

@@ -13,6 +13,7 @@ import json
 import sys
 
 from psconv.errors import PsconvError
+from psconv.outputs import output_folder
 from psconv.rtl_gen import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS
 
 DESIGNS = ("engine", "mac-demo")
@@ -54,6 +55,7 @@ def register(subparsers) -> None:
                         help="engine: the accelerator's board top (default); mac-demo: a UART "
                              "multiply-accumulate demo that checks the flow")
     parser.add_argument("-o", "--outdir", default=None, metavar="DIR",
+                        type=output_folder("-o/--outdir"),
                         help="build directory (default build/BOARD)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true",
@@ -84,10 +86,12 @@ def board_top_class():
 
 def make_top(design: str, board, config, clk_freq: float, baud: int):
     """The design to build: the engine's board top or the MAC demo, for ``clk_freq`` Hz."""
-    from psconv.rtl_gen.build import UartMacDemo
+    from psconv.hw.mac_demo import UartMacDemo
 
     if design == "mac-demo":
-        return UartMacDemo(board, clk_freq=clk_freq, baud=baud)
+        from psconv.rtl_gen.boards import get_board
+
+        return UartMacDemo(get_board(board), clk_freq=clk_freq, baud=baud)
     if design != "engine":
         raise PsconvError(f"--design is {design!r}; allowed: {', '.join(DESIGNS)}")
     return board_top_class()(config, clk_freq, baud)
@@ -111,7 +115,8 @@ def _board_table() -> str:
 def run(args) -> int:
     from psconv.config import EngineConfig
     from psconv.rtl_gen.boards import get_board
-    from psconv.rtl_gen.build import build_bitstream, plan_clock
+    from psconv.rtl_gen.build import build_bitstream
+    from psconv.rtl_gen.clocking import plan_clock
 
     if args.list_boards:
         print(_board_table())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from psconv.families import MAX_PERIOD
+from psconv.outputs import output_folder
 
 # EngineConfig fields settable from the command line: (flag, field, help).
 _CONFIG_FLAGS = (
@@ -56,6 +57,7 @@ def register(subparsers) -> None:
     parser.add_argument("--name", default=DEFAULT_TOP,
                         help=f"top module and file name (default {DEFAULT_TOP})")
     parser.add_argument("-o", "--out", default="build/verilog", metavar="DIR",
+                        type=output_folder("-o/--out"),
                         help="output directory (default build/verilog)")
     parser.add_argument("--lint", action="store_true",
                         help="run verilator --lint-only on the generated Verilog")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from psconv.errors import PsconvError
+from psconv.outputs import output_file
 
 
 def register(subparsers) -> None:
@@ -22,7 +23,8 @@ def register(subparsers) -> None:
                     "default --seed and --calibration-images that is exactly the embedded default "
                     "of `psconv golden`, `run` and `demo` with the same --family, --width and "
                     "--image-size.")
-    parser.add_argument("-o", "--out", required=True, help="output file (.npz)")
+    parser.add_argument("-o", "--out", required=True, type=output_file("-o/--out"),
+                        help="output file (.npz)")
     parser.add_argument("--family", default=DEFAULT_FAMILY,
                         help="pattern family, e.g. PS4_P8, PSD1_P16, dense (default: %(default)s)")
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH,

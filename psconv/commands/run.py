@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from psconv.errors import PsconvError
+from psconv.outputs import output_file
 
 from .engine_choice import add_engine_arguments, engine_config_from_args
 from .golden import add_model_arguments
@@ -46,7 +47,8 @@ def register(subparsers) -> None:
                              "with --faults)")
     parser.add_argument("--retries", type=int, default=None,
                         help="resends per command before giving up (default 8, 20 with --faults)")
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--json", metavar="FILE", type=output_file("--json"),
+                        help="also write the report as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 

@@ -40,6 +40,8 @@ Input quantization (host side, float image to int8)::
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from psconv.errors import PsconvError
@@ -160,6 +162,6 @@ def linear_int(x, w, bias) -> torch.Tensor:
 
 def quantize_input(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Float CHW image to int8 (round half to even, saturate)."""
-    if scale <= 0:
-        raise PsconvError(f"quantize_input: scale is {scale}; it must be > 0")
+    if not (math.isfinite(scale) and scale > 0):     # NaN passes `scale <= 0`
+        raise PsconvError(f"quantize_input: scale is {scale}; allowed: a finite number > 0")
     return saturate_int8(torch.round(x.double() / scale).to(torch.int64))

@@ -2,7 +2,7 @@
 the output beats and counters, and write them to a results file.
 
 The cases come from :mod:`psconv.sim.engine_rtl` through ``PSCONV_TB_DATA`` (beats already encoded
-with :mod:`psconv.hw.layer`); comparison against the golden model happens on the host side, where
+with :mod:`psconv.protocol.beats`); comparison against the golden model happens on the host side, where
 the failure message can name the first differing (channel, row, column). This bench fails on
 its own only when the engine stops making progress (a hang), naming the case and what is
 missing.

@@ -31,11 +31,7 @@ class StreamMac(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=OPERAND.size, depth=self._fifo_depth)
-        m.d.comb += [
-            queue.w_data.eq(self.operands.payload),
-            queue.w_en.eq(self.operands.valid),
-            self.operands.ready.eq(queue.w_rdy),
-        ]
+        wiring.connect(m, wiring.flipped(self.operands), queue.w_stream)
         head = Signal(OPERAND)
         m.d.comb += head.eq(queue.r_data)
 

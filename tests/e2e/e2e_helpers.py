@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import torch
 from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from psconv.config import EngineConfig
 from psconv.families import family_by_name, paper_family
-from psconv.firmware.protocol import MAX_PAYLOAD
+from psconv.firmware.compiler import EngineStep
+from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
 from psconv.hw.command_processor import CommandProcessor, engine_signature
 from psconv.hw.framing import LinkLayer
+from psconv.protocol.descriptor import LayerSpec
+from psconv.protocol.frame import MAX_PAYLOAD
+from psconv.sim.golden.ops import conv2d_int, requantize
+
+from sim_helpers import raw
 
 # Verilator: big enough for a width-8 ResNet18 (64 channels, 32x32 maps), small enough to build fast
 # 16 channels per patch buffer: the width-8 ResNet18's 32- and 64-channel layers run in 2 and 4
@@ -55,10 +62,6 @@ class ProcessorHarness(wiring.Component):
         m.d.comb += processor.link_counters.eq(link.counters)
         wiring.connect(m, wiring.flipped(self.engine), processor.engine)
         return m
-
-
-def raw(value):
-    return value.as_value() if hasattr(value, "as_value") else value
 
 
 class MockEngine:
@@ -114,3 +117,30 @@ class MockEngine:
             if start and not self.busy:
                 self.starts.append(layer)
                 self.busy = True
+
+
+def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True, residual=False):
+    """A compiled-looking EngineStep with random data, its input, residual and golden output."""
+    k = family.kernel_size
+    g = generator
+    weight = torch.randint(-128, 128, (c_out, c_in, k, k), generator=g)
+    weight = weight * family.weight_mask(c_out, c_in).to(torch.int64)
+    x = torch.randint(-128, 128, (c_in, size, size), generator=g)
+    masks = rotated_masks(family)
+    spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=size, in_width=size,
+                     stride=stride, kernel=k, relu=relu, residual=residual, period=len(masks))
+    bias = torch.randint(-3000, 3000, (c_out,), generator=g)
+    multiplier = torch.randint(1 << 28, 1 << 29, (c_out,), generator=g)
+    shift = torch.full((c_out,), 35 if k == 3 else 33)
+    res_mult = torch.randint(1 << 27, 1 << 29, (c_out,), generator=g) if residual else torch.zeros(c_out, dtype=torch.int64)
+    res = (torch.randint(-128, 128, (c_out, spec.out_height, spec.out_width), generator=g)
+           if residual else None)
+    expected = requantize(conv2d_int(x, weight, stride, k // 2), bias, multiplier, shift, relu,
+                          res, res_mult if residual else None)
+    packed = pack_layer(weight.to(torch.int8), family)
+    step = EngineStep(layer=name, tile=0, tiles=1, first_channel=0, descriptor=spec, masks=masks,
+                      weight_words=engine_weight_words(packed, TINY_CONFIG.tn, TINY_CONFIG.patch_channels), bias=bias,
+                      multiplier=multiplier, shift=shift, residual_multiplier=res_mult,
+                      input="input", residual="residual" if residual else None,
+                      useful_macs=int(family.weight_mask(c_out, c_in).sum()) * spec.out_height * spec.out_width)
+    return step, x, res, expected

@@ -15,48 +15,20 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
 from psconv.families import dense_family, paper_family, pointwise_family
-from psconv.firmware.compiler import EngineStep
 from psconv.firmware.driver import Driver
 from psconv.sim.golden.network import describe_mismatch
-from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
-from psconv.firmware.protocol import MAX_PAYLOAD, Command, LinkClient, LinkNak, read_output_payload
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.protocol.codes import Command
+from psconv.protocol.frame import MAX_PAYLOAD
+from psconv.protocol.payloads import read_output_payload
 from psconv.hw.board_top import BoardTop
-from psconv.hw.command_processor import identity_blob
-from psconv.hw.layer import LayerSpec
+from psconv.protocol.payloads import identity_blob
 from psconv.hw.uart import UART
 from psconv.sim.amaranth_transport import SimulatorTransport
-from psconv.sim.golden.ops import conv2d_int, requantize
 
-from e2e_helpers import TINY_CONFIG
+from e2e_helpers import TINY_CONFIG, make_step
 
 CFG = TINY_CONFIG
-
-
-def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True, residual=False):
-    """A compiled-looking EngineStep with random data, its input, residual and golden output."""
-    k = family.kernel_size
-    g = generator
-    weight = torch.randint(-128, 128, (c_out, c_in, k, k), generator=g)
-    weight = weight * family.weight_mask(c_out, c_in).to(torch.int64)
-    x = torch.randint(-128, 128, (c_in, size, size), generator=g)
-    masks = rotated_masks(family)
-    spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=size, in_width=size,
-                     stride=stride, kernel=k, relu=relu, residual=residual, period=len(masks))
-    bias = torch.randint(-3000, 3000, (c_out,), generator=g)
-    multiplier = torch.randint(1 << 28, 1 << 29, (c_out,), generator=g)
-    shift = torch.full((c_out,), 35 if k == 3 else 33)
-    res_mult = torch.randint(1 << 27, 1 << 29, (c_out,), generator=g) if residual else torch.zeros(c_out, dtype=torch.int64)
-    res = (torch.randint(-128, 128, (c_out, spec.out_height, spec.out_width), generator=g)
-           if residual else None)
-    expected = requantize(conv2d_int(x, weight, stride, k // 2), bias, multiplier, shift, relu,
-                          res, res_mult if residual else None)
-    packed = pack_layer(weight.to(torch.int8), family)
-    step = EngineStep(layer=name, tile=0, tiles=1, first_channel=0, descriptor=spec, masks=masks,
-                      weight_words=engine_weight_words(packed, CFG.tn, CFG.patch_channels), bias=bias,
-                      multiplier=multiplier, shift=shift, residual_multiplier=res_mult,
-                      input="input", residual="residual" if residual else None,
-                      useful_macs=int(family.weight_mask(c_out, c_in).sum()) * spec.out_height * spec.out_width)
-    return step, x, res, expected
 
 
 def test_driver_runs_every_layer_kind_on_the_gateware():
@@ -163,7 +135,7 @@ def test_board_top_requests_only_the_uart_and_takes_the_planned_clock(board, clo
                                                                      constraints, tmp_path):
     """What ``psconv build`` elaborates (no tools run): the FTDI UART's rx/tx pins, nothing else
     (ULX3S's uart_tx_enable stays unrequested), in a sync domain at the planned clock."""
-    from psconv.rtl_gen.build import make_platform, plan_clock
+    from psconv.rtl_gen.clocking import make_platform, plan_clock
 
     plan = plan_clock(board, clock_mhz)
     top = BoardTop(CFG, plan.actual_hz, 3_000_000)
@@ -179,7 +151,7 @@ def test_psconv_build_gives_the_icebreaker_top_its_smaller_link_buffers(tmp_path
     """Left at None, max_payload is the board's when ``psconv build`` elaborates the top (its
     platform carries the board), MAX_PAYLOAD elsewhere; an explicit one wins."""
     from psconv.rtl_gen.boards import get_board
-    from psconv.rtl_gen.build import make_platform
+    from psconv.rtl_gen.clocking import make_platform
 
     top = BoardTop(CFG, 12_000_000, 3_000_000)
     icebreaker = make_platform("icebreaker")

@@ -15,26 +15,20 @@ import pytest
 from amaranth.hdl import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import Command, LinkClient, LinkNak, read_output_payload
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.protocol.codes import Command
+from psconv.protocol.payloads import read_output_payload
 from psconv.hw.board_top import BoardTop
 from psconv.hw.byte_gearbox import BeatsToBytes, BytesToBeats
-from psconv.hw.command_processor import identity_blob
+from psconv.protocol.payloads import identity_blob
 from psconv.sim.amaranth_transport import SimulatorTransport
 
 from e2e_helpers import TINY_CONFIG
+from sim_helpers import run, stream_get, stream_put
 
 BEAT = 8
-
-
-def _simulate(dut, *testbenches, deadline=200_000):
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    for bench in testbenches:
-        sim.add_testbench(bench, background=bench is not testbenches[0])
-    sim.run_until(deadline * 1e-6)
 
 
 def _beats_of(rng, stream, *, min_count=0):
@@ -60,11 +54,7 @@ def test_beats_to_bytes_keeps_every_byte_in_order(seed, gap, pressure):
 
     async def consumer(ctx):
         while len(out) < len(stream):
-            ready = rng.random() >= pressure
-            ctx.set(dut.bytes.ready, ready)
-            _, _, valid, byte = await ctx.tick().sample(dut.bytes.valid, dut.bytes.payload)
-            if valid and ready:
-                out.append(byte)
+            out.append(await stream_get(ctx, dut.bytes, stall=pressure, rng=rng))
         # nothing more comes out, ever
         ctx.set(dut.bytes.ready, 1)
         for _ in range(3 * BEAT):
@@ -73,15 +63,9 @@ def test_beats_to_bytes_keeps_every_byte_in_order(seed, gap, pressure):
 
     async def producer(ctx):
         for word, count in beats:
-            while rng.random() < gap:
-                ctx.set(dut.beats.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.beats.valid, 1)
-            ctx.set(dut.beats.payload, {"data": word, "count": count})
-            await ctx.tick().until(dut.beats.ready)
-        ctx.set(dut.beats.valid, 0)
+            await stream_put(ctx, dut.beats, {"data": word, "count": count}, gap=gap, rng=rng)
 
-    _simulate(dut, consumer, producer)
+    run(dut, consumer, background=[producer], max_cycles=200_000)
     assert bytes(out) == stream
 
 
@@ -103,13 +87,9 @@ def test_beats_to_bytes_sends_a_byte_every_cycle_while_fed():
     async def producer(ctx):
         for k in range(0, len(stream), BEAT):
             chunk = stream[k:k + BEAT]
-            ctx.set(dut.beats.valid, 1)
-            word = int.from_bytes(chunk, "little")
-            ctx.set(dut.beats.payload, {"data": word, "count": len(chunk)})
-            await ctx.tick().until(dut.beats.ready)
-        ctx.set(dut.beats.valid, 0)
+            await stream_put(ctx, dut.beats, {"data": int.from_bytes(chunk, "little"), "count": len(chunk)})
 
-    _simulate(dut, consumer, producer)
+    run(dut, consumer, background=[producer], max_cycles=200_000)
     assert seen[0] == 3                                   # taken in cycle 0, offered in 3
     assert seen == list(range(seen[0], seen[0] + len(stream)))    # then never a gap
 
@@ -130,30 +110,23 @@ def test_bytes_to_beats_keeps_every_byte_in_order(seed, pressure):
     async def producer(ctx):
         for answer, gap in zip(answers, gaps):
             for byte in answer:
-                ctx.set(dut.bytes.valid, 1)
-                ctx.set(dut.bytes.payload, byte)
-                await ctx.tick().until(dut.bytes.ready)
+                await stream_put(ctx, dut.bytes, byte)
                 # bytes inside an answer may come with short gaps too
                 if rng.random() < 0.1:
-                    ctx.set(dut.bytes.valid, 0)
                     await ctx.tick().repeat(rng.randrange(1, flush))
-            ctx.set(dut.bytes.valid, 0)
             if gap:
                 await ctx.tick().repeat(gap)
 
     async def consumer(ctx):
         while sum(count for _, count in beats) < len(stream):
-            ready = rng.random() >= pressure
-            ctx.set(dut.beats.ready, ready)
-            _, _, valid, beat = await ctx.tick().sample(dut.beats.valid, dut.beats.payload)
-            if valid and ready:
-                beats.append((int(beat.data), int(beat.count)))
+            beat = await stream_get(ctx, dut.beats, stall=pressure, rng=rng)
+            beats.append((int(beat.data), int(beat.count)))
         ctx.set(dut.beats.ready, 1)
         for _ in range(4 * flush):
             _, _, valid = await ctx.tick().sample(dut.beats.valid)
             assert not valid, "a beat came out after the whole stream had (duplicate?)"
 
-    _simulate(dut, consumer, producer)
+    run(dut, consumer, background=[producer], max_cycles=200_000)
     assert all(1 <= count <= BEAT for _, count in beats)
     out = b"".join(word.to_bytes(BEAT, "little")[:count] for word, count in beats)
     assert out == stream
@@ -169,11 +142,8 @@ def test_bytes_to_beats_does_not_hold_back_a_short_answer(length):
     marks = {}
 
     async def producer(ctx):
-        for k, byte in enumerate(answer):
-            ctx.set(dut.bytes.valid, 1)
-            ctx.set(dut.bytes.payload, byte)
-            await ctx.tick().until(dut.bytes.ready)
-        ctx.set(dut.bytes.valid, 0)
+        for byte in answer:
+            await stream_put(ctx, dut.bytes, byte)
 
     async def consumer(ctx):
         ctx.set(dut.beats.ready, 1)
@@ -190,7 +160,7 @@ def test_bytes_to_beats_does_not_hold_back_a_short_answer(length):
             cycle += 1
         assert bytes(got) == answer
 
-    _simulate(dut, consumer, producer, deadline=1000)
+    run(dut, consumer, background=[producer], max_cycles=1000)
     assert marks["beat"] - marks["last byte"] == (3 if length % BEAT == 0 else flush + 3)
 
 

@@ -3,7 +3,7 @@
 
 The host side is the real ``LinkClient`` over ``SimulatorTransport``, so every check goes
 through the wire format. The mock engine records every beat the processor pushes, which is
-compared with the encoders of :mod:`psconv.hw.layer` (the same ones the driver uses): a byte
+compared with the encoders of :mod:`psconv.protocol` (the same ones the driver uses): a byte
 order, beat size or budget mistake in the gateware fails here.
 """
 
@@ -12,20 +12,23 @@ import random
 
 import pytest
 import torch
-from amaranth.sim import Simulator
 
 from psconv.config import EngineConfig
-from psconv.firmware.protocol import (Command, LinkClient, LinkNak, NakReason, encode_frame,
-                                      read_output_payload)
-from psconv.hw.command_processor import (COUNTERS_BYTES, LayerBudget, beats_payload,
-                                         identity_blob, layer_payload, mask_payload,
-                                         output_beats, parse_counters, parse_identity,
-                                         parse_status, quant_payload)
-from psconv.hw.layer import (LayerSpec, cycles_per_output_channel, encode_quant_entry, fmap_beats,
-                             fmap_rows_capacity, pack_bytes, pixel_beats)
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.frame import encode_frame
+from psconv.protocol.payloads import read_output_payload
+from psconv.hw.layer_budget import LayerBudget
+from psconv.protocol.payloads import (COUNTERS_BYTES, beats_payload, identity_blob, layer_payload,
+                                      mask_payload, output_beats, parse_counters, parse_identity,
+                                      parse_status, quant_payload)
+from psconv.protocol.beats import fmap_beats, pack_bytes, pixel_beats
+from psconv.protocol.descriptor import LayerSpec, encode_quant_entry
+from psconv.schedule import cycles_per_output_channel, fmap_rows_capacity
 from psconv.sim.amaranth_transport import SimulatorTransport
 
 from e2e_helpers import TINY_CONFIG, MockEngine, ProcessorHarness
+from sim_helpers import run
 
 CFG = TINY_CONFIG
 MASKS = (0x010, 0x1FF, 0x003, 0x110)   # T = 1 + 9 + 2 + 2 = 14
@@ -224,10 +227,7 @@ def test_layer_budget_matches_the_engine_formulas(tm, tn, base):
             assert ctx.get(budget.done)
             got.append(values)
 
-    sim = Simulator(budget)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    run(budget, bench)
     for (spec, masks), values in zip(cases, got):
         expected = {k: v for k, v in _budget(spec, masks, cfg).items()
                     if k in ("fmap_in", "weight_in", "residual_in")}

@@ -87,7 +87,6 @@ def test_width2_resnet18_on_8x8_is_bit_exact_at_every_layer(board_build, width2_
     for step, engine_step in zip(report.steps, program.engine_steps):
         assert step.cycles > 0 and step.macs == engine_step.useful_macs
     assert driver.link.stats.retransmissions == 0
-    assert seconds < 60
 
 
 def test_psconv_run_board_and_config(board_build, tmp_path, capsys):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from amaranth.sim import Simulator
-
 from psconv.config import EngineConfig
 from psconv.families import paper_family
+
+from sim_helpers import raw, run, stream_get, stream_put
 
 
 def small_config(**changes) -> EngineConfig:
@@ -15,35 +15,6 @@ def small_config(**changes) -> EngineConfig:
                   weight_depth=512)
     values.update(changes)
     return EngineConfig(**values)
-
-
-def raw(value):
-    """The plain Value under a data.View (ctx.set/get on it take/give integers)."""
-    return value.as_value() if hasattr(value, "as_value") else value
-
-
-def run(dut, *testbenches, processes=(), vcd=None):
-    """Run ``testbenches`` (async def tb(ctx)) on ``dut`` with a 100 MHz clock."""
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    for tb in testbenches:
-        sim.add_testbench(tb)
-    for p in processes:
-        sim.add_process(p)
-    if vcd:
-        with sim.write_vcd(vcd):
-            sim.run()
-    else:
-        sim.run()
-
-
-async def send(ctx, port, beats):
-    """Drive ``beats`` on the stream ``port`` (valid held, one transfer per ready tick)."""
-    for beat in beats:
-        ctx.set(port.valid, 1)
-        ctx.set(raw(port.payload), beat)
-        await ctx.tick().until(port.ready)
-    ctx.set(port.valid, 0)
 
 
 async def wait_for(ctx, signal, limit=100000):
@@ -105,8 +76,8 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
 
     from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
     from psconv.hw.engine import PeriodicSparseEngine
-    from psconv.hw.layer import (beats_to_pixels, encode_quant_entry, fmap_beats, pixel_beats,
-                                 weight_beats)
+    from psconv.protocol.beats import beats_to_pixels, fmap_beats, pixel_beats, weight_beats
+    from psconv.protocol.descriptor import encode_quant_entry
 
     rng = random.Random(seed)
     dut = PeriodicSparseEngine(config)
@@ -123,20 +94,14 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
     if spec.residual:
         streams["residual_in"] = pixel_beats(config, layer["residual"])
     expected_beats = spec.output_beats(config)
-    state = {"out": [], "finished": False, "cycles": None, "started": False}
+    state = {"out": [], "cycles": None, "started": False}
 
     async def drive(ctx, name, beats):
         port = getattr(dut, name)
         while not state["started"]:
             await ctx.tick()
         for beat in beats:
-            while input_gaps and rng.random() < input_gaps:
-                ctx.set(port.valid, 0)
-                await ctx.tick()
-            ctx.set(port.valid, 1)
-            ctx.set(raw(port.payload), beat)
-            await ctx.tick().until(port.ready)
-        ctx.set(port.valid, 0)
+            await stream_put(ctx, port, beat, gap=input_gaps, rng=rng)
 
     def driver(name, beats):
         async def tb(ctx):
@@ -149,12 +114,9 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
                 await drive(ctx, name, streams[name])
 
     async def sink(ctx):
-        while not state["finished"]:
-            ready = not (output_stalls and rng.random() < output_stalls)
-            ctx.set(dut.out.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(dut.out.valid, raw(dut.out.payload))
-            if ready and valid:
-                state["out"].append(payload)
+        while True:
+            beat = await stream_get(ctx, dut.out, stall=output_stalls, rng=rng)
+            state["out"].append(beat.as_bits())
 
     async def control(ctx):
         ctx.set(raw(dut.layer), spec.encode(config))
@@ -170,7 +132,6 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
                 first_issue = cycles   # this is cycle cycles + 1; the counter shows an issue a cycle later
             cycles += 1
             if cycles > timeout:
-                state["finished"] = True
                 raise AssertionError(f"engine did not finish within {timeout} cycles; "
                                      f"{len(state['out'])}/{expected_beats} beats out")
         state["cycles"] = cycles
@@ -179,22 +140,21 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
                              ("busy_cycles", "stall_cycles", "idle_cycles", "macs")}
         state["busy_after_done"] = ctx.get(dut.busy)
         await ctx.tick()
-        state["finished"] = True
 
-    tbs = [control, sink]
+    tbs = [control]
     if order == "sequential":
         tbs.append(sequential)
     else:
         tbs += [driver(name, beats) for name, beats in streams.items()]
     if family_of_fpga is None:
-        run(dut, *tbs)
+        run(dut, *tbs, background=[sink])
     else:
         from amaranth.hdl import Fragment
 
         class FamilyOnly:          # all a psconv block asks of a platform (psconv.hw.target)
             family = family_of_fpga
 
-        run(Fragment.get(dut, FamilyOnly()), *tbs)
+        run(Fragment.get(dut, FamilyOnly()), *tbs, background=[sink])
     out = beats_to_pixels(config, state["out"], spec.out_channels, spec.out_height, spec.out_width)
     return dict(out=out, beats=len(state["out"]), cycles=state["cycles"], counters=state["counters"],
                 load=state["first_issue"])

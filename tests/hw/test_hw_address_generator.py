@@ -9,7 +9,8 @@ from psconv.families import dense_family, mask_taps, paper_family, pointwise_fam
 from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
 from psconv.hw.address_generator import AddressGenerator
 
-from hw_sim_helpers import run, send, small_config, wait_for
+from hw_sim_helpers import small_config, wait_for
+from sim_helpers import run, stream_put
 
 
 def expected_slots(masks, in_channels, o, tn):
@@ -44,7 +45,8 @@ def simulate(config, masks, in_channels, out_channels, gap_every=0, shared=True)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await send(ctx, dut.mask_in, masks)
+        for mask in masks:
+            await stream_put(ctx, dut.mask_in, mask)
         await wait_for(ctx, dut.ready, limit=2000)
         cycles = ctx.get(dut.cycles_per_output)
         result["cycles"] = cycles

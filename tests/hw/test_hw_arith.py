@@ -4,7 +4,7 @@ import random
 
 from psconv.hw.arith import SerialDivider
 
-from hw_sim_helpers import run
+from sim_helpers import run
 
 
 def test_divider_matches_divmod():

@@ -10,7 +10,7 @@ from amaranth.lib import fifo, memory
 
 from psconv.hw.block_ram import BlockRamFIFO, collision_free_memory, read_port
 
-from hw_sim_helpers import run
+from sim_helpers import run
 
 
 @pytest.mark.parametrize("depth", [2, 3, 8, 17])

@@ -4,7 +4,7 @@ import pytest
 
 from psconv.config import EngineConfig
 from psconv.families import dense_family, paper_family, pointwise_family
-from psconv.hw.layer import LayerSpec
+from psconv.protocol.descriptor import LayerSpec
 from psconv.sim.cycle_model import predict_cycles
 
 from hw_sim_helpers import golden_output, random_layer, simulate_engine, small_config

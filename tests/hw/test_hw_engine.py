@@ -3,7 +3,7 @@
 import pytest
 
 from psconv.families import dense_family, paper_family, pointwise_family
-from psconv.hw.layer import LayerSpec
+from psconv.protocol.descriptor import LayerSpec
 
 from hw_sim_helpers import golden_output, random_layer, simulate_engine, small_config
 

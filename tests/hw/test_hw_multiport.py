@@ -6,7 +6,7 @@ from amaranth.hdl import unsigned
 
 from psconv.hw.multiport import MultiReadMemory
 
-from hw_sim_helpers import run
+from sim_helpers import run
 
 
 def test_all_ports_read_written_data():

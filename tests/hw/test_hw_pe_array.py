@@ -4,11 +4,12 @@ import random
 
 import pytest
 
-from psconv.hw.layer import pack_bytes
+from psconv.protocol.beats import pack_bytes
 from psconv.hw.pe_array import PEArray
 from psconv.hw.window import patch_address_bits
 
-from hw_sim_helpers import raw, run, small_config
+from hw_sim_helpers import small_config
+from sim_helpers import raw, run
 
 
 @pytest.mark.parametrize("select_tap_early", [False, True])

@@ -5,11 +5,13 @@ import random
 import pytest
 import torch
 
-from psconv.hw.layer import encode_quant_entry, pack_bytes, unpack_bytes
+from psconv.protocol.beats import pack_bytes, unpack_bytes
+from psconv.protocol.descriptor import encode_quant_entry
 from psconv.hw.post_processor import PostProcessor
 from psconv.sim.golden.ops import requantize
 
-from hw_sim_helpers import raw, run, send, small_config
+from hw_sim_helpers import small_config
+from sim_helpers import raw, run, stream_put
 
 
 def simulate(config, acc, bias, mult, shift, res_mult, res, relu, residual, out_h, out_w, seed=0,
@@ -34,12 +36,13 @@ def simulate(config, acc, bias, mult, shift, res_mult, res, relu, residual, out_
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await send(ctx, dut.quant_in, [encode_quant_entry(int(b), int(m), int(s), int(r))
-                                       for b, m, s, r in zip(bias, mult, shift, res_mult)])
+        for b, m, s, r in zip(bias, mult, shift, res_mult):
+            await stream_put(ctx, dut.quant_in, encode_quant_entry(int(b), int(m), int(s), int(r)))
         assert ctx.get(dut.quant_loaded) == c_out
         beats = [pack_bytes(res[o, g].tolist()) for g in range(groups) for o in range(c_out)]
         if residual:
-            await send(ctx, dut.residual_in, beats)
+            for beat in beats:
+                await stream_put(ctx, dut.residual_in, beat)
             ctx.set(dut.residual_in.valid, 1)     # one beat more than the layer needs: refused
             for _ in range(3):
                 await ctx.tick()

@@ -7,7 +7,8 @@ import pytest
 
 from psconv.hw.sequencer import Sequencer
 
-from hw_sim_helpers import run, small_config
+from hw_sim_helpers import small_config
+from sim_helpers import run
 
 
 def expected_issues(c_out, out_h, out_w, period, pass_cycles, tm):
@@ -125,8 +126,9 @@ def test_narrow_counters_cover_the_largest_layer():
     largest layer the iCEBreaker configuration accepts must fit, and the outputs stay 48 bits."""
     from psconv.families import paper_family
     from psconv.firmware.packing import rotated_masks
-    from psconv.hw.counters import COUNTER_WIDTH, PerformanceCounters
-    from psconv.hw.layer import LayerSpec
+    from psconv.hw.counters import PerformanceCounters
+    from psconv.protocol.payloads import COUNTER_WIDTH
+    from psconv.protocol.descriptor import LayerSpec
     from psconv.sim.cycle_model import predict_cycles
 
     config = small_config(tm=1, tn=2, family=paper_family(1, 16, dense_kernel=True),

@@ -5,7 +5,7 @@ import re
 from amaranth.back import verilog
 
 from psconv.hw.engine import PeriodicSparseEngine
-from psconv.hw.layer import QUANT_ENTRY_LAYOUT, layer_descriptor_layout
+from psconv.protocol.descriptor import QUANT_ENTRY_LAYOUT, layer_descriptor_layout
 
 from hw_sim_helpers import small_config
 

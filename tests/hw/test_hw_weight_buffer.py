@@ -4,10 +4,11 @@ import torch
 
 from psconv.families import paper_family
 from psconv.firmware.packing import engine_weight_words, pack_layer
-from psconv.hw.layer import unpack_bytes, weight_beats
+from psconv.protocol.beats import unpack_bytes, weight_beats
 from psconv.hw.weight_buffer import WeightBuffer
 
-from hw_sim_helpers import raw, run, send, small_config
+from hw_sim_helpers import small_config
+from sim_helpers import raw, run, stream_put
 
 
 def test_load_count_and_readback():
@@ -31,7 +32,7 @@ def test_load_count_and_readback():
         assert not ctx.get(dut.weight_in.ready), "must not load before load_enable"
         ctx.set(dut.load_enable, 1)
         for k, beat in enumerate(beats):
-            await send(ctx, dut.weight_in, [beat])
+            await stream_put(ctx, dut.weight_in, beat)
             progress.append(ctx.get(dut.loaded_channels))
         # one beat too many: must not be accepted
         ctx.set(dut.weight_in.valid, 1)

@@ -5,10 +5,12 @@ import random
 import pytest
 import torch
 
-from psconv.hw.layer import fmap_beats, output_size, unpack_bytes
+from psconv.protocol.beats import fmap_beats, unpack_bytes
+from psconv.schedule import output_size
 from psconv.hw.window import WindowGenerator, bank_columns, patch_address_bits
 
-from hw_sim_helpers import raw, run, send, small_config
+from hw_sim_helpers import small_config
+from sim_helpers import raw, run, stream_put
 
 
 def reference_patch(x, y, x0, c, stride, tm, out_w):
@@ -43,7 +45,8 @@ def build_patches(config, x, stride, release_delay=(0, 6), seed=0):
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        await send(ctx, dut.fmap_in, fmap_beats(config, x))
+        for beat in fmap_beats(config, x):
+            await stream_put(ctx, dut.fmap_in, beat)
         for _ in range(20):
             await ctx.tick()
         assert ctx.get(dut.loaded)

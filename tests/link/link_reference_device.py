@@ -1,6 +1,6 @@
 """A pure-Python stand-in for the board's command processor, for link-layer tests.
 
-It implements the command table of firmware/protocol.py on byte buffers, with state that makes
+It implements the command table of psconv.protocol on byte buffers, with state that makes
 a duplicated or lost command visible: every WRITE_* appends its payload (so a write applied
 twice shows), READ_OUTPUT consumes output bytes (so a replayed read must not consume twice),
 and READ_COUNTERS reports how many times each command was executed.
@@ -12,7 +12,9 @@ import hashlib
 import struct
 from collections import Counter
 
-from psconv.firmware.protocol import Command, DeviceLink, NakReason, Response
+from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.frame import Response
+from psconv.sim.device_link import DeviceLink
 
 WRITE_COMMANDS = (Command.WRITE_LAYER, Command.WRITE_MASKS, Command.WRITE_QUANT,
                   Command.WRITE_WEIGHTS, Command.WRITE_FMAP, Command.WRITE_RESIDUAL)

@@ -16,15 +16,17 @@ from psconv.firmware.faults import (
     DIRECTIONS, FAULT_KINDS, FaultInjectingTransport, FaultRates, FrameSplitter, flip_bits,
     truncate_frame,
 )
-from psconv.firmware.protocol import (
-    MAX_PAYLOAD, Command, FrameParser, LinkClient, LinkNak, NakReason, Status, crc16_ccitt,
-    encode_frame, read_output_payload,
-)
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.protocol.codes import Command, NakReason, Status
+from psconv.protocol.frame import MAX_PAYLOAD, FrameParser, crc16_ccitt, encode_frame
+from psconv.protocol.payloads import read_output_payload
 from psconv.firmware.transport import LoopbackTransport
 from psconv.errors import PsconvError
 from psconv.hw.framing import LinkLayer
+from psconv.sim.amaranth_transport import SimulatorTransport
 
-from link_sim import SimulatorTransport, stream_get, stream_put
+from link_sim import give_reply, take_payload
+from sim_helpers import stream_get
 from link_reference_device import (
     BUSY_POLLS, IDENTITY, LAYER_BYTES, OUTPUT_BYTES, WRITE_COMMANDS, ReferenceDevice,
     encode_counters, expected_output,
@@ -186,13 +188,8 @@ def _reference_processor(dut, device):
     async def processor(ctx):
         while True:
             header = await stream_get(ctx, dut.command)
-            payload = bytearray()
-            for _ in range(header.length):
-                payload.append((await stream_get(ctx, dut.command_payload)).data)
-            response = device.handle(header.code, bytes(payload))
-            await stream_put(ctx, dut.reply, {"status": response.status, "length": len(response.payload)})
-            for b in response.payload:
-                await stream_put(ctx, dut.reply_payload, b)
+            response = device.handle(header.code, await take_payload(ctx, dut, header.length))
+            await give_reply(ctx, dut, response.status, response.payload)
     return processor
 
 

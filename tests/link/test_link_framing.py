@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""Frame gateware in the Amaranth simulator, checked against firmware/protocol.py.
+"""Frame gateware in the Amaranth simulator, checked against psconv.protocol.frame.
 
 FrameReceiver is compared event for event with ``FrameParser(rescan=False)`` (the same machine
 in Python) on good frames, damaged frames, truncation, oversize lengths and garbage; the
@@ -13,16 +13,16 @@ import pytest
 
 from psconv.errors import PsconvError
 from psconv.firmware.faults import flip_bits, garbage_bytes, truncate_frame
-from psconv.firmware.protocol import (
-    SYNC, Command, Frame, FrameError, FrameParser, NakReason, Status, crc16_ccitt, encode_frame,
-)
+from psconv.protocol.codes import Command, NakReason, Status
+from psconv.protocol.frame import SYNC, Frame, FrameError, FrameParser, crc16_ccitt, encode_frame
 from amaranth import Module
 from amaranth.lib import wiring
 
 from psconv.hw.framing import CRC16, FrameReceiver, FrameTransmitter, LinkLayer
 from psconv.hw.uart import UART
 
-from link_sim import run, stream_get, stream_put
+from link_sim import give_reply, take_payload
+from sim_helpers import run, stream_get, stream_put
 
 MAX = 64          # small buffers keep the simulations short; one test uses the real 1024
 TIMEOUT = 24      # inter-byte timeout in cycles
@@ -47,7 +47,7 @@ def test_crc16_gateware_matches_software():
             ctx.set(dut.valid, 0)
             results.append(ctx.get(dut.crc))
 
-    run(dut, [bench])
+    run(dut, bench, max_cycles=200_000)
     assert results[0] == 0x29B1
     assert results == [crc16_ccitt(v) for v in vectors]
 
@@ -93,7 +93,7 @@ def receiver_events(chunks, *, max_payload=MAX, ready_prob=1.0, seed=0):
             for port in (dut.frame, dut.payload, dut.error):
                 ctx.set(port.ready, rng.random() < ready_prob)
 
-    run(dut, [driver], background=[collector], max_cycles=20 * total + 10_000)
+    run(dut, driver, background=[collector], max_cycles=20 * total + 10_000)
     return events
 
 
@@ -201,25 +201,16 @@ def transmitter_bytes(responses, *, ready_prob=1.0, valid_prob=1.0, seed=0):
     async def producer(ctx):
         rng = random.Random(seed + 1)
         for seq, status, payload in responses:
-            ctx.set(dut.response.payload, {"seq": seq, "status": status, "length": len(payload)})
-            ctx.set(dut.response.valid, 1)
-            await ctx.tick().until(dut.response.ready)
-            ctx.set(dut.response.valid, 0)
+            await stream_put(ctx, dut.response, {"seq": seq, "status": status, "length": len(payload)})
             for b in payload:
-                while rng.random() > valid_prob:
-                    await ctx.tick()
-                await stream_put(ctx, dut.payload, b)
+                await stream_put(ctx, dut.payload, b, gap=1 - valid_prob, rng=rng)
 
     async def consumer(ctx):
         rng = random.Random(seed)
         while len(out) < total:
-            ctx.set(dut.tx_data.ready, rng.random() < ready_prob)
-            _, _, valid, ready, byte = await ctx.tick().sample(
-                dut.tx_data.valid, dut.tx_data.ready, dut.tx_data.payload)
-            if valid and ready:
-                out.append(byte)
+            out.append(await stream_get(ctx, dut.tx_data, stall=1 - ready_prob, rng=rng))
 
-    run(dut, [producer, consumer], max_cycles=50 * total + 1000)
+    run(dut, producer, consumer, max_cycles=50 * total + 1000)
     return bytes(out)
 
 
@@ -268,10 +259,8 @@ def test_link_layer_executes_once_replays_duplicates_and_naks_damage():
             await ctx.tick().repeat(3 * TIMEOUT)
 
     async def line(ctx):
-        ctx.set(dut.tx_data.ready, 1)
-        async for _, _, valid, byte in ctx.tick().sample(dut.tx_data.valid, dut.tx_data.payload):
-            if valid:
-                rx.append(byte)
+        while True:
+            rx.append(await stream_get(ctx, dut.tx_data))
 
     async def processor(ctx):
         while True:
@@ -281,21 +270,17 @@ def test_link_layer_executes_once_replays_duplicates_and_naks_damage():
                 status, reply = Status.NAK, bytes([NakReason.BAD_LENGTH])
                 payload = b""
             else:
-                payload = bytearray()
-                for _ in range(header.length):
-                    payload.append((await stream_get(ctx, dut.command_payload)).data)
+                payload = await take_payload(ctx, dut, header.length)
                 if code == Command.READ_OUTPUT:
                     n = payload[0]
                     status, reply = Status.DATA, bytes(output[:n])
                     del output[:n]
                 else:
                     status, reply = Status.ACK, b""
-            executed.append((header.seq, code, bytes(payload)))
-            await stream_put(ctx, dut.reply, {"status": status, "length": len(reply)})
-            for b in reply:
-                await stream_put(ctx, dut.reply_payload, b)
+            executed.append((header.seq, code, payload))
+            await give_reply(ctx, dut, status, reply)
 
-    run(dut, [host], background=[line, processor], max_cycles=20_000)
+    run(dut, host, background=[line, processor], max_cycles=20_000)
     assert executed == [(1, Command.WRITE_FMAP, b"abc"), (2, Command.WRITE_FMAP, b"xyz"),
                         (3, Command.READ_OUTPUT, b"\x05\x00"), (4, Command.WRITE_LAYER, b"")]
     responses = FrameParser(rescan=False).feed(bytes(rx))
@@ -328,9 +313,9 @@ def test_link_layer_counters():
     async def processor(ctx):
         while True:
             await stream_get(ctx, dut.command)
-            await stream_put(ctx, dut.reply, {"status": Status.ACK, "length": 0})
+            await give_reply(ctx, dut, Status.ACK)
 
-    run(dut, [host], background=[processor], max_cycles=10_000)
+    run(dut, host, background=[processor], max_cycles=10_000)
     assert seen == {"commands": 1, "replays": 1, "crc_errors": 1, "length_errors": 1, "timeouts": 1}
 
 
@@ -358,20 +343,15 @@ def test_uart_and_link_layer_wired_like_the_board_top():
     async def processor(ctx):
         while True:
             header = await stream_get(ctx, link.command)
-            data = bytearray()
-            for _ in range(header.length):
-                data.append((await stream_get(ctx, link.command_payload)).data)
+            await take_payload(ctx, link, header.length)
             reply = b"psconv" if header.code == Command.IDENTIFY else b""
-            status = Status.DATA if reply else Status.ACK
-            await stream_put(ctx, link.reply, {"status": status, "length": len(reply)})
-            for b in reply:
-                await stream_put(ctx, link.reply_payload, b)
+            await give_reply(ctx, link, Status.DATA if reply else Status.ACK, reply)
 
     async def wire(ctx):
         async for _, _, tx in ctx.tick().sample(uart.tx):
             line_out.append(tx)
 
-    run(m, [host], background=[processor, wire], max_cycles=100_000)
+    run(m, host, background=[processor, wire], max_cycles=100_000)
     decoded, i = bytearray(), 0
     while i < len(line_out):          # decode 8N1 from the recorded tx pin
         if line_out[i] == 0:

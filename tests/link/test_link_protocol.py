@@ -6,11 +6,12 @@ import struct
 import pytest
 
 from psconv.errors import PsconvError
-from psconv.firmware.protocol import (
-    MAX_PAYLOAD, SYNC, Command, DeviceLink, Frame, FrameError, FrameParser, LinkClient, LinkNak,
-    LinkProtocolError, LinkTimeout, NakReason, Response, Status, crc16_ccitt, encode_frame,
-    read_output_payload,
-)
+from psconv.firmware.link import LinkClient, LinkNak, LinkProtocolError, LinkTimeout
+from psconv.protocol.codes import Command, NakReason, Status
+from psconv.protocol.frame import (MAX_PAYLOAD, SYNC, Frame, FrameError, FrameParser, Response,
+                                   crc16_ccitt, encode_frame)
+from psconv.protocol.payloads import read_output_payload
+from psconv.sim.device_link import DeviceLink
 from psconv.firmware.transport import LoopbackTransport, Transport, VirtualClock
 
 from link_reference_device import IDENTITY, ReferenceDevice

@@ -11,7 +11,9 @@ import serial
 
 from psconv.errors import PsconvError
 from psconv.firmware import transport as tr
-from psconv.firmware.protocol import Command, LinkClient, Response, Status
+from psconv.firmware.link import LinkClient
+from psconv.protocol.codes import Command, Status
+from psconv.protocol.frame import Response
 from psconv.firmware.transport import (
     LoopbackTransport, SerialTransport, VirtualClock, register_transport, transport_from_spec,
 )

@@ -9,7 +9,7 @@ from amaranth import Module
 from psconv.errors import PsconvError
 from psconv.hw.uart import UART, UARTReceiver, UARTTransmitter, uart_divisor
 
-from link_sim import run, stream_get, stream_put
+from sim_helpers import run, stream_get, stream_put
 
 
 def test_divisor_rules():
@@ -45,7 +45,7 @@ def test_loopback_random_bytes(divisor, count):
             if ctx.get(uart.framing_error) or ctx.get(uart.overrun):
                 errors.append("error")
 
-    run(m, [producer, consumer], background=[monitor], max_cycles=count * 10 * divisor + 200)
+    run(m, producer, consumer, background=[monitor], max_cycles=count * 10 * divisor + 200)
     assert received == data
     assert errors == []
 
@@ -81,7 +81,7 @@ def _receiver_bench(divisor, script, take=True):
             if ctx.get(dut.data.valid) and ctx.get(dut.data.ready):
                 got.append(ctx.get(dut.data.payload))
 
-    run(dut, [line], background=[monitor])
+    run(dut, line, background=[monitor], max_cycles=200_000)
     return dut, got, pulses
 
 
@@ -142,7 +142,7 @@ def test_receiver_back_pressure_holds_one_byte_and_flags_overrun():
         await ctx.tick().repeat(20)
         assert ctx.get(dut.data.valid)
         result.append(ctx.get(dut.data.payload))
-    run(dut, [check])
+    run(dut, check, max_cycles=200_000)
     assert result == [0x11]
 
 
@@ -162,7 +162,7 @@ def test_transmitter_waveform_and_back_pressure():
         async for _ in ctx.tick():
             samples.append(ctx.get(dut.tx))
 
-    run(dut, [producer], background=[recorder], max_cycles=10_000)
+    run(dut, producer, background=[recorder], max_cycles=10_000)
     # decode the waveform every `divisor` cycles, from the middle of the first start bit
     start = samples.index(0)
     expected = []

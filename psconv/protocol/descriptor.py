@@ -1,9 +1,8 @@
-"""Layer descriptor, quantization-table entry and the byte formats of the engine's streams.
+"""Layer descriptor and quantization entry: the WRITE_LAYER and WRITE_QUANT payloads.
 
-This module is the single description of what crosses the engine's boundary
-(:class:`psconv.hw.engine.PeriodicSparseEngine`): the Amaranth layouts of the ``layer`` port and of
-a ``quant_in`` beat, and plain-Python encoders/decoders of every stream's beats, which the
-Amaranth tests, the cocotb bench and the host driver share so nobody re-derives bit positions.
+The single description of both: the gateware drives the engine's ``layer`` port and ``quant_in``
+beats with these layouts, and the host encodes :class:`LayerSpec` and quantization entries with
+them, so nobody re-derives bit positions.
 
 Layer descriptor (``layer`` port, :func:`layer_descriptor_layout`), fields in this order from
 bit 0 upward, widths sized from the :class:`~psconv.config.EngineConfig`:
@@ -38,11 +37,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from amaranth.hdl import Mux, signed, unsigned
+from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from psconv.errors import PsconvError
 from psconv.families import NUM_TAPS
+from psconv.schedule import check_passes, cycles_per_output_channel, fmap_rows_capacity, output_size
 
 QUANT_ENTRY_LAYOUT = data.StructLayout({
     "bias": signed(32),
@@ -68,34 +68,6 @@ def layer_descriptor_layout(config) -> data.StructLayout:
         "residual": unsigned(1),
         "period": unsigned(config.max_period.bit_length()),
     })
-
-
-def fmap_beat_bytes(config) -> int:
-    """Bytes per ``fmap_in`` beat: ``tn`` (the input map loads at ``tn`` bytes per cycle)."""
-    return config.tn
-
-
-def fmap_rows_capacity(config) -> int:
-    """Input rows (one channel, one row each) the feature-map buffer holds: C_in * H <= this."""
-    return config.fmap_depth // config.max_width
-
-
-def output_size(size: int, stride: int) -> int:
-    """Output height/width of a 3x3 padding-1 or 1x1 padding-0 layer: ``(size - 1) // s + 1``."""
-    return (size - 1) // stride + 1
-
-
-def output_size_value(size, stride):
-    """:func:`output_size` in gateware (``stride`` is a 1|2 value): a shift and an add."""
-    return Mux(stride == 2, ((size - 1) >> 1) + 1, size)
-
-
-def cycles_per_output_channel(config, masks, in_channels: int) -> int:
-    """Engine cycles (weight words) per output channel over all input-channel passes; one pass:
-    ceil(ceil(C_in / P) * T / tn) (:func:`psconv.firmware.packing.words_per_output_channel`)."""
-    from psconv.firmware.packing import words_per_output_channel
-
-    return words_per_output_channel(masks, in_channels, config.tn, config.patch_channels)
 
 
 @dataclass(frozen=True)
@@ -147,8 +119,6 @@ class LayerSpec:
         if self.in_channels * self.in_height > rows:
             bad("in_channels * in_height", self.in_channels * self.in_height,
                 f"at most {rows} rows (fmap_depth // max_width) in the feature-map buffer")
-        from psconv.firmware.packing import check_passes
-
         check_passes(self.period, self.in_channels, config.patch_channels, "engine layer")
         if masks is not None:
             if len(masks) != self.period:
@@ -185,73 +155,3 @@ def encode_quant_entry(bias: int, multiplier: int, shift: int, residual_multipli
         "bias": bias, "multiplier": multiplier, "shift": shift,
         "residual_multiplier": residual_multiplier,
     }).as_value().value
-
-
-def pack_bytes(values) -> int:
-    """Little-endian packing of int8 values (element 0 in bits 7:0) into one beat integer."""
-    word = 0
-    for k, v in enumerate(values):
-        word |= (int(v) & 0xFF) << (8 * k)
-    return word
-
-
-def unpack_bytes(word: int, count: int) -> list[int]:
-    """Inverse of :func:`pack_bytes`: ``count`` signed int8 values."""
-    out = []
-    for k in range(count):
-        b = (word >> (8 * k)) & 0xFF
-        out.append(b - 256 if b >= 128 else b)
-    return out
-
-
-def fmap_beats(config, fmap) -> list[int]:
-    """``fmap_in`` beats of a CHW int8 map: the flat CHW byte stream, ``tn`` bytes per beat,
-    only the last beat zero-padded."""
-    flat = [int(v) for v in fmap.reshape(-1).tolist()]
-    b = fmap_beat_bytes(config)
-    flat += [0] * (-len(flat) % b)
-    return [pack_bytes(flat[k:k + b]) for k in range(0, len(flat), b)]
-
-
-def weight_beats(words) -> list[int]:
-    """``weight_in`` beats from :func:`psconv.firmware.packing.engine_weight_words` rows."""
-    return [pack_bytes(row) for row in words.tolist()]
-
-
-def pixel_beats(config, tensor) -> list[int]:
-    """Beats of a (C, H_out, W_out) int8 tensor in ``out``/``residual_in`` order: for each output
-    row y, each column block xb, each channel o, the ``tm`` pixels x = xb*tm + r (0 beyond W)."""
-    channels, height, width = tensor.shape
-    tm = config.tm
-    beats = []
-    for y in range(height):
-        for x0 in range(0, width, tm):
-            for o in range(channels):
-                row = [int(tensor[o, y, x]) if x < width else 0 for x in range(x0, x0 + tm)]
-                beats.append(pack_bytes(row))
-    return beats
-
-
-def beats_to_pixels(config, beats, channels: int, height: int, width: int):
-    """Inverse of :func:`pixel_beats`: a (C, H_out, W_out) int64 tensor; also checks that the
-    padding pixels beyond W are 0."""
-    import torch
-
-    tm = config.tm
-    blocks = math.ceil(width / tm)
-    if len(beats) != height * blocks * channels:
-        raise PsconvError(f"output: {len(beats)} beats; expected {height * blocks * channels}")
-    out = torch.zeros((channels, height, width), dtype=torch.int64)
-    k = 0
-    for y in range(height):
-        for xb in range(blocks):
-            for o in range(channels):
-                values = unpack_bytes(beats[k], tm)
-                k += 1
-                for r, v in enumerate(values):
-                    x = xb * tm + r
-                    if x < width:
-                        out[o, y, x] = v
-                    elif v != 0:
-                        raise PsconvError(f"output: padding pixel x={x} of row {y}, channel {o} is {v}, not 0")
-    return out

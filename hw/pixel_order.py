@@ -1,0 +1,85 @@
+"""Byte addresses of a CHW map visited in the engine's output order (the residual gather and the
+output scatter of resident mode).
+
+The engine's ``out`` and ``residual_in`` beats go: for y, for column block xb, for channel o,
+``tm`` pixels x = xb * tm + r. In a CHW int8 map at ``base`` (planes of ``plane`` bytes, rows of
+``width``) pixel (o, y, x) is byte ``base + o * plane + y * width + x``. Pixels with x >= width
+pad the last block and have no byte.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+
+class PixelOrderAddress(wiring.Component):
+    """Walks the pixels of the engine's beat order over a CHW map, one pixel per ``advance``.
+
+    ``start`` (a pulse) loads ``base``, ``plane``, ``width``, ``height``, ``channels`` (held
+    by the caller until ``last_beat``) and points at pixel r = 0 of the first beat. Then, while
+    not ``finished``: ``address`` is the current pixel's byte address, ``inside`` says it has
+    one (x < width), ``beat_end`` marks r = tm - 1 and ``last_beat`` the final beat of the map.
+    ``advance`` moves to the next pixel (the next beat after r = tm - 1); after the final beat's
+    last pixel ``finished`` rises until the next ``start``. Registers only: no multiplier (each
+    step adds ``plane``, ``width`` or ``tm``).
+    """
+
+    def __init__(self, tm: int, size_width: int = 16):
+        self.tm = tm
+        super().__init__({
+            "start": In(1),
+            "base": In(32),
+            "plane": In(32),
+            "width": In(size_width),
+            "height": In(size_width),
+            "channels": In(size_width),
+            "advance": In(1),
+            "address": Out(32),
+            "inside": Out(1),
+            "beat_end": Out(1),
+            "last_beat": Out(1),
+            "finished": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        tm = self.tm
+        size = len(self.width)
+        row_address = Signal(32)      # base + y * width
+        block_address = Signal(32)    # row_address + xb * tm
+        pixel_address = Signal(32)    # block_address + o * plane (r = 0)
+        block_x = Signal(size + 1)    # xb * tm
+        y = Signal(size)
+        o = Signal(size)
+        r = Signal(range(tm))
+        last_block = Signal()
+        m.d.comb += [
+            self.address.eq(pixel_address + r),
+            self.inside.eq(block_x + r < self.width),
+            self.beat_end.eq(r == tm - 1),
+            last_block.eq(block_x + tm >= self.width),
+            self.last_beat.eq(last_block & (o == self.channels - 1) & (y == self.height - 1)),
+        ]
+        with m.If(self.start):
+            m.d.sync += [row_address.eq(self.base), block_address.eq(self.base),
+                         pixel_address.eq(self.base), block_x.eq(0), y.eq(0), o.eq(0), r.eq(0),
+                         self.finished.eq(0)]
+        with m.Elif(self.advance & ~self.finished):
+            m.d.sync += r.eq(Mux(r == tm - 1, 0, r + 1))
+            with m.If(r == tm - 1):
+                with m.If(o != self.channels - 1):
+                    m.d.sync += [o.eq(o + 1), pixel_address.eq(pixel_address + self.plane)]
+                with m.Elif(~last_block):
+                    m.d.sync += [o.eq(0), block_x.eq(block_x + tm),
+                                 block_address.eq(block_address + tm),
+                                 pixel_address.eq(block_address + tm)]
+                with m.Elif(y != self.height - 1):
+                    m.d.sync += [o.eq(0), block_x.eq(0), y.eq(y + 1),
+                                 row_address.eq(row_address + self.width),
+                                 block_address.eq(row_address + self.width),
+                                 pixel_address.eq(row_address + self.width)]
+                with m.Else():
+                    m.d.sync += self.finished.eq(1)
+        return m

@@ -1,0 +1,264 @@
+"""The resident-mode program runner: whole inferences from the board's memory, no host per layer.
+
+It walks a program in memory (:mod:`psconv.protocol.memory`: a header, then one step record
+per engine invocation) and, for each step, drives the engine the way the host driver does over
+the link, only from memory: descriptor and ``start``; the mask table, quantization entries,
+weight words and the CHW input map streamed in that order; then, while the engine computes,
+the residual gathered from its CHW map and every output beat scattered into the output's CHW
+map (:class:`~psconv.hw.pixel_order.PixelOrderAddress`), so the next step reads its input as an
+ordinary CHW map. A step ends when its last output byte is in memory and the engine is idle.
+
+Ports: ``start`` In(1) with ``program_address`` In(32) (a pulse, taken while not
+``running``); ``running`` Out(1); ``done`` Out(1) (set when a program finishes, cleared by
+``start``); ``steps_done`` Out(16); ``cycles``, ``memory_reads``, ``memory_writes`` Out(48)
+(this inference: cycles from ``start``, bytes loaded, bytes stored); ``memory``
+Out(:func:`~psconv.hw.memory_port.memory_port_signature`); ``engine``: the engine's ports,
+flipped (connect it to a :class:`~psconv.hw.engine.PeriodicSparseEngine`). The engine's
+``layer`` is driven from the step record, which holds still until the engine is idle again.
+
+One byte moves per cycle at most (the memory port's width); loads run back to back (the tables,
+and the residual gather up to :data:`GATHER_LOADS_IN_FLIGHT` pixels ahead), output writes go
+first.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from psconv.protocol.beats import fmap_beat_bytes
+from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT
+from psconv.protocol.memory import PROGRAM_HEADER_LAYOUT, layout_bytes, step_record_layout
+from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES
+
+from .arith import output_size_value
+from .command_processor import engine_signature
+from .memory_port import memory_port_signature
+from .pixel_order import PixelOrderAddress
+
+COUNT_WIDTH = 48
+GATHER_LOADS_IN_FLIGHT = 16
+"""Residual pixels the gather may run ahead of its collector (covers an SDRAM's read latency)."""
+
+
+class ProgramRunner(wiring.Component):
+    def __init__(self, config):
+        self.config = config
+        self.record_layout = step_record_layout(config)
+        self.record_bytes = layout_bytes(self.record_layout)
+        self.header_bytes = layout_bytes(PROGRAM_HEADER_LAYOUT)
+        super().__init__({
+            "start": In(1),
+            "program_address": In(32),
+            "running": Out(1),
+            "done": Out(1),
+            "steps_done": Out(16),
+            "cycles": Out(COUNT_WIDTH),
+            "memory_reads": Out(COUNT_WIDTH),
+            "memory_writes": Out(COUNT_WIDTH),
+            "memory": Out(memory_port_signature()),
+            "engine": In(engine_signature(config)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        tm, tn = cfg.tm, cfg.tn
+        eng = self.engine
+        mem = self.memory
+        request, read_data = mem.request, mem.read_data
+
+        # ---- the step record (and, before the first step, the program header) ----
+        record_bits = 8 * max(self.record_bytes, self.header_bytes)
+        record_raw = Signal(record_bits)
+        record = data.View(self.record_layout, record_raw[record_bits - 8 * self.record_bytes:])
+        header = data.View(PROGRAM_HEADER_LAYOUT, record_raw[record_bits - 8 * self.header_bytes:])
+        d = record.descriptor
+        m.d.comb += eng.layer.eq(d)
+        steps = Signal(16)
+        record_address = Signal(32)
+
+        # ---- sequential loads: issue ``load_left`` bytes from ``load_address``; bytes in ----
+        load_address = Signal(32)
+        load_left = Signal(32)           # requests still to issue
+        receive_left = Signal(32)        # bytes still to arrive
+        sequential = Signal()            # the issue side below drives the port
+        m.d.comb += [request.payload.address.eq(load_address), request.payload.write.eq(0)]
+        with m.If(sequential):
+            m.d.comb += request.valid.eq(load_left != 0)
+            with m.If(request.valid & request.ready):
+                m.d.sync += [load_address.eq(load_address + 1), load_left.eq(load_left - 1)]
+
+        def begin_loads(address, count):
+            m.d.sync += [load_address.eq(address), load_left.eq(count), receive_left.eq(count)]
+
+        # ---- beats for the engine's input streams: bytes shift in at the top ----
+        beat_sizes = {"mask": MASK_BYTES, "quant": QUANT_BYTES, "weight": tn,
+                      "fmap": fmap_beat_bytes(cfg)}
+        beat_width = max(beat_sizes.values())
+        beat = Signal(8 * beat_width)
+        beat_fill = Signal(range(beat_width + 1))
+
+        def top(nbytes):
+            return beat[8 * (beat_width - nbytes):]
+
+        m.d.comb += [
+            eng.mask_in.payload.eq(top(MASK_BYTES)[:MASK_BITS]),
+            eng.quant_in.payload.eq(top(QUANT_BYTES)[:QUANT_ENTRY_LAYOUT.size]),
+            eng.weight_in.payload.eq(top(beat_sizes["weight"])),
+            eng.fmap_in.payload.eq(top(beat_sizes["fmap"])),
+        ]
+        streams = {"mask": eng.mask_in, "quant": eng.quant_in, "weight": eng.weight_in,
+                   "fmap": eng.fmap_in}
+
+        # ---- residual gather and output scatter (the OUTPUT phase) ----
+        m.submodules.gather = gather = PixelOrderAddress(tm)
+        m.submodules.scatter = scatter = PixelOrderAddress(tm)
+        out_height = output_size_value(d.in_height, d.stride)
+        out_width = output_size_value(d.in_width, d.stride)
+        for walker, base in ((gather, record.residual_address), (scatter, record.output_address)):
+            m.d.comb += [walker.base.eq(base), walker.plane.eq(record.plane_bytes),
+                         walker.width.eq(out_width), walker.height.eq(out_height),
+                         walker.channels.eq(d.out_channels)]
+        residual_beat = Signal(8 * tm)
+        residual_full = Signal()
+        residual_fill = Signal(range(tm))
+        m.submodules.tokens = tokens = SyncFIFO(width=1, depth=GATHER_LOADS_IN_FLIGHT)
+        out_beat = Signal(8 * tm)
+        out_held = Signal()
+        m.d.comb += [eng.residual_in.payload.eq(residual_beat),
+                     eng.residual_in.valid.eq(residual_full)]
+
+        # ---- counters ----
+        with m.If(request.valid & request.ready):
+            with m.If(request.payload.write):
+                m.d.sync += self.memory_writes.eq(self.memory_writes + 1)
+            with m.Else():
+                m.d.sync += self.memory_reads.eq(self.memory_reads + 1)
+        with m.If(self.running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        def load_record(next_state):
+            """Shift the loaded bytes into the record register, then go on."""
+            m.d.comb += [sequential.eq(1), read_data.ready.eq(1)]
+            with m.If(read_data.valid):
+                m.d.sync += [record_raw.eq(Cat(record_raw[8:], read_data.payload)),
+                             receive_left.eq(receive_left - 1)]
+            with m.If(receive_left == 0):
+                m.next = next_state
+
+        def stream_phase(name, next_state, next_address=None, next_count=None):
+            """The loads set up before this phase go into ``name``'s engine stream, the last beat
+            zero-padded; then set up ``next_state``'s loads."""
+            stream_ = streams[name]
+            size = beat_sizes[name]
+            m.d.comb += sequential.eq(1)
+            full = beat_fill == size
+            m.d.comb += [stream_.valid.eq(full), read_data.ready.eq(~full)]
+            with m.If(stream_.valid & stream_.ready):
+                m.d.sync += beat_fill.eq(0)
+            with m.Elif(read_data.valid & ~full):
+                m.d.sync += [beat.eq(Cat(beat[8:], read_data.payload)), beat_fill.eq(beat_fill + 1),
+                             receive_left.eq(receive_left - 1)]
+            with m.Elif((receive_left == 0) & (beat_fill != 0) & ~full):
+                m.d.sync += [beat.eq(Cat(beat[8:], 0)), beat_fill.eq(beat_fill + 1)]
+            with m.If((receive_left == 0) & (beat_fill == 0)):
+                if next_address is not None:
+                    begin_loads(next_address, next_count)
+                m.next = next_state
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [self.running.eq(1), self.done.eq(0), self.steps_done.eq(0),
+                                 self.cycles.eq(0), self.memory_reads.eq(0),
+                                 self.memory_writes.eq(0),
+                                 record_address.eq(self.program_address + self.header_bytes)]
+                    begin_loads(self.program_address, self.header_bytes)
+                    m.next = "HEADER"
+            with m.State("HEADER"):
+                load_record("FIRST_STEP")
+            with m.State("FIRST_STEP"):
+                m.d.sync += steps.eq(header.steps)
+                begin_loads(record_address, self.record_bytes)
+                m.next = "RECORD"
+                with m.If(header.steps == 0):
+                    m.next = "FINISH"
+            with m.State("RECORD"):
+                load_record("START_ENGINE")
+            with m.State("START_ENGINE"):
+                # the engine is idle here (INFER checked it, and a step ends only when it is);
+                # its busy follows start combinationally, so start must not depend on it
+                m.d.comb += [eng.start.eq(1), gather.start.eq(1), scatter.start.eq(1)]
+                m.d.sync += [residual_full.eq(0), residual_fill.eq(0), out_held.eq(0),
+                             beat_fill.eq(0)]
+                begin_loads(record.masks_address, d.period * MASK_BYTES)
+                m.next = "MASKS"
+            with m.State("MASKS"):
+                stream_phase("mask", "QUANT", record.quant_address,
+                             d.out_channels * QUANT_BYTES)
+            with m.State("QUANT"):
+                stream_phase("quant", "WEIGHTS", record.weights_address,
+                             record.weight_bytes)
+            with m.State("WEIGHTS"):
+                stream_phase("weight", "FMAP", record.fmap_address,
+                             record.fmap_bytes)
+            with m.State("FMAP"):
+                stream_phase("fmap", "OUTPUT")
+            with m.State("OUTPUT"):
+                # the scatter: take a beat, store its pixels that lie inside the map
+                m.d.comb += eng.out.ready.eq(~out_held)
+                with m.If(eng.out.valid & ~out_held):
+                    m.d.sync += [out_beat.eq(eng.out.payload), out_held.eq(1)]
+                write_now = out_held & scatter.inside
+                with m.If(write_now):
+                    m.d.comb += [request.valid.eq(1), request.payload.address.eq(scatter.address),
+                                 request.payload.write.eq(1), request.payload.data.eq(out_beat[:8])]
+                with m.If(out_held & (~scatter.inside | request.ready)):
+                    m.d.comb += scatter.advance.eq(1)
+                    m.d.sync += out_beat.eq(out_beat >> 8)
+                    with m.If(scatter.beat_end):
+                        m.d.sync += out_held.eq(0)
+                # the gather (residual layers only), writes first: the walker issues a load per
+                # pixel inside the map and a token per pixel (1: a byte will come, 0: padding);
+                # the collector builds beats from the tokens in order, so loads may overlap
+                with m.If(d.residual & ~gather.finished & ~write_now & tokens.w_rdy):
+                    with m.If(gather.inside):
+                        m.d.comb += [request.valid.eq(1),
+                                     request.payload.address.eq(gather.address)]
+                        with m.If(request.ready):
+                            m.d.comb += [tokens.w_en.eq(1), tokens.w_data.eq(1),
+                                         gather.advance.eq(1)]
+                    with m.Else():
+                        m.d.comb += [tokens.w_en.eq(1), tokens.w_data.eq(0), gather.advance.eq(1)]
+                with m.If(tokens.r_rdy & ~residual_full):
+                    with m.If(tokens.r_data):
+                        m.d.comb += read_data.ready.eq(1)
+                        with m.If(read_data.valid):
+                            m.d.comb += tokens.r_en.eq(1)
+                            m.d.sync += residual_beat.eq(Cat(residual_beat[8:], read_data.payload))
+                    with m.Else():
+                        m.d.comb += tokens.r_en.eq(1)
+                        m.d.sync += residual_beat.eq(Cat(residual_beat[8:], 0))
+                    with m.If(tokens.r_en):
+                        m.d.sync += residual_fill.eq(residual_fill + 1)
+                        with m.If(residual_fill == tm - 1):
+                            m.d.sync += [residual_fill.eq(0), residual_full.eq(1)]
+                with m.If(eng.residual_in.valid & eng.residual_in.ready):
+                    m.d.sync += residual_full.eq(0)
+                with m.If(scatter.finished & ~eng.busy):
+                    m.d.sync += [self.steps_done.eq(self.steps_done + 1),
+                                 record_address.eq(record_address + self.record_bytes)]
+                    m.next = "NEXT_STEP"
+            with m.State("NEXT_STEP"):
+                with m.If(self.steps_done == steps):
+                    m.next = "FINISH"
+                with m.Else():
+                    begin_loads(record_address, self.record_bytes)
+                    m.next = "RECORD"
+            with m.State("FINISH"):
+                m.d.sync += [self.running.eq(0), self.done.eq(1)]
+                m.next = "IDLE"
+        return m

@@ -1,0 +1,141 @@
+"""Resident mode: the board holds the model in its memory and runs whole inferences itself.
+
+Streaming every layer's weights and maps over a 3 Mbaud UART makes a board link-bound by two
+orders of magnitude, so a board with memory keeps the compiled model there: the host loads a
+*memory image* once, checks it, then per inference writes one image and reads the result back.
+
+Commands (all little-endian; a NAK means nothing happened):
+
+==================  ==================================================  ========================
+command             payload                                             answer
+==================  ==================================================  ========================
+``WRITE_MEM``       :data:`MEM_ADDRESS_LAYOUT`, then 1.. data bytes     ACK
+``READ_MEM``        :data:`MEM_READ_LAYOUT` (address, length <=         DATA: ``length`` bytes
+                    the link's max payload)
+``CRC_MEM``         :data:`MEM_REGION_LAYOUT`                           DATA: CRC-32 u32
+``CHECK_MODEL``     :data:`MODEL_CHECK_LAYOUT` (region and its CRC-32)  ACK, or NAK MODEL_CRC
+``INFER``           :data:`MEM_ADDRESS_LAYOUT` (the program's address)  ACK (it runs; poll
+                                                                        ``RUN_STATUS``), NAK
+                                                                        NO_MODEL / BUSY
+``RUN_STATUS``      none                                                DATA: :data:`RUN_STATUS_LAYOUT`
+==================  ==================================================  ========================
+
+The model's validity (why a stale or damaged model never runs): ``CHECK_MODEL`` computes the
+CRC-32 of the region on the device and, only if it equals the host's, marks the model valid;
+reset clears the mark, and so does any ``WRITE_MEM`` that touches the checked region (the
+per-image input and the activations lie outside it). ``INFER`` refuses to start without the
+mark (NAK NO_MODEL). CRC-32 is ISO-HDLC (:data:`MEMORY_CRC`: ``binascii.crc32`` on the host,
+``amaranth.lib.crc`` in gateware).
+
+A WRITE_MEM, READ_MEM or CRC_MEM region must lie inside the board's memory (``memory_bytes``
+in :data:`RUN_STATUS_LAYOUT`), else NAK BAD_LENGTH.
+
+Memory image (laid out by :mod:`psconv.firmware.memory_image`; byte addresses)::
+
+    program:  PROGRAM_HEADER_LAYOUT, then ``steps`` x step_record_layout(config)
+    tables:   per engine step its masks (2 bytes each), quantization entries (13 bytes each)
+              and weight words (tn bytes each), in the streams' beat order
+    maps:     the input image and every layer's output, each a CHW int8 map
+
+The device runs the steps in order. Step ``k`` (one engine invocation, :class:`.descriptor.
+LayerSpec` in ``descriptor``) streams ``P`` masks from ``masks_address``, ``C_out`` entries from
+``quant_address``, ``weight_bytes`` from ``weights_address`` and ``fmap_bytes`` of CHW map from
+``fmap_address`` (zero-padded to whole ``tn``-byte beats) into the engine, then, while the engine
+computes, gathers the residual (when the descriptor says so) from the CHW map at
+``residual_address`` and scatters the output into the CHW map at ``output_address``: output
+beat (y, xb, o) pixel r goes to ``output_address + o * plane_bytes + y * W_out + xb * tm + r``
+for ``xb * tm + r < W_out`` (``plane_bytes`` = H_out * W_out; an output-channel tile's
+addresses already include its first channel's offset). The residual is read in the same order.
+"""
+
+from __future__ import annotations
+
+import binascii
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data
+from amaranth.lib.crc import catalog
+
+from .descriptor import layer_descriptor_layout
+
+MEMORY_CRC = catalog.CRC32_ISO_HDLC
+"""The memory region CRC: CRC-32 as ``binascii.crc32`` (reflected 0x04C11DB7, init and xorout
+0xFFFFFFFF)."""
+
+MEM_ADDRESS_LAYOUT = data.StructLayout({"address": unsigned(32)})
+MEM_READ_LAYOUT = data.StructLayout({"address": unsigned(32), "length": unsigned(16)})
+MEM_REGION_LAYOUT = data.StructLayout({"address": unsigned(32), "length": unsigned(32)})
+MODEL_CHECK_LAYOUT = data.StructLayout({"address": unsigned(32), "length": unsigned(32),
+                                        "crc": unsigned(32)})
+
+RUN_STATUS_LAYOUT = data.StructLayout({
+    "running": unsigned(8),       # 1 from INFER until the last step's output is in memory
+    "done": unsigned(8),          # 1 once an inference finished (cleared by INFER)
+    "model_valid": unsigned(8),   # 1 after a matching CHECK_MODEL, until reset or a write into it
+    "steps_done": unsigned(16),   # engine steps finished in the current/last inference
+    "cycles": unsigned(48),       # device cycles from INFER to done (or so far)
+    "memory_reads": unsigned(48),   # bytes the runner read from memory in that inference
+    "memory_writes": unsigned(48),  # bytes the runner wrote to memory in that inference
+    "memory_bytes": unsigned(32),   # the board's memory size
+})
+"""``RUN_STATUS``' answer (27 bytes)."""
+
+PROGRAM_MAGIC = b"PSPG"
+PROGRAM_VERSION = 1
+PROGRAM_HEADER_LAYOUT = data.StructLayout({
+    "magic": unsigned(32), "version": unsigned(8), "steps": unsigned(16),
+    "config_hash": unsigned(32),
+})
+"""The program header at the address ``INFER`` names; step records follow it directly."""
+
+
+def step_record_layout(config) -> data.StructLayout:
+    """One engine step of a resident program (see the module docstring); the descriptor first,
+    in a whole number of bytes, then the addresses and sizes."""
+    descriptor = layer_descriptor_layout(config)
+    return data.StructLayout({
+        "descriptor": descriptor,
+        "descriptor_pad": unsigned(-descriptor.size % 8),
+        "masks_address": unsigned(32),
+        "quant_address": unsigned(32),
+        "weights_address": unsigned(32),
+        "weight_bytes": unsigned(32),
+        "fmap_address": unsigned(32),
+        "fmap_bytes": unsigned(32),
+        "residual_address": unsigned(32),
+        "output_address": unsigned(32),
+        "plane_bytes": unsigned(32),
+    })
+
+
+def layout_bytes(layout: data.StructLayout) -> int:
+    """Bytes of one ``layout`` item on the wire or in memory (its bits rounded up)."""
+    return -(-layout.size // 8)
+
+
+def memory_crc(data_bytes: bytes) -> int:
+    """:data:`MEMORY_CRC` of ``data_bytes`` (what ``CRC_MEM`` and ``CHECK_MODEL`` compute)."""
+    return binascii.crc32(data_bytes) & 0xFFFFFFFF
+
+
+def encode_layout(layout: data.StructLayout, fields: dict) -> bytes:
+    """``fields`` as the bytes of one ``layout`` item (little-endian, fields from bit 0 up)."""
+    value = layout.const(fields).as_value().value
+    return value.to_bytes(layout_bytes(layout), "little")
+
+
+def program_header(config_hash: int, steps: int) -> bytes:
+    """The bytes of :data:`PROGRAM_HEADER_LAYOUT` for a program of ``steps`` step records."""
+    return encode_layout(PROGRAM_HEADER_LAYOUT, {
+        "magic": int.from_bytes(PROGRAM_MAGIC, "little"), "version": PROGRAM_VERSION,
+        "steps": steps, "config_hash": config_hash})
+
+
+def step_record(config, spec, **addresses) -> bytes:
+    """The bytes of one :func:`step_record_layout` item: ``spec`` is the step's
+    :class:`~.descriptor.LayerSpec`; ``addresses`` its other fields (masks_address,
+    quant_address, weights_address, weight_bytes, fmap_address, fmap_bytes, residual_address,
+    output_address, plane_bytes)."""
+    layout = step_record_layout(config)
+    descriptor = layout["descriptor"].shape.from_bits(spec.encode(config))
+    return encode_layout(layout, {"descriptor": descriptor, **addresses})

@@ -1,0 +1,175 @@
+# amaranth: UnusedElaboratable=no
+"""Resident mode in the Amaranth simulator: the board top with memory runs steps from memory.
+
+A hand-laid memory image (program header, step records, tables, maps) is loaded over the real
+link with WRITE_MEM, checked with CHECK_MODEL, run with INFER; each step's output is read back
+with READ_MEM and compared with the golden model on every element. The NAK rules of
+psconv.protocol.memory (no model, wrong CRC, a write into the model, regions outside memory)
+are checked on the same board.
+"""
+
+import struct
+
+import pytest
+import torch
+
+from psconv.families import dense_family, paper_family, pointwise_family
+from psconv.firmware.link import LinkClient, LinkNak
+from psconv.hw.board_top import BoardTop
+from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.memory import (MEM_READ_LAYOUT, MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT,
+                                    RUN_STATUS_LAYOUT, encode_layout, memory_crc,
+                                    program_header, step_record)
+from psconv.protocol.descriptor import encode_quant_entry
+from psconv.protocol.payloads import beats_payload, config_hash, mask_payload, quant_payload
+from psconv.protocol.beats import weight_beats
+from psconv.sim.amaranth_transport import SimulatorTransport
+from psconv.sim.golden.network import describe_mismatch
+
+from e2e_helpers import TINY_CONFIG, make_step
+
+CFG = TINY_CONFIG
+MEMORY = 8192
+
+
+def chw_bytes(tensor) -> bytes:
+    return bytes((int(v) & 0xFF) for v in tensor.reshape(-1).tolist())
+
+
+def from_chw(data: bytes, shape) -> torch.Tensor:
+    return torch.tensor([b - 256 if b >= 128 else b for b in data], dtype=torch.int64).reshape(shape)
+
+
+class Image:
+    """A memory image laid out by hand: program first, then each step's tables and maps."""
+
+    def __init__(self, steps):
+        self.blob = bytearray(MEMORY)
+        self.maps = 2048                    # the program and the tables below, maps from here
+        self.outputs = []
+        records = []
+        cursor = 512
+        for step, x, res, expected in steps:
+            spec = step.descriptor
+            tables = {}
+            for name, payload in (
+                    ("masks", mask_payload(step.masks)),
+                    ("quant", quant_payload(encode_quant_entry(int(b), int(m), int(s), int(r))
+                                            for b, m, s, r in zip(step.bias, step.multiplier,
+                                                                  step.shift,
+                                                                  step.residual_multiplier))),
+                    ("weights", beats_payload(weight_beats(step.weight_words), CFG.tn))):
+                self.blob[cursor:cursor + len(payload)] = payload
+                tables[name] = (cursor, len(payload))
+                cursor += len(payload)
+            fmap = self.place(chw_bytes(x))
+            residual = self.place(chw_bytes(res))[0] if res is not None else 0
+            output = self.place(bytes(expected.numel()))
+            plane = spec.out_height * spec.out_width
+            records.append(step_record(
+                CFG, spec, masks_address=tables["masks"][0], quant_address=tables["quant"][0],
+                weights_address=tables["weights"][0], weight_bytes=tables["weights"][1],
+                fmap_address=fmap[0], fmap_bytes=fmap[1], residual_address=residual,
+                output_address=output[0], plane_bytes=plane))
+            self.outputs.append((output[0], tuple(expected.shape), expected, step.layer))
+        program = program_header(config_hash(CFG), len(records)) + b"".join(records)
+        assert len(program) <= 512 and cursor <= 2048
+        self.blob[:len(program)] = program
+        self.blob = self.blob[:self.maps]
+        self.model = bytes(self.blob[:cursor])
+
+    def place(self, data: bytes):
+        address = self.maps
+        self.blob[address:address + len(data)] = data
+        self.maps = (address + len(data) + 3) & ~3
+        return address, len(data)
+
+
+def board():
+    top = BoardTop(CFG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400, memory_bytes=MEMORY)
+    transport = SimulatorTransport(top, top.rx_data, top.tx_data)
+    return LinkClient(transport, timeout_s=5e-3, retries=2)
+
+
+def write_memory(link, address, data, chunk=256):
+    for offset in range(0, len(data), chunk):
+        link.request(Command.WRITE_MEM, struct.pack("<I", address + offset) + data[offset:offset + chunk])
+
+
+def read_memory(link, address, length, chunk=256):
+    out = bytearray()
+    for offset in range(0, length, chunk):
+        n = min(chunk, length - offset)
+        out += link.request(Command.READ_MEM, encode_layout(
+            MEM_READ_LAYOUT, {"address": address + offset, "length": n})).payload
+    return bytes(out)
+
+
+def run_status(link) -> dict:
+    payload = link.request(Command.RUN_STATUS).payload
+    view = RUN_STATUS_LAYOUT.from_bits(int.from_bytes(payload, "little"))
+    return {name: view[name] for name, _ in RUN_STATUS_LAYOUT}
+
+
+def check_model(link, length, crc):
+    return link.request(Command.CHECK_MODEL, encode_layout(
+        MODEL_CHECK_LAYOUT, {"address": 0, "length": length, "crc": crc}))
+
+
+def nak_reason(call) -> int:
+    with pytest.raises(LinkNak) as info:
+        call()
+    return info.value.reason
+
+
+def test_runner_executes_every_layer_kind_from_memory_bit_exact():
+    g = torch.Generator().manual_seed(5)
+    steps = [
+        make_step("3x3 PSD1_P4 residual relu", paper_family(1, 4, dense_kernel=True), 6, 5, 5, g,
+                  residual=True),
+        make_step("first layer (dense, 3 channels)", dense_family(), 3, 4, 6, g),
+        make_step("3x3 PS2_P4 stride 2", paper_family(2, 4), 7, 3, 7, g, stride=2, relu=False),
+        make_step("1x1 stride 2 shortcut", pointwise_family(), 5, 6, 6, g, stride=2, relu=False),
+    ]
+    image = Image(steps)
+    link = board()
+    assert nak_reason(lambda: link.request(Command.INFER, bytes(4))) == NakReason.NO_MODEL
+    write_memory(link, 0, bytes(image.blob))
+    assert read_memory(link, 0, len(image.blob)) == bytes(image.blob)
+    crc = link.request(Command.CRC_MEM, encode_layout(
+        MEM_REGION_LAYOUT, {"address": 0, "length": len(image.model)})).payload
+    assert int.from_bytes(crc, "little") == memory_crc(image.model)
+    assert nak_reason(lambda: check_model(link, len(image.model), memory_crc(image.model) ^ 1)) \
+        == NakReason.MODEL_CRC
+    check_model(link, len(image.model), memory_crc(image.model))
+    assert run_status(link)["model_valid"] == 1
+    link.request(Command.INFER, bytes(4))
+    for _ in range(200):
+        status = run_status(link)
+        if status["done"]:
+            break
+    assert status["done"] == 1 and status["running"] == 0 and status["steps_done"] == len(steps)
+    assert status["memory_writes"] == sum(e.numel() for _, _, e, _ in image.outputs)
+    for address, shape, expected, name in image.outputs:
+        out = from_chw(read_memory(link, address, expected.numel()), shape)
+        assert describe_mismatch(name, expected, out) is None
+    # a write into the checked model withdraws it; outside it does not
+    write_memory(link, image.maps, b"\x01")
+    assert run_status(link)["model_valid"] == 1
+    write_memory(link, 600, b"\x00")
+    assert run_status(link)["model_valid"] == 0
+    assert nak_reason(lambda: link.request(Command.INFER, bytes(4))) == NakReason.NO_MODEL
+
+
+def test_memory_commands_refuse_regions_outside_memory_and_bad_lengths():
+    link = board()
+    assert nak_reason(lambda: write_memory(link, MEMORY - 1, b"ab")) == NakReason.BAD_LENGTH
+    assert nak_reason(lambda: read_memory(link, MEMORY - 4, 8)) == NakReason.BAD_LENGTH
+    assert nak_reason(lambda: link.request(Command.CRC_MEM, encode_layout(
+        MEM_REGION_LAYOUT, {"address": 1, "length": MEMORY}))) == NakReason.BAD_LENGTH
+    assert nak_reason(lambda: link.request(Command.READ_MEM, bytes(5))) == NakReason.BAD_LENGTH
+    assert nak_reason(lambda: link.request(Command.WRITE_MEM, bytes(4))) == NakReason.BAD_LENGTH
+    assert nak_reason(lambda: link.request(Command.RUN_STATUS, b"x")) == NakReason.BAD_LENGTH
+    write_memory(link, MEMORY - 2, b"yz")
+    assert read_memory(link, MEMORY - 2, 2) == b"yz"
+    assert run_status(link)["memory_bytes"] == MEMORY
