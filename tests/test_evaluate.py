@@ -63,6 +63,8 @@ def test_errors_are_one_line(digits_run, tmp_path, capsys):
          "--images is 0"),
         (["evaluate", "--model", str(q32), "--dataset", "digits", "--cifar", str(tmp_path)],
          "--cifar is given with --dataset digits"),
+        (["evaluate", "--model", str(q32), "--json", str(tmp_path)], "is a directory"),
+        (["train", "-o", str(q32)], "is a file; allowed: a folder"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from psconv.outputs import output_folder
+
 from .results import DEFAULT_RESULTS, write_results
 
 DEFAULT_FAMILIES = ("PS4_P8", "dense")
@@ -146,7 +148,8 @@ def register(benches) -> None:
                         help=f"boards whose engines run the test images on the simulated board; "
                              f"none for golden only (default: {' '.join(DEFAULT_BOARDS)})")
     add_threads_argument(parser)
-    parser.add_argument("--out", help="results folder (default results/accuracy)")
+    parser.add_argument("--out", type=output_folder("--out"),
+                        help="results folder (default results/accuracy)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_args)
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from psconv.errors import PsconvError
+from psconv.outputs import output_file
 
 from .engine_choice import add_engine_arguments, engine_config_from_args
 
@@ -47,8 +48,9 @@ def register(subparsers) -> None:
                         help="also run every image on the board: sim (the simulated board), "
                              "serial:/dev/ttyUSB0[@baud] or tcp:HOST:PORT (default: no board)")
     add_engine_arguments(parser)
-    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    parser.add_argument("--confusion", metavar="FILE.png",
+    parser.add_argument("--json", metavar="FILE", type=output_file("--json"),
+                        help="write the results as JSON")
+    parser.add_argument("--confusion", metavar="FILE.png", type=output_file("--confusion"),
                         help="plot the confusion matrix of each path evaluated")
     add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

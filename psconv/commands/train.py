@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-DEFAULT_FAMILY = "PSD1_P16"
+from psconv.outputs import output_folder
+
 DEFAULT_WIDTHS = {"cifar10": 64, "digits": 2}
 """Per data set: the paper's full network for CIFAR-10; for the digits the widest ResNet18 every
 board engine holds (the iCEBreaker's: 16 channels in layer4)."""
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
                     "OUT/train_state.pt (for --resume) and OUT/train.json after every epoch. "
                     "Uses the GPU when one is present; seeded and reproducible on the CPU.")
     parser.add_argument("-o", "--out", required=True, metavar="DIR",
+                        type=output_folder("-o/--out"),
                         help="output folder for the checkpoints and train.json")
     add_dataset_arguments(parser)
     parser.add_argument("--arch", choices=("resnet18", "vgg16"), default="resnet18",
