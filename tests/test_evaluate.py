@@ -65,6 +65,8 @@ def test_errors_are_one_line(digits_run, tmp_path, capsys):
          "--cifar is given with --dataset digits"),
         (["evaluate", "--model", str(q32), "--json", str(tmp_path)], "is a directory"),
         (["train", "-o", str(q32)], "is a file; allowed: a folder"),
+        (["bench", "accuracy", "--images", "0"], "--images is 0"),
+        (["bench", "accuracy", "--families", "PQ9", "--out", str(tmp_path / "r")], "PQ9"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

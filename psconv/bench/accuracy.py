@@ -155,14 +155,11 @@ def register(benches) -> None:
 
 
 def _run_args(args) -> int:
-    from psconv.errors import PsconvError
+    from psconv.nn.evaluate import check_counts
     from psconv.nn.train import set_threads
 
     set_threads(args.threads)
-    if args.images is not None and args.images < 1:
-        raise PsconvError(f"--images is {args.images}; allowed: an integer >= 1")
-    if args.calibration_images < 1:
-        raise PsconvError(f"--calibration-images is {args.calibration_images}; allowed: >= 1")
+    check_counts(args.images, args.calibration_images)
     run(args.families, args.width, args.epochs, args.calibration_images, args.images,
         args.boards, args.out, progress=not args.no_progress)
     return 0

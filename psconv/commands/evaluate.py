@@ -81,7 +81,7 @@ def _network_settings(args) -> dict:
 
 def run(args) -> int:
     from psconv.nn.datasets import dataset_from_args
-    from psconv.nn.evaluate import evaluate, plot_confusion
+    from psconv.nn.evaluate import check_counts, evaluate, plot_confusion
     from psconv.nn.models import check_width
     from psconv.nn.quantize import quantize_resnet
     from psconv.nn.train import load_checkpoint, set_threads
@@ -89,10 +89,7 @@ def run(args) -> int:
 
     if not args.checkpoint and not args.model:
         raise PsconvError("nothing to evaluate: give --checkpoint FILE.pt and/or --model FILE.npz")
-    if args.images is not None and args.images < 1:
-        raise PsconvError(f"--images is {args.images}; allowed: an integer >= 1")
-    if args.calibration_images < 1:
-        raise PsconvError(f"--calibration-images is {args.calibration_images}; allowed: >= 1")
+    check_counts(args.images, args.calibration_images)
     set_threads(args.threads)
     if args.transport is None and (args.board or args.config):
         raise PsconvError("--board/--config name the board's engine; add --transport (e.g. sim) "

@@ -23,6 +23,15 @@ from psconv.qmodel import QuantizedModel
 from .cifar import NUM_CLASSES
 
 
+def check_counts(images: int | None, calibration_images: int) -> None:
+    """``--images`` (``None``: the whole split) and ``--calibration-images``: integers >= 1."""
+    from psconv.errors import PsconvError
+
+    for option, value in (("--images", images), ("--calibration-images", calibration_images)):
+        if value is not None and value < 1:
+            raise PsconvError(f"{option} is {value}; allowed: an integer >= 1")
+
+
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, classes: int) -> list[list[int]]:
     """``m[true][predicted]`` counts."""
     counts = torch.bincount(labels * classes + predictions, minlength=classes * classes)
