@@ -58,6 +58,11 @@ class EngineStep:
     useful_macs: int                 # nonzero-tap MACs of this tile
 
     @property
+    def name(self) -> str:
+        """The step in messages and tables: the layer, with its tile when it has several."""
+        return self.layer if self.tiles == 1 else f"{self.layer} tile {self.tile + 1}/{self.tiles}"
+
+    @property
     def channel_slice(self) -> slice:
         return slice(self.first_channel, self.first_channel + self.descriptor.out_channels)
 

@@ -35,6 +35,7 @@ Errors are :class:`~psconv.errors.PsconvError` s naming what failed: :class:`Eng
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -85,48 +86,29 @@ def _with_context(error: PsconvError, context: str) -> PsconvError:
     return type(error)(message)
 
 
-def _step_name(step: EngineStep) -> str:
-    return step.layer if step.tiles == 1 else f"{step.layer} tile {step.tile + 1}/{step.tiles}"
-
-
-class Driver:
-    """Runs engine steps on the board behind ``transport`` (see the module docstring).
+class BoardClient:
+    """The link to one board for a program's engine: what the streamed :class:`Driver` and the
+    resident driver (:mod:`psconv.firmware.resident`) share.
 
     ``config`` is the program's :class:`~psconv.config.EngineConfig`; :meth:`identify` checks the
-    board has exactly that engine (run automatically before the first step). ``timeout_s`` and
-    ``retries`` are the link's per-request answer timeout and retransmissions;
-    ``output_stall_s`` is how long the driver waits for the next output byte before giving up.
+    board has exactly that engine. ``timeout_s`` and ``retries`` are the link's per-request
+    answer timeout and retransmissions. ``transport`` is wrapped in a
+    :class:`~psconv.firmware.transport.CountingTransport` (wire bytes both ways).
     """
 
     def __init__(self, transport: Transport, config, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, *, output_stall_s: float = DEFAULT_OUTPUT_STALL_S):
+                 retries: int = DEFAULT_RETRIES):
         self.config = config
         self.transport = CountingTransport(transport)
         self.link = LinkClient(self.transport, timeout_s=timeout_s, retries=retries)
-        self.output_stall_s = output_stall_s
         self.identity: dict | None = None
-        self.window = 0
         self.max_payload = MAX_PAYLOAD
-        self.last_counters: dict = {}
-        self._payload_sent = 0
-        self._payload_received = 0
-
-    # -- link ---------------------------------------------------------------------------------
 
     def _request(self, command, payload: bytes = b"", context: str = ""):
         try:
             return self.link.request(command, payload)
         except PsconvError as e:
             raise (_with_context(e, context) if context else e) from None
-
-    def _send(self, command, data: bytes, beat: int, context: str) -> None:
-        """``data`` in frames of at most ``max_payload`` bytes, each a whole number of beats."""
-        chunk = (self.max_payload // beat) * beat
-        for offset in range(0, len(data), chunk):
-            self._request(command, data[offset:offset + chunk], context)
-        self._payload_sent += len(data)
-
-    # -- commands -----------------------------------------------------------------------------
 
     def identify(self) -> dict:
         """Ask the board who it is; raise :class:`EngineMismatch` unless it runs ``config``."""
@@ -153,8 +135,37 @@ class Driver:
                 f"{hint}. Compile the model for the board's configuration or build the "
                 f"bitstream from the program's (`psconv build --config ...`)", differ)
         self.identity = fields
-        self.window = fields["output_fifo_depth"]
         self.max_payload = min(fields["max_payload"], MAX_PAYLOAD)
+        return fields
+
+
+class Driver(BoardClient):
+    """Runs engine steps on the board behind ``transport`` (see the module docstring).
+
+    :meth:`identify` runs automatically before the first step (see :class:`BoardClient` for
+    ``config``, ``timeout_s`` and ``retries``); ``output_stall_s`` is how long the driver waits
+    for the next output byte before giving up.
+    """
+
+    def __init__(self, transport: Transport, config, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 retries: int = DEFAULT_RETRIES, *, output_stall_s: float = DEFAULT_OUTPUT_STALL_S):
+        super().__init__(transport, config, timeout_s, retries)
+        self.output_stall_s = output_stall_s
+        self.window = 0
+        self.last_counters: dict = {}
+        self._payload_sent = 0
+        self._payload_received = 0
+
+    def _send(self, command, data: bytes, beat: int, context: str) -> None:
+        """``data`` in frames of at most ``max_payload`` bytes, each a whole number of beats."""
+        chunk = (self.max_payload // beat) * beat
+        for offset in range(0, len(data), chunk):
+            self._request(command, data[offset:offset + chunk], context)
+        self._payload_sent += len(data)
+
+    def identify(self) -> dict:
+        fields = super().identify()
+        self.window = fields["output_fifo_depth"]
         return fields
 
     def status(self, context: str = "READ_STATUS") -> dict:
@@ -179,7 +190,7 @@ class Driver:
         tm, tn = cfg.tm, cfg.tn
         spec: LayerSpec = step.descriptor
         spec.check(cfg, step.masks)
-        context = _step_name(step)
+        context = step.name
         if spec.residual != (residual is not None):
             raise DriverError(f"{context}: the step {'needs' if spec.residual else 'takes no'} "
                               f"residual input")
@@ -280,9 +291,9 @@ class Driver:
                    disable=None if progress else True, leave=False)
 
         def backend(step, input_map, residual):
-            bar.set_postfix_str(_step_name(step), refresh=True)
+            bar.set_postfix_str(step.name, refresh=True)
             out, step_report = self._run_step(step, input_map, residual)
-            problem = describe_mismatch(_step_name(step),
+            problem = describe_mismatch(step.name,
                                         golden.outputs[step.layer][step.channel_slice], out)
             step_report.bit_exact = problem is None
             step_report.mismatch = problem
@@ -308,43 +319,75 @@ class Driver:
         return report
 
 
+LOCAL_BOARDS = {"sim": ("psconv.sim.bridge", "open_sim"),
+                "resident-ref": ("psconv.sim.resident_device", "open_reference")}
+"""Bare specs that open a fresh in-process or simulated board with the program's configuration:
+spec -> (module, function(config) -> Transport)."""
+
+
 def open_transport(spec: str, config) -> Transport:
-    """``"sim"`` is a fresh simulated board with ``config`` (the program's); anything else goes
-    to :func:`~psconv.firmware.transport.transport_from_spec`."""
+    """A bare ``"sim"`` (the board top in Verilator) or ``"resident-ref"`` (the software resident
+    board) is a fresh board with ``config`` (the program's); anything else goes to
+    :func:`~psconv.firmware.transport.transport_from_spec`."""
+    import importlib
+
     from psconv.firmware.transport import transport_from_spec
 
-    if spec == "sim":
-        from psconv.sim.bridge import open_sim
-
-        return open_sim(config)
+    if spec in LOCAL_BOARDS:
+        module, function = LOCAL_BOARDS[spec]
+        return getattr(importlib.import_module(module), function)(config)
     return transport_from_spec(spec)
+
+
+@dataclass
+class OpenedLink:
+    """A transport opened by :func:`open_link`: ``transport`` to give a driver (the fault
+    injector when there is one), ``injector`` (or None), and the link's ``timeout_s`` and
+    ``retries``."""
+
+    transport: Transport
+    injector: object | None
+    timeout_s: float
+    retries: int
+
+    def fault_summary(self) -> tuple[int, str]:
+        """(faults injected, their summary), or (0, "") without fault injection."""
+        if self.injector is None:
+            return 0, ""
+        return sum(self.injector.injected.values()), self.injector.summary()
+
+
+def open_link(spec: str, config, *, faults: float = 0.0, fault_seed: int = 0,
+              timeout_s: float | None = None, retries: int | None = None) -> OpenedLink:
+    """Open the transport ``spec`` (:func:`open_transport`), optionally wrapped in a
+    :class:`~psconv.firmware.faults.FaultInjectingTransport` with ``faults`` per frame; with
+    faults the default answer timeout is shorter (0.3 s) and the retries more (20)."""
+    from psconv.firmware.faults import FaultInjectingTransport, uniform_fault_rates
+
+    inner = open_transport(spec, config)
+    injector = None
+    if faults:
+        # a dropped frame costs a host timeout, so keep it short; a delay stays below it
+        timeout_s = timeout_s or 0.3
+        injector = FaultInjectingTransport(inner, seed=fault_seed, rates=uniform_fault_rates(faults),
+                                           max_delay_s=timeout_s / 3, silence_s=0.05)
+    return OpenedLink(transport=injector or inner, injector=injector,
+                      timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+                      retries=retries if retries is not None else (20 if faults else DEFAULT_RETRIES))
 
 
 def run_on_board(program: LayerProgram, image: torch.Tensor, transport: str = "sim", *,
                  faults: float = 0.0, fault_seed: int = 0, timeout_s: float | None = None,
                  retries: int | None = None, progress: bool = True) -> RunReport:
-    """Open ``transport`` (a spec), optionally wrap it in a
-    :class:`~psconv.firmware.faults.FaultInjectingTransport` with ``faults`` per frame, run
-    ``program`` on ``image`` and return the :class:`RunReport` (what ``psconv run`` prints)."""
-    from psconv.firmware.faults import FaultInjectingTransport, uniform_fault_rates
-
-    inner = open_transport(transport, program.config)
-    link = inner
-    injector = None
-    if faults:
-        # a dropped frame costs a host timeout, so keep it short; a delay stays below it
-        timeout_s = timeout_s or 0.3
-        injector = link = FaultInjectingTransport(inner, seed=fault_seed,
-                                                  rates=uniform_fault_rates(faults),
-                                                  max_delay_s=timeout_s / 3, silence_s=0.05)
-    driver = Driver(link, program.config, timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
-                    retries=retries if retries is not None else (20 if faults else DEFAULT_RETRIES))
+    """Open ``transport`` (a spec) with :func:`open_link`, run ``program`` on ``image`` and return
+    the :class:`RunReport` (what ``psconv run`` prints)."""
+    link = open_link(transport, program.config, faults=faults, fault_seed=fault_seed,
+                     timeout_s=timeout_s, retries=retries)
+    driver = Driver(link.transport, program.config, timeout_s=link.timeout_s, retries=link.retries)
     try:
         report = driver.run_program(program, image, progress=progress)
     finally:
-        link.close()
+        link.transport.close()
     report.transport = transport
-    if injector is not None:
-        report.faults_injected = sum(injector.injected.values())
-        report.fault_summary = injector.summary()
+    report.faults_injected, report.fault_summary = link.fault_summary()
     return report

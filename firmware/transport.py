@@ -205,8 +205,10 @@ TransportFactory = Callable[[str], Transport]
 TRANSPORT_FACTORIES: dict[str, TransportFactory] = {}
 
 #: scheme -> module that calls ``register_transport(scheme, ...)`` when imported. The Verilator
-#: socket bridge provides "sim" here; edit this if it lives elsewhere.
-TRANSPORT_PLUGINS: dict[str, str] = {"sim": "psconv.sim.bridge"}
+#: socket bridge provides "sim", the software resident board "resident-ref"; edit this if they
+#: live elsewhere.
+TRANSPORT_PLUGINS: dict[str, str] = {"sim": "psconv.sim.bridge",
+                                     "resident-ref": "psconv.sim.resident_device"}
 
 
 def register_transport(scheme: str, factory: TransportFactory) -> None:

@@ -46,6 +46,13 @@ Largest payload. ``max_payload`` sizes the link's receive and replay buffers and
 it is the board's :attr:`~psconv.rtl_gen.boards.Board.link_max_payload` when ``psconv build``
 elaborates the top (its platform carries ``psconv_board``: 512 bytes on iCEBreaker, where a
 buffer is then one block RAM instead of two) and ``MAX_PAYLOAD`` otherwise (ULX3S, simulation).
+
+Resident mode (docs/architecture.md section 10). ``memory_bytes=N`` adds N bytes of block RAM
+as the board's memory, the program runner and the memory commands (the simulated board uses
+this); ``sdram_core`` (a generated LiteDRAM core, :mod:`psconv.rtl_gen.litedram`) uses the
+board's SDRAM instead, clocked 90 degrees behind ``sync``, which the top then makes itself from
+the PLL of ``psconv build``'s clock plan. Without either the board is streamed-only and answers
+the memory commands UNKNOWN_COMMAND.
 """
 
 from __future__ import annotations
@@ -66,8 +73,10 @@ from .engine import PeriodicSparseEngine
 from .engine_owner import connect_engine_owners
 from .framing import LinkLayer, check_max_payload
 from .memory_commands import CommandRouter, MemoryCommandProcessor
-from .memory_port import OnChipMemory, memory_port_mux
+from .memory_port import OnChipMemory, WordMemoryBridge, memory_port_mux
 from .program_runner import ProgramRunner
+from .sdram import SDRAM
+from .sdram_clocking import SDRAMClocking
 from .uart import DEFAULT_BAUD, UART, uart_divisor
 
 DEFAULT_CLK_FREQ = 60_000_000
@@ -105,7 +114,7 @@ class BoardTop(wiring.Component):
                  timeout_cycles: int | None = None, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
                  bridge_beat_bytes: int = 1, bridge_fifo_beats: int = BRIDGE_FIFO_BEATS,
                  bridge_flush_cycles: int = BRIDGE_FLUSH_CYCLES, max_payload: int | None = None,
-                 memory_bytes: int = 0):
+                 memory_bytes: int = 0, sdram_core=None):
         self.config = config if config is not None else EngineConfig()
         if not isinstance(self.config, EngineConfig):
             raise PsconvError(f"board top: config is {config!r}; allowed: an EngineConfig")
@@ -129,6 +138,9 @@ class BoardTop(wiring.Component):
         if not isinstance(memory_bytes, int) or memory_bytes < 0:
             raise PsconvError(f"board top: memory_bytes {memory_bytes!r}; allowed: 0 (streamed "
                               f"mode only) or the resident memory's size in bytes")
+        self.sdram_core = sdram_core
+        if sdram_core is not None:
+            memory_bytes = (sdram_core.data_width // 8) << sdram_core.address_width
         self.memory_bytes = memory_bytes
         self.bridge_beat_bytes = check_beat_bytes(bridge_beat_bytes)
         self.bridge_fifo_beats = check_fifo_beats(bridge_fifo_beats)
@@ -190,7 +202,7 @@ class BoardTop(wiring.Component):
         m.d.comb += processor.link_counters.eq(link.counters)
         runner = None
         if self.memory_bytes:
-            runner = self._resident_mode(m, link, processor, engine, max_payload)
+            runner = self._resident_mode(m, platform, link, processor, engine, max_payload)
         else:
             wiring.connect(m, link.command, processor.command)
             wiring.connect(m, link.command_payload, processor.command_payload)
@@ -213,14 +225,14 @@ class BoardTop(wiring.Component):
             return self._with_power_on_reset(m)
         return m
 
-    def _resident_mode(self, m, link, processor, engine, max_payload):
+    def _resident_mode(self, m, platform, link, processor, engine, max_payload):
         """The memory, the program runner and the resident commands beside the streamed
         processor (:mod:`psconv.hw.memory_commands`); returns the runner."""
         m.submodules.router = router = CommandRouter()
         m.submodules.memory_commands = memory_commands = MemoryCommandProcessor(
             self.memory_bytes, max_payload)
         m.submodules.runner = runner = ProgramRunner(self.config)
-        m.submodules.memory = memory = OnChipMemory(self.memory_bytes)
+        memory_port = self._memory(m, platform)
         wiring.connect(m, link.command, router.link.command)
         wiring.connect(m, link.command_payload, router.link.command_payload)
         wiring.connect(m, router.link.reply, link.reply)
@@ -241,9 +253,33 @@ class BoardTop(wiring.Component):
             memory_commands.memory_writes.eq(runner.memory_writes),
             memory_commands.engine_busy.eq(engine.busy),
         ]
-        memory_port_mux(m, runner.running, memory_commands.memory, runner.memory, memory.port)
+        memory_port_mux(m, runner.running, memory_commands.memory, runner.memory, memory_port)
         connect_engine_owners(m, engine, processor.engine, runner.engine, runner.running)
         return runner
+
+    def _memory(self, m, platform):
+        """The resident memory's byte port: the board's SDRAM (its LiteDRAM core, the init
+        sequencer, the chip clock 90 degrees behind ``sync``, which this top then makes from
+        the PLL) or ``memory_bytes`` of block RAM."""
+        core = self.sdram_core
+        if core is None:
+            m.submodules.memory = memory = OnChipMemory(self.memory_bytes)
+            return memory.port
+        plan = getattr(platform, "psconv_clock", None)
+        if plan is None or plan.pll is None:
+            raise PsconvError("board top: the SDRAM needs a board build whose clock comes from "
+                              "the PLL (psconv build); for simulation use memory_bytes")
+        platform.add_file("litedram_core.v", core.verilog_text())
+        pins = platform.request("sdram", 0, dir="-")
+        m.submodules.clocking = SDRAMClocking(plan.pll, plan.board_hz,
+                                              platform.psconv_board.clock_resource, pins.clk)
+        m.submodules.sdram = sdram = SDRAM.from_core(core, pins=pins)
+        m.submodules.sdram_bridge = bridge = WordMemoryBridge(core.data_width // 8,
+                                                              core.address_width)
+        for name in ("cmd", "wdata"):
+            wiring.connect(m, getattr(bridge, name), getattr(sdram, name))
+        wiring.connect(m, sdram.rdata, bridge.rdata)
+        return bridge.port
 
     @staticmethod
     def _with_power_on_reset(core):

@@ -110,6 +110,10 @@ class Board:
     """Largest frame payload the board's link takes (reported by ``IDENTIFY``; the driver sends
     and reads in frames of at most this). The link's receive and replay buffers hold this many
     bytes each: on the iCE40, 512 bytes is one block RAM per buffer, ``MAX_PAYLOAD`` two."""
+    sdram_module: str | None = None
+    """The board's SDR SDRAM as :data:`psconv.rtl_gen.litedram.SDRAM_MODULES` names it (None:
+    none). ULX3S: ``MT48LC16M16`` (32 MB); boards with the 64 MB AS4C32M16SB-7 take
+    ``AS4C32M16_7`` as the build's ``module`` option instead."""
 
     @property
     def platform_class(self):
@@ -156,6 +160,7 @@ def _ulx3s(size: str, luts: int, dsps: int, brams: int, config_factory) -> Board
         bitstream_suffix=".bit", openfpgaloader_board="ulx3s",
         engine_config_factory=config_factory,
         link_clock_mhz=60.0,
+        sdram_module="MT48LC16M16",
     )
 
 

@@ -54,6 +54,11 @@ def register(subparsers) -> None:
     parser.add_argument("--design", choices=DESIGNS, default="engine",
                         help="engine: the accelerator's board top (default); mac-demo: a UART "
                              "multiply-accumulate demo that checks the flow")
+    parser.add_argument("--memory", choices=("auto", "sdram", "none"), default="auto",
+                        help="the engine's resident memory: sdram (the board's SDRAM through a "
+                             "LiteDRAM controller: the model lives on the board, see psconv run "
+                             "--mode resident), none (streamed mode only), auto (default: sdram "
+                             "on boards that have one, i.e. the ULX3S)")
     parser.add_argument("-o", "--outdir", default=None, metavar="DIR",
                         type=output_folder("-o/--outdir"),
                         help="build directory (default build/BOARD)")
@@ -84,8 +89,9 @@ def board_top_class():
     return top
 
 
-def make_top(design: str, board, config, clk_freq: float, baud: int):
-    """The design to build: the engine's board top or the MAC demo, for ``clk_freq`` Hz."""
+def make_top(design: str, board, config, clk_freq: float, baud: int, memory: str = "none"):
+    """The design to build: the engine's board top or the MAC demo, for ``clk_freq`` Hz;
+    ``memory="sdram"`` gives the engine's top the board's SDRAM and resident mode."""
     from psconv.hw.mac_demo import UartMacDemo
 
     if design == "mac-demo":
@@ -94,6 +100,13 @@ def make_top(design: str, board, config, clk_freq: float, baud: int):
         return UartMacDemo(get_board(board), clk_freq=clk_freq, baud=baud)
     if design != "engine":
         raise PsconvError(f"--design is {design!r}; allowed: {', '.join(DESIGNS)}")
+    if memory == "sdram":
+        from psconv.rtl_gen.boards import get_board
+        from psconv.rtl_gen.litedram import LiteDRAMConfig, generate_core
+
+        core = generate_core(LiteDRAMConfig.for_board(get_board(board), sys_clk_hz=clk_freq),
+                             "board")
+        return board_top_class()(config, clk_freq, baud, sdram_core=core)
     return board_top_class()(config, clk_freq, baud)
 
 
@@ -114,7 +127,7 @@ def _board_table() -> str:
 
 def run(args) -> int:
     from psconv.config import EngineConfig
-    from psconv.rtl_gen.boards import get_board
+    from psconv.rtl_gen.boards import BOARDS, get_board
     from psconv.rtl_gen.build import build_bitstream
     from psconv.rtl_gen.clocking import plan_clock
 
@@ -131,7 +144,16 @@ def run(args) -> int:
         print(f"psconv build: warning: the config has {config.multipliers} multipliers but "
               f"{board.device} has {board.resources.dsps} DSPs; the rest become LUT multipliers "
               f"(if they fit)", file=sys.stderr)
-    top = make_top(args.design, board, config, plan.actual_hz, args.baud)
+    memory = args.memory
+    if memory == "auto":
+        memory = "sdram" if board.sdram_module and args.design == "engine" else "none"
+    if memory == "sdram" and args.design != "engine":
+        raise PsconvError("--memory sdram: only the engine's board top has a resident memory; "
+                          "allowed with --design engine")
+    if memory == "sdram" and not board.sdram_module:
+        raise PsconvError(f"--memory sdram: {board.name} has no SDRAM; allowed on "
+                          f"{', '.join(n for n, b in BOARDS.items() if b.sdram_module)}")
+    top = make_top(args.design, board, config, plan.actual_hz, args.baud, memory)
     outdir = args.outdir or f"build/{board.name}"
     report = build_bitstream(top, board, outdir, clock_mhz=clock_mhz,
                              progress=not args.no_progress, router=args.router,

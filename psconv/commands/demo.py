@@ -35,6 +35,6 @@ def run(args) -> int:
 
     return run_command.run(argparse.Namespace(
         model=None, family=None, width=args.width, image_size=None, config=None, board=None,
-        transport="sim",
+        transport="sim", mode="streamed", images=1, check_layers=False,
         image_seed=0, faults=0.0, fault_seed=0, timeout=None, retries=None, json=None,
         no_progress=args.no_progress))

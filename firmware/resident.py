@@ -1,0 +1,299 @@
+"""Resident driver: load a model into the board's memory once, then run whole inferences there.
+
+The board side is :mod:`psconv.protocol.memory` (the commands and the memory image's contract);
+the image itself is :func:`psconv.firmware.memory_image.build_memory_image`.
+
+:meth:`ResidentDriver.load` writes the model with ``WRITE_MEM`` in chunks of
+``max_payload - 4`` bytes (a tqdm bar on a terminal), then ``CHECK_MODEL`` has the board compute
+the model's CRC-32 and mark it valid. A load that fails part way (a :class:`LinkTimeout`) is
+*resumable*: the driver records how many bytes of which model the board has acknowledged (the
+chunks go in address order, so that is a prefix); the next ``load`` of the same image asks the
+board for the CRC-32 of that prefix (one ``CRC_MEM``) and, if it matches, writes only the rest.
+If it does not (the board was reset or written in between), it starts over.
+
+:meth:`ResidentDriver.infer` writes one image into the input region, sends ``INFER``, polls
+``RUN_STATUS`` until done (at most ``infer_timeout_s`` on the transport's clock, else an error
+naming the step reached), reads the last engine layer's region back and runs the host steps
+(average pool, classifier) with the golden model's integer ops. The logits, and with
+``check_layers`` every layer read back from memory, are compared with
+:func:`~psconv.sim.golden.network.run_golden`. A NAK surfaces as a one-line
+:class:`~psconv.firmware.link.LinkNak` saying what the reason means here.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import torch
+
+from psconv.errors import PsconvError
+from psconv.firmware.compiler import HostStep, LayerProgram
+from psconv.firmware.driver import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, BoardClient, open_link
+from psconv.firmware.link import LinkNak
+from psconv.firmware.memory_image import MapRegion, MemoryImage, build_memory_image
+from psconv.firmware.reports import InferenceReport, LoadReport, ResidentRunReport
+from psconv.firmware.transport import Transport
+from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
+                                    MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT, layout_bytes, memory_crc)
+from psconv.protocol.payloads import encode_payload
+from psconv.sim.golden.network import describe_mismatch, run_golden, run_layer
+
+DEFAULT_INFER_TIMEOUT_S = 60.0
+POLL_INTERVAL_S = 0.001
+
+NAK_MEANINGS = {
+    NakReason.NO_MODEL: "the board holds no checked model (never loaded, reset, or written into "
+                        "since it was checked): load the model again",
+    NakReason.MODEL_CRC: "the model in the board's memory differs from the image's (a write was "
+                         "lost or the memory is faulty): load the model again",
+    NakReason.BUSY: "the board is still running an inference",
+    NakReason.BAD_LENGTH: "a memory region outside the board's memory or a malformed payload",
+    NakReason.BAD_STATE: "the board cannot run the program in its memory (wrong engine or a "
+                         "damaged program)",
+    NakReason.UNKNOWN_COMMAND: "this board has no resident mode (a bitstream without memory): "
+                               "use --mode streamed",
+}
+
+
+class ResidentError(PsconvError):
+    """The resident board did something the driver cannot continue from (named in the message)."""
+
+
+class ResidentDriver(BoardClient):
+    """Runs ``program`` resident on the board behind ``transport`` (see the module docstring).
+
+    ``timeout_s`` and ``retries`` are the link's; ``infer_timeout_s`` bounds one inference's
+    ``RUN_STATUS`` polling. :meth:`identify` (automatic before the first command) checks the
+    engine and reads the board's memory size from ``RUN_STATUS``.
+    """
+
+    def __init__(self, transport: Transport, program: LayerProgram,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES, *,
+                 infer_timeout_s: float = DEFAULT_INFER_TIMEOUT_S):
+        super().__init__(transport, program.config, timeout_s, retries)
+        self.program = program
+        self.infer_timeout_s = infer_timeout_s
+        self.memory_bytes: int | None = None
+        self.image: MemoryImage | None = None           # the model the board holds, once loaded
+        self._acknowledged: tuple[int, int] = (0, 0)    # (model CRC, bytes the board has ACKed)
+        self._inferences = 0
+        self._unfinished = False       # an INFER whose wait timed out: the board may still run it
+
+    # -- link ---------------------------------------------------------------------------------
+
+    def _request(self, command, payload: bytes = b"", context: str = ""):
+        try:
+            return super()._request(command, payload, context)
+        except LinkNak as e:
+            meaning = NAK_MEANINGS.get(e.reason)
+            if meaning is None:
+                raise
+            raise LinkNak(f"{e} ({meaning})", command=e.command, seq=e.seq,
+                          attempts=e.attempts, reason=e.reason) from None
+
+    def identify(self) -> dict:
+        fields = super().identify()
+        self.memory_bytes = self.run_status("identifying the board")["memory_bytes"]
+        return fields
+
+    def _ready(self) -> None:
+        if self.identity is None:
+            self.identify()
+
+    def run_status(self, context: str = "RUN_STATUS") -> dict:
+        payload = self._request(Command.RUN_STATUS, context=context).payload
+        if len(payload) != layout_bytes(RUN_STATUS_LAYOUT):
+            raise ResidentError(f"{context}: RUN_STATUS answered {len(payload)} bytes; expected "
+                                f"{layout_bytes(RUN_STATUS_LAYOUT)}")
+        view = RUN_STATUS_LAYOUT.from_bits(int.from_bytes(payload, "little"))
+        return {name: view[name] for name, _ in RUN_STATUS_LAYOUT}
+
+    def write_memory(self, address: int, data: bytes, context: str, on_chunk=None) -> None:
+        """``data`` at ``address`` in WRITE_MEM frames of ``max_payload - 4`` bytes, in address
+        order; ``on_chunk(end)`` after each acknowledged chunk (``end``: bytes of ``data`` done)."""
+        self._ready()
+        head = layout_bytes(MEM_ADDRESS_LAYOUT)
+        chunk = self.max_payload - head
+        for offset in range(0, len(data), chunk):
+            part = data[offset:offset + chunk]
+            self._request(Command.WRITE_MEM, encode_payload(
+                MEM_ADDRESS_LAYOUT, {"address": address + offset}) + part, context)
+            if on_chunk:
+                on_chunk(offset + len(part))
+
+    def read_memory(self, address: int, length: int, context: str) -> bytes:
+        """``length`` bytes from ``address`` in READ_MEM requests of at most ``max_payload``."""
+        self._ready()
+        data = bytearray()
+        while len(data) < length:
+            want = min(self.max_payload, length - len(data))
+            part = self._request(Command.READ_MEM, encode_payload(
+                MEM_READ_LAYOUT, {"address": address + len(data), "length": want}), context).payload
+            if len(part) != want:
+                raise ResidentError(f"{context}: READ_MEM of {want} bytes at "
+                                    f"{address + len(data)} answered {len(part)} bytes")
+            data += part
+        return bytes(data)
+
+    def crc_memory(self, address: int, length: int, context: str) -> int:
+        payload = self._request(Command.CRC_MEM, encode_payload(
+            MEM_REGION_LAYOUT, {"address": address, "length": length}), context).payload
+        if len(payload) != 4:
+            raise ResidentError(f"{context}: CRC_MEM answered {len(payload)} bytes; expected 4")
+        return struct.unpack("<I", payload)[0]
+
+    # -- the model ----------------------------------------------------------------------------
+
+    def build_image(self) -> MemoryImage:
+        """The program's memory image for this board's memory size."""
+        self._ready()
+        return build_memory_image(self.program, self.memory_bytes)
+
+    def load(self, image: MemoryImage, progress: bool = True) -> LoadReport:
+        """Write ``image``'s model into the board and have the board check it (see the module
+        docstring for resuming an interrupted load)."""
+        from tqdm import tqdm
+
+        self._ready()
+        if image.total_bytes > self.memory_bytes:
+            raise ResidentError(f"the memory image needs {image.total_bytes} bytes; the board has "
+                                f"{self.memory_bytes}")
+        started = time.perf_counter()
+        wire = (self.transport.bytes_written, self.transport.bytes_read)
+        model, crc = image.model_bytes, image.model_crc
+        self.image = None
+        resume = self._acknowledged[1] if self._acknowledged[0] == crc else 0
+        if resume and self.crc_memory(0, resume, "resuming the model load") != memory_crc(model[:resume]):
+            resume = 0
+        bar = tqdm(total=len(model), initial=resume, desc="model", unit="B", unit_scale=True,
+                   disable=None if progress else True, leave=False)
+
+        def acknowledged(end):
+            bar.update(resume + end - bar.n)
+            self._acknowledged = (crc, resume + end)
+
+        try:
+            self.write_memory(image.program_address + resume, model[resume:], "loading the model",
+                              acknowledged)
+        finally:
+            bar.close()
+        self.check_model(image)
+        return LoadReport(model_bytes=len(model), bytes_written=len(model) - resume,
+                          resumed_from=resume, crc=crc,
+                          wire_bytes_sent=self.transport.bytes_written - wire[0],
+                          wire_bytes_received=self.transport.bytes_read - wire[1],
+                          seconds=time.perf_counter() - started)
+
+    def check_model(self, image: MemoryImage) -> None:
+        """Have the board check that its memory holds ``image``'s model (CHECK_MODEL) and use it
+        from then on; :class:`LinkNak` MODEL_CRC if it does not (then the next :meth:`load`
+        starts over; the board clears its validity mark, so INFER answers NO_MODEL until a
+        load). Also how a board loaded earlier (by another process) is taken over."""
+        self._ready()
+        try:
+            self._request(Command.CHECK_MODEL, encode_payload(MODEL_CHECK_LAYOUT, {
+                "address": image.program_address, "length": len(image.model_bytes),
+                "crc": image.model_crc}), "checking the model in memory")
+        except LinkNak:
+            self._acknowledged = (0, 0)
+            raise
+        self.image = image
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def _read_map(self, region: MapRegion) -> torch.Tensor:
+        data = self.read_memory(region.address, region.size, f"reading map {region.name!r}")
+        return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(region.shape).to(torch.int64)
+
+    def _wait(self, context: str) -> dict:
+        clock = self.transport.clock
+        deadline = clock.now() + self.infer_timeout_s
+        while True:
+            status = self.run_status(context)
+            if status["done"] and not status["running"]:
+                self._unfinished = False
+                return status
+            if not status["running"]:
+                raise ResidentError(f"{context}: the board reports neither running nor done after "
+                                    f"INFER ({status['steps_done']} steps done)")
+            if clock.now() >= deadline:
+                self._unfinished = True
+                names = self.image.step_names
+                reached = status["steps_done"]
+                where = f" ({names[reached]})" if reached < len(names) else ""
+                raise ResidentError(f"{context}: not done after {self.infer_timeout_s:g} s: step "
+                                    f"{reached + 1} of {len(names)}{where} reached")
+            clock.sleep(POLL_INTERVAL_S)
+
+    def infer(self, image: torch.Tensor, check_layers: bool = False, golden=None) -> InferenceReport:
+        """Run one int8 CHW ``image`` through the loaded model; see the module docstring.
+        ``golden``: a precomputed :class:`GoldenResult` of ``image``, optional."""
+        if self.image is None:
+            raise ResidentError("no model loaded by this driver: call load(image) first")
+        memory = self.image
+        index = self._inferences
+        self._inferences += 1
+        context = f"image {index}"
+        region = memory.input_region
+        if tuple(image.shape) != region.shape:
+            raise ResidentError(f"{context}: shape {tuple(image.shape)}; the model takes {region.shape}")
+        started = time.perf_counter()
+        wire = (self.transport.bytes_written, self.transport.bytes_read)
+        if self._unfinished:           # never overwrite the input of a run still going
+            self._wait(f"{context}: waiting for the unfinished inference")
+        self.write_memory(region.address, image.to(torch.int8).numpy().tobytes(), f"{context}: input")
+        self._request(Command.INFER, encode_payload(MEM_ADDRESS_LAYOUT, {
+            "address": memory.program_address}), f"{context}: INFER")
+        status = self._wait(f"{context}: INFER")
+        names = list(memory.regions)[1:] if check_layers else [memory.output_layer]
+        tensors = {name: self._read_map(memory.regions[name]) for name in names}
+        for step in self.program.steps:
+            if isinstance(step, HostStep):
+                tensors[step.layer.name] = run_layer(step.layer, tensors)
+        last = self.program.steps[-1]
+        logits = tensors[last.layer.name if isinstance(last, HostStep) else last.layer]
+        wall_s = time.perf_counter() - started
+        if golden is None:
+            golden = run_golden(self.program.model, image)
+        layers = ({name: describe_mismatch(name, golden.outputs[name], tensors[name])
+                   for name in golden.outputs} if check_layers else {})
+        return InferenceReport(
+            image=index, device_cycles=status["cycles"], steps=status["steps_done"],
+            link_bytes_sent=self.transport.bytes_written - wire[0],
+            link_bytes_received=self.transport.bytes_read - wire[1],
+            memory_reads=status["memory_reads"], memory_writes=status["memory_writes"],
+            wall_s=wall_s, layers=layers,
+            logits=[int(v) for v in logits.reshape(-1).tolist()],
+            golden_logits=[int(v) for v in golden.logits.reshape(-1).tolist()])
+
+
+def run_resident(program: LayerProgram, images, transport: str = "resident-ref", *,
+                 check_layers: bool = False, faults: float = 0.0, fault_seed: int = 0,
+                 timeout_s: float | None = None, retries: int | None = None,
+                 progress: bool = True) -> ResidentRunReport:
+    """Open ``transport`` (a spec; :func:`~psconv.firmware.driver.open_link`), load ``program``
+    once, run each int8 CHW image of ``images`` through it and return the report (what
+    ``psconv run --mode resident`` prints)."""
+    from tqdm import tqdm
+
+    link = open_link(transport, program.config, faults=faults, fault_seed=fault_seed,
+                     timeout_s=timeout_s, retries=retries)
+    started = time.perf_counter()
+    driver = ResidentDriver(link.transport, program, timeout_s=link.timeout_s, retries=link.retries)
+    try:
+        image = driver.build_image()
+        load = driver.load(image, progress=progress)
+        report = ResidentRunReport(model=f"{program.model.arch} {program.model.family_name}",
+                                   transport=transport, load=load, memory_map=image.memory_map(),
+                                   memory_summary=image.summary())
+        for x in tqdm(images, desc="images", unit="image", disable=None if progress else True,
+                      leave=False):
+            report.inferences.append(driver.infer(x, check_layers=check_layers))
+    finally:
+        link.transport.close()
+    report.link_summary = driver.link.stats.summary()
+    report.faults_injected, report.fault_summary = link.fault_summary()
+    report.wall_s = time.perf_counter() - started
+    return report

@@ -1,0 +1,335 @@
+"""A software resident board: memory, the resident commands and a program runner, in Python.
+
+The reference the gateware's resident mode mirrors (:mod:`psconv.protocol.memory` is the
+contract), and a board the resident driver's tests and ``psconv run --mode resident
+--transport resident-ref`` run against with no Verilator build.
+
+:class:`ResidentDevice` holds ``memory_bytes`` of memory (a ``bytearray``) and answers
+``handle(code, payload)``:
+
+* ``IDENTIFY``: ``identity_blob(config)``.
+* ``WRITE_MEM`` / ``READ_MEM`` / ``CRC_MEM``: on the memory; a region outside it, or a payload
+  of the wrong size (``WRITE_MEM`` with no data, ``READ_MEM`` over the link's max payload),
+  is NAKed BAD_LENGTH. A ``WRITE_MEM`` touching the checked model region clears the mark.
+* ``CHECK_MODEL``: sets the validity mark (and remembers the region) only if the region's
+  CRC-32 equals the host's; a mismatch clears the mark and is NAKed MODEL_CRC.
+* ``INFER``: NAK BUSY while running, NAK NO_MODEL without the mark or when the program address
+  lies outside the checked region. The program is then decoded and checked (header magic,
+  version and config hash; every step's descriptor, mask table and regions): a program the
+  runner cannot run is NAKed BAD_STATE before anything runs (the contract has no other way to
+  report it). Then it runs: by default the whole inference inside ``INFER``, so the first
+  ``RUN_STATUS`` reports done; with ``steps_per_poll=n`` each ``RUN_STATUS`` runs ``n`` more
+  steps first (how the host's polling and its timeout are tested).
+* ``RUN_STATUS``: :data:`~psconv.protocol.memory.RUN_STATUS_LAYOUT`. ``cycles`` is an
+  *estimate* for the gateware runner's one-byte-per-cycle memory port, per step: one cycle per
+  memory byte it moves (record, tables, input map, residual, output), plus the engine's compute
+  cycles (:func:`psconv.sim.cycle_model.predict_cycles` ``compute``), nothing overlapped. On the
+  reduced ResNet18 of the resident tests' gateware check it reads 13,300 cycles where the
+  gateware counts 14,551 (the runner's own latencies are not modelled).
+  ``memory_reads`` counts every byte the runner reads (header, step records, masks,
+  quantization entries, weights, input map, residual), ``memory_writes`` every output byte.
+* ``READ_STATUS`` (what the host's link sends at session start): the runner's running and
+  done flags as ``busy`` and ``done``.
+* Anything else: NAK UNKNOWN_COMMAND (this board has no streamed command set).
+
+Each step runs :func:`psconv.sim.engine_model.run_step` on what it reads from memory, so the
+outputs are those of the engine the tables describe, not of the host's program objects.
+:meth:`reset` clears the mark and the run status and keeps the memory (as a board reset leaves
+its SDRAM).
+
+:func:`open_reference` puts a fresh device behind a
+:class:`~psconv.firmware.transport.LoopbackTransport` (``transport.board`` is the device);
+importing this module registers the transport spec ``resident-ref[:CONFIG.json][@MEMORY_BYTES]``
+(or ``resident-ref:MEMORY_BYTES``).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+
+from psconv.config import EngineConfig
+from psconv.errors import PsconvError
+from psconv.firmware.compiler import EngineStep
+from psconv.firmware.transport import LoopbackTransport, register_transport
+from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.descriptor import QUANT_ENTRY_LAYOUT, LayerSpec
+from psconv.protocol.frame import MAX_PAYLOAD, Response
+from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
+                                    MODEL_CHECK_LAYOUT, PROGRAM_HEADER_LAYOUT, PROGRAM_MAGIC,
+                                    PROGRAM_VERSION, RUN_STATUS_LAYOUT, layout_bytes, memory_crc,
+                                    step_record_layout)
+from psconv.protocol.payloads import (MASK_BYTES, QUANT_BYTES, STATUS_LAYOUT, config_hash,
+                                      encode_payload, identity_blob)
+from psconv.sim.cycle_model import predict_cycles
+from psconv.sim.device_link import DeviceLink
+from psconv.sim.engine_model import run_step
+
+DEFAULT_MEMORY_BYTES = 32 << 20
+"""32 MiB: the ULX3S's SDR SDRAM (MT48LC16M16 geometry)."""
+
+
+class ProgramError(PsconvError):
+    """The program in memory cannot run (INFER answers NAK BAD_STATE)."""
+
+
+def _fields(layout, payload: bytes):
+    return layout.from_bits(int.from_bytes(payload, "little"))
+
+
+class ResidentDevice:
+    """A resident board in software (see the module docstring)."""
+
+    def __init__(self, config: EngineConfig, memory_bytes: int = DEFAULT_MEMORY_BYTES, *,
+                 steps_per_poll: int | None = None, max_payload: int = MAX_PAYLOAD,
+                 inter_byte_timeout_s: float = 0.005):
+        self.config = config
+        self.memory = bytearray(memory_bytes)
+        self.max_payload = max_payload
+        self.steps_per_poll = steps_per_poll
+        self.link = DeviceLink(self.handle, max_payload=max_payload,
+                               inter_byte_timeout_s=inter_byte_timeout_s)
+        self.reset()
+
+    def reset(self) -> None:
+        """Clear the validity mark and the run status; the memory keeps its contents."""
+        self.model: tuple[int, int] | None = None     # the checked (address, length), when valid
+        self.running = self.done = False
+        self.steps_done = self.cycles = self.memory_reads = self.memory_writes = 0
+        self._queue: list[tuple[LayerSpec, dict]] = []
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def handle(self, code: int, payload: bytes) -> Response:
+        try:
+            command = Command(code)
+        except ValueError:
+            return Response.nak(NakReason.UNKNOWN_COMMAND)
+        handler = {
+            Command.IDENTIFY: self._identify, Command.WRITE_MEM: self._write_mem,
+            Command.READ_MEM: self._read_mem, Command.CRC_MEM: self._crc_mem,
+            Command.CHECK_MODEL: self._check_model, Command.INFER: self._infer,
+            Command.RUN_STATUS: self._run_status, Command.READ_STATUS: self._read_status,
+        }.get(command)
+        if handler is None:
+            return Response.nak(NakReason.UNKNOWN_COMMAND)
+        return handler(payload)
+
+    def _inside(self, address: int, length: int) -> bool:
+        return address + length <= len(self.memory)
+
+    def _identify(self, payload: bytes) -> Response:
+        if payload:
+            return Response.nak(NakReason.BAD_LENGTH)
+        return Response.data(identity_blob(self.config, max_payload=self.max_payload))
+
+    def _write_mem(self, payload: bytes) -> Response:
+        head = layout_bytes(MEM_ADDRESS_LAYOUT)
+        if len(payload) <= head:
+            return Response.nak(NakReason.BAD_LENGTH)
+        address = _fields(MEM_ADDRESS_LAYOUT, payload[:head]).address
+        data = payload[head:]
+        if not self._inside(address, len(data)):
+            return Response.nak(NakReason.BAD_LENGTH)
+        if self.model is not None:
+            start, length = self.model
+            if address < start + length and start < address + len(data):
+                self.model = None
+        self.memory[address:address + len(data)] = data
+        return Response.ack()
+
+    def _region(self, layout, payload: bytes, max_length: int | None = None):
+        """``payload`` decoded with ``layout`` if it has that size and its ``address`` and
+        ``length`` lie inside the memory (and ``length <= max_length``), else None (BAD_LENGTH)."""
+        if len(payload) != layout_bytes(layout):
+            return None
+        request = _fields(layout, payload)
+        if max_length is not None and request.length > max_length:
+            return None
+        return request if self._inside(request.address, request.length) else None
+
+    def _read_mem(self, payload: bytes) -> Response:
+        request = self._region(MEM_READ_LAYOUT, payload, self.max_payload)
+        if request is None:
+            return Response.nak(NakReason.BAD_LENGTH)
+        return Response.data(bytes(self.memory[request.address:request.address + request.length]))
+
+    def _crc_mem(self, payload: bytes) -> Response:
+        region = self._region(MEM_REGION_LAYOUT, payload)
+        if region is None:
+            return Response.nak(NakReason.BAD_LENGTH)
+        crc = memory_crc(bytes(self.memory[region.address:region.address + region.length]))
+        return Response.data(struct.pack("<I", crc))
+
+    def _check_model(self, payload: bytes) -> Response:
+        check = self._region(MODEL_CHECK_LAYOUT, payload)
+        if check is None:
+            return Response.nak(NakReason.BAD_LENGTH)
+        region = bytes(self.memory[check.address:check.address + check.length])
+        if memory_crc(region) != check.crc:
+            self.model = None
+            return Response.nak(NakReason.MODEL_CRC)
+        self.model = (check.address, check.length)
+        return Response.ack()
+
+    def _infer(self, payload: bytes) -> Response:
+        if len(payload) != layout_bytes(MEM_ADDRESS_LAYOUT):
+            return Response.nak(NakReason.BAD_LENGTH)
+        if self.running:
+            return Response.nak(NakReason.BUSY)
+        address = _fields(MEM_ADDRESS_LAYOUT, payload).address
+        if self.model is None or not self.model[0] <= address < sum(self.model):
+            return Response.nak(NakReason.NO_MODEL)
+        try:
+            queue = self._decode_program(address)
+        except ProgramError:
+            return Response.nak(NakReason.BAD_STATE)
+        self.running, self.done = True, False
+        self.steps_done = self.cycles = self.memory_writes = 0
+        self.memory_reads = layout_bytes(PROGRAM_HEADER_LAYOUT)
+        self._queue = queue
+        if self.steps_per_poll is None:
+            self._advance(len(queue))
+        return Response.ack()
+
+    def _read_status(self, payload: bytes) -> Response:
+        """The streamed engine's status (the link client's session start asks for it): the
+        runner's running and done flags, no output beats."""
+        return Response.data(encode_payload(STATUS_LAYOUT, {
+            "busy": int(self.running), "done": int(self.done), "output_beats": 0,
+            "residual_window": 0}))
+
+    def _run_status(self, payload: bytes) -> Response:
+        if payload:
+            return Response.nak(NakReason.BAD_LENGTH)
+        if self.running and self.steps_per_poll is not None:
+            self._advance(self.steps_per_poll)
+        return Response.data(encode_payload(RUN_STATUS_LAYOUT, {
+            "running": int(self.running), "done": int(self.done),
+            "model_valid": int(self.model is not None), "steps_done": self.steps_done,
+            "cycles": self.cycles, "memory_reads": self.memory_reads,
+            "memory_writes": self.memory_writes, "memory_bytes": len(self.memory)}))
+
+    # -- the runner ---------------------------------------------------------------------------
+
+    def _decode_program(self, address: int) -> list[tuple[LayerSpec, dict]]:
+        """Every step's descriptor and record fields, checked so the run cannot fail."""
+        config = self.config
+        header_bytes = layout_bytes(PROGRAM_HEADER_LAYOUT)
+        header = _fields(PROGRAM_HEADER_LAYOUT, self.memory[address:address + header_bytes])
+        if (header.magic != int.from_bytes(PROGRAM_MAGIC, "little")
+                or header.version != PROGRAM_VERSION or header.config_hash != config_hash(config)):
+            raise ProgramError(f"no program for this engine at {address}")
+        layout = step_record_layout(config)
+        size = layout_bytes(layout)
+        steps = []
+        for k in range(header.steps):
+            at = address + header_bytes + k * size
+            record = _fields(layout, self.memory[at:at + size])
+            d = record.descriptor
+            spec = LayerSpec(in_channels=d.in_channels, out_channels=d.out_channels,
+                             in_height=d.in_height, in_width=d.in_width, stride=d.stride,
+                             kernel=d.kernel, relu=bool(d.relu), residual=bool(d.residual),
+                             period=d.period)
+            fields = {name: record[name] for name, _ in layout if name.endswith(("_address", "_bytes"))}
+            fields["masks"] = self._masks(fields["masks_address"], spec.period)
+            try:
+                spec.check(config, fields["masks"])
+            except PsconvError as e:
+                raise ProgramError(f"step {k}: {e}") from None
+            planes = spec.out_height * spec.out_width
+            regions = [(fields["masks_address"], MASK_BYTES * spec.period),
+                       (fields["quant_address"], QUANT_BYTES * spec.out_channels),
+                       (fields["weights_address"], fields["weight_bytes"]),
+                       (fields["fmap_address"], fields["fmap_bytes"]),
+                       (fields["output_address"], fields["plane_bytes"] * spec.out_channels)]
+            if spec.residual:
+                regions.append((fields["residual_address"], fields["plane_bytes"] * spec.out_channels))
+            if (fields["fmap_bytes"] != spec.in_channels * spec.in_height * spec.in_width
+                    or fields["plane_bytes"] < planes or fields["weight_bytes"] % config.tn
+                    or not all(self._inside(a, n) for a, n in regions)):
+                raise ProgramError(f"step {k}: sizes or regions do not fit")
+            steps.append((spec, fields))
+        return steps
+
+    def _masks(self, address: int, period: int) -> tuple[int, ...]:
+        data = self.memory[address:address + MASK_BYTES * period]
+        return tuple(int.from_bytes(data[k:k + MASK_BYTES], "little")
+                     for k in range(0, len(data), MASK_BYTES))
+
+    def _read(self, address: int, length: int) -> bytes:
+        self.memory_reads += length
+        return bytes(self.memory[address:address + length])
+
+    def _map(self, address: int, plane_bytes: int, shape) -> torch.Tensor:
+        """A (C, H, W) int8 map whose channel c starts at ``address + c * plane_bytes``."""
+        channels, height, width = shape
+        data = b"".join(self._read(address + c * plane_bytes, height * width) for c in range(channels))
+        return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(shape).to(torch.int64)
+
+    def _advance(self, count: int) -> None:
+        for _ in range(min(count, len(self._queue))):
+            spec, fields = self._queue.pop(0)
+            self._run(spec, fields)
+        if not self._queue:
+            self.running, self.done = False, True
+
+    def _run(self, spec: LayerSpec, f: dict) -> None:
+        """One engine step from memory into memory (see the module docstring)."""
+        cfg = self.config
+        moved = self.memory_reads + self.memory_writes
+        self.memory_reads += layout_bytes(step_record_layout(cfg)) + MASK_BYTES * spec.period
+        quant = self._read(f["quant_address"], QUANT_BYTES * spec.out_channels)
+        entries = [QUANT_ENTRY_LAYOUT.from_bits(int.from_bytes(quant[k:k + QUANT_BYTES], "little"))
+                   for k in range(0, len(quant), QUANT_BYTES)]
+        weights = self._read(f["weights_address"], f["weight_bytes"])
+        step = EngineStep(
+            layer=f"memory step {self.steps_done}", tile=0, tiles=1, first_channel=0,
+            descriptor=spec, masks=f["masks"],
+            weight_words=torch.frombuffer(bytearray(weights), dtype=torch.int8).reshape(-1, cfg.tn),
+            bias=torch.tensor([e.bias for e in entries], dtype=torch.int32),
+            multiplier=torch.tensor([e.multiplier for e in entries], dtype=torch.int64),
+            shift=torch.tensor([e.shift for e in entries], dtype=torch.int64),
+            residual_multiplier=torch.tensor([e.residual_multiplier for e in entries], dtype=torch.int64),
+            input="memory", residual=None, useful_macs=0)
+        x = self._map(f["fmap_address"], spec.in_height * spec.in_width,
+                      (spec.in_channels, spec.in_height, spec.in_width))
+        out_shape = (spec.out_channels, spec.out_height, spec.out_width)
+        residual = (self._map(f["residual_address"], f["plane_bytes"], out_shape)
+                    if spec.residual else None)
+        out = run_step(step, x, residual, cfg.tn, cfg.patch_channels)
+        planes = spec.out_height * spec.out_width
+        data = out.to(torch.int8).reshape(spec.out_channels, planes).numpy().tobytes()
+        for c in range(spec.out_channels):
+            at = f["output_address"] + c * f["plane_bytes"]
+            self.memory[at:at + planes] = data[c * planes:(c + 1) * planes]
+        self.memory_writes += len(data)
+        moved = self.memory_reads + self.memory_writes - moved
+        self.cycles += moved + predict_cycles(cfg, spec, f["masks"])["compute"]
+        self.steps_done += 1
+
+
+def open_reference(config: EngineConfig | None = None,
+                   memory_bytes: int = DEFAULT_MEMORY_BYTES, **options) -> LoopbackTransport:
+    """A :class:`LoopbackTransport` to a fresh :class:`ResidentDevice` (``transport.board``)."""
+    device = ResidentDevice(config or EngineConfig(), memory_bytes, **options)
+    transport = LoopbackTransport(device.link)
+    transport.board = device
+    return transport
+
+
+def _open_reference_spec(rest: str) -> LoopbackTransport:
+    """``rest``: empty, ``MEMORY_BYTES``, ``CONFIG.json`` or ``CONFIG.json@MEMORY_BYTES``."""
+    config_path, _, size_text = rest.rpartition("@") if "@" in rest else ("", "", rest)
+    if not size_text.isdigit():
+        config_path, size_text = rest, ""
+    memory_bytes = int(size_text) if size_text else DEFAULT_MEMORY_BYTES
+    if memory_bytes <= 0:
+        raise PsconvError(f"resident-ref memory size {memory_bytes}: allowed a positive number "
+                          f"of bytes, e.g. 'resident-ref:33554432'")
+    config = EngineConfig.load(config_path) if config_path else EngineConfig()
+    return open_reference(config, memory_bytes)
+
+
+register_transport("resident-ref", _open_reference_spec)
