@@ -23,6 +23,8 @@ EXIT_BROKEN_PIPE = 128 + 13   # 128 + SIGPIPE, what a shell reports for `yes | h
 COMMAND_MODULES = (
     "demo",
     "golden",
+    "train",
+    "evaluate",
     "quantize",
     "model_stats",
     "pack",

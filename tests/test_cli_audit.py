@@ -23,7 +23,8 @@ def test_model_stats_refuses_periods_beyond_the_mask_table(capsys):
 @pytest.mark.parametrize("argv", [
     ["golden"], ["pack"], ["run", "--no-progress"], ["demo", "--no-progress"],
     ["quantize", "-o", "unused.npz"], ["bench", "storage"], ["bench", "e2e"],
-    ["bench", "impl"],
+    ["bench", "impl"], ["train", "-o", "unused"], ["bench", "accuracy"],
+    ["evaluate", "--checkpoint", "unused.pt", "--family", "PS4_P8"],
 ])
 def test_width_is_bounded_before_anything_is_allocated(argv, capsys):
     """--width 100000 used to end in a 360 GB torch allocation traceback."""
@@ -87,7 +88,8 @@ def test_no_progress_frames_when_stderr_is_not_a_terminal(tmp_path, capsys):
 
 # Every command that shows a progress bar; each accepts --no-progress.
 PROGRESS_COMMANDS = (["run"], ["demo"], ["build"], ["bench", "e2e"], ["bench", "engine"],
-                     ["bench", "impl"])
+                     ["bench", "impl"], ["train", "-o", "unused"], ["evaluate"],
+                     ["bench", "accuracy"])
 
 
 @pytest.mark.parametrize("command", PROGRESS_COMMANDS, ids=" ".join)

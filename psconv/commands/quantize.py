@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from psconv.errors import PsconvError
 from psconv.outputs import output_file
 
@@ -14,6 +12,7 @@ def register(subparsers) -> None:
     from psconv.nn.cifar import MAX_IMAGE_SIZE
     from psconv.nn.default import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_FAMILY,
                                    DEFAULT_IMAGE_SIZE, DEFAULT_SEED, DEFAULT_WIDTH)
+    from psconv.nn.datasets import DATASETS
     from psconv.nn.models import MAX_WIDTH
 
     parser = subparsers.add_parser(
@@ -31,15 +30,21 @@ def register(subparsers) -> None:
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH,
                         help=f"ResNet18 base width, 1..{MAX_WIDTH} ({MAX_WIDTH} = full; "
                              f"default: %(default)s)")
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="N",
+    parser.add_argument("--image-size", type=int, default=None, metavar="N",
                         help=f"side of the square input images, 1..{MAX_IMAGE_SIZE}: the seeded "
                              f"statistics and calibration images are drawn at that size (not "
                              f"downsampled) and the "
-                             f"file records it as the model's input shape (default: %(default)s, "
-                             f"CIFAR-10's; --cifar needs {DEFAULT_IMAGE_SIZE}); e.g. 8 with "
+                             f"file records it as the model's input shape (default: "
+                             f"{DEFAULT_IMAGE_SIZE}, CIFAR-10's, or the size of --dataset's "
+                             f"images, which is the only size it allows); e.g. 8 with "
                              f"--width 2 for the iCEBreaker engine")
     parser.add_argument("--checkpoint", help="state_dict (.pt) of psconv's resnet18_cifar with this family/width")
     parser.add_argument("--cifar", help="CIFAR-10 python-format directory for calibration images")
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="calibrate on the first --calibration-images images of this data "
+                             "set's train split (digits: scikit-learn's 8x8 digits; cifar10: "
+                             "needs --cifar) (default: cifar10 with --cifar, else seeded "
+                             "synthetic images)")
     parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                         metavar="N", help="images to calibrate activation scales on (default: "
                                           "%(default)s, as the embedded default)")
@@ -50,38 +55,39 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from psconv.families import family_by_name
-    from psconv.nn.cifar import IMAGE_SIZE, check_image_size, load_cifar10
-    from psconv.nn.default import calibration_batch, seeded_resnet18
-    from psconv.nn.models import check_width, resnet18_cifar
+    from psconv.nn.cifar import check_image_size
+    from psconv.nn.datasets import load_dataset, native_image_size
+    from psconv.nn.default import DEFAULT_IMAGE_SIZE, calibration_batch, seeded_resnet18
+    from psconv.nn.models import check_width
     from psconv.nn.quantize import quantize_resnet
+    from psconv.nn.train import load_checkpoint
 
     if args.calibration_images < 1:
         raise PsconvError(f"--calibration-images is {args.calibration_images}; allowed: >= 1")
     check_width(args.width)
-    check_image_size(args.image_size)
-    if args.cifar and args.image_size != IMAGE_SIZE:
-        raise PsconvError(f"--image-size is {args.image_size} but CIFAR-10 images (--cifar) are "
-                          f"{IMAGE_SIZE}x{IMAGE_SIZE}; allowed with --cifar: {IMAGE_SIZE}")
+    dataset = args.dataset or ("cifar10" if args.cifar else None)
+    if dataset == "digits" and args.cifar:
+        raise PsconvError("--cifar is given with --dataset digits; allowed: --cifar with "
+                          "--dataset cifar10 (or without --dataset)")
+    image_size = args.image_size
+    if dataset is not None:
+        native = native_image_size(dataset)
+        if image_size is not None and image_size != native:
+            source = "CIFAR-10 images (--cifar)" if dataset == "cifar10" else f"{dataset} images"
+            option = "--cifar" if dataset == "cifar10" else f"--dataset {dataset}"
+            raise PsconvError(f"--image-size is {image_size} but {source} are "
+                              f"{native}x{native}; allowed with {option}: {native}")
+        image_size = native
+    image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    check_image_size(image_size)
     if args.checkpoint:
-        model = resnet18_cifar(family_by_name(args.family), width=args.width)
-        try:
-            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:    # torch.load raises many types for a file that is not a checkpoint
-            raise PsconvError(f"cannot read checkpoint {args.checkpoint} as a PyTorch state dict: "
-                              f"{type(e).__name__}: {e}") from None
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise PsconvError(f"checkpoint {args.checkpoint} does not match resnet18_cifar("
-                              f"{args.family}, width={args.width}): missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
-        model.eval()
+        model = load_checkpoint(args.checkpoint, args.family, args.width)
     else:
-        model = seeded_resnet18(args.family, args.width, args.seed, image_size=args.image_size)
-    if args.cifar:
-        images = load_cifar10(args.cifar, train=True)[0][:args.calibration_images]
+        model = seeded_resnet18(args.family, args.width, args.seed, image_size=image_size)
+    if dataset is not None:
+        images = load_dataset(dataset, args.cifar).train_images[:args.calibration_images]
     else:
-        images = calibration_batch(args.calibration_images, args.seed, args.image_size)
+        images = calibration_batch(args.calibration_images, args.seed, image_size)
     quantized = quantize_resnet(model, images, args.family)
     path = quantized.save(Path(args.out))
     print(f"wrote {path}: {quantized.arch} {quantized.family_name}, {len(quantized.layers)} layers, "
