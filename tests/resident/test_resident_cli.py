@@ -23,7 +23,8 @@ def test_psconv_run_resident_two_images_bit_exact(tmp_path, capsys):
 
 
 def test_psconv_run_refuses_images_in_streamed_mode(capsys):
-    assert cli.main(["run", "--images", "2", "--transport", "resident-ref"]) == 2
+    assert cli.main(["run", "--mode", "streamed", "--images", "2", "--transport",
+                     "resident-ref"]) == 2
     assert capsys.readouterr().err.strip() == (
         "psconv run: error: --images 2 needs --mode resident (the streamed mode runs one image)")
 
@@ -34,5 +35,6 @@ def test_psconv_run_help_describes_the_resident_options(capsys):
     except SystemExit:
         pass
     text = " ".join(capsys.readouterr().out.split())
-    for option in ("--mode {streamed,resident}", "--images N", "--check-layers", "resident-ref"):
+    for option in ("--mode {auto,streamed,resident}", "--images N", "--check-layers",
+                   "resident-ref"):
         assert option in text
