@@ -1,10 +1,10 @@
 """End-to-end benchmark: a full CIFAR ResNet18 through the simulated board, bit-exact checked.
 
-``--mode streamed`` (the default) streams every layer over the link as below; ``--mode resident``
-loads the model into the board's memory once and runs the inference there (on the software
-resident board, transport ``resident-ref``, until the simulated board has memory), and adds an
-energy estimate per inference against a dense baseline (:mod:`psconv.bench.energy`);
-``--mode both`` runs both. Per mode the results JSON's ``modes`` gives ``clock_mhz``,
+``--mode streamed`` streams every layer over the link as below; ``--mode resident`` loads the
+model into the board's memory once and runs the inference there (the simulated board with
+memory by default; ``--transport resident-ref`` is the software reference board, whose cycles
+are an estimate), and adds an energy estimate per inference against a dense baseline
+(:mod:`psconv.bench.energy`); ``--mode both`` (the default) runs both. Per mode the results JSON's ``modes`` gives ``clock_mhz``,
 ``device_cycles_per_inference``, ``link_bytes_per_inference``, ``memory_bytes_per_inference``,
 ``inferences_per_s`` (device cycles at the clock plus the link bytes at 3 Mbaud 8N1) and
 ``bit_exact``.
@@ -81,11 +81,12 @@ def _prepare(family: str, width: int, config, image_seed: int):
 
 
 def run(width: int = 64, family: str = "PSD1_P16", config=None, image_seed: int = 0,
-        outdir=None, progress: bool = True, mode: str = "streamed", transport: str | None = None,
+        outdir=None, progress: bool = True, mode: str = "both", transport: str | None = None,
         clock_mhz: float = DEFAULT_CLOCK_MHZ, baseline: str | None = "dense"):
     """Run the benchmark; returns ``(results folder, report)``: the streamed
     :class:`~psconv.firmware.reports.RunReport` when streamed ran, else the resident report.
-    ``transport``: the board (default ``sim`` streamed, ``resident-ref`` resident);
+    ``transport``: the board of the resident runs (default ``sim``; streamed always runs on
+    ``sim``, or on ``transport`` in streamed mode);
     ``baseline``: the family the resident energy is compared with (None: none)."""
     from psconv.config import EngineConfig
 
@@ -104,7 +105,7 @@ def run(width: int = 64, family: str = "PSD1_P16", config=None, image_seed: int 
         report = _run_streamed(program, image, "sim", progress)
         modes["streamed"] = _streamed_figures(report, clock_mhz)
         rows.append({"model": family, **modes["streamed"]})
-    resident, energies, reports = _resident(program, image, transport or "resident-ref",
+    resident, energies, reports = _resident(program, image, transport or "sim",
                                             progress, clock_mhz, baseline, width, image_seed)
     modes["resident"] = resident[family]
     rows += [{"model": name, **figures} for name, figures in resident.items()]
@@ -242,13 +243,14 @@ def register(benches) -> None:
     parser.add_argument("--family", default="PSD1_P16",
                         help="pattern family of the seeded ResNet18 (default: %(default)s)")
     add_engine_arguments(parser)
-    parser.add_argument("--mode", choices=MODES, default="streamed",
+    parser.add_argument("--mode", choices=MODES, default="both",
                         help="streamed: every layer over the link (Verilator board); resident: "
                              "the model in the board's memory, plus the energy estimate; both "
                              "(default: %(default)s)")
     parser.add_argument("--transport", metavar="SPEC", default=None,
-                        help="the board of --mode streamed, or of the resident runs (default: sim streamed, "
-                             "resident-ref resident: the software resident board)")
+                        help="the board of --mode streamed, or of the resident runs (default: sim, "
+                             "the board's gateware in Verilator; resident-ref: the software "
+                             "resident board, whose cycles are an estimate)")
     parser.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ, metavar="MHZ",
                         help="clock the device cycles are counted at for inferences_per_s "
                              "(default: %(default)s, the ULX3S build's)")

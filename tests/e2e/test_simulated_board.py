@@ -218,7 +218,8 @@ def test_sim_transport_spec_and_shutdown_when_the_host_dies(board_build, tmp_pat
 def test_bench_e2e_writes_its_results(board_build, tmp_path, capsys):
     from psconv.bench import e2e
 
-    folder, report = e2e.run(width=4, config=SIM_CONFIG, outdir=tmp_path / "e2e", progress=False)
+    folder, report = e2e.run(width=4, config=SIM_CONFIG, outdir=tmp_path / "e2e", progress=False,
+                             mode="streamed")
     out = capsys.readouterr().out
     assert report.bit_exact
     data = json.loads((folder / "e2e.json").read_text())

@@ -11,7 +11,7 @@ from psconv.bench.energy import ENERGY_PJ
 
 def test_bench_e2e_resident_writes_modes_and_energy(tmp_path, capsys):
     folder, report = e2e.run(width=2, mode="resident", outdir=tmp_path / "e2e", progress=False,
-                             clock_mhz=50.0)
+                             clock_mhz=50.0, transport="resident-ref")
     capsys.readouterr()
     assert report.bit_exact
     document = json.loads((folder / "e2e.json").read_text())
