@@ -320,6 +320,7 @@ class Driver(BoardClient):
 
 
 LOCAL_BOARDS = {"sim": ("psconv.sim.bridge", "open_sim"),
+                "sim-sdram": ("psconv.sim.bridge", "open_sim_sdram"),
                 "resident-ref": ("psconv.sim.resident_device", "open_reference")}
 """Bare specs that open a fresh in-process or simulated board with the program's configuration:
 spec -> (module, function(config) -> Transport)."""

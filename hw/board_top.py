@@ -51,7 +51,8 @@ Resident mode (docs/architecture.md section 10). ``memory_bytes=N`` adds N bytes
 as the board's memory, the program runner and the memory commands (the simulated board uses
 this); ``sdram_core`` (a generated LiteDRAM core, :mod:`psconv.rtl_gen.litedram`) uses the
 board's SDRAM instead, clocked 90 degrees behind ``sync``, which the top then makes itself from
-the PLL of ``psconv build``'s clock plan. Without either the board is streamed-only and answers
+the PLL of ``psconv build``'s clock plan. A core of the ``sim`` variant makes the controller's
+pins the top's ``sdram`` port instead, for a chip model beside it (:mod:`psconv.sim.bridge`). Without either the board is streamed-only and answers
 the memory commands UNKNOWN_COMMAND.
 """
 
@@ -75,7 +76,7 @@ from .framing import LinkLayer, check_max_payload
 from .memory_commands import CommandRouter, MemoryCommandProcessor
 from .memory_port import OnChipMemory, WordMemoryBridge, memory_port_mux
 from .program_runner import ProgramRunner
-from .sdram import SDRAM
+from .sdram import SDRAM, sdram_pin_signature
 from .sdram_clocking import SDRAMClocking
 from .uart import DEFAULT_BAUD, UART, uart_divisor
 
@@ -155,6 +156,10 @@ class BoardTop(wiring.Component):
             members = {"rx_data": In(stream.Signature(8)), "tx_data": Out(stream.Signature(8))}
         else:
             members = {"rx": In(1, init=1), "tx": Out(1, init=1)}
+        if sdram_core is not None and sdram_core.variant == "sim":
+            # a simulated board's SDRAM: the controller's pins are ports, for a chip model
+            members["sdram"] = Out(sdram_pin_signature(sdram_core.info["rowbits"],
+                                                       sdram_core.info["bankbits"]))
         super().__init__(members)
 
     def link_max_payload(self, platform=None) -> int:
@@ -265,6 +270,10 @@ class BoardTop(wiring.Component):
         if core is None:
             m.submodules.memory = memory = OnChipMemory(self.memory_bytes)
             return memory.port
+        if core.variant == "sim":
+            m.submodules.sdram = sdram = SDRAM.from_core(core, pins="sim")
+            wiring.connect(m, sdram.sdram, wiring.flipped(self.sdram))
+            return self._word_bridge(m, core, sdram)
         plan = getattr(platform, "psconv_clock", None)
         if plan is None or plan.pll is None:
             raise PsconvError("board top: the SDRAM needs a board build whose clock comes from "
@@ -274,6 +283,11 @@ class BoardTop(wiring.Component):
         m.submodules.clocking = SDRAMClocking(plan.pll, plan.board_hz,
                                               platform.psconv_board.clock_resource, pins.clk)
         m.submodules.sdram = sdram = SDRAM.from_core(core, pins=pins)
+        return self._word_bridge(m, core, sdram)
+
+    @staticmethod
+    def _word_bridge(m, core, sdram):
+        """The runner's byte port onto the SDRAM's 16-bit native port."""
         m.submodules.sdram_bridge = bridge = WordMemoryBridge(core.data_width // 8,
                                                               core.address_width)
         for name in ("cmd", "wdata"):

@@ -53,17 +53,28 @@ SHUTDOWN_TIMEOUT_S = 30.0
 
 
 def build_board(config: EngineConfig, build_root=None, waves: bool | None = None,
-                quiet: bool = False, memory_bytes: int = 0):
+                quiet: bool = False, memory_bytes: int = 0, sdram_module: str | None = None):
     """Generate (if stale) and Verilate the bridge-mode board top for ``config``; returns the
     :class:`~psconv.sim.runner.SimBuild`. ``memory_bytes`` > 0 gives the board that much
-    on-chip memory and the resident-mode blocks (:class:`~psconv.hw.board_top.BoardTop`)."""
+    on-chip memory and the resident-mode blocks (:class:`~psconv.hw.board_top.BoardTop`);
+    ``sdram_module`` (e.g. ``MT48LC16M16``) gives it that SDRAM instead: the LiteDRAM
+    controller at :data:`~psconv.sim.sdram_rtl.SIM_BOARD_SDRAM_CLOCK_HZ` and the datasheet chip
+    model at its pins, whose timing checks end the simulation on any violation."""
     from psconv.hw.board_top import BoardTop
     from psconv.rtl_gen.verilog import generate_verilog
     from psconv.sim import runner
     from psconv.sim.engine_rtl import _config_key   # the project's one build key: config + hw/ sources
 
-    # the bridge's width is not under hw/, so it names the directory
-    memory = f"_mem{memory_bytes}" if memory_bytes else ""
+    core = None
+    if sdram_module:
+        from psconv.rtl_gen.litedram import LiteDRAMConfig, generate_core
+        from psconv.sim.sdram_rtl import SIM_BOARD_SDRAM_CLOCK_HZ
+
+        core = generate_core(LiteDRAMConfig(module=sdram_module,
+                                            sys_clk_hz=SIM_BOARD_SDRAM_CLOCK_HZ), "sim")
+    # the bridge's width and the memory are not under hw/, so they name the directory
+    memory = (f"_{core.directory.name}" if core else f"_mem{memory_bytes}" if memory_bytes
+              else "")
     root = (Path(build_root or DEFAULT_BUILD_ROOT) / _config_key(config)
             / f"board_bridge_{BEAT_BYTES}x{FIFO_BEATS}{memory}")
     verilog = root / "verilog" / f"{TOP}.v"
@@ -79,12 +90,22 @@ def build_board(config: EngineConfig, build_root=None, waves: bool | None = None
         # UART then bypassed)
         top = BoardTop(config, bridge=True, timeout_cycles=LINK_TIMEOUT_CYCLES,
                        bridge_beat_bytes=BEAT_BYTES, bridge_fifo_beats=FIFO_BEATS,
-                       memory_bytes=memory_bytes)
+                       memory_bytes=memory_bytes, sdram_core=core)
+        memory_line = (f"SDRAM {sdram_module} (LiteDRAM controller and chip model)" if core
+                       else f"{memory_bytes} bytes of on-chip memory")
         header = [*config.summary_lines(),
                   f"board top in bridge mode: rx_beats/tx_beats ({BEAT_BYTES} bytes per beat, "
                   f"{FIFO_BEATS}-beat gearbox FIFOs) replace the UART; link timeout "
-                  f"{LINK_TIMEOUT_CYCLES} cycles; resident memory {memory_bytes} bytes"]
-        text = generate_verilog(top, TOP, header)
+                  f"{LINK_TIMEOUT_CYCLES} cycles; resident memory: {memory_line}"]
+        if core:
+            from psconv.sim.sdram_chip import model_verilog
+            from psconv.sim.sdram_rtl import board_with_chip
+
+            text = "\n".join(["`timescale 1ns / 1ps",
+                              generate_verilog(board_with_chip(top, core), TOP, header),
+                              core.verilog_text(), model_verilog()])
+        else:
+            text = generate_verilog(top, TOP, header)
         verilog.parent.mkdir(parents=True, exist_ok=True)
         tmp = verilog.with_suffix(f".v.{os.getpid()}.tmp")
         tmp.write_text(text)
@@ -146,10 +167,15 @@ class SimBoard:
     def __init__(self, config: EngineConfig | None = None, *, build_root=None,
                  waves: bool | None = None, accept_timeout_s: float = ACCEPT_TIMEOUT_S,
                  startup_timeout_s: float = STARTUP_TIMEOUT_S, max_idle_cycles: int = MAX_IDLE_CYCLES,
-                 quiet: bool = False, memory_bytes: int = 0):
+                 quiet: bool = False, memory_bytes: int = 0, sdram_module: str | None = None):
         self.config = config if config is not None else EngineConfig()
         self.memory_bytes = memory_bytes
-        self.build = build_board(self.config, build_root, waves, quiet, memory_bytes)
+        self.build = build_board(self.config, build_root, waves, quiet, memory_bytes, sdram_module)
+        period_ns = SIM_PERIOD_NS
+        if sdram_module:
+            from psconv.sim.sdram_rtl import SIM_BOARD_SDRAM_CLOCK_HZ
+
+            period_ns = 1e9 / SIM_BOARD_SDRAM_CLOCK_HZ
         self.session_dir = Path(tempfile.mkdtemp(prefix="psconv-simboard-"))
         self.port_file = self.session_dir / "port"
         self.log = self.session_dir / "sim.log"
@@ -157,7 +183,7 @@ class SimBoard:
         self.session_file.write_text(json.dumps({
             "build_dir": str(self.build.build_dir), "session_dir": str(self.session_dir),
             "port_file": str(self.port_file), "accept_timeout_s": accept_timeout_s,
-            "clock_period_ns": SIM_PERIOD_NS, "max_idle_cycles": max_idle_cycles,
+            "clock_period_ns": period_ns, "max_idle_cycles": max_idle_cycles,
             "waves": self.build.waves, "beat_bytes": BEAT_BYTES, "fifo_beats": FIFO_BEATS,
         }))
         self._closed = False
@@ -240,6 +266,18 @@ def _open_sim_spec(rest: str) -> SimTransport:
 
 
 register_transport("sim", _open_sim_spec)
+
+
+SDRAM_SIM_MODULE = "MT48LC16M16"
+"""The SDRAM of the ``sim-sdram`` board: the 32 MB part of most ULX3S boards."""
+
+
+def open_sim_sdram(config: EngineConfig | None = None, memory_bytes: int = 0,
+                   **options) -> SimTransport:
+    """A transport to a fresh :class:`SimBoard` whose resident memory is the SDRAM
+    (:data:`SDRAM_SIM_MODULE`) behind LiteDRAM, with the chip model at its pins;
+    ``memory_bytes`` is ignored (the SDRAM has its own size)."""
+    return SimBoard(config, sdram_module=SDRAM_SIM_MODULE, **options).connect(owns_board=True)
 
 
 def _serve(session_file: str) -> int:

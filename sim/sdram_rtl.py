@@ -110,15 +110,14 @@ def system_top(core, part: str | None = None, byte_port: bool = False):
     accesses) through :class:`psconv.hw.memory_port.WordMemoryBridge`, as the resident-mode
     blocks will use the SDRAM.
     """
-    from amaranth import Module, Mux, Signal
-    from amaranth.hdl import Instance
+    from amaranth import Module
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
 
     from psconv.hw.memory_port import WordMemoryBridge
     from psconv.hw.sdram import SDRAM
 
-    from .sdram_chip import MODEL_MODULE, chip_parameters
+    from .sdram_chip import chip_parameters
 
     timing = part_timing(part or core.config.module)
     params = chip_parameters(timing, core.config.sys_clk_hz)
@@ -154,23 +153,40 @@ def system_top(core, part: str | None = None, byte_port: bool = False):
                 else:
                     wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(sdram, name))
             m.d.comb += self.ready.eq(sdram.ready)
-            pins = sdram.sdram
-            chip_dq, chip_oe = Signal(16), Signal()
-            # what the DQ pins carry: the chip's word while it drives, else the controller's
-            m.d.comb += pins.dq_i.eq(Mux(chip_oe, chip_dq, pins.dq_o))
-            m.submodules.chip = Instance(
-                MODEL_MODULE, **{f"p_{k}": v for k, v in params.items()},
-                i_clk=self.sdram_clk, i_cke=pins.cke, i_cs_n=pins.cs_n, i_ras_n=pins.ras_n,
-                i_cas_n=pins.cas_n, i_we_n=pins.we_n, i_ba=pins.ba, i_a=pins.a, i_dqm=pins.dm,
-                i_dq_i=pins.dq_o, i_dq_i_driven=pins.dq_oe, o_dq_o=chip_dq, o_dq_oe=chip_oe,
-                o_violation=self.violation, o_violation_code=self.violation_code,
-                o_violation_cycle=self.violation_cycle, o_ready=self.chip_ready,
-                o_refresh_count=self.refresh_count, o_activate_count=self.activate_count,
-                o_read_count=self.read_count, o_write_count=self.write_count,
-                o_cycle_count=Signal(32))
+            chip = chip_model(m, sdram.sdram, self.sdram_clk, params)
+            m.d.comb += [getattr(self, "chip_ready" if name == "ready" else name).eq(value)
+                         for name, value in chip.items() if name != "cycle_count"]
             return m
 
     return SystemTop()
+
+
+CHIP_OUTPUTS = {"violation": 1, "violation_code": 5, "violation_cycle": 32, "ready": 1,
+                "refresh_count": 32, "activate_count": 32, "read_count": 32, "write_count": 32,
+                "cycle_count": 32}
+"""The chip model's outputs and their widths (see ``sdram_chip.v``)."""
+
+
+def chip_model(m, pins, sdram_clk, params: dict) -> dict:
+    """Instance the chip model (Verilog parameters ``params``, clocked by ``sdram_clk``) at the
+    controller's simulation pins ``pins`` (:func:`psconv.hw.sdram.sdram_pin_signature`): the DQ
+    bus carries the chip's word while it drives, else the controller's. Returns the model's
+    outputs by name (:data:`CHIP_OUTPUTS`)."""
+    from amaranth import Mux, Signal
+    from amaranth.hdl import Instance
+
+    from .sdram_chip import MODEL_MODULE
+
+    chip_dq, chip_oe = Signal(16), Signal()
+    outputs = {name: Signal(width, name=f"chip_{name}") for name, width in CHIP_OUTPUTS.items()}
+    m.d.comb += pins.dq_i.eq(Mux(chip_oe, chip_dq, pins.dq_o))
+    m.submodules.chip = Instance(
+        MODEL_MODULE, **{f"p_{k}": v for k, v in params.items()},
+        i_clk=sdram_clk, i_cke=pins.cke, i_cs_n=pins.cs_n, i_ras_n=pins.ras_n,
+        i_cas_n=pins.cas_n, i_we_n=pins.we_n, i_ba=pins.ba, i_a=pins.a, i_dqm=pins.dm,
+        i_dq_i=pins.dq_o, i_dq_i_driven=pins.dq_oe, o_dq_o=chip_dq, o_dq_oe=chip_oe,
+        **{f"o_{name}": signal for name, signal in outputs.items()})
+    return outputs
 
 
 def system_verilog(core, part: str | None = None, byte_port: bool = False) -> str:
@@ -245,3 +261,50 @@ class SDRAMSystemRTL:
                          violation=Violation(r["code"]) if r["violation"] else Violation.NONE,
                          violation_cycle=r["violation_cycle"], counts=r["counts"],
                          init_cycles=r["init_cycles"], cycles=r["cycles"], seconds=r["seconds"])
+
+
+SIM_BOARD_SDRAM_CLOCK_HZ = 50e6
+"""The simulated board's clock when it carries the SDRAM (the core and the chip timing are made
+for it; the bench's clock period follows)."""
+
+
+def board_with_chip(board, core, part: str | None = None):
+    """A top holding ``board`` (a :class:`psconv.hw.board_top.BoardTop` in wide bridge mode
+    built with ``core``, a ``sim`` variant LiteDRAM core) and the chip model at its ``sdram``
+    pins, with the datasheet timing of ``part`` (default: the core module's part) at the core's
+    clock. Ports: the board's, less ``sdram``; ``sdram_clk`` In(1) (the bench drives it 90
+    degrees after ``clk``); ``sdram_violation`` Out(1), ``sdram_violation_code`` Out(5),
+    ``sdram_violation_cycle`` Out(32): the chip model's first broken rule."""
+    from amaranth import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    from .sdram_chip import chip_parameters
+
+    params = chip_parameters(part_timing(part or core.config.module), core.config.sys_clk_hz)
+    board_members = {name: member for name, member in board.signature.members.items()
+                     if name != "sdram"}
+
+    class BoardWithChip(wiring.Component):
+        def __init__(self):
+            super().__init__({**board_members, "sdram_clk": In(1), "sdram_violation": Out(1),
+                              "sdram_violation_code": Out(5), "sdram_violation_cycle": Out(32)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.board = board
+            for name, member in board_members.items():
+                outer, inner = getattr(self, name), getattr(board, name)
+                if member.is_port:
+                    m.d.comb += inner.eq(outer) if member.flow == In else outer.eq(inner)
+                elif member.flow == In:
+                    wiring.connect(m, wiring.flipped(outer), inner)
+                else:
+                    wiring.connect(m, inner, wiring.flipped(outer))
+            chip = chip_model(m, board.sdram, self.sdram_clk, params)
+            m.d.comb += [self.sdram_violation.eq(chip["violation"]),
+                         self.sdram_violation_code.eq(chip["violation_code"]),
+                         self.sdram_violation_cycle.eq(chip["violation_cycle"])]
+            return m
+
+    return BoardWithChip()

@@ -74,6 +74,20 @@ async def serve(dut):
     clk = dut.clk
     # the clock toggles in C++ (cocotb's Python clock would wake Python twice a cycle)
     Clock(clk, period_ns, unit="ns", impl="gpi").start()
+    sdram = hasattr(dut, "sdram_clk")
+    if sdram:
+        # the SDRAM chip's clock, 90 degrees after the controller's (as the ULX3S PLL makes it)
+        await Timer(period_ns / 4, unit="ns")
+        Clock(dut.sdram_clk, period_ns, unit="ns", impl="gpi").start()
+
+    def check_memory():
+        """A simulated SDRAM's broken timing rule ends the run, named."""
+        if sdram and int(dut.sdram_violation.value):
+            from psconv.sim.sdram_chip import violation_name
+
+            raise AssertionError(
+                f"SDRAM timing violation: {violation_name(int(dut.sdram_violation_code.value))} "
+                f"at chip cycle {int(dut.sdram_violation_cycle.value)}")
     rx_valid, rx_ready, rx_payload = dut.rx_beats__valid, dut.rx_beats__ready, dut.rx_beats__payload
     tx_valid, tx_ready, tx_payload = dut.tx_beats__valid, dut.tx_beats__ready, dut.tx_beats__payload
     engine_active = dut.engine_active
@@ -182,6 +196,7 @@ async def serve(dut):
             continue
 
         # nothing moved: send what the host is waiting for, poll, let Verilator run alone
+        check_memory()
         if not answer_open and not flush():
             break
         data = poll()
@@ -224,6 +239,7 @@ async def serve(dut):
         drive()
     flush()
     conn.close()
+    check_memory()
     stats["cycles"] = int(get_sim_time(unit="ns") // period_ns)
     dut._log.info(f"bridge: host closed the connection after "
                   f"{time.perf_counter() - started:.1f} s; {stats}")

@@ -44,3 +44,18 @@ def test_two_images_bit_exact_at_every_layer_after_a_faulty_load(width8, capsys)
         assert (board.memory_reads, board.memory_writes) == (expected.memory_reads,
                                                              expected.memory_writes)
         assert board.logits == expected.logits
+
+
+def test_the_board_on_its_sdram_controller_and_chip_model(capsys):
+    """The same resident flow with the board's memory being the SDRAM: the LiteDRAM controller
+    and the datasheet chip model at its pins (any timing violation ends the simulation)."""
+    model = default_quantized_model("PSD1_P16", width=4, image_size=16, calibration_images=4)
+    program = compile_model(model, SIM_CONFIG)
+    images = model_images(model, 2, seed=3000)
+    report = run_resident(program, images, transport="sim-sdram", check_layers=True,
+                          progress=False)
+    with capsys.disabled():
+        print("\n" + "\n".join(report.summary_lines()))
+    assert report.bit_exact, report.first_mismatch
+    assert [len(inference.layers) for inference in report.inferences] == [22, 22]
+    assert report.memory_summary.endswith(f"of {32 << 20} bytes")   # the 32 MB SDRAM
