@@ -71,3 +71,12 @@ def output_size_value(size, stride):
     """:func:`psconv.schedule.output_size` in gateware (``stride`` is a 1|2 value): a shift and
     an add."""
     return Mux(stride == 2, ((size - 1) >> 1) + 1, size)
+
+
+def times_constant(value, constant: int):
+    """``value * constant`` as a sum of shifts: no multiplier cell (the DSPs belong to the engine)."""
+    terms = [value << k for k in range(constant.bit_length()) if (constant >> k) & 1]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total

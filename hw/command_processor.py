@@ -60,22 +60,13 @@ from psconv.protocol.payloads import (COUNTERS_BYTES, COUNTERS_LAYOUT, DATA_COMM
                                       beat_bytes, descriptor_bytes, identity_const,
                                       smallest_max_payload)
 
-from .arith import SerialDivider
+from .arith import SerialDivider, times_constant
 from .block_ram import BlockRamFIFO
 from .engine import PeriodicSparseEngine
 from .framing import FRAME_HEADER, PAYLOAD_BYTE, REPLY_HEADER
 from .layer_budget import LayerBudget
 
 WIDE_BUDGETS = (Command.WRITE_WEIGHTS, Command.WRITE_FMAP, Command.WRITE_RESIDUAL)
-
-
-def _times_constant(value, constant: int):
-    """``value * constant`` as a sum of shifts: no multiplier cell (the DSPs belong to the engine)."""
-    terms = [value << k for k in range(constant.bit_length()) if (constant >> k) & 1]
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total
 
 
 def engine_signature(config) -> wiring.Signature:
@@ -451,7 +442,7 @@ class CommandProcessor(wiring.Component):
                     level = out_fifo.level
                     beats = Mux(level < div.quotient, level, div.quotient)
                     m.d.sync += [take.eq(beats), window.eq(window + beats)]
-                    reply(Status.DATA, _times_constant(beats, tm), KIND_OUTPUT)
+                    reply(Status.DATA, times_constant(beats, tm), KIND_OUTPUT)
 
             with m.State("REPLY_HEADER"):
                 m.d.comb += [self.reply.valid.eq(1), self.reply.payload.status.eq(reply_status),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
@@ -97,7 +97,8 @@ class WordMemoryBridge(wiring.Component):
     in a FIFO, so the memory may take a write's data after its command), ``rdata`` In(stream of
     words, one per read command in order). A load's byte lane is remembered in a
     ``reads_in_flight``-entry FIFO, and loads stop while it is full, so the memory may return
-    words at any latency.
+    words at any latency. Requests pass a two-entry FIFO (one cycle more latency, no
+    combinational path from the memory's ready back to the client).
     """
 
     def __init__(self, word_bytes: int, address_width: int, reads_in_flight: int = 16):
@@ -117,7 +118,15 @@ class WordMemoryBridge(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lane_bits = (self.word_bytes - 1).bit_length()
-        request = self.port.request
+        # the client's requests enter a two-entry FIFO first: its ready is a register, so the
+        # memory's handshake never reaches back into the client's logic in the same cycle
+        m.submodules.requests = requests = SyncFIFOBuffered(width=MEMORY_REQUEST.size, depth=2)
+        m.d.comb += [requests.w_data.eq(self.port.request.payload),
+                     requests.w_en.eq(self.port.request.valid),
+                     self.port.request.ready.eq(requests.w_rdy)]
+        request = stream.Signature(MEMORY_REQUEST).create()
+        m.d.comb += [request.valid.eq(requests.r_rdy), request.payload.eq(requests.r_data),
+                     requests.r_en.eq(request.ready)]
         payload = request.payload
         lane = payload.address[:lane_bits] if lane_bits else 0
         m.submodules.lanes = lanes = SyncFIFO(width=max(1, lane_bits), depth=self.reads_in_flight)

@@ -33,7 +33,7 @@ from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT
 from psconv.protocol.memory import PROGRAM_HEADER_LAYOUT, layout_bytes, step_record_layout
 from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES
 
-from .arith import output_size_value
+from .arith import output_size_value, times_constant
 from .command_processor import engine_signature
 from .memory_port import memory_port_signature
 from .pixel_order import PixelOrderAddress
@@ -116,8 +116,10 @@ class ProgramRunner(wiring.Component):
         # ---- residual gather and output scatter (the OUTPUT phase) ----
         m.submodules.gather = gather = PixelOrderAddress(tm)
         m.submodules.scatter = scatter = PixelOrderAddress(tm)
-        out_height = output_size_value(d.in_height, d.stride)
-        out_width = output_size_value(d.in_width, d.stride)
+        # the output size, registered once per step (GEOMETRY): the walkers compare against it
+        # every cycle, and an adder from the record there would sit on the memory request path
+        out_height = Signal.like(d.in_height)
+        out_width = Signal.like(d.in_width)
         for walker, base in ((gather, record.residual_address), (scatter, record.output_address)):
             m.d.comb += [walker.base.eq(base), walker.plane.eq(record.plane_bytes),
                          walker.width.eq(out_width), walker.height.eq(out_height),
@@ -187,7 +189,11 @@ class ProgramRunner(wiring.Component):
                 with m.If(header.steps == 0):
                     m.next = "FINISH"
             with m.State("RECORD"):
-                load_record("START_ENGINE")
+                load_record("GEOMETRY")
+            with m.State("GEOMETRY"):
+                m.d.sync += [out_height.eq(output_size_value(d.in_height, d.stride)),
+                             out_width.eq(output_size_value(d.in_width, d.stride))]
+                m.next = "START_ENGINE"
             with m.State("START_ENGINE"):
                 # the engine is idle here (INFER checked it, and a step ends only when it is);
                 # its busy follows start combinationally, so start must not depend on it
@@ -198,7 +204,7 @@ class ProgramRunner(wiring.Component):
                 m.next = "MASKS"
             with m.State("MASKS"):
                 stream_phase("mask", "QUANT", record.quant_address,
-                             d.out_channels * QUANT_BYTES)
+                             times_constant(d.out_channels, QUANT_BYTES))
             with m.State("QUANT"):
                 stream_phase("quant", "WEIGHTS", record.weights_address,
                              record.weight_bytes)
