@@ -48,7 +48,7 @@ from . import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ecp5_place_route_args, p
 from .boards import get_board
 from .clocking import make_platform, plan_clock
 from .reports import DESIGN_NAME, BuildReport, parse_nextpnr_report, routing_detail
-from .toolchain import run_logged, temporary_environ, tool_env_var, toolchain_env
+from .toolchain import patched_environ, run_logged, tool_env_var, toolchain_env
 
 NEXTPNR_REPORT = "nextpnr_report.json"
 BUILD_LOG = "build.log"
@@ -224,7 +224,7 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
     design = type(top).__name__
     label = f"{design} for {board.name}"
     start = time.monotonic()
-    with temporary_environ(tools, remove=removed):
+    with patched_environ({**tools, **dict.fromkeys(removed)}):
         platform = make_platform(board, plan)
         for tool in platform.required_tools:
             command = os.environ.get(tool_env_var(tool), tool)

