@@ -96,8 +96,10 @@ def test_psconv_run_board_and_config(board_build, tmp_path, capsys):
     config.write_text(json.dumps(ICEBREAKER.to_json()))
     for source in (["--board", "icebreaker"], ["--config", str(config)]):
         report = tmp_path / "report.json"
-        code = cli.main(["run", *source, "--transport", "sim", "--no-progress",
-                         "--json", str(report)])
+        # the iCEBreaker is streamed-only (--board picks that; --config says nothing of the
+        # board, so the mode is named)
+        code = cli.main(["run", *source, "--mode", "streamed", "--transport", "sim",
+                         "--no-progress", "--json", str(report)])
         out = capsys.readouterr().out
         assert code == 0, out
         assert "embedded default: width 2 on 8x8 images" in out
