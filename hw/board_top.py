@@ -52,8 +52,10 @@ as the board's memory, the program runner and the memory commands (the simulated
 this); ``sdram_core`` (a generated LiteDRAM core, :mod:`psconv.rtl_gen.litedram`) uses the
 board's SDRAM instead, clocked 90 degrees behind ``sync``, which the top then makes itself from
 the PLL of ``psconv build``'s clock plan. A core of the ``sim`` variant makes the controller's
-pins the top's ``sdram`` port instead, for a chip model beside it (:mod:`psconv.sim.bridge`). Without either the board is streamed-only and answers
-the memory commands UNKNOWN_COMMAND.
+pins the top's ``sdram`` port instead, for a chip model beside it (:mod:`psconv.sim.bridge`).
+Without either the board is streamed-only and answers the memory commands UNKNOWN_COMMAND.
+``external_memory`` makes the block RAM of ``memory_bytes`` a Verilog module of its own
+(:data:`~psconv.hw.memory_port.BYTE_MEMORY_VERILOG`), as the Verilator-simulated board uses it.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class BoardTop(wiring.Component):
                  timeout_cycles: int | None = None, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
                  bridge_beat_bytes: int = 1, bridge_fifo_beats: int = BRIDGE_FIFO_BEATS,
                  bridge_flush_cycles: int = BRIDGE_FLUSH_CYCLES, max_payload: int | None = None,
-                 memory_bytes: int = 0, sdram_core=None):
+                 memory_bytes: int = 0, sdram_core=None, external_memory: bool = False):
         self.config = config if config is not None else EngineConfig()
         if not isinstance(self.config, EngineConfig):
             raise PsconvError(f"board top: config is {config!r}; allowed: an EngineConfig")
@@ -140,6 +142,7 @@ class BoardTop(wiring.Component):
             raise PsconvError(f"board top: memory_bytes {memory_bytes!r}; allowed: 0 (streamed "
                               f"mode only) or the resident memory's size in bytes")
         self.sdram_core = sdram_core
+        self.external_memory = external_memory
         if sdram_core is not None:
             memory_bytes = (sdram_core.data_width // 8) << sdram_core.address_width
         self.memory_bytes = memory_bytes
@@ -268,7 +271,7 @@ class BoardTop(wiring.Component):
         the PLL) or ``memory_bytes`` of block RAM."""
         core = self.sdram_core
         if core is None:
-            m.submodules.memory = memory = OnChipMemory(self.memory_bytes)
+            m.submodules.memory = memory = OnChipMemory(self.memory_bytes, self.external_memory)
             return memory.port
         if core.variant == "sim":
             m.submodules.sdram = sdram = SDRAM.from_core(core, pins="sim")

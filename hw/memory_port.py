@@ -15,7 +15,7 @@ wider memory (the ULX3S's 16-bit SDRAM) sits behind an adapter with byte masks.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -33,6 +33,23 @@ def memory_port_signature() -> wiring.Signature:
     })
 
 
+BYTE_MEMORY_MODULE = "psconv_byte_memory"
+BYTE_MEMORY_VERILOG = f"""
+// A byte-wide synchronous RAM without an initial value, for simulators (psconv.hw.memory_port).
+module {BYTE_MEMORY_MODULE} #(parameter DEPTH = 2, parameter ADDRESS_BITS = 1) (
+    input clk, input [ADDRESS_BITS-1:0] addr, input [7:0] wdata, input we, input re,
+    output reg [7:0] rdata);
+  reg [7:0] bytes [0:DEPTH-1];
+  always @(posedge clk) begin
+    if (we) bytes[addr] <= wdata;
+    if (re) rdata <= bytes[addr];
+  end
+endmodule
+"""
+"""The Verilog of :class:`OnChipMemory` with ``external=True`` (add it to the simulator's
+sources)."""
+
+
 class OnChipMemory(wiring.Component):
     """``depth`` bytes of block RAM behind a memory port: the simulated board's memory, and a
     board's own RAM where it has no external memory.
@@ -40,30 +57,46 @@ class OnChipMemory(wiring.Component):
     Ports: ``port`` In(:func:`memory_port_signature`). A request is taken when the one-entry
     read-data register is empty or being emptied; a load's byte is valid the next cycle. Any
     address bit above ``depth`` is ignored (the command processor checks regions first).
+
+    ``external=True`` instances :data:`BYTE_MEMORY_MODULE` (:data:`BYTE_MEMORY_VERILOG`) for
+    the storage instead of an Amaranth memory: the same timing, and no initial value for Yosys
+    to write out word by word, which for the megabytes of a simulated board's memory would take
+    longer than the simulation (Verilator only; the Amaranth simulator needs the default).
     """
 
-    def __init__(self, depth: int):
+    def __init__(self, depth: int, external: bool = False):
         if not isinstance(depth, int) or depth < 2:
             raise PsconvError(f"on-chip memory: depth {depth!r}; allowed: an integer >= 2 (bytes)")
         self.depth = depth
+        self.external = external
         super().__init__({"port": In(memory_port_signature())})
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.storage = storage = memory.Memory(shape=8, depth=self.depth, init=[])
-        write = storage.write_port()
-        read = storage.read_port(transparent_for=[write])
+        bits = max(1, (self.depth - 1).bit_length())
         request = self.port.request
-        address = request.payload.address[:max(1, (self.depth - 1).bit_length())]
+        address = request.payload.address[:bits]
         out = self.port.read_data
         take = Signal()
+        write_enable, read_enable, read_data = Signal(), Signal(), Signal(8)
+        if self.external:
+            m.submodules.storage = Instance(
+                BYTE_MEMORY_MODULE, p_DEPTH=self.depth, p_ADDRESS_BITS=bits,
+                i_clk=ClockSignal(), i_addr=address, i_wdata=request.payload.data,
+                i_we=write_enable, i_re=read_enable, o_rdata=read_data)
+        else:
+            m.submodules.storage = storage = memory.Memory(shape=8, depth=self.depth, init=[])
+            write = storage.write_port()
+            read = storage.read_port(transparent_for=[write])
+            m.d.comb += [write.addr.eq(address), write.data.eq(request.payload.data),
+                         write.en.eq(write_enable), read.addr.eq(address),
+                         read.en.eq(read_enable), read_data.eq(read.data)]
         m.d.comb += [
             request.ready.eq(~out.valid | out.ready),
             take.eq(request.valid & request.ready),
-            write.addr.eq(address), write.data.eq(request.payload.data),
-            write.en.eq(take & request.payload.write),
-            read.addr.eq(address), read.en.eq(take & ~request.payload.write),
-            out.payload.eq(read.data),
+            write_enable.eq(take & request.payload.write),
+            read_enable.eq(take & ~request.payload.write),
+            out.payload.eq(read_data),
         ]
         with m.If(out.ready):
             m.d.sync += out.valid.eq(0)

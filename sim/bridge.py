@@ -90,7 +90,7 @@ def build_board(config: EngineConfig, build_root=None, waves: bool | None = None
         # UART then bypassed)
         top = BoardTop(config, bridge=True, timeout_cycles=LINK_TIMEOUT_CYCLES,
                        bridge_beat_bytes=BEAT_BYTES, bridge_fifo_beats=FIFO_BEATS,
-                       memory_bytes=memory_bytes, sdram_core=core)
+                       memory_bytes=memory_bytes, sdram_core=core, external_memory=True)
         memory_line = (f"SDRAM {sdram_module} (LiteDRAM controller and chip model)" if core
                        else f"{memory_bytes} bytes of on-chip memory")
         header = [*config.summary_lines(),
@@ -105,7 +105,10 @@ def build_board(config: EngineConfig, build_root=None, waves: bool | None = None
                               generate_verilog(board_with_chip(top, core), TOP, header),
                               core.verilog_text(), model_verilog()])
         else:
-            text = generate_verilog(top, TOP, header)
+            from psconv.hw.memory_port import BYTE_MEMORY_VERILOG
+
+            text = generate_verilog(top, TOP, header) + (BYTE_MEMORY_VERILOG if memory_bytes
+                                                         else "")
         verilog.parent.mkdir(parents=True, exist_ok=True)
         tmp = verilog.with_suffix(f".v.{os.getpid()}.tmp")
         tmp.write_text(text)
