@@ -104,9 +104,10 @@ class BoardClient:
         self.identity: dict | None = None
         self.max_payload = MAX_PAYLOAD
 
-    def _request(self, command, payload: bytes = b"", context: str = ""):
+    def _request(self, command, payload: bytes = b"", context: str = "",
+                 timeout_s: float | None = None):
         try:
-            return self.link.request(command, payload)
+            return self.link.request(command, payload, timeout_s=timeout_s)
         except PsconvError as e:
             raise (_with_context(e, context) if context else e) from None
 

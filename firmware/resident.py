@@ -62,6 +62,12 @@ class ResidentError(PsconvError):
     """The resident board did something the driver cannot continue from (named in the message)."""
 
 
+SLOWEST_BOARD_BYTES_PER_S = 50_000
+"""Memory bytes per second of host time that the slowest board reads for a CRC (the simulated
+board: one byte per cycle at tens of thousands of cycles per second; a real board does
+millions), so a CRC over a whole model gets the time it needs before the host re-sends."""
+
+
 class ResidentDriver(BoardClient):
     """Runs ``program`` resident on the board behind ``transport`` (see the module docstring).
 
@@ -84,9 +90,10 @@ class ResidentDriver(BoardClient):
 
     # -- link ---------------------------------------------------------------------------------
 
-    def _request(self, command, payload: bytes = b"", context: str = ""):
+    def _request(self, command, payload: bytes = b"", context: str = "",
+                 timeout_s: float | None = None):
         try:
-            return super()._request(command, payload, context)
+            return super()._request(command, payload, context, timeout_s)
         except LinkNak as e:
             meaning = NAK_MEANINGS.get(e.reason)
             if meaning is None:
@@ -138,9 +145,16 @@ class ResidentDriver(BoardClient):
             data += part
         return bytes(data)
 
+    def _crc_timeout(self, length: int) -> float:
+        """The answer timeout of a command that makes the board read ``length`` bytes before it
+        answers (CRC_MEM, CHECK_MODEL): the link's, or longer for a long region at the slowest
+        board's pace (:data:`SLOWEST_BOARD_BYTES_PER_S`)."""
+        return max(self.link.timeout_s, length / SLOWEST_BOARD_BYTES_PER_S)
+
     def crc_memory(self, address: int, length: int, context: str) -> int:
         payload = self._request(Command.CRC_MEM, encode_payload(
-            MEM_REGION_LAYOUT, {"address": address, "length": length}), context).payload
+            MEM_REGION_LAYOUT, {"address": address, "length": length}), context,
+            timeout_s=self._crc_timeout(length)).payload
         if len(payload) != 4:
             raise ResidentError(f"{context}: CRC_MEM answered {len(payload)} bytes; expected 4")
         return struct.unpack("<I", payload)[0]
@@ -196,7 +210,8 @@ class ResidentDriver(BoardClient):
         try:
             self._request(Command.CHECK_MODEL, encode_payload(MODEL_CHECK_LAYOUT, {
                 "address": image.program_address, "length": len(image.model_bytes),
-                "crc": image.model_crc}), "checking the model in memory")
+                "crc": image.model_crc}), "checking the model in memory",
+                timeout_s=self._crc_timeout(len(image.model_bytes)))
         except LinkNak:
             self._acknowledged = (0, 0)
             raise
