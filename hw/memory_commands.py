@@ -183,7 +183,8 @@ class MemoryCommandProcessor(wiring.Component):
                     with m.Case(Command.INFER):
                         with m.If(self.running | self.engine_busy):
                             nak(NakReason.BUSY)
-                        with m.Elif(~model_valid):
+                        with m.Elif(~model_valid | (self.program_address < model_start)
+                                    | (self.program_address >= model_end)):
                             nak(NakReason.NO_MODEL)
                         with m.Else():
                             m.d.comb += self.infer.eq(1)

@@ -21,10 +21,12 @@ command             payload                                             answer
 ==================  ==================================================  ========================
 
 The model's validity (why a stale or damaged model never runs): ``CHECK_MODEL`` computes the
-CRC-32 of the region on the device and, only if it equals the host's, marks the model valid;
-reset clears the mark, and so does any ``WRITE_MEM`` that touches the checked region (the
-per-image input and the activations lie outside it). ``INFER`` refuses to start without the
-mark (NAK NO_MODEL). CRC-32 is ISO-HDLC (:data:`MEMORY_CRC`: ``binascii.crc32`` on the host,
+CRC-32 of the region on the device and, only if it equals the host's, marks the model valid
+(a mismatch clears the mark); reset clears it, and so does any ``WRITE_MEM`` that touches the
+checked region (the per-image input and the activations lie outside it). ``INFER`` refuses to
+start without the mark, or with a program address outside the checked region (NAK NO_MODEL).
+While a program runs the memory belongs to it: ``WRITE_MEM``, ``READ_MEM``, ``CRC_MEM`` and
+``CHECK_MODEL`` are NAKed BUSY, ``RUN_STATUS`` answers. CRC-32 is ISO-HDLC (:data:`MEMORY_CRC`: ``binascii.crc32`` on the host,
 ``amaranth.lib.crc`` in gateware).
 
 A WRITE_MEM, READ_MEM or CRC_MEM region must lie inside the board's memory (``memory_bytes``
@@ -39,8 +41,8 @@ Memory image (laid out by :mod:`psconv.firmware.memory_image`; byte addresses)::
 
 The device runs the steps in order. Step ``k`` (one engine invocation, :class:`.descriptor.
 LayerSpec` in ``descriptor``) streams ``P`` masks from ``masks_address``, ``C_out`` entries from
-``quant_address``, ``weight_bytes`` from ``weights_address`` and ``fmap_bytes`` of CHW map from
-``fmap_address`` (zero-padded to whole ``tn``-byte beats) into the engine, then, while the engine
+``quant_address``, ``weight_bytes`` from ``weights_address`` and ``fmap_bytes`` (exactly
+C_in x H x W) of CHW map from ``fmap_address`` (the device zero-pads the last ``tn``-byte beat) into the engine, then, while the engine
 computes, gathers the residual (when the descriptor says so) from the CHW map at
 ``residual_address`` and scatters the output into the CHW map at ``output_address``: output
 beat (y, xb, o) pixel r goes to ``output_address + o * plane_bytes + y * W_out + xb * tm + r``

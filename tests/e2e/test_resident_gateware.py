@@ -143,6 +143,9 @@ def test_runner_executes_every_layer_kind_from_memory_bit_exact():
         == NakReason.MODEL_CRC
     check_model(link, len(image.model), memory_crc(image.model))
     assert run_status(link)["model_valid"] == 1
+    # a program address outside the checked model is no model either
+    assert nak_reason(lambda: link.request(Command.INFER, struct.pack(
+        "<I", len(image.model)))) == NakReason.NO_MODEL
     link.request(Command.INFER, bytes(4))
     for _ in range(200):
         status = run_status(link)
