@@ -30,7 +30,8 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.protocol.beats import fmap_beat_bytes
 from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT
-from psconv.protocol.memory import PROGRAM_HEADER_LAYOUT, layout_bytes, step_record_layout
+from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, layout_bytes,
+                                    step_record_layout)
 from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES
 
 from .arith import output_size_value, times_constant
@@ -38,12 +39,16 @@ from .command_processor import engine_signature
 from .memory_port import memory_port_signature
 from .pixel_order import PixelOrderAddress
 
-COUNT_WIDTH = 48
+COUNT_WIDTH = RUN_STATUS_LAYOUT["cycles"].shape.width
+"""Bits of the runner's cycle and memory-byte counters: what RUN_STATUS reports."""
 GATHER_LOADS_IN_FLIGHT = 16
 """Residual pixels the gather may run ahead of its collector (covers an SDRAM's read latency)."""
 
 
 class ProgramRunner(wiring.Component):
+    """Runs a resident program for the engine of ``config`` (ports and contract: the module
+    docstring)."""
+
     def __init__(self, config):
         self.config = config
         self.record_layout = step_record_layout(config)
