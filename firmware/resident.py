@@ -62,6 +62,10 @@ class ResidentError(PsconvError):
     """The resident board did something the driver cannot continue from (named in the message)."""
 
 
+LOCAL_BOARD_INFER_TIMEOUT_S = 3600.0
+"""How long :func:`run_resident` waits for one inference on a local (simulated or reference)
+board: a full-width dense network takes minutes in Verilator."""
+
 SLOWEST_BOARD_BYTES_PER_S = 50_000
 """Memory bytes per second of host time that the slowest board reads for a CRC (the simulated
 board: one byte per cycle at tens of thousands of cycles per second; a real board does
@@ -306,7 +310,10 @@ def run_resident(program: LayerProgram, images, transport: str = "resident-ref",
                      timeout_s=timeout_s, retries=retries,
                      memory_bytes=local_board_memory(program) if transport in LOCAL_BOARDS else 0)
     started = time.perf_counter()
-    driver = ResidentDriver(link.transport, program, timeout_s=link.timeout_s, retries=link.retries)
+    # a simulated board computes thousands of times slower than a real one
+    driver = ResidentDriver(link.transport, program, timeout_s=link.timeout_s, retries=link.retries,
+                            infer_timeout_s=(LOCAL_BOARD_INFER_TIMEOUT_S if transport in LOCAL_BOARDS
+                                             else DEFAULT_INFER_TIMEOUT_S))
     try:
         image = driver.build_image()
         load = driver.load(image, progress=progress)
