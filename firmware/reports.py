@@ -234,11 +234,21 @@ class InferenceReport(Verdicts):
     memory_reads: int           # bytes the board's runner read from its memory
     memory_writes: int
     wall_s: float
+    status_polls: int = 0       # RUN_STATUS polls before the one that saw done, and their
+    status_poll_bytes: int = 0  # wire bytes (within link_bytes_*): a slow board polls more
+
+    @property
+    def inference_link_bytes(self) -> int:
+        """Wire bytes of the inference itself: the image, INFER, the final status and the
+        result, without the polls that only measure how long the board took."""
+        return self.link_bytes_sent + self.link_bytes_received - self.status_poll_bytes
 
     def to_json(self) -> dict:
         return {"image": self.image, "device_cycles": self.device_cycles, "steps": self.steps,
                 "link_bytes_sent": self.link_bytes_sent,
                 "link_bytes_received": self.link_bytes_received,
+                "status_polls": self.status_polls, "status_poll_bytes": self.status_poll_bytes,
+                "inference_link_bytes": self.inference_link_bytes,
                 "memory_reads": self.memory_reads, "memory_writes": self.memory_writes,
                 "wall_s": self.wall_s, "logits": self.logits, "golden_logits": self.golden_logits,
                 "layers": self.layers, "bit_exact": self.bit_exact}

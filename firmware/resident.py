@@ -43,6 +43,7 @@ from psconv.sim.golden.network import describe_mismatch, run_golden, run_layer
 
 DEFAULT_INFER_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.001
+MAX_POLL_INTERVAL_S = 0.02
 
 NAK_MEANINGS = {
     NakReason.NO_MODEL: "the board holds no checked model (never loaded, reset, or written into "
@@ -91,6 +92,7 @@ class ResidentDriver(BoardClient):
         self._acknowledged: tuple[int, int] = (0, 0)    # (model CRC, bytes the board has ACKed)
         self._inferences = 0
         self._unfinished = False       # an INFER whose wait timed out: the board may still run it
+        self.poll_bytes = self.polls = 0   # status polls of the last wait (see _wait)
 
     # -- link ---------------------------------------------------------------------------------
 
@@ -228,10 +230,17 @@ class ResidentDriver(BoardClient):
         return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(region.shape).to(torch.int64)
 
     def _wait(self, context: str) -> dict:
+        """Poll RUN_STATUS until done, every :data:`POLL_INTERVAL_S` at first and then less
+        often (up to :data:`MAX_POLL_INTERVAL_S`). The wire bytes of every poll but the last are
+        added to ``self.poll_bytes``: they measure how slow the board is (a simulated one is
+        thousands of times slower than real time), not what an inference moves."""
         clock = self.transport.clock
         deadline = clock.now() + self.infer_timeout_s
+        interval = POLL_INTERVAL_S
         while True:
+            before = self.transport.bytes_written + self.transport.bytes_read
             status = self.run_status(context)
+            poll = self.transport.bytes_written + self.transport.bytes_read - before
             if status["done"] and not status["running"]:
                 self._unfinished = False
                 return status
@@ -245,7 +254,10 @@ class ResidentDriver(BoardClient):
                 where = f" ({names[reached]})" if reached < len(names) else ""
                 raise ResidentError(f"{context}: not done after {self.infer_timeout_s:g} s: step "
                                     f"{reached + 1} of {len(names)}{where} reached")
-            clock.sleep(POLL_INTERVAL_S)
+            self.poll_bytes += poll
+            self.polls += 1
+            clock.sleep(interval)
+            interval = min(2 * interval, MAX_POLL_INTERVAL_S)
 
     def infer(self, image: torch.Tensor, check_layers: bool = False, golden=None) -> InferenceReport:
         """Run one int8 CHW ``image`` through the loaded model; see the module docstring.
@@ -261,6 +273,7 @@ class ResidentDriver(BoardClient):
             raise ResidentError(f"{context}: shape {tuple(image.shape)}; the model takes {region.shape}")
         started = time.perf_counter()
         wire = (self.transport.bytes_written, self.transport.bytes_read)
+        self.poll_bytes = self.polls = 0
         if self._unfinished:           # never overwrite the input of a run still going
             self._wait(f"{context}: waiting for the unfinished inference")
         self.write_memory(region.address, image.to(torch.int8).numpy().tobytes(), f"{context}: input")
@@ -283,6 +296,7 @@ class ResidentDriver(BoardClient):
             image=index, device_cycles=status["cycles"], steps=status["steps_done"],
             link_bytes_sent=self.transport.bytes_written - wire[0],
             link_bytes_received=self.transport.bytes_read - wire[1],
+            status_polls=self.polls, status_poll_bytes=self.poll_bytes,
             memory_reads=status["memory_reads"], memory_writes=status["memory_writes"],
             wall_s=wall_s, layers=layers,
             logits=[int(v) for v in logits.reshape(-1).tolist()],

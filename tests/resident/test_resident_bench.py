@@ -22,8 +22,11 @@ def test_bench_e2e_resident_writes_modes_and_energy(tmp_path, capsys):
                              "inferences_per_s", "bit_exact"}
     inference = report.inferences[0]
     assert resident["device_cycles_per_inference"] == inference.device_cycles > 0
+    # the inference's own bytes: everything on the wire but the status polls before done
     assert resident["link_bytes_per_inference"] == (inference.link_bytes_sent
-                                                    + inference.link_bytes_received)
+                                                    + inference.link_bytes_received
+                                                    - inference.status_poll_bytes)
+    assert resident["status_poll_bytes_in_simulation"] == inference.status_poll_bytes
     assert resident["memory_bytes_per_inference"] == inference.memory_reads + inference.memory_writes
     seconds = resident["device_cycles_per_inference"] / 50e6 + resident["link_bytes_per_inference"] / 300_000
     assert resident["inferences_per_s"] == pytest.approx(1 / seconds)
