@@ -34,9 +34,10 @@ from psconv.errors import PsconvError
 from psconv.firmware.compiler import HostStep, LayerProgram
 from psconv.protocol.beats import weight_beats
 from psconv.protocol.descriptor import encode_quant_entry
-from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, layout_bytes, memory_crc,
-                                    program_header, step_record, step_record_layout)
-from psconv.protocol.payloads import beats_payload, config_hash, mask_payload, quant_payload
+from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, memory_crc, program_header, step_record,
+                                    step_record_layout)
+from psconv.protocol.payloads import (beats_payload, config_hash, layout_bytes, mask_payload,
+                                      quant_payload)
 
 ALIGN = 4
 """Every table and map region starts at a multiple of this many bytes."""

@@ -37,8 +37,8 @@ from psconv.firmware.reports import InferenceReport, LoadReport, ResidentRunRepo
 from psconv.firmware.transport import Transport
 from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
-                                    MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT, layout_bytes, memory_crc)
-from psconv.protocol.payloads import encode_payload
+                                    MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT, memory_crc)
+from psconv.protocol.payloads import decode_payload, encode_payload, layout_bytes
 from psconv.sim.golden.network import describe_mismatch, run_golden, run_layer
 
 DEFAULT_INFER_TIMEOUT_S = 60.0
@@ -118,10 +118,7 @@ class ResidentDriver(BoardClient):
 
     def run_status(self, context: str = "RUN_STATUS") -> dict:
         payload = self._request(Command.RUN_STATUS, context=context).payload
-        if len(payload) != layout_bytes(RUN_STATUS_LAYOUT):
-            raise ResidentError(f"{context}: RUN_STATUS answered {len(payload)} bytes; expected "
-                                f"{layout_bytes(RUN_STATUS_LAYOUT)}")
-        view = RUN_STATUS_LAYOUT.from_bits(int.from_bytes(payload, "little"))
+        view = decode_payload(RUN_STATUS_LAYOUT, payload, f"{context}: RUN_STATUS")
         return {name: view[name] for name, _ in RUN_STATUS_LAYOUT}
 
     def write_memory(self, address: int, data: bytes, context: str, on_chunk=None) -> None:

@@ -20,8 +20,8 @@ from amaranth.lib.wiring import In, Out
 from psconv.errors import PsconvError
 from psconv.protocol.codes import Command, NakReason, Status
 from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
-                                    MEMORY_CRC, MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT,
-                                    layout_bytes)
+                                    MEMORY_CRC, MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT)
+from psconv.protocol.payloads import layout_bytes
 
 from .framing import FRAME_HEADER, PAYLOAD_BYTE, REPLY_HEADER
 from .memory_port import memory_port_signature

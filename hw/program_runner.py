@@ -30,9 +30,8 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.protocol.beats import fmap_beat_bytes
 from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT
-from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, layout_bytes,
-                                    step_record_layout)
-from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES
+from psconv.protocol.memory import PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, step_record_layout
+from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES, layout_bytes
 
 from .arith import output_size_value, times_constant
 from .command_processor import engine_signature

@@ -58,10 +58,10 @@ from psconv.protocol.descriptor import QUANT_ENTRY_LAYOUT, LayerSpec
 from psconv.protocol.frame import MAX_PAYLOAD, Response
 from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
                                     MODEL_CHECK_LAYOUT, PROGRAM_HEADER_LAYOUT, PROGRAM_MAGIC,
-                                    PROGRAM_VERSION, RUN_STATUS_LAYOUT, layout_bytes, memory_crc,
+                                    PROGRAM_VERSION, RUN_STATUS_LAYOUT, memory_crc,
                                     step_record_layout)
 from psconv.protocol.payloads import (MASK_BYTES, QUANT_BYTES, STATUS_LAYOUT, config_hash,
-                                      encode_payload, identity_blob)
+                                      encode_payload, identity_blob, layout_bytes)
 from psconv.sim.cycle_model import predict_cycles
 from psconv.sim.device_link import DeviceLink
 from psconv.sim.engine_model import run_step

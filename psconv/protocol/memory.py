@@ -59,6 +59,7 @@ from amaranth.lib import data
 from amaranth.lib.crc import catalog
 
 from .descriptor import layer_descriptor_layout
+from .payloads import encode_payload
 
 MEMORY_CRC = catalog.CRC32_ISO_HDLC
 """The memory region CRC: CRC-32 as ``binascii.crc32`` (reflected 0x04C11DB7, init and xorout
@@ -110,25 +111,14 @@ def step_record_layout(config) -> data.StructLayout:
     })
 
 
-def layout_bytes(layout: data.StructLayout) -> int:
-    """Bytes of one ``layout`` item on the wire or in memory (its bits rounded up)."""
-    return -(-layout.size // 8)
-
-
 def memory_crc(data_bytes: bytes) -> int:
     """:data:`MEMORY_CRC` of ``data_bytes`` (what ``CRC_MEM`` and ``CHECK_MODEL`` compute)."""
     return binascii.crc32(data_bytes) & 0xFFFFFFFF
 
 
-def encode_layout(layout: data.StructLayout, fields: dict) -> bytes:
-    """``fields`` as the bytes of one ``layout`` item (little-endian, fields from bit 0 up)."""
-    value = layout.const(fields).as_value().value
-    return value.to_bytes(layout_bytes(layout), "little")
-
-
 def program_header(config_hash: int, steps: int) -> bytes:
     """The bytes of :data:`PROGRAM_HEADER_LAYOUT` for a program of ``steps`` step records."""
-    return encode_layout(PROGRAM_HEADER_LAYOUT, {
+    return encode_payload(PROGRAM_HEADER_LAYOUT, {
         "magic": int.from_bytes(PROGRAM_MAGIC, "little"), "version": PROGRAM_VERSION,
         "steps": steps, "config_hash": config_hash})
 
@@ -140,4 +130,4 @@ def step_record(config, spec, **addresses) -> bytes:
     output_address, plane_bytes)."""
     layout = step_record_layout(config)
     descriptor = layout["descriptor"].shape.from_bits(spec.encode(config))
-    return encode_layout(layout, {"descriptor": descriptor, **addresses})
+    return encode_payload(layout, {"descriptor": descriptor, **addresses})

@@ -95,14 +95,22 @@ STATUS_BYTES = STATUS_LAYOUT.size // 8
 COUNTERS_BYTES = COUNTERS_LAYOUT.size // 8
 
 
+def layout_bytes(layout: data.StructLayout) -> int:
+    """Bytes of one ``layout`` item on the wire or in memory (its bits rounded up)."""
+    return -(-layout.size // 8)
+
+
 def encode_payload(layout: data.StructLayout, fields: dict) -> bytes:
     """``fields`` as the bytes of ``layout`` (little-endian, field order from bit 0)."""
-    return layout.const(fields).as_value().value.to_bytes(layout.size // 8, "little")
+    return layout.const(fields).as_value().value.to_bytes(layout_bytes(layout), "little")
 
 
-def _decode(layout: data.StructLayout, payload: bytes, what: str) -> data.Const:
-    if len(payload) != layout.size // 8:
-        raise PsconvError(f"{what} answer has {len(payload)} bytes; expected {layout.size // 8}")
+def decode_payload(layout: data.StructLayout, payload: bytes, what: str) -> data.Const:
+    """The fields of ``payload``, one ``layout`` item; ``what`` names the answer in the error
+    when its length is wrong."""
+    if len(payload) != layout_bytes(layout):
+        raise PsconvError(f"{what} answer has {len(payload)} bytes; expected "
+                          f"{layout_bytes(layout)}")
     return layout.from_bits(int.from_bytes(payload, "little"))
 
 
@@ -198,20 +206,20 @@ def parse_identity(payload: bytes) -> dict:
         raise PsconvError(f"IDENTIFY answer {payload[:40].hex()} is not a psconv engine identity "
                           f"({IDENTITY_BYTES} bytes starting with {IDENTITY_MAGIC!r}): is this "
                           f"board running the psconv bitstream?")
-    view = _decode(IDENTITY_LAYOUT, payload, "IDENTIFY")
+    view = decode_payload(IDENTITY_LAYOUT, payload, "IDENTIFY")
     fields = {name: view[name] for name, _ in IDENTITY_LAYOUT}
     fields["magic"] = IDENTITY_MAGIC
     return fields
 
 
 def parse_status(payload: bytes) -> dict:
-    view = _decode(STATUS_LAYOUT, payload, "READ_STATUS")
+    view = decode_payload(STATUS_LAYOUT, payload, "READ_STATUS")
     return {name: view[name] for name, _ in STATUS_LAYOUT}
 
 
 def parse_counters(payload: bytes) -> dict:
     """``READ_COUNTERS`` data: the engine counters by name, the link's as ``link_<name>``."""
-    view = _decode(COUNTERS_LAYOUT, payload, "READ_COUNTERS")
+    view = decode_payload(COUNTERS_LAYOUT, payload, "READ_COUNTERS")
     values = {name: view[name] for name in ENGINE_COUNTERS}
     values.update({f"link_{name}": view.link[name] for name, _ in LINK_COUNTERS})
     return values

@@ -18,10 +18,10 @@ from psconv.firmware.link import LinkClient, LinkNak
 from psconv.hw.board_top import BoardTop
 from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.memory import (MEM_READ_LAYOUT, MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT,
-                                    RUN_STATUS_LAYOUT, encode_layout, memory_crc,
-                                    program_header, step_record)
+                                    RUN_STATUS_LAYOUT, memory_crc, program_header, step_record)
 from psconv.protocol.descriptor import encode_quant_entry
-from psconv.protocol.payloads import beats_payload, config_hash, mask_payload, quant_payload
+from psconv.protocol.payloads import (beats_payload, config_hash, decode_payload, encode_payload,
+                                      mask_payload, quant_payload)
 from psconv.protocol.beats import weight_beats
 from psconv.sim.amaranth_transport import SimulatorTransport
 from psconv.sim.golden.network import describe_mismatch
@@ -100,19 +100,19 @@ def read_memory(link, address, length, chunk=256):
     out = bytearray()
     for offset in range(0, length, chunk):
         n = min(chunk, length - offset)
-        out += link.request(Command.READ_MEM, encode_layout(
+        out += link.request(Command.READ_MEM, encode_payload(
             MEM_READ_LAYOUT, {"address": address + offset, "length": n})).payload
     return bytes(out)
 
 
 def run_status(link) -> dict:
     payload = link.request(Command.RUN_STATUS).payload
-    view = RUN_STATUS_LAYOUT.from_bits(int.from_bytes(payload, "little"))
+    view = decode_payload(RUN_STATUS_LAYOUT, payload, "RUN_STATUS")
     return {name: view[name] for name, _ in RUN_STATUS_LAYOUT}
 
 
 def check_model(link, length, crc):
-    return link.request(Command.CHECK_MODEL, encode_layout(
+    return link.request(Command.CHECK_MODEL, encode_payload(
         MODEL_CHECK_LAYOUT, {"address": 0, "length": length, "crc": crc}))
 
 
@@ -136,7 +136,7 @@ def test_runner_executes_every_layer_kind_from_memory_bit_exact():
     assert nak_reason(lambda: link.request(Command.INFER, bytes(4))) == NakReason.NO_MODEL
     write_memory(link, 0, bytes(image.blob))
     assert read_memory(link, 0, len(image.blob)) == bytes(image.blob)
-    crc = link.request(Command.CRC_MEM, encode_layout(
+    crc = link.request(Command.CRC_MEM, encode_payload(
         MEM_REGION_LAYOUT, {"address": 0, "length": len(image.model)})).payload
     assert int.from_bytes(crc, "little") == memory_crc(image.model)
     assert nak_reason(lambda: check_model(link, len(image.model), memory_crc(image.model) ^ 1)) \
@@ -168,7 +168,7 @@ def test_memory_commands_refuse_regions_outside_memory_and_bad_lengths():
     link = board()
     assert nak_reason(lambda: write_memory(link, MEMORY - 1, b"ab")) == NakReason.BAD_LENGTH
     assert nak_reason(lambda: read_memory(link, MEMORY - 4, 8)) == NakReason.BAD_LENGTH
-    assert nak_reason(lambda: link.request(Command.CRC_MEM, encode_layout(
+    assert nak_reason(lambda: link.request(Command.CRC_MEM, encode_payload(
         MEM_REGION_LAYOUT, {"address": 1, "length": MEMORY}))) == NakReason.BAD_LENGTH
     assert nak_reason(lambda: link.request(Command.READ_MEM, bytes(5))) == NakReason.BAD_LENGTH
     assert nak_reason(lambda: link.request(Command.WRITE_MEM, bytes(4))) == NakReason.BAD_LENGTH

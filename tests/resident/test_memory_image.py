@@ -12,8 +12,8 @@ from psconv.errors import PsconvError
 from psconv.firmware.memory_image import ALIGN, build_memory_image
 from psconv.protocol.beats import weight_beats
 from psconv.protocol.descriptor import encode_quant_entry
-from psconv.protocol.memory import PROGRAM_HEADER_LAYOUT, layout_bytes, memory_crc, step_record_layout
-from psconv.protocol.payloads import beats_payload, mask_payload, quant_payload
+from psconv.protocol.memory import PROGRAM_HEADER_LAYOUT, memory_crc, step_record_layout
+from psconv.protocol.payloads import beats_payload, layout_bytes, mask_payload, quant_payload
 
 from conftest import MEMORY_BYTES, RESIDENT_CONFIG
 

@@ -8,9 +8,9 @@ import torch
 
 from psconv.protocol.codes import Command, NakReason, Status
 from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
-                                    MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT, layout_bytes,
-                                    memory_crc, step_record_layout)
-from psconv.protocol.payloads import encode_payload, identity_blob
+                                    MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT, memory_crc,
+                                    step_record_layout)
+from psconv.protocol.payloads import encode_payload, identity_blob, layout_bytes
 from psconv.sim.golden.network import run_golden
 from psconv.sim.resident_device import ResidentDevice
 
