@@ -48,8 +48,8 @@ pushes that follow cannot be stopped, so the end state is the one per-beat count
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In
 
 from psconv.errors import PsconvError
 from psconv.protocol.codes import Command, NakReason, Status
@@ -63,7 +63,7 @@ from psconv.protocol.payloads import (COUNTERS_BYTES, COUNTERS_LAYOUT, DATA_COMM
 from .arith import SerialDivider, times_constant
 from .block_ram import BlockRamFIFO
 from .engine import PeriodicSparseEngine
-from .framing import FRAME_HEADER, PAYLOAD_BYTE, REPLY_HEADER
+from .framing import FRAME_HEADER, command_port_members
 from .layer_budget import LayerBudget
 
 WIDE_BUDGETS = (Command.WRITE_WEIGHTS, Command.WRITE_FMAP, Command.WRITE_RESIDUAL)
@@ -114,10 +114,7 @@ class CommandProcessor(wiring.Component):
                               f"integer {smallest}..65535 (bytes: every answer blob, the layer "
                               f"descriptor and one beat of each data command must fit a frame)")
         super().__init__({
-            "command": In(stream.Signature(FRAME_HEADER)),
-            "command_payload": In(stream.Signature(PAYLOAD_BYTE)),
-            "reply": Out(stream.Signature(REPLY_HEADER)),
-            "reply_payload": Out(stream.Signature(8)),
+            **command_port_members(),
             "link_counters": In(LINK_COUNTERS),
             "engine": In(engine_signature(config)),
         })

@@ -45,6 +45,18 @@ RESPONSE_HEADER = data.StructLayout({"seq": 8, "status": Status, "length": 16})
 #: LinkLayer.reply: the command processor's answer (the link layer fills in the seq).
 REPLY_HEADER = data.StructLayout({"status": Status, "length": 16})
 
+
+def command_port_members() -> dict:
+    """The command side of a processor (what :class:`LinkLayer` drives): the
+    streamed and the resident command processors both have it."""
+    return {
+        "command": In(stream.Signature(FRAME_HEADER)),
+        "command_payload": In(stream.Signature(PAYLOAD_BYTE)),
+        "reply": Out(stream.Signature(REPLY_HEADER)),
+        "reply_payload": Out(stream.Signature(8)),
+    }
+
+
 DEFAULT_TIMEOUT_CYCLES = 240_000   # 5 ms at 48 MHz: far above USB-serial gaps inside a frame
 
 

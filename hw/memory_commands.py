@@ -14,7 +14,7 @@ lengths against ``max_payload``.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
@@ -23,22 +23,12 @@ from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REG
                                     MEMORY_CRC, MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT)
 from psconv.protocol.payloads import layout_bytes
 
-from .framing import FRAME_HEADER, PAYLOAD_BYTE, REPLY_HEADER
+from .framing import FRAME_HEADER, command_port_members
 from .memory_port import memory_port_signature
 from .program_runner import COUNT_WIDTH
 
 MEMORY_COMMANDS = (Command.WRITE_MEM, Command.READ_MEM, Command.CRC_MEM, Command.CHECK_MODEL,
                    Command.INFER, Command.RUN_STATUS)
-
-
-def command_port_members() -> dict:
-    """The command side of a processor (what :class:`~psconv.hw.framing.LinkLayer` drives)."""
-    return {
-        "command": In(stream.Signature(FRAME_HEADER)),
-        "command_payload": In(stream.Signature(PAYLOAD_BYTE)),
-        "reply": Out(stream.Signature(REPLY_HEADER)),
-        "reply_payload": Out(stream.Signature(8)),
-    }
 
 
 class MemoryCommandProcessor(wiring.Component):
