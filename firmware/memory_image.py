@@ -3,14 +3,15 @@
 :func:`build_memory_image` lays a compiled :class:`~psconv.firmware.compiler.LayerProgram` out
 as :mod:`psconv.protocol.memory` defines it, byte addresses from 0::
 
-    0                program header (PROGRAM_HEADER_LAYOUT, 11 bytes)
-    11               step records, one per engine step (step_record_layout(config))
+    0                program header (PROGRAM_HEADER_LAYOUT, 30 bytes)
+    30               step records, one per engine step (step_record_layout(config))
     (4-aligned)      tables, per engine step in program order, each 4-aligned:
                      masks (2 bytes each), quantization entries (13 bytes each),
                      weight words (tn bytes each)
     model_length     ---- end of the model: CHECK_MODEL covers [0, model_length) ----
     (4-aligned)      the input image region (CHW int8)
     (4-aligned)      one region per engine layer, in program order: its whole output, CHW int8
+    (4-aligned)      the average pool's output (C int8), when the device pools
 
 The tables hold exactly the bytes the streamed driver sends (:mod:`psconv.firmware.driver`), so
 the device feeds the engine the same beats. Every map region is reserved in whole
@@ -20,9 +21,11 @@ the device feeds the engine the same beats. Every map region is reserved in whol
 An output-channel tile of a layer writes its channel slice of the layer's region
 (``output_address = region + first_channel * plane_bytes``) and, when it adds a residual, reads
 the same slice of the residual's region. ``fmap_address`` is the region of the step's input
-(another layer's region, or the input image). Host steps (average pool, classifier) stay on the
-host and must all come after the last engine step: they read the last engine layer's region
-(:attr:`MemoryImage.output_layer`).
+(another layer's region, or the input image). Host steps (average pool, classifier) must all
+come after the last engine step. A whole-map average pool that reads the last engine layer runs
+on the device (the header's ``pool_*`` fields), so an inference returns C bytes, not the last
+C x H x W map; the rest (the classifier) stays on the host and reads
+:attr:`MemoryImage.output_layer`'s region.
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ class MapRegion:
     address: int
     shape: tuple[int, int, int]     # (C, H, W)
     reserved: int                   # bytes set aside (``size`` rounded up to whole beats)
+    vector: bool = False            # a pooled (C, 1, 1) map the golden model holds as (C,)
+
+    @property
+    def tensor_shape(self) -> tuple[int, ...]:
+        """The shape of the golden model's tensor for this map."""
+        return self.shape[:1] if self.vector else self.shape
 
     @property
     def plane_bytes(self) -> int:
@@ -92,6 +101,7 @@ class MemoryImage:
     step_names: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     tables: list[tuple[str, int, int]] = field(default_factory=list)   # (what, address, bytes)
+    pool: dict | None = None        # the header's pool fields when the device pools, else None
 
     program_address = 0
 
@@ -171,6 +181,15 @@ def _check_host_steps_last(program: LayerProgram) -> str:
     return last
 
 
+def _device_pool(program: LayerProgram, last_engine_layer: str):
+    """The host step the device runs after its steps: the first host step when it is a
+    whole-map average pool of the last engine layer (else None)."""
+    hosts = [s for s in program.steps if isinstance(s, HostStep)]
+    if hosts and hosts[0].layer.op == "avgpool" and hosts[0].layer.input == last_engine_layer:
+        return hosts[0].layer
+    return None
+
+
 def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
     """Lay ``program`` out for a board with ``memory_bytes`` of memory (see the module
     docstring); :class:`PsconvError` if it does not fit."""
@@ -179,6 +198,7 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
         raise PsconvError(f"memory image: memory_bytes {memory_bytes}; allowed 1..{ADDRESS_LIMIT} "
                           f"(32-bit addresses)")
     output_layer = _check_host_steps_last(program)
+    pool_layer = _device_pool(program, output_layer)
     steps = program.engine_steps
     record_layout = step_record_layout(config)
     header_bytes = layout_bytes(PROGRAM_HEADER_LAYOUT)
@@ -213,8 +233,12 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
     beat_unit = math.lcm(ALIGN, config.tn)
     regions: dict[str, MapRegion] = {}
     cursor = _align(model_length)
-    for name, shape in _map_shapes(program).items():
-        region = MapRegion(name, cursor, shape, _align(shape[0] * shape[1] * shape[2], beat_unit))
+    shapes = _map_shapes(program)
+    if pool_layer is not None:
+        shapes[pool_layer.name] = (shapes[output_layer][0], 1, 1)
+    for name, shape in shapes.items():
+        region = MapRegion(name, cursor, shape, _align(shape[0] * shape[1] * shape[2], beat_unit),
+                           vector=pool_layer is not None and name == pool_layer.name)
         regions[name] = region
         cursor = _align(region.end)
     if cursor > memory_bytes:
@@ -245,9 +269,22 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
             "plane_bytes": out.plane_bytes,
         })
 
-    program_image = program_header(config_hash(config), len(steps)) + b"".join(
+    pool = None
+    if pool_layer is not None:
+        source = regions[output_layer]
+        pool = {"pool_channels": source.shape[0], "pool_plane": source.plane_bytes,
+                "pool_multiplier": int(pool_layer.multiplier.reshape(-1)[0]),
+                "pool_shift": int(pool_layer.shift.reshape(-1)[0]),
+                "pool_input": source.address, "pool_output": regions[pool_layer.name].address}
+        limit = 1 << PROGRAM_HEADER_LAYOUT["pool_plane"].shape.width
+        if source.plane_bytes >= limit or source.shape[0] >= 1 << 16:
+            raise PsconvError(f"memory image: average pool {pool_layer.name!r} of "
+                              f"{source.shape}; allowed: planes under {limit} bytes and under "
+                              f"65536 channels")
+        output_layer = pool_layer.name
+    program_image = program_header(config_hash(config), len(steps), pool) + b"".join(
         step_record(config, step.descriptor, **r) for step, r in zip(steps, records))
     return MemoryImage(memory_bytes=memory_bytes, model_bytes=program_image + bytes(tables),
                        regions=regions, output_layer=output_layer, program_bytes=program_bytes,
                        step_names=[s.name for s in steps], records=records,
-                       tables=table_rows)
+                       tables=table_rows, pool=pool)

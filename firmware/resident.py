@@ -13,8 +13,9 @@ If it does not (the board was reset or written in between), it starts over.
 
 :meth:`ResidentDriver.infer` writes one image into the input region, sends ``INFER``, polls
 ``RUN_STATUS`` until done (at most ``infer_timeout_s`` on the transport's clock, else an error
-naming the step reached), reads the last engine layer's region back and runs the host steps
-(average pool, classifier) with the golden model's integer ops. The logits, and with
+naming the step reached), reads the result region back (the average pool's C bytes when the
+board pools, else the last engine layer's map) and runs the remaining host steps (the
+classifier) with the golden model's integer ops. The logits, and with
 ``check_layers`` every layer read back from memory, are compared with
 :func:`~psconv.sim.golden.network.run_golden`. A NAK surfaces as a one-line
 :class:`~psconv.firmware.link.LinkNak` saying what the reason means here.
@@ -224,7 +225,7 @@ class ResidentDriver(BoardClient):
 
     def _read_map(self, region: MapRegion) -> torch.Tensor:
         data = self.read_memory(region.address, region.size, f"reading map {region.name!r}")
-        return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(region.shape).to(torch.int64)
+        return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(region.tensor_shape).to(torch.int64)
 
     def _wait(self, context: str) -> dict:
         """Poll RUN_STATUS until done, every :data:`POLL_INTERVAL_S` at first and then less
@@ -279,8 +280,8 @@ class ResidentDriver(BoardClient):
         status = self._wait(f"{context}: INFER")
         names = list(memory.regions)[1:] if check_layers else [memory.output_layer]
         tensors = {name: self._read_map(memory.regions[name]) for name in names}
-        for step in self.program.steps:
-            if isinstance(step, HostStep):
+        for step in self.program.steps:      # what the board did not run (the classifier)
+            if isinstance(step, HostStep) and step.layer.name not in tensors:
                 tensors[step.layer.name] = run_layer(step.layer, tensors)
         last = self.program.steps[-1]
         logits = tensors[last.layer.name if isinstance(last, HostStep) else last.layer]

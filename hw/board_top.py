@@ -55,7 +55,7 @@ the PLL of ``psconv build``'s clock plan. A core of the ``sim`` variant makes th
 pins the top's ``sdram`` port instead, for a chip model beside it (:mod:`psconv.sim.bridge`).
 Without either the board is streamed-only and answers the memory commands UNKNOWN_COMMAND.
 ``external_memory`` makes the block RAM of ``memory_bytes`` a Verilog module of its own
-(:data:`~psconv.hw.memory_port.BYTE_MEMORY_VERILOG`), as the Verilator-simulated board uses it.
+(:data:`~psconv.hw.memory_port.WORD_MEMORY_VERILOG`), as the Verilator-simulated board uses it.
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ class BoardTop(wiring.Component):
         return runner
 
     def _memory(self, m, platform):
-        """The resident memory's byte port: the board's SDRAM (its LiteDRAM core, the init
+        """The resident memory's port: the board's SDRAM (its LiteDRAM core, the init
         sequencer, the chip clock 90 degrees behind ``sync``, which this top then makes from
         the PLL) or ``memory_bytes`` of block RAM."""
         core = self.sdram_core
@@ -290,9 +290,8 @@ class BoardTop(wiring.Component):
 
     @staticmethod
     def _word_bridge(m, core, sdram):
-        """The runner's byte port onto the SDRAM's 16-bit native port."""
-        m.submodules.sdram_bridge = bridge = WordMemoryBridge(core.data_width // 8,
-                                                              core.address_width)
+        """The memory port onto the SDRAM's 16-bit native port."""
+        m.submodules.sdram_bridge = bridge = WordMemoryBridge(core.address_width)
         for name in ("cmd", "wdata"):
             wiring.connect(m, getattr(bridge, name), getattr(sdram, name))
         wiring.connect(m, sdram.rdata, bridge.rdata)

@@ -24,7 +24,7 @@ from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REG
 from psconv.protocol.payloads import layout_bytes
 
 from .framing import FRAME_HEADER, command_port_members
-from .memory_port import memory_port_signature
+from .memory_port import byte_lane, byte_store, memory_port_signature
 from .program_runner import COUNT_WIDTH
 
 MEMORY_COMMANDS = (Command.WRITE_MEM, Command.READ_MEM, Command.CRC_MEM, Command.CHECK_MODEL,
@@ -85,8 +85,10 @@ class MemoryCommandProcessor(wiring.Component):
         reply_status = Signal(Status)
         reply_length = Signal(16)
         nak_reason = Signal(8)
+        crc_lane = Signal()               # the byte lane of the next word a CRC load returns
         m.submodules.crc = crc = MEMORY_CRC(data_width=8).create()
-        m.d.comb += [crc.data.eq(read_data.payload), self.program_address.eq(
+        m.d.comb += [crc.data.eq(byte_lane(read_data.payload, crc_lane)),
+                     self.program_address.eq(
             fields(MEM_ADDRESS_LAYOUT).address)]
 
         status = Signal(RUN_STATUS_LAYOUT)
@@ -190,13 +192,13 @@ class MemoryCommandProcessor(wiring.Component):
                     nak(NakReason.BAD_LENGTH)
                 with m.Else():
                     m.d.comb += crc.start.eq(1)
-                    m.d.sync += [address.eq(start), left.eq(count), to_receive.eq(count)]
+                    m.d.sync += [address.eq(start), left.eq(count), to_receive.eq(count),
+                                 crc_lane.eq(start[0])]
                     m.next = "CRC"
 
             with m.State("STORE"):
-                m.d.comb += [request.valid.eq(payload.valid), request.payload.write.eq(1),
-                             request.payload.address.eq(address),
-                             request.payload.data.eq(payload.payload.data),
+                m.d.comb += [request.valid.eq(payload.valid),
+                             *byte_store(request.payload, address, payload.payload.data),
                              payload.ready.eq(request.ready)]
                 with m.If(payload.valid & request.ready):
                     m.d.sync += address.eq(address + 1)
@@ -209,7 +211,7 @@ class MemoryCommandProcessor(wiring.Component):
                 with m.If(request.valid & request.ready):
                     m.d.sync += [address.eq(address + 1), left.eq(left - 1)]
                 with m.If(read_data.valid):
-                    m.d.sync += to_receive.eq(to_receive - 1)
+                    m.d.sync += [to_receive.eq(to_receive - 1), crc_lane.eq(~crc_lane)]
                 with m.If(to_receive == 0):
                     m.next = "CRC_DONE"
 
@@ -247,11 +249,12 @@ class MemoryCommandProcessor(wiring.Component):
                     with m.If(reply_length == 1):
                         m.next = "IDLE"
             with m.State("SEND_READ"):
-                # one load at a time: each byte goes straight to the link
+                # one load at a time: each byte goes straight to the link (the load in flight
+                # was for address - 1)
                 m.d.comb += [request.valid.eq((left != 0) & (left == to_receive)),
                              request.payload.address.eq(address),
                              self.reply_payload.valid.eq(read_data.valid),
-                             self.reply_payload.payload.eq(read_data.payload),
+                             self.reply_payload.payload.eq(byte_lane(read_data.payload, ~address)),
                              read_data.ready.eq(self.reply_payload.ready)]
                 with m.If(request.valid & request.ready):
                     m.d.sync += [address.eq(address + 1), left.eq(left - 1)]

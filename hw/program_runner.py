@@ -3,10 +3,13 @@
 It walks a program in memory (:mod:`psconv.protocol.memory`: a header, then one step record
 per engine invocation) and, for each step, drives the engine the way the host driver does over
 the link, only from memory: descriptor and ``start``; the mask table, quantization entries,
-weight words and the CHW input map streamed in that order; then, while the engine computes,
+the CHW input map and the weight words streamed in that order (the engine computes its first
+pixel group while the weights arrive); then, while the engine computes,
 the residual gathered from its CHW map and every output beat scattered into the output's CHW
 map (:class:`~psconv.hw.pixel_order.PixelOrderAddress`), so the next step reads its input as an
 ordinary CHW map. A step ends when its last output byte is in memory and the engine is idle.
+After the last step, a header that asks for it has the runner average-pool a map (the golden
+model's ``global_avgpool_int``: a serial multiply and shift per channel, no DSP).
 
 Ports: ``start`` In(1) with ``program_address`` In(32) (a pulse, taken while not
 ``running``); ``running`` Out(1); ``done`` Out(1) (set when a program finishes, cleared by
@@ -16,14 +19,14 @@ Out(:func:`~psconv.hw.memory_port.memory_port_signature`); ``engine``: the engin
 flipped (connect it to a :class:`~psconv.hw.engine.PeriodicSparseEngine`). The engine's
 ``layer`` is driven from the step record, which holds still until the engine is idle again.
 
-One byte moves per cycle at most (the memory port's width); loads run back to back (the tables,
-and the residual gather up to :data:`GATHER_LOADS_IN_FLIGHT` pixels ahead), output writes go
-first.
+Sequential loads (header, records, tables, maps, the pooled map) move a 2-byte word per cycle
+at any byte alignment; the residual gather loads and the output scatter stores one byte per
+request (output stores first, the gather up to :data:`GATHER_LOADS_IN_FLIGHT` pixels ahead).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -35,13 +38,15 @@ from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES, layout_bytes
 
 from .arith import output_size_value, times_constant
 from .command_processor import engine_signature
-from .memory_port import memory_port_signature
+from .memory_port import byte_lane, byte_store, memory_port_signature
 from .pixel_order import PixelOrderAddress
 
 COUNT_WIDTH = RUN_STATUS_LAYOUT["cycles"].shape.width
 """Bits of the runner's cycle and memory-byte counters: what RUN_STATUS reports."""
 GATHER_LOADS_IN_FLIGHT = 16
 """Residual pixels the gather may run ahead of its collector (covers an SDRAM's read latency)."""
+POOL_SUM_WIDTH = 8 + PROGRAM_HEADER_LAYOUT["pool_plane"].shape.width + 1
+"""Bits of a pooled channel's signed sum (every plane the header can name, of int8 values)."""
 
 
 class ProgramRunner(wiring.Component):
@@ -69,7 +74,7 @@ class ProgramRunner(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        tm, tn = cfg.tm, cfg.tn
+        tm = cfg.tm
         eng = self.engine
         mem = self.memory
         request, read_data = mem.request, mem.read_data
@@ -83,39 +88,56 @@ class ProgramRunner(wiring.Component):
         m.d.comb += eng.layer.eq(d)
         steps = Signal(16)
         record_address = Signal(32)
+        pool = Signal(PROGRAM_HEADER_LAYOUT)      # the header's pool fields, kept after it
 
-        # ---- sequential loads: issue ``load_left`` bytes from ``load_address``; bytes in ----
-        load_address = Signal(32)
-        load_left = Signal(32)           # requests still to issue
+        # ---- sequential loads: ``count`` bytes from ``address`` (any alignment), a word per
+        # request; the receive side knows which lanes of each word are wanted ----
+        issue_address = Signal(32)
+        issue_left = Signal(32)          # word requests still to issue
         receive_left = Signal(32)        # bytes still to arrive
+        receive_lane = Signal()          # the first wanted lane of the next word (1 only first)
         sequential = Signal()            # the issue side below drives the port
-        m.d.comb += [request.payload.address.eq(load_address), request.payload.write.eq(0)]
+        m.d.comb += [request.payload.address.eq(issue_address), request.payload.write.eq(0)]
         with m.If(sequential):
-            m.d.comb += request.valid.eq(load_left != 0)
+            m.d.comb += request.valid.eq(issue_left != 0)
             with m.If(request.valid & request.ready):
-                m.d.sync += [load_address.eq(load_address + 1), load_left.eq(load_left - 1)]
+                m.d.sync += [issue_address.eq(issue_address + 2), issue_left.eq(issue_left - 1)]
 
         def begin_loads(address, count):
-            m.d.sync += [load_address.eq(address), load_left.eq(count), receive_left.eq(count)]
+            words = Mux(count == 0, 0, (address[0] + count + 1) >> 1)
+            m.d.sync += [issue_address.eq(address), issue_left.eq(words),
+                         receive_left.eq(count), receive_lane.eq(address[0])]
 
-        # ---- beats for the engine's input streams: bytes shift in at the top ----
-        beat_sizes = {"mask": MASK_BYTES, "quant": QUANT_BYTES, "weight": tn,
+        # what the word arriving now brings: one byte (its high lane first, or the last byte)
+        # or two, oldest first
+        word = read_data.payload
+        two = ~receive_lane & (receive_left != 1)
+        first_byte = Mux(receive_lane, word[8:], word[:8])
+        received = Signal(2)             # bytes the sequential consumer took this cycle
+
+        def take_word():
+            """The sequential consumer takes the arriving word (call under read_data.valid)."""
+            m.d.comb += [read_data.ready.eq(1), received.eq(Mux(two, 2, 1))]
+            m.d.sync += [receive_left.eq(receive_left - Mux(two, 2, 1)), receive_lane.eq(0)]
+
+        # ---- beats for the engine's input streams: bytes shift in at the top; ``fill`` bytes
+        # not yet sent, the oldest ``fill`` places below the top ----
+        beat_sizes = {"mask": MASK_BYTES, "quant": QUANT_BYTES, "weight": cfg.tn,
                       "fmap": fmap_beat_bytes(cfg)}
-        beat_width = max(beat_sizes.values())
+        beat_width = max(beat_sizes.values()) + 2
         beat = Signal(8 * beat_width)
-        beat_fill = Signal(range(beat_width + 1))
-
-        def top(nbytes):
-            return beat[8 * (beat_width - nbytes):]
-
-        m.d.comb += [
-            eng.mask_in.payload.eq(top(MASK_BYTES)[:MASK_BITS]),
-            eng.quant_in.payload.eq(top(QUANT_BYTES)[:QUANT_ENTRY_LAYOUT.size]),
-            eng.weight_in.payload.eq(top(beat_sizes["weight"])),
-            eng.fmap_in.payload.eq(top(beat_sizes["fmap"])),
-        ]
+        fill = Signal(range(beat_width + 1))
         streams = {"mask": eng.mask_in, "quant": eng.quant_in, "weight": eng.weight_in,
                    "fmap": eng.fmap_in}
+        payload_bits = {"mask": MASK_BITS, "quant": QUANT_ENTRY_LAYOUT.size,
+                        "weight": 8 * cfg.tn, "fmap": 8 * beat_sizes["fmap"]}
+        for name, stream_ in streams.items():
+            # a beat is the oldest ``size`` bytes: 0, 1 or 2 bytes more may sit above it
+            size = beat_sizes[name]
+            windows = [beat[8 * (beat_width - size - extra):][:8 * size] for extra in range(3)]
+            m.d.comb += stream_.payload.eq(
+                Mux(fill == size + 2, windows[2], Mux(fill == size + 1, windows[1], windows[0]))
+                [:payload_bits[name]])
 
         # ---- residual gather and output scatter (the OUTPUT phase) ----
         m.submodules.gather = gather = PixelOrderAddress(tm)
@@ -131,27 +153,42 @@ class ProgramRunner(wiring.Component):
         residual_beat = Signal(8 * tm)
         residual_full = Signal()
         residual_fill = Signal(range(tm))
-        m.submodules.tokens = tokens = SyncFIFO(width=1, depth=GATHER_LOADS_IN_FLIGHT)
+        # one token per residual pixel in order: bit 0 a byte will come (0: padding), bit 1
+        # its lane in the loaded word
+        m.submodules.tokens = tokens = SyncFIFO(width=2, depth=GATHER_LOADS_IN_FLIGHT)
         out_beat = Signal(8 * tm)
         out_held = Signal()
         m.d.comb += [eng.residual_in.payload.eq(residual_beat),
                      eng.residual_in.valid.eq(residual_full)]
 
+        # ---- the pool: per channel a sum, then a serial multiply and a serial shift ----
+        pool_channel = Signal(16)
+        pool_input = Signal(32)          # the current channel's plane
+        pool_sum = Signal(signed(POOL_SUM_WIDTH))
+        product_width = POOL_SUM_WIDTH + len(pool.pool_multiplier)
+        product = Signal(signed(product_width))
+        multiplicand = Signal(signed(product_width))
+        multiplier = Signal(len(pool.pool_multiplier))
+        shift_left = Signal(len(pool.pool_shift))
+        pooled = Signal(8)
+
         # ---- counters ----
-        with m.If(request.valid & request.ready):
-            with m.If(request.payload.write):
-                m.d.sync += self.memory_writes.eq(self.memory_writes + 1)
-            with m.Else():
-                m.d.sync += self.memory_reads.eq(self.memory_reads + 1)
+        single_read = Signal()           # a gather byte arrived
+        with m.If(request.valid & request.ready & request.payload.write):
+            m.d.sync += self.memory_writes.eq(self.memory_writes + 1)
+        m.d.sync += self.memory_reads.eq(self.memory_reads + received + single_read)
         with m.If(self.running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
 
         def load_record(next_state):
             """Shift the loaded bytes into the record register, then go on."""
-            m.d.comb += [sequential.eq(1), read_data.ready.eq(1)]
+            m.d.comb += sequential.eq(1)
             with m.If(read_data.valid):
-                m.d.sync += [record_raw.eq(Cat(record_raw[8:], read_data.payload)),
-                             receive_left.eq(receive_left - 1)]
+                take_word()
+                with m.If(two):
+                    m.d.sync += record_raw.eq(Cat(record_raw[16:], word))
+                with m.Else():
+                    m.d.sync += record_raw.eq(Cat(record_raw[8:], first_byte))
             with m.If(receive_left == 0):
                 m.next = next_state
 
@@ -160,17 +197,21 @@ class ProgramRunner(wiring.Component):
             zero-padded; then set up ``next_state``'s loads."""
             stream_ = streams[name]
             size = beat_sizes[name]
-            m.d.comb += sequential.eq(1)
-            full = beat_fill == size
-            m.d.comb += [stream_.valid.eq(full), read_data.ready.eq(~full)]
-            with m.If(stream_.valid & stream_.ready):
-                m.d.sync += beat_fill.eq(0)
-            with m.Elif(read_data.valid & ~full):
-                m.d.sync += [beat.eq(Cat(beat[8:], read_data.payload)), beat_fill.eq(beat_fill + 1),
-                             receive_left.eq(receive_left - 1)]
-            with m.Elif((receive_left == 0) & (beat_fill != 0) & ~full):
-                m.d.sync += [beat.eq(Cat(beat[8:], 0)), beat_fill.eq(beat_fill + 1)]
-            with m.If((receive_left == 0) & (beat_fill == 0)):
+            m.d.comb += [sequential.eq(1), stream_.valid.eq(fill >= size)]
+            sent = Mux(stream_.valid & stream_.ready, size, 0)
+            # room for a whole word whatever is sent this cycle: no path from the engine's
+            # ready to the memory's
+            with m.If(read_data.valid & (fill <= size)):
+                take_word()
+                with m.If(two):
+                    m.d.sync += [beat.eq(Cat(beat[16:], word)), fill.eq(fill + 2 - sent)]
+                with m.Else():
+                    m.d.sync += [beat.eq(Cat(beat[8:], first_byte)), fill.eq(fill + 1 - sent)]
+            with m.Elif((receive_left == 0) & (fill != 0) & (fill < size)):
+                m.d.sync += [beat.eq(Cat(beat[8:], 0)), fill.eq(fill + 1)]
+            with m.Else():
+                m.d.sync += fill.eq(fill - sent)
+            with m.If((receive_left == 0) & (fill == 0)):
                 if next_address is not None:
                     begin_loads(next_address, next_count)
                 m.next = next_state
@@ -187,11 +228,11 @@ class ProgramRunner(wiring.Component):
             with m.State("HEADER"):
                 load_record("FIRST_STEP")
             with m.State("FIRST_STEP"):
-                m.d.sync += steps.eq(header.steps)
+                m.d.sync += [steps.eq(header.steps), pool.eq(header)]
                 begin_loads(record_address, self.record_bytes)
                 m.next = "RECORD"
                 with m.If(header.steps == 0):
-                    m.next = "FINISH"
+                    m.next = "POOL_START"
             with m.State("RECORD"):
                 load_record("GEOMETRY")
             with m.State("GEOMETRY"):
@@ -203,20 +244,18 @@ class ProgramRunner(wiring.Component):
                 # its busy follows start combinationally, so start must not depend on it
                 m.d.comb += [eng.start.eq(1), gather.start.eq(1), scatter.start.eq(1)]
                 m.d.sync += [residual_full.eq(0), residual_fill.eq(0), out_held.eq(0),
-                             beat_fill.eq(0)]
+                             fill.eq(0)]
                 begin_loads(record.masks_address, d.period * MASK_BYTES)
                 m.next = "MASKS"
             with m.State("MASKS"):
                 stream_phase("mask", "QUANT", record.quant_address,
                              times_constant(d.out_channels, QUANT_BYTES))
             with m.State("QUANT"):
-                stream_phase("quant", "WEIGHTS", record.weights_address,
-                             record.weight_bytes)
-            with m.State("WEIGHTS"):
-                stream_phase("weight", "FMAP", record.fmap_address,
-                             record.fmap_bytes)
+                stream_phase("quant", "FMAP", record.fmap_address, record.fmap_bytes)
             with m.State("FMAP"):
-                stream_phase("fmap", "OUTPUT")
+                stream_phase("fmap", "WEIGHTS", record.weights_address, record.weight_bytes)
+            with m.State("WEIGHTS"):
+                stream_phase("weight", "OUTPUT")
             with m.State("OUTPUT"):
                 # the scatter: take a beat, store its pixels that lie inside the map
                 m.d.comb += eng.out.ready.eq(~out_held)
@@ -224,31 +263,33 @@ class ProgramRunner(wiring.Component):
                     m.d.sync += [out_beat.eq(eng.out.payload), out_held.eq(1)]
                 write_now = out_held & scatter.inside
                 with m.If(write_now):
-                    m.d.comb += [request.valid.eq(1), request.payload.address.eq(scatter.address),
-                                 request.payload.write.eq(1), request.payload.data.eq(out_beat[:8])]
+                    m.d.comb += [request.valid.eq(1),
+                                 *byte_store(request.payload, scatter.address, out_beat[:8])]
                 with m.If(out_held & (~scatter.inside | request.ready)):
                     m.d.comb += scatter.advance.eq(1)
                     m.d.sync += out_beat.eq(out_beat >> 8)
                     with m.If(scatter.beat_end):
                         m.d.sync += out_held.eq(0)
                 # the gather (residual layers only), writes first: the walker issues a load per
-                # pixel inside the map and a token per pixel (1: a byte will come, 0: padding);
-                # the collector builds beats from the tokens in order, so loads may overlap
+                # pixel inside the map and a token per pixel; the collector builds beats from
+                # the tokens in order, so loads may overlap
                 with m.If(d.residual & ~gather.finished & ~write_now & tokens.w_rdy):
                     with m.If(gather.inside):
                         m.d.comb += [request.valid.eq(1),
                                      request.payload.address.eq(gather.address)]
                         with m.If(request.ready):
-                            m.d.comb += [tokens.w_en.eq(1), tokens.w_data.eq(1),
+                            m.d.comb += [tokens.w_en.eq(1),
+                                         tokens.w_data.eq(Cat(1, gather.address[0])),
                                          gather.advance.eq(1)]
                     with m.Else():
                         m.d.comb += [tokens.w_en.eq(1), tokens.w_data.eq(0), gather.advance.eq(1)]
                 with m.If(tokens.r_rdy & ~residual_full):
-                    with m.If(tokens.r_data):
+                    with m.If(tokens.r_data[0]):
                         m.d.comb += read_data.ready.eq(1)
                         with m.If(read_data.valid):
-                            m.d.comb += tokens.r_en.eq(1)
-                            m.d.sync += residual_beat.eq(Cat(residual_beat[8:], read_data.payload))
+                            m.d.comb += [tokens.r_en.eq(1), single_read.eq(1)]
+                            m.d.sync += residual_beat.eq(
+                                Cat(residual_beat[8:], byte_lane(word, tokens.r_data[1])))
                     with m.Else():
                         m.d.comb += tokens.r_en.eq(1)
                         m.d.sync += residual_beat.eq(Cat(residual_beat[8:], 0))
@@ -264,10 +305,57 @@ class ProgramRunner(wiring.Component):
                     m.next = "NEXT_STEP"
             with m.State("NEXT_STEP"):
                 with m.If(self.steps_done == steps):
-                    m.next = "FINISH"
+                    m.next = "POOL_START"
                 with m.Else():
                     begin_loads(record_address, self.record_bytes)
                     m.next = "RECORD"
+
+            # ---- the average pool, a channel at a time ----
+            with m.State("POOL_START"):
+                m.d.sync += [pool_channel.eq(0), pool_input.eq(pool.pool_input)]
+                m.next = "POOL_CHANNEL"
+                with m.If(pool.pool_channels == 0):
+                    m.next = "FINISH"
+            with m.State("POOL_CHANNEL"):
+                begin_loads(pool_input, pool.pool_plane)
+                m.d.sync += pool_sum.eq(0)
+                m.next = "POOL_SUM"
+            with m.State("POOL_SUM"):
+                m.d.comb += sequential.eq(1)
+                with m.If(read_data.valid):
+                    take_word()
+                    low = first_byte.as_signed()
+                    m.d.sync += pool_sum.eq(pool_sum + Mux(two, low + word[8:].as_signed(), low))
+                with m.If(receive_left == 0):
+                    m.d.sync += [product.eq(0), multiplicand.eq(pool_sum),
+                                 multiplier.eq(pool.pool_multiplier),
+                                 shift_left.eq(pool.pool_shift - 1)]
+                    m.next = "POOL_MULTIPLY"
+            with m.State("POOL_MULTIPLY"):
+                # product = sum * multiplier, one multiplier bit per cycle
+                with m.If(multiplier[0]):
+                    m.d.sync += product.eq(product + multiplicand)
+                m.d.sync += [multiplicand.eq(multiplicand << 1), multiplier.eq(multiplier >> 1)]
+                with m.If(multiplier == 0):
+                    m.next = "POOL_SHIFT"
+            with m.State("POOL_SHIFT"):
+                # (v + 2**(S-1)) >> S == ((v >> (S-1)) + 1) >> 1: S-1 arithmetic shifts first
+                with m.If(shift_left != 0):
+                    m.d.sync += [product.eq(product >> 1), shift_left.eq(shift_left - 1)]
+                with m.Else():
+                    rounded = (product + 1) >> 1
+                    m.d.sync += pooled.eq(Mux(rounded > 127, 127,
+                                              Mux(rounded < -128, -128, rounded[:8])))
+                    m.next = "POOL_STORE"
+            with m.State("POOL_STORE"):
+                m.d.comb += [request.valid.eq(1),
+                             *byte_store(request.payload, pool.pool_output + pool_channel, pooled)]
+                with m.If(request.ready):
+                    m.d.sync += [pool_channel.eq(pool_channel + 1),
+                                 pool_input.eq(pool_input + pool.pool_plane)]
+                    m.next = "POOL_CHANNEL"
+                    with m.If(pool_channel + 1 == pool.pool_channels):
+                        m.next = "FINISH"
             with m.State("FINISH"):
                 m.d.sync += [self.running.eq(0), self.done.eq(1)]
                 m.next = "IDLE"

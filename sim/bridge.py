@@ -105,9 +105,9 @@ def build_board(config: EngineConfig, build_root=None, waves: bool | None = None
                               generate_verilog(board_with_chip(top, core), TOP, header),
                               core.verilog_text(), model_verilog()])
         else:
-            from psconv.hw.memory_port import BYTE_MEMORY_VERILOG
+            from psconv.hw.memory_port import WORD_MEMORY_VERILOG
 
-            text = generate_verilog(top, TOP, header) + (BYTE_MEMORY_VERILOG if memory_bytes
+            text = generate_verilog(top, TOP, header) + (WORD_MEMORY_VERILOG if memory_bytes
                                                          else "")
         verilog.parent.mkdir(parents=True, exist_ok=True)
         tmp = verilog.with_suffix(f".v.{os.getpid()}.tmp")

@@ -61,10 +61,12 @@ from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REG
                                     PROGRAM_VERSION, RUN_STATUS_LAYOUT, memory_crc,
                                     step_record_layout)
 from psconv.protocol.payloads import (MASK_BYTES, QUANT_BYTES, STATUS_LAYOUT, config_hash,
-                                      encode_payload, identity_blob, layout_bytes)
+                                      decode_payload, encode_payload, identity_blob,
+                                      layout_bytes)
 from psconv.sim.cycle_model import predict_cycles
 from psconv.sim.device_link import DeviceLink
 from psconv.sim.engine_model import run_step
+from psconv.sim.golden.ops import global_avgpool_int
 
 DEFAULT_MEMORY_BYTES = 32 << 20
 """32 MiB: the ULX3S's SDR SDRAM (MT48LC16M16 geometry)."""
@@ -75,7 +77,7 @@ class ProgramError(PsconvError):
 
 
 def _fields(layout, payload: bytes):
-    return layout.from_bits(int.from_bytes(payload, "little"))
+    return decode_payload(layout, bytes(payload), "memory")
 
 
 class ResidentDevice:
@@ -251,6 +253,13 @@ class ResidentDevice:
                     or not all(self._inside(a, n) for a, n in regions)):
                 raise ProgramError(f"step {k}: sizes or regions do not fit")
             steps.append((spec, fields))
+        if header.pool_channels:
+            pool = {name: header[name] for name, _ in PROGRAM_HEADER_LAYOUT if name.startswith("pool_")}
+            if not (self._inside(pool["pool_input"], pool["pool_channels"] * pool["pool_plane"])
+                    and self._inside(pool["pool_output"], pool["pool_channels"])
+                    and 1 <= pool["pool_shift"] <= 62 and pool["pool_multiplier"] < 1 << 30):
+                raise ProgramError("the average pool's regions or factors do not fit")
+            steps.append((None, pool))
         return steps
 
     def _masks(self, address: int, period: int) -> tuple[int, ...]:
@@ -271,9 +280,24 @@ class ResidentDevice:
     def _advance(self, count: int) -> None:
         for _ in range(min(count, len(self._queue))):
             spec, fields = self._queue.pop(0)
-            self._run(spec, fields)
+            if spec is None:
+                self._pool(fields)
+            else:
+                self._run(spec, fields)
         if not self._queue:
             self.running, self.done = False, True
+
+    def _pool(self, f: dict) -> None:
+        """The whole-map average pool after the last step (see :mod:`psconv.protocol.memory`);
+        cycles: a word per cycle in, then the gateware's serial multiply and shift."""
+        channels, plane = f["pool_channels"], f["pool_plane"]
+        x = self._map(f["pool_input"], plane, (channels, 1, plane))
+        pooled = global_avgpool_int(x, f["pool_multiplier"], f["pool_shift"])
+        self.memory[f["pool_output"]:f["pool_output"] + channels] = (
+            pooled.to(torch.int8).numpy().tobytes())
+        self.memory_writes += channels
+        multiply = max(1, f["pool_multiplier"].bit_length())
+        self.cycles += channels * (-(-plane // 2) + multiply + f["pool_shift"] + 3)
 
     def _run(self, spec: LayerSpec, f: dict) -> None:
         """One engine step from memory into memory (see the module docstring)."""
@@ -296,6 +320,7 @@ class ResidentDevice:
         x = self._map(f["fmap_address"], spec.in_height * spec.in_width,
                       (spec.in_channels, spec.in_height, spec.in_width))
         out_shape = (spec.out_channels, spec.out_height, spec.out_width)
+        before_residual, moved_single = self.memory_reads, self.memory_writes
         residual = (self._map(f["residual_address"], f["plane_bytes"], out_shape)
                     if spec.residual else None)
         out = run_step(step, x, residual, cfg.tn, cfg.patch_channels)
@@ -305,8 +330,10 @@ class ResidentDevice:
             at = f["output_address"] + c * f["plane_bytes"]
             self.memory[at:at + planes] = data[c * planes:(c + 1) * planes]
         self.memory_writes += len(data)
-        moved = self.memory_reads + self.memory_writes - moved
-        self.cycles += moved + predict_cycles(cfg, spec, f["masks"])["compute"]
+        # a word per cycle for the sequential loads, a byte per gather load and output store
+        single = self.memory_writes + (self.memory_reads - before_residual) - moved_single
+        sequential = self.memory_reads + self.memory_writes - moved - single
+        self.cycles += -(-sequential // 2) + single + predict_cycles(cfg, spec, f["masks"])["compute"]
         self.steps_done += 1
 
 

@@ -97,7 +97,7 @@ SYSTEM_TB = "psconv.sim.tb.sdram_system_tb"
 SYSTEM_TOP = "sdram_system"
 
 
-def system_top(core, part: str | None = None, byte_port: bool = False):
+def system_top(core, part: str | None = None, port_client: bool = False):
     """An Amaranth top: :class:`psconv.hw.sdram.SDRAM` for ``core`` (``sim`` variant) wired at
     the pins to the chip model with the datasheet timing of ``part`` (default: the part the
     core's module is simulated as) at the core's clock.
@@ -105,9 +105,9 @@ def system_top(core, part: str | None = None, byte_port: bool = False):
     Ports: the wrapper's ``cmd``, ``wdata``, ``rdata``, ``ready``; ``sdram_clk`` (in: the
     chip's clock, the bench drives it 90 degrees after ``clk``); the chip's ``violation``,
     ``violation_code``, ``violation_cycle``, ``chip_ready``, ``refresh_count``,
-    ``activate_count``, ``read_count``, ``write_count``. With ``byte_port`` the top's client
-    side is instead ``port`` (:func:`psconv.hw.memory_port.memory_port_signature`, byte
-    accesses) through :class:`psconv.hw.memory_port.WordMemoryBridge`, as the resident-mode
+    ``activate_count``, ``read_count``, ``write_count``. With ``port_client`` the top's client
+    side is instead ``port`` (:func:`psconv.hw.memory_port.memory_port_signature`, word
+    and byte accesses) through :class:`psconv.hw.memory_port.WordMemoryBridge`, as the resident-mode
     blocks will use the SDRAM.
     """
     from amaranth import Module
@@ -129,9 +129,9 @@ def system_top(core, part: str | None = None, byte_port: bool = False):
         def __init__(self):
             self.sdram = SDRAM.from_core(core, pins="sim")
             members = {name: member for name, member in self.sdram.signature.members.items()
-                       if name not in ("sdram", *(("cmd", "wdata", "rdata") if byte_port else ()))}
-            if byte_port:
-                self.bridge = WordMemoryBridge(2, self.sdram.address_width)
+                       if name not in ("sdram", *(("cmd", "wdata", "rdata") if port_client else ()))}
+            if port_client:
+                self.bridge = WordMemoryBridge(self.sdram.address_width)
                 members["port"] = self.bridge.signature.members["port"]
             members.update({
                 "sdram_clk": In(1), "violation": Out(1), "violation_code": Out(5),
@@ -144,11 +144,11 @@ def system_top(core, part: str | None = None, byte_port: bool = False):
             m = Module()
             m.submodules.sdram = sdram = self.sdram
             client = self
-            if byte_port:
+            if port_client:
                 m.submodules.bridge = client = self.bridge
                 wiring.connect(m, wiring.flipped(self.port), self.bridge.port)
             for name in ("cmd", "wdata", "rdata"):
-                if byte_port:
+                if port_client:
                     wiring.connect(m, getattr(client, name), getattr(sdram, name))
                 else:
                     wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(sdram, name))
@@ -189,14 +189,14 @@ def chip_model(m, pins, sdram_clk, params: dict) -> dict:
     return outputs
 
 
-def system_verilog(core, part: str | None = None, byte_port: bool = False) -> str:
+def system_verilog(core, part: str | None = None, port_client: bool = False) -> str:
     """One Verilog text: the Amaranth top of :func:`system_top`, the LiteDRAM core (with its
     I/O flip-flop models) and the chip model."""
     from amaranth.back import verilog
 
     from .sdram_chip import model_verilog
 
-    top = system_top(core, part, byte_port)
+    top = system_top(core, part, port_client)
     ports = verilog.convert(top, name=SYSTEM_TOP, emit_src=False)
     # one timescale for every module (the core declares one, Amaranth's output none)
     return "\n".join(["`timescale 1ns / 1ps", ports, core.verilog_text(), model_verilog()])
@@ -224,19 +224,19 @@ class SDRAMSystemRTL:
     """LiteDRAM core + :class:`~psconv.hw.sdram.SDRAM` + chip model, built once."""
 
     def __init__(self, module: str = "MT48LC16M16", clk_hz: float = 50e6, part: str | None = None,
-                 build_root=None, cache_dir=None, byte_port: bool = False):
+                 build_root=None, cache_dir=None, port_client: bool = False):
         from psconv.rtl_gen.litedram import LiteDRAMConfig, generate_core
         from psconv.sim import runner
 
         self.core = generate_core(LiteDRAMConfig(module=module, sys_clk_hz=clk_hz), "sim",
                                   cache_dir=cache_dir)
         self.clk_hz = clk_hz
-        self.byte_port = byte_port
-        name = f"sdram-system-{module}-{clk_hz / 1e6:g}MHz{'-bytes' if byte_port else ''}"
+        self.port_client = port_client
+        name = f"sdram-system-{module}-{clk_hz / 1e6:g}MHz{'-port' if port_client else ''}"
         root = Path(build_root or DEFAULT_BUILD_ROOT) / name
         root.mkdir(parents=True, exist_ok=True)
         path = root / "sdram_system.v"
-        text = system_verilog(self.core, part, byte_port)
+        text = system_verilog(self.core, part, port_client)
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)
         self.build = runner.build(path, SYSTEM_TOP, root / "sim")
@@ -244,14 +244,14 @@ class SDRAMSystemRTL:
     def run(self, ops: list, seed: int = 0, rdata_stall: float = 0.0,
             tail_cycles: int = 0) -> SystemRun:
         """Stream ``ops`` (``["W", addr, data, enable]`` or ``["R", addr]``; with
-        ``byte_port``: ``["W", byte address, byte]`` or ``["R", byte address]``) through the
+        ``port_client``: ``["W", byte address, data, enable]`` or ``["R", byte address]``) through the
         top's ports as fast as they are taken (read data refused with probability
         ``rdata_stall``), then idle ``tail_cycles`` clocks."""
         from psconv.sim import runner
 
         results = self.build.build_dir.parent / "system_results.json"
         results.unlink(missing_ok=True)
-        runner.run(SYSTEM_TB, "run_byte_ops" if self.byte_port else "run_ops",
+        runner.run(SYSTEM_TB, "run_port_ops" if self.port_client else "run_ops",
                    build_dir=self.build.build_dir,
                    data={"ops": ops, "seed": seed, "rdata_stall": rdata_stall,
                          "tail_cycles": tail_cycles, "period_ns": 1e9 / self.clk_hz,

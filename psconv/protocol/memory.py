@@ -48,6 +48,8 @@ computes, gathers the residual (when the descriptor says so) from the CHW map at
 beat (y, xb, o) pixel r goes to ``output_address + o * plane_bytes + y * W_out + xb * tm + r``
 for ``xb * tm + r < W_out`` (``plane_bytes`` = H_out * W_out; an output-channel tile's
 addresses already include its first channel's offset). The residual is read in the same order.
+After the last step, a header with ``pool_channels`` > 0 has the device average-pool a map
+(ResNet's final pool), so an inference returns C bytes instead of the last C x H x W map.
 """
 
 from __future__ import annotations
@@ -84,10 +86,16 @@ RUN_STATUS_LAYOUT = data.StructLayout({
 """``RUN_STATUS``' answer (27 bytes)."""
 
 PROGRAM_MAGIC = b"PSPG"
-PROGRAM_VERSION = 1
+PROGRAM_VERSION = 2
 PROGRAM_HEADER_LAYOUT = data.StructLayout({
     "magic": unsigned(32), "version": unsigned(8), "steps": unsigned(16),
     "config_hash": unsigned(32),
+    # the whole-map average pool after the last step (0 channels: none), the golden model's
+    # global_avgpool_int: each of pool_channels planes of pool_plane int8 bytes from pool_input
+    # summed, times pool_multiplier, rounded right shift by pool_shift, saturated to int8, one
+    # byte per channel at pool_output
+    "pool_channels": unsigned(16), "pool_plane": unsigned(16), "pool_multiplier": unsigned(32),
+    "pool_shift": unsigned(8), "pool_input": unsigned(32), "pool_output": unsigned(32),
 })
 """The program header at the address ``INFER`` names; step records follow it directly."""
 
@@ -116,11 +124,12 @@ def memory_crc(data_bytes: bytes) -> int:
     return binascii.crc32(data_bytes) & 0xFFFFFFFF
 
 
-def program_header(config_hash: int, steps: int) -> bytes:
-    """The bytes of :data:`PROGRAM_HEADER_LAYOUT` for a program of ``steps`` step records."""
+def program_header(config_hash: int, steps: int, pool: dict | None = None) -> bytes:
+    """The bytes of :data:`PROGRAM_HEADER_LAYOUT` for a program of ``steps`` step records;
+    ``pool``: its ``pool_*`` fields (None: no pool on the device)."""
     return encode_payload(PROGRAM_HEADER_LAYOUT, {
         "magic": int.from_bytes(PROGRAM_MAGIC, "little"), "version": PROGRAM_VERSION,
-        "steps": steps, "config_hash": config_hash})
+        "steps": steps, "config_hash": config_hash, **(pool or {})})
 
 
 def step_record(config, spec, **addresses) -> bytes:

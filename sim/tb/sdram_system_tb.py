@@ -122,15 +122,16 @@ async def run_ops(dut):
 
 
 @cocotb.test()
-async def run_byte_ops(dut):
-    """Byte operations on a memory port (``port__request``/``port__read_data``)."""
+async def run_port_ops(dut):
+    """Word and byte operations on a memory port (``port__request``/``port__read_data``):
+    ``["W", address, data, enable]``, ``["R", address]``."""
     data = tb_data()
     init_cycles, started = await _start(dut, data, (dut.port__request__valid,),
                                         dut.port__read_data__ready)
     ops = data["ops"]
-    # MEMORY_REQUEST: address (32 bits), write (1), data (8)
-    requests = [op[1] | (int(op[0] == "W") << 32) | ((op[2] if op[0] == "W" else 0) << 33)
-                for op in ops]
+    # MEMORY_REQUEST: address (32 bits), write (1), data (16), enable (2)
+    requests = [op[1] | (int(op[0] == "W") << 32)
+                | ((op[2] << 33 | op[3] << 49) if op[0] == "W" else 0) for op in ops]
     reads, cycles = await _stream(dut, [("port__request", requests)], "port__read_data",
                                   sum(op[0] == "R" for op in ops), data.get("rdata_stall", 0.0),
                                   random.Random(data.get("seed", 0)))

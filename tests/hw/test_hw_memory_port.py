@@ -1,7 +1,8 @@
-"""The resident-mode memory port: on-chip memory and the byte-to-word bridge, random traffic.
+"""The resident-mode memory port: on-chip memory and the SDRAM bridge, random traffic.
 
-Each test issues random byte loads and stores back to back (with random gaps and read-data
-stalls) and checks every loaded byte against a Python model of the memory.
+Each test issues random word loads and stores with random byte enables at odd and even byte
+addresses, back to back (with random gaps and read-data stalls), and checks every loaded word
+against a Python model of the memory.
 """
 
 import random
@@ -15,20 +16,25 @@ DEPTH = 64
 
 def traffic(seed, count=300):
     rng = random.Random(seed)
-    return [(rng.randrange(DEPTH), rng.random() < 0.5, rng.randrange(256)) for _ in range(count)]
+    return [(rng.randrange(DEPTH), rng.random() < 0.5, rng.randrange(1 << 16), rng.randrange(4))
+            for _ in range(count)]
 
 
 def client(port, accesses, rng, loads):
-    """The client: issue ``accesses``; the expected byte of each load goes to ``loads``."""
+    """The client: issue ``accesses``; the expected word of each load goes to ``loads``."""
     async def client(ctx):
         model = bytearray(DEPTH)
-        for address, write, value in accesses:
+        for address, write, value, enable in accesses:
             await stream_put(ctx, port.request, {"address": address, "write": int(write),
-                                                 "data": value}, gap=0.3, rng=rng)
+                                                 "data": value, "enable": enable},
+                             gap=0.3, rng=rng)
+            word = address & ~1
             if write:
-                model[address] = value
+                for lane in range(2):
+                    if (enable >> lane) & 1:
+                        model[word + lane] = (value >> (8 * lane)) & 0xFF
             else:
-                loads.append(model[address])
+                loads.append(model[word] | model[word + 1] << 8)
     return client
 
 
@@ -36,7 +42,7 @@ def check_port(dut, port, seed, extra=()):
     rng = random.Random(seed + 100)
     accesses = traffic(seed)
     expected, got = [], []
-    count = sum(1 for _, write, _ in accesses if not write)
+    count = sum(1 for _, write, _, _ in accesses if not write)
 
     async def reader(ctx):
         for _ in range(count):
@@ -52,8 +58,8 @@ def test_on_chip_memory_returns_what_was_stored():
     check_port(dut, dut.port, seed=1)
 
 
-def test_word_bridge_selects_lanes_and_enables_only_the_written_byte():
-    bridge = WordMemoryBridge(word_bytes=2, address_width=8, reads_in_flight=4)
+def test_sdram_bridge_passes_words_and_byte_enables():
+    bridge = WordMemoryBridge(address_width=8)
     rng = random.Random(7)
     words = [0] * (DEPTH // 2)
     pending = []
@@ -86,7 +92,6 @@ def test_word_bridge_selects_lanes_and_enables_only_the_written_byte():
                         if (beat.enable >> lane) & 1:
                             byte = (beat.data >> (8 * lane)) & 0xFF
                             words[address] = (words[address] & ~(0xFF << 8 * lane)) | (byte << 8 * lane)
-                    assert bin(beat.enable).count("1") == 1
                 else:
                     pending.append([rng.randrange(1, 6), words[address]])
 

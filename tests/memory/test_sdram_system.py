@@ -79,25 +79,34 @@ def test_litedram_timings_of_the_faster_grade_break_trcd():
     assert run.violation == Violation.tRCD, run.rule
 
 
-def test_byte_port_through_the_word_bridge():
-    """The resident-mode byte port (psconv.hw.memory_port.WordMemoryBridge) in front of the
-    SDRAM: byte writes land in their lane only, loads return their byte, in order."""
-    system = SDRAMSystemRTL("MT48LC16M16", CLK_HZ, cache_dir=CACHE, byte_port=True)
+def test_memory_port_through_the_sdram_bridge():
+    """The resident-mode memory port (psconv.hw.memory_port.WordMemoryBridge) in front of the
+    SDRAM: byte stores (one lane enabled) and word stores land in their lanes only, loads return
+    the word that holds their address, in order."""
+    system = SDRAMSystemRTL("MT48LC16M16", CLK_HZ, cache_dir=CACHE, port_client=True)
     rng = random.Random(5)
     row_bytes = 2 << (system.core.info["bankbits"] + system.core.info["colbits"])
     bases = [row * row_bytes for row in (0, 1, 77, 8191)]
     memory, ops, expected = {}, [], []
+
+    def word(address):
+        even = address & ~1
+        return memory.get(even, 0) | memory.get(even + 1, 0) << 8
+
     for _ in range(1200):
         address = rng.choice(bases) + rng.randrange(row_bytes)
         if address in memory and rng.random() < 0.5:
             ops.append(["R", address])
-            expected.append(memory[address])
+            expected.append(word(address))
         else:
-            memory[address] = rng.randrange(256)
-            ops.append(["W", address, memory[address]])
+            value, enable = rng.randrange(1 << 16), rng.choice((1, 2, 3))
+            for lane in range(2):
+                if (enable >> lane) & 1:
+                    memory[(address & ~1) + lane] = (value >> (8 * lane)) & 0xFF
+            ops.append(["W", address, value, enable])
     for address in sorted(memory):
         ops.append(["R", address])
-        expected.append(memory[address])
+        expected.append(word(address))
     run = system.run(ops, rdata_stall=0.2)
     assert run.violation == Violation.NONE, run.rule
     mismatches = [(i, a, b) for i, (a, b) in enumerate(zip(run.reads, expected)) if a != b]

@@ -69,7 +69,17 @@ def test_records_point_at_the_streamed_drivers_bytes(program, memory_image):
         else:
             assert record.residual_address == (memory_image.regions[step.residual].address
                                                + step.first_channel * out.plane_bytes)
-    assert memory_image.output_layer == program.engine_steps[-1].layer
+    # the board pools the last engine layer (the header's pool fields); the classifier is the host's
+    last = memory_image.regions[program.engine_steps[-1].layer]
+    pool_layer = next(s.layer for s in program.steps if getattr(s, "layer", None) is not None
+                      and getattr(s.layer, "op", None) == "avgpool")
+    header = PROGRAM_HEADER_LAYOUT.from_bits(int.from_bytes(model[:header], "little"))
+    pooled = memory_image.regions[pool_layer.name]
+    assert memory_image.output_layer == pool_layer.name and pooled.shape == (last.shape[0], 1, 1)
+    assert (header.pool_channels, header.pool_plane, header.pool_input, header.pool_output) == (
+        last.shape[0], last.plane_bytes, last.address, pooled.address)
+    assert (header.pool_multiplier, header.pool_shift) == (int(pool_layer.multiplier.reshape(-1)[0]),
+                                                           int(pool_layer.shift.reshape(-1)[0]))
     assert memory_image.regions["input"].shape == tuple(program.model.input_shape)
 
 

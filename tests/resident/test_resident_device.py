@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from psconv.protocol.codes import Command, NakReason, Status
-from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
+from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
                                     MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT, memory_crc,
                                     step_record_layout)
 from psconv.protocol.payloads import encode_payload, identity_blob, layout_bytes
@@ -55,7 +55,7 @@ def loaded(memory_image, image=None, **options):
 
 def region_map(device, region):
     data = read(device, region.address, region.size).payload
-    return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(region.shape).to(torch.int64)
+    return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(region.tensor_shape).to(torch.int64)
 
 
 def test_identify_and_memory_commands():
@@ -125,13 +125,15 @@ def test_an_inference_from_memory_is_bit_exact_at_every_layer(program, images, m
     for name, region in memory_image.regions.items():
         if name != "input":
             assert torch.equal(region_map(device, region), golden.outputs[name]), name
-    # what the runner moved: header, records and tables, maps in, maps out
+    # what the runner moved: header, records and tables, maps in, maps out, then the pool
     record = layout_bytes(step_record_layout(RESIDENT_CONFIG))
-    reads = 11 + sum(record + 2 * len(s.masks) + 13 * s.descriptor.out_channels
+    pooled = memory_image.regions[memory_image.output_layer]
+    pool_input = memory_image.regions[steps[-1].layer]
+    reads = layout_bytes(PROGRAM_HEADER_LAYOUT) + pool_input.size + sum(record + 2 * len(s.masks) + 13 * s.descriptor.out_channels
                      + s.weight_words.numel() + memory_image.regions[s.input].size
                      + (s.descriptor.out_channels * s.descriptor.out_height * s.descriptor.out_width
                         if s.residual else 0) for s in steps)
-    writes = sum(memory_image.regions[s.layer].size for s in steps if s.tile == 0)
+    writes = pooled.size + sum(memory_image.regions[s.layer].size for s in steps if s.tile == 0)
     assert (done["memory_reads"], done["memory_writes"]) == (reads, writes)
     assert done["cycles"] > 0
 
