@@ -3,8 +3,8 @@
 :func:`build_memory_image` lays a compiled :class:`~psconv.firmware.compiler.LayerProgram` out
 as :mod:`psconv.protocol.memory` defines it, byte addresses from 0::
 
-    0                program header (PROGRAM_HEADER_LAYOUT, 30 bytes)
-    30               step records, one per engine step (step_record_layout(config))
+    0                program header (PROGRAM_HEADER_LAYOUT, 38 bytes)
+    38               step records, one per engine step (step_record_layout(config))
     (4-aligned)      tables, per engine step in program order, each 4-aligned:
                      masks (2 bytes each), quantization entries (13 bytes each),
                      weight words (tn bytes each)
@@ -102,6 +102,7 @@ class MemoryImage:
     records: list[dict] = field(default_factory=list)
     tables: list[tuple[str, int, int]] = field(default_factory=list)   # (what, address, bytes)
     pool: dict | None = None        # the header's pool fields when the device pools, else None
+    input_steps: int = 0            # steps that read the input: after them it takes the next image
 
     program_address = 0
 
@@ -282,9 +283,14 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
                               f"{source.shape}; allowed: planes under {limit} bytes and under "
                               f"65536 channels")
         output_layer = pool_layer.name
-    program_image = program_header(config_hash(config), len(steps), pool) + b"".join(
+    input_map = regions[INPUT_REGION]
+    readers = [k for k, step in enumerate(steps)
+               if INPUT_REGION in (step.input, step.residual)]
+    input_region = {"input_address": input_map.address, "input_bytes": input_map.reserved,
+                    "input_steps": max(readers) + 1 if readers else 0}
+    program_image = program_header(config_hash(config), len(steps), pool, input_region) + b"".join(
         step_record(config, step.descriptor, **r) for step, r in zip(steps, records))
     return MemoryImage(memory_bytes=memory_bytes, model_bytes=program_image + bytes(tables),
                        regions=regions, output_layer=output_layer, program_bytes=program_bytes,
                        step_names=[s.name for s in steps], records=records,
-                       tables=table_rows, pool=pool)
+                       tables=table_rows, pool=pool, input_steps=input_region["input_steps"])

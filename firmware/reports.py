@@ -236,6 +236,8 @@ class InferenceReport(Verdicts):
     wall_s: float
     status_polls: int = 0       # RUN_STATUS polls before the one that saw done, and their
     status_poll_bytes: int = 0  # wire bytes (within link_bytes_*): a slow board polls more
+    overlapped_link_bytes: int = 0  # wire bytes of this image's upload sent while the board
+                                    # still ran the previous one (within link_bytes_*)
 
     @property
     def inference_link_bytes(self) -> int:
@@ -249,6 +251,7 @@ class InferenceReport(Verdicts):
                 "link_bytes_received": self.link_bytes_received,
                 "status_polls": self.status_polls, "status_poll_bytes": self.status_poll_bytes,
                 "inference_link_bytes": self.inference_link_bytes,
+                "overlapped_link_bytes": self.overlapped_link_bytes,
                 "memory_reads": self.memory_reads, "memory_writes": self.memory_writes,
                 "wall_s": self.wall_s, "logits": self.logits, "golden_logits": self.golden_logits,
                 "layers": self.layers, "bit_exact": self.bit_exact}
@@ -276,13 +279,16 @@ class ResidentRunReport:
     def table(self) -> str:
         """One row per image: device cycles, link and memory bytes, wall time, verdict."""
         head = (f"{'image':>5} {'cycles':>10} {'link sent':>10} {'link recv':>10} "
-                f"{'mem read':>10} {'mem write':>10} {'wall s':>7}  bit-exact")
+                f"{'overlapped':>10} {'mem read':>10} {'mem write':>10} {'wall s':>7}  bit-exact")
         lines = [head, "-" * len(head)]
         for r in self.inferences:
             checked = f"yes ({len(r.layers)} layers + logits)" if r.layers else "yes (logits)"
             lines.append(f"{r.image:>5} {r.device_cycles:>10} {r.link_bytes_sent:>10} "
-                         f"{r.link_bytes_received:>10} {r.memory_reads:>10} {r.memory_writes:>10} "
+                         f"{r.link_bytes_received:>10} {r.overlapped_link_bytes:>10} "
+                         f"{r.memory_reads:>10} {r.memory_writes:>10} "
                          f"{r.wall_s:>7.2f}  {checked if r.bit_exact else 'NO'}")
+        lines.append("(overlapped: link bytes of the image's upload sent while the board still "
+                     "ran the previous image)")
         return "\n".join(lines)
 
     def summary_lines(self) -> list[str]:

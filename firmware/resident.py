@@ -93,6 +93,7 @@ class ResidentDriver(BoardClient):
         self._acknowledged: tuple[int, int] = (0, 0)    # (model CRC, bytes the board has ACKed)
         self._inferences = 0
         self._unfinished = False       # an INFER whose wait timed out: the board may still run it
+        self._preloaded = None         # (image, its upload's wire bytes, sent while running)
         self.poll_bytes = self.polls = 0   # status polls of the last wait (see _wait)
 
     # -- link ---------------------------------------------------------------------------------
@@ -227,14 +228,17 @@ class ResidentDriver(BoardClient):
         data = self.read_memory(region.address, region.size, f"reading map {region.name!r}")
         return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(region.tensor_shape).to(torch.int64)
 
-    def _wait(self, context: str) -> dict:
-        """Poll RUN_STATUS until done, every :data:`POLL_INTERVAL_S` at first and then less
-        often (up to :data:`MAX_POLL_INTERVAL_S`). The wire bytes of every poll but the last are
-        added to ``self.poll_bytes``: they measure how slow the board is (a simulated one is
-        thousands of times slower than real time), not what an inference moves."""
+    def _wait(self, context: str, until=None) -> dict:
+        """Poll RUN_STATUS until done, every :data:`POLL_INTERVAL_S` at first and then less often
+        (up to :data:`MAX_POLL_INTERVAL_S`), or, back to back, until ``until(status)`` holds.
+        The wire bytes of every poll but the last are added to ``self.poll_bytes``: they measure
+        how slow the board is (a simulated one is thousands of times slower than real time), not
+        what an inference moves."""
         clock = self.transport.clock
         deadline = clock.now() + self.infer_timeout_s
-        interval = POLL_INTERVAL_S
+        # waiting for the input to be free is waiting for the first steps (a small share of an
+        # inference), so those polls go back to back
+        interval = 0 if until is not None else POLL_INTERVAL_S
         while True:
             before = self.transport.bytes_written + self.transport.bytes_read
             status = self.run_status(context)
@@ -245,6 +249,10 @@ class ResidentDriver(BoardClient):
             if not status["running"]:
                 raise ResidentError(f"{context}: the board reports neither running nor done after "
                                     f"INFER ({status['steps_done']} steps done)")
+            if until is not None and until(status):
+                self.poll_bytes += poll
+                self.polls += 1
+                return status
             if clock.now() >= deadline:
                 self._unfinished = True
                 names = self.image.step_names
@@ -254,29 +262,65 @@ class ResidentDriver(BoardClient):
                                     f"{reached + 1} of {len(names)}{where} reached")
             self.poll_bytes += poll
             self.polls += 1
-            clock.sleep(interval)
-            interval = min(2 * interval, MAX_POLL_INTERVAL_S)
+            if interval:
+                clock.sleep(interval)
+                interval = min(2 * interval, MAX_POLL_INTERVAL_S)
 
-    def infer(self, image: torch.Tensor, check_layers: bool = False, golden=None) -> InferenceReport:
+    def _wire(self) -> tuple[int, int]:
+        return self.transport.bytes_written, self.transport.bytes_read
+
+    def _write_input(self, image: torch.Tensor, context: str) -> None:
+        region = self.image.input_region
+        if tuple(image.shape) != region.shape:
+            raise ResidentError(f"{context}: shape {tuple(image.shape)}; the model takes {region.shape}")
+        self.write_memory(region.address, image.to(torch.int8).numpy().tobytes(), f"{context}: input")
+
+    def _send_next_input(self, image: torch.Tensor, context: str) -> None:
+        """While the board runs, write the next image as soon as no step left reads the input
+        (RUN_STATUS' ``steps_done`` reaches the program's input steps; the board NAKs an earlier
+        write BUSY). The write's wire bytes go to the next inference's report. If the board
+        refuses (a program without an input region), the next inference writes it instead."""
+        steps = self.image.input_steps
+        status = self._wait(f"{context}: waiting for the input to be free",
+                            until=lambda s: steps and s["steps_done"] >= steps)
+        before = self._wire()
+        try:
+            self._write_input(image, f"{context}: the next image")
+        except LinkNak as e:
+            if e.reason != NakReason.BUSY:
+                raise
+            return
+        after = self._wire()
+        self._preloaded = (image, (after[0] - before[0], after[1] - before[1]), status["running"])
+
+    def infer(self, image: torch.Tensor, check_layers: bool = False, golden=None,
+              next_image: torch.Tensor | None = None) -> InferenceReport:
         """Run one int8 CHW ``image`` through the loaded model; see the module docstring.
-        ``golden``: a precomputed :class:`GoldenResult` of ``image``, optional."""
+        ``golden``: a precomputed :class:`GoldenResult` of ``image``, optional. ``next_image``:
+        the image to run next, written while this one computes (so its upload overlaps this
+        inference; the next call must then pass that image)."""
         if self.image is None:
             raise ResidentError("no model loaded by this driver: call load(image) first")
         memory = self.image
         index = self._inferences
         self._inferences += 1
         context = f"image {index}"
-        region = memory.input_region
-        if tuple(image.shape) != region.shape:
-            raise ResidentError(f"{context}: shape {tuple(image.shape)}; the model takes {region.shape}")
         started = time.perf_counter()
-        wire = (self.transport.bytes_written, self.transport.bytes_read)
+        wire = self._wire()
         self.poll_bytes = self.polls = 0
-        if self._unfinished:           # never overwrite the input of a run still going
-            self._wait(f"{context}: waiting for the unfinished inference")
-        self.write_memory(region.address, image.to(torch.int8).numpy().tobytes(), f"{context}: input")
+        preloaded, self._preloaded = self._preloaded, None
+        sent_before = received_before = overlapped = 0
+        if preloaded is not None and torch.equal(preloaded[0], image):
+            _, (sent_before, received_before), while_running = preloaded
+            overlapped = sent_before + received_before if while_running else 0
+        else:
+            if self._unfinished:           # never overwrite the input of a run still going
+                self._wait(f"{context}: waiting for the unfinished inference")
+            self._write_input(image, context)
         self._request(Command.INFER, encode_payload(MEM_ADDRESS_LAYOUT, {
             "address": memory.program_address}), f"{context}: INFER")
+        if next_image is not None:
+            self._send_next_input(next_image, context)
         status = self._wait(f"{context}: INFER")
         names = list(memory.regions)[1:] if check_layers else [memory.output_layer]
         tensors = {name: self._read_map(memory.regions[name]) for name in names}
@@ -290,11 +334,16 @@ class ResidentDriver(BoardClient):
             golden = run_golden(self.program.model, image)
         layers = ({name: describe_mismatch(name, golden.outputs[name], tensors[name])
                    for name in golden.outputs} if check_layers else {})
+        # this inference's own bytes: its image (sent earlier when preloaded), INFER, the
+        # status and the result; not the next image's upload, which is the next one's
+        next_upload = self._preloaded[1] if self._preloaded is not None else (0, 0)
+        end = self._wire()
         return InferenceReport(
             image=index, device_cycles=status["cycles"], steps=status["steps_done"],
-            link_bytes_sent=self.transport.bytes_written - wire[0],
-            link_bytes_received=self.transport.bytes_read - wire[1],
+            link_bytes_sent=end[0] - wire[0] - next_upload[0] + sent_before,
+            link_bytes_received=end[1] - wire[1] - next_upload[1] + received_before,
             status_polls=self.polls, status_poll_bytes=self.poll_bytes,
+            overlapped_link_bytes=overlapped,
             memory_reads=status["memory_reads"], memory_writes=status["memory_writes"],
             wall_s=wall_s, layers=layers,
             logits=[int(v) for v in logits.reshape(-1).tolist()],
@@ -332,9 +381,12 @@ def run_resident(program: LayerProgram, images, transport: str = "resident-ref",
         report = ResidentRunReport(model=f"{program.model.arch} {program.model.family_name}",
                                    transport=transport, load=load, memory_map=image.memory_map(),
                                    memory_summary=image.summary())
-        for x in tqdm(images, desc="images", unit="image", disable=None if progress else True,
-                      leave=False):
-            report.inferences.append(driver.infer(x, check_layers=check_layers))
+        images = list(images)
+        for k, x in enumerate(tqdm(images, desc="images", unit="image",
+                                   disable=None if progress else True, leave=False)):
+            following = images[k + 1] if k + 1 < len(images) else None
+            report.inferences.append(driver.infer(x, check_layers=check_layers,
+                                                  next_image=following))
     finally:
         link.transport.close()
     report.link_summary = driver.link.stats.summary()

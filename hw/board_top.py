@@ -76,7 +76,7 @@ from .engine import PeriodicSparseEngine
 from .engine_owner import connect_engine_owners
 from .framing import LinkLayer, check_max_payload
 from .memory_commands import CommandRouter, MemoryCommandProcessor
-from .memory_port import OnChipMemory, WordMemoryBridge, memory_port_mux
+from .memory_port import MemoryPortArbiter, OnChipMemory, WordMemoryBridge
 from .program_runner import ProgramRunner
 from .sdram import SDRAM, sdram_pin_signature
 from .sdram_clocking import SDRAMClocking
@@ -261,7 +261,14 @@ class BoardTop(wiring.Component):
             memory_commands.memory_writes.eq(runner.memory_writes),
             memory_commands.engine_busy.eq(engine.busy),
         ]
-        memory_port_mux(m, runner.running, memory_commands.memory, runner.memory, memory_port)
+        m.submodules.memory_arbiter = arbiter = MemoryPortArbiter()
+        wiring.connect(m, memory_commands.memory, arbiter.commands)
+        wiring.connect(m, runner.memory, arbiter.runner)
+        wiring.connect(m, arbiter.memory, memory_port)
+        m.d.comb += [arbiter.running.eq(runner.running),
+                     memory_commands.input_free.eq(runner.input_free),
+                     memory_commands.input_address.eq(runner.input_address),
+                     memory_commands.input_bytes.eq(runner.input_bytes)]
         connect_engine_owners(m, engine, processor.engine, runner.engine, runner.running)
         return runner
 

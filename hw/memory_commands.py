@@ -7,7 +7,8 @@ payloads, answers, the model-validity rule). It sits beside the streamed
 hands it exactly these codes. Every refusal is a NAK made before any side effect.
 
 While the runner runs, the memory belongs to it: memory commands are NAKed BUSY, ``RUN_STATUS``
-still answers. Regions are checked against ``memory_bytes`` (NAK BAD_LENGTH), ``READ_MEM``
+still answers, and ``WRITE_MEM`` may store the next image into the input region once no step
+left reads it (the runner's ``input_free``; its stores go before the runner's requests). Regions are checked against ``memory_bytes`` (NAK BAD_LENGTH), ``READ_MEM``
 lengths against ``max_payload``.
 """
 
@@ -38,7 +39,8 @@ class MemoryCommandProcessor(wiring.Component):
     Out(:func:`~psconv.hw.memory_port.memory_port_signature`), used only while the runner is
     idle; ``infer`` Out(1), a pulse with ``program_address`` Out(32) to start the runner; the
     runner's ``running``, ``done``, ``steps_done``, ``cycles``, ``memory_reads``,
-    ``memory_writes`` In, and ``engine_busy`` In(1) (INFER waits for no streamed layer).
+    ``memory_writes`` In, ``engine_busy`` In(1) (INFER waits for no streamed layer), and the
+    runner's ``input_free``, ``input_address``, ``input_bytes`` In (WRITE_MEM while it runs).
     """
 
     def __init__(self, memory_bytes: int, max_payload: int):
@@ -58,6 +60,9 @@ class MemoryCommandProcessor(wiring.Component):
             "memory_reads": In(COUNT_WIDTH),
             "memory_writes": In(COUNT_WIDTH),
             "engine_busy": In(1),
+            "input_free": In(1),
+            "input_address": In(32),
+            "input_bytes": In(32),
         })
 
     def elaborate(self, platform):
@@ -131,7 +136,8 @@ class MemoryCommandProcessor(wiring.Component):
                         with m.Case(command):
                             need = layout_bytes(layout)
                             wrong = (length <= need) if command == Command.WRITE_MEM else (length != need)
-                            with m.If(self.running & (command != Command.INFER)):
+                            with m.If(self.running & (command != Command.INFER)
+                                      & (command != Command.WRITE_MEM)):
                                 nak(NakReason.BUSY)
                             with m.Elif(wrong):
                                 nak(NakReason.BAD_LENGTH)
@@ -156,6 +162,10 @@ class MemoryCommandProcessor(wiring.Component):
                         count = length - layout_bytes(MEM_ADDRESS_LAYOUT)
                         with m.If(outside(start, count)):
                             nak(NakReason.BAD_LENGTH)
+                        with m.Elif(self.running & ~(
+                                self.input_free & (start >= self.input_address)
+                                & (start + count <= self.input_address + self.input_bytes))):
+                            nak(NakReason.BUSY)
                         with m.Else():
                             with m.If((start < model_end) & (start + count > model_start)):
                                 m.d.sync += model_valid.eq(0)

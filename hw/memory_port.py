@@ -131,19 +131,45 @@ class OnChipMemory(wiring.Component):
         return m
 
 
-def memory_port_mux(m, select, first, second, memory_port) -> None:
-    """Connect client ``first`` (``select`` low) or ``second`` (``select`` high) to
-    ``memory_port`` (the memory's In side). ``select`` may change only while neither client has
-    a load outstanding; the other client sees a port that is never ready."""
-    for client, chosen in ((first, ~select), (second, select)):
-        m.d.comb += [client.request.ready.eq(chosen & memory_port.request.ready),
-                     client.read_data.payload.eq(memory_port.read_data.payload),
-                     client.read_data.valid.eq(chosen & memory_port.read_data.valid)]
-    m.d.comb += [
-        memory_port.request.valid.eq(Mux(select, second.request.valid, first.request.valid)),
-        memory_port.request.payload.eq(Mux(select, second.request.payload, first.request.payload)),
-        memory_port.read_data.ready.eq(Mux(select, second.read_data.ready, first.read_data.ready)),
-    ]
+class MemoryPortArbiter(wiring.Component):
+    """Shares the memory between the memory commands and the program runner.
+
+    Ports: ``commands`` and ``runner`` In(:func:`memory_port_signature`), ``memory``
+    Out(the same), ``running`` In(1). While ``running`` the runner's loads own the read data and
+    the commands may only store (the memory commands NAK anything else BUSY then); otherwise
+    the runner issues nothing and the commands have the port. Command requests go first: they
+    pass a two-entry FIFO (registered ready, so the runner's request never reaches back into
+    the command side in the same cycle) and come at most one per UART byte, so the runner
+    loses few cycles to an image the host writes while it computes.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "commands": In(memory_port_signature()),
+            "runner": In(memory_port_signature()),
+            "memory": Out(memory_port_signature()),
+            "running": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        commands, runner, port = self.commands, self.runner, self.memory
+        m.submodules.queue = queue = SyncFIFOBuffered(width=MEMORY_REQUEST.size, depth=2)
+        m.d.comb += [
+            queue.w_data.eq(commands.request.payload),
+            queue.w_en.eq(commands.request.valid),
+            commands.request.ready.eq(queue.w_rdy),
+            port.request.valid.eq(queue.r_rdy | runner.request.valid),
+            port.request.payload.eq(Mux(queue.r_rdy, queue.r_data, runner.request.payload)),
+            queue.r_en.eq(port.request.ready),
+            runner.request.ready.eq(port.request.ready & ~queue.r_rdy),
+        ]
+        for client, chosen in ((commands, ~self.running), (runner, self.running)):
+            m.d.comb += [client.read_data.payload.eq(port.read_data.payload),
+                         client.read_data.valid.eq(chosen & port.read_data.valid)]
+        m.d.comb += port.read_data.ready.eq(Mux(self.running, runner.read_data.ready,
+                                                commands.read_data.ready))
+        return m
 
 
 class WordMemoryBridge(wiring.Component):

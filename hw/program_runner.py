@@ -14,7 +14,9 @@ model's ``global_avgpool_int``: a serial multiply and shift per channel, no DSP)
 Ports: ``start`` In(1) with ``program_address`` In(32) (a pulse, taken while not
 ``running``); ``running`` Out(1); ``done`` Out(1) (set when a program finishes, cleared by
 ``start``); ``steps_done`` Out(16); ``cycles``, ``memory_reads``, ``memory_writes`` Out(48)
-(this inference: cycles from ``start``, bytes loaded, bytes stored); ``memory``
+(this inference: cycles from ``start``, bytes loaded, bytes stored); ``input_free`` Out(1)
+(running, and no step left reads the input image: the header's ``input_steps`` are done)
+with the header's ``input_address`` and ``input_bytes`` Out(32); ``memory``
 Out(:func:`~psconv.hw.memory_port.memory_port_signature`); ``engine``: the engine's ports,
 flipped (connect it to a :class:`~psconv.hw.engine.PeriodicSparseEngine`). The engine's
 ``layer`` is driven from the step record, which holds still until the engine is idle again.
@@ -67,6 +69,9 @@ class ProgramRunner(wiring.Component):
             "cycles": Out(COUNT_WIDTH),
             "memory_reads": Out(COUNT_WIDTH),
             "memory_writes": Out(COUNT_WIDTH),
+            "input_free": Out(1),
+            "input_address": Out(32),
+            "input_bytes": Out(32),
             "memory": Out(memory_port_signature()),
             "engine": In(engine_signature(config)),
         })
@@ -88,7 +93,10 @@ class ProgramRunner(wiring.Component):
         m.d.comb += eng.layer.eq(d)
         steps = Signal(16)
         record_address = Signal(32)
-        pool = Signal(PROGRAM_HEADER_LAYOUT)      # the header's pool fields, kept after it
+        pool = Signal(PROGRAM_HEADER_LAYOUT)      # the header, kept after it (pool, input)
+        m.d.comb += [self.input_free.eq(self.running & (self.steps_done >= pool.input_steps)),
+                     self.input_address.eq(pool.input_address),
+                     self.input_bytes.eq(pool.input_bytes)]
 
         # ---- sequential loads: ``count`` bytes from ``address`` (any alignment), a word per
         # request; the receive side knows which lanes of each word are wanted ----

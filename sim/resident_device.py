@@ -11,6 +11,8 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
 * ``WRITE_MEM`` / ``READ_MEM`` / ``CRC_MEM``: on the memory; a region outside it, or a payload
   of the wrong size (``WRITE_MEM`` with no data, ``READ_MEM`` over the link's max payload),
   is NAKed BAD_LENGTH. A ``WRITE_MEM`` touching the checked model region clears the mark.
+  While a program runs they are NAKed BUSY, except a ``WRITE_MEM`` inside the header's input
+  region once the program's first ``input_steps`` steps are done.
 * ``CHECK_MODEL``: sets the validity mark (and remembers the region) only if the region's
   CRC-32 equals the host's; a mismatch clears the mark and is NAKed MODEL_CRC.
 * ``INFER``: NAK BUSY while running, NAK NO_MODEL without the mark or when the program address
@@ -100,6 +102,7 @@ class ResidentDevice:
         self.running = self.done = False
         self.steps_done = self.cycles = self.memory_reads = self.memory_writes = 0
         self._queue: list[tuple[LayerSpec, dict]] = []
+        self._input = (0, 0, 0)      # the running program's input region and its last reader
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -116,6 +119,8 @@ class ResidentDevice:
         }.get(command)
         if handler is None:
             return Response.nak(NakReason.UNKNOWN_COMMAND)
+        if self.running and command in (Command.READ_MEM, Command.CRC_MEM, Command.CHECK_MODEL):
+            return Response.nak(NakReason.BUSY)
         return handler(payload)
 
     def _inside(self, address: int, length: int) -> bool:
@@ -134,6 +139,11 @@ class ResidentDevice:
         data = payload[head:]
         if not self._inside(address, len(data)):
             return Response.nak(NakReason.BAD_LENGTH)
+        if self.running:        # only the input region, once no step reads it any more
+            start, length, steps = self._input
+            if not (start <= address and address + len(data) <= start + length
+                    and self.steps_done >= steps):
+                return Response.nak(NakReason.BUSY)
         if self.model is not None:
             start, length = self.model
             if address < start + length and start < address + len(data):
@@ -191,6 +201,9 @@ class ResidentDevice:
         self.steps_done = self.cycles = self.memory_writes = 0
         self.memory_reads = layout_bytes(PROGRAM_HEADER_LAYOUT)
         self._queue = queue
+        header = _fields(PROGRAM_HEADER_LAYOUT, self.memory[address:address + layout_bytes(
+            PROGRAM_HEADER_LAYOUT)])
+        self._input = (header.input_address, header.input_bytes, header.input_steps)
         if self.steps_per_poll is None:
             self._advance(len(queue))
         return Response.ack()

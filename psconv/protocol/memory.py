@@ -25,8 +25,10 @@ CRC-32 of the region on the device and, only if it equals the host's, marks the 
 (a mismatch clears the mark); reset clears it, and so does any ``WRITE_MEM`` that touches the
 checked region (the per-image input and the activations lie outside it). ``INFER`` refuses to
 start without the mark, or with a program address outside the checked region (NAK NO_MODEL).
-While a program runs the memory belongs to it: ``WRITE_MEM``, ``READ_MEM``, ``CRC_MEM`` and
-``CHECK_MODEL`` are NAKed BUSY, ``RUN_STATUS`` answers. CRC-32 is ISO-HDLC (:data:`MEMORY_CRC`: ``binascii.crc32`` on the host,
+While a program runs the memory belongs to it: ``READ_MEM``, ``CRC_MEM`` and ``CHECK_MODEL``
+are NAKed BUSY, ``RUN_STATUS`` answers, and ``WRITE_MEM`` is NAKed BUSY unless it lies inside
+the header's input region and the program has finished its first ``input_steps`` steps (the
+last that read the input): so the host sends the next image while this one computes. CRC-32 is ISO-HDLC (:data:`MEMORY_CRC`: ``binascii.crc32`` on the host,
 ``amaranth.lib.crc`` in gateware).
 
 A WRITE_MEM, READ_MEM or CRC_MEM region must lie inside the board's memory (``memory_bytes``
@@ -96,6 +98,9 @@ PROGRAM_HEADER_LAYOUT = data.StructLayout({
     # byte per channel at pool_output
     "pool_channels": unsigned(16), "pool_plane": unsigned(16), "pool_multiplier": unsigned(32),
     "pool_shift": unsigned(8), "pool_input": unsigned(32), "pool_output": unsigned(32),
+    # the input image's region; no step after the first input_steps reads it, so from then on
+    # the host may write the next image there while the program still runs
+    "input_address": unsigned(32), "input_bytes": unsigned(32), "input_steps": unsigned(16),
 })
 """The program header at the address ``INFER`` names; step records follow it directly."""
 
@@ -124,12 +129,14 @@ def memory_crc(data_bytes: bytes) -> int:
     return binascii.crc32(data_bytes) & 0xFFFFFFFF
 
 
-def program_header(config_hash: int, steps: int, pool: dict | None = None) -> bytes:
+def program_header(config_hash: int, steps: int, pool: dict | None = None,
+                   input_region: dict | None = None) -> bytes:
     """The bytes of :data:`PROGRAM_HEADER_LAYOUT` for a program of ``steps`` step records;
-    ``pool``: its ``pool_*`` fields (None: no pool on the device)."""
+    ``pool``: its ``pool_*`` fields (None: no pool on the device); ``input_region``: its
+    ``input_*`` fields (None: no write while it runs)."""
     return encode_payload(PROGRAM_HEADER_LAYOUT, {
         "magic": int.from_bytes(PROGRAM_MAGIC, "little"), "version": PROGRAM_VERSION,
-        "steps": steps, "config_hash": config_hash, **(pool or {})})
+        "steps": steps, "config_hash": config_hash, **(pool or {}), **(input_region or {})})
 
 
 def step_record(config, spec, **addresses) -> bytes:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from psconv.protocol.codes import Command, NakReason, Status
-from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
-                                    MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT, memory_crc,
-                                    step_record_layout)
+from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
+                                    MODEL_CHECK_LAYOUT, PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT,
+                                    memory_crc, step_record_layout)
 from psconv.protocol.payloads import encode_payload, identity_blob, layout_bytes
 from psconv.sim.golden.network import run_golden
 from psconv.sim.resident_device import ResidentDevice
@@ -108,7 +108,7 @@ def test_the_validity_mark(memory_image):
 def test_a_program_the_runner_cannot_run_is_refused(memory_image):
     device = loaded(memory_image)
     record = step_record_layout(RESIDENT_CONFIG)
-    at = 11 + 5 * layout_bytes(record) + layout_bytes(record) - 4      # step 5's plane_bytes
+    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + 6 * layout_bytes(record) - 4      # step 5's plane_bytes
     device.memory[at:at + 4] = struct.pack("<I", 1)
     assert check(device, memory_image, crc=memory_crc(bytes(device.memory[:len(memory_image.model_bytes)]))).status == Status.ACK
     assert device.handle(Command.INFER, address(0)).reason == NakReason.BAD_STATE
@@ -129,8 +129,8 @@ def test_an_inference_from_memory_is_bit_exact_at_every_layer(program, images, m
     record = layout_bytes(step_record_layout(RESIDENT_CONFIG))
     pooled = memory_image.regions[memory_image.output_layer]
     pool_input = memory_image.regions[steps[-1].layer]
-    reads = layout_bytes(PROGRAM_HEADER_LAYOUT) + pool_input.size + sum(record + 2 * len(s.masks) + 13 * s.descriptor.out_channels
-                     + s.weight_words.numel() + memory_image.regions[s.input].size
+    reads = layout_bytes(PROGRAM_HEADER_LAYOUT) + pool_input.size + sum(
+        record + 2 * len(s.masks) + 13 * s.descriptor.out_channels + s.weight_words.numel() + memory_image.regions[s.input].size
                      + (s.descriptor.out_channels * s.descriptor.out_height * s.descriptor.out_width
                         if s.residual else 0) for s in steps)
     writes = pooled.size + sum(memory_image.regions[s.layer].size for s in steps if s.tile == 0)
@@ -147,3 +147,31 @@ def test_infer_while_running_is_busy_and_status_shows_progress(program, images, 
     while status(device)["running"]:
         pass
     assert status(device)["steps_done"] == len(program.engine_steps)
+
+
+def test_only_the_input_region_takes_writes_while_running_and_only_once_it_is_free(
+        program, images, memory_image):
+    """The next image may go in while this one computes, once no step left reads the input;
+    nothing else is written or read while the program runs."""
+    device = loaded(memory_image, images[0], steps_per_poll=1)
+    region = memory_image.input_region
+    readers = [k for k, s in enumerate(program.engine_steps) if "input" in (s.input, s.residual)]
+    assert readers == [0]
+    next_image = images[1].to(torch.int8).numpy().tobytes()
+    assert device.handle(Command.INFER, address(0)).status == Status.ACK
+    assert write(device, region.address, next_image).reason == NakReason.BUSY   # step 0 pending
+    assert status(device)["steps_done"] == 1
+    assert write(device, region.address, next_image).status == Status.ACK
+    assert write(device, region.address - 1, b"\0").reason == NakReason.BUSY   # outside it
+    assert write(device, region.end, b"\0").reason == NakReason.BUSY
+    assert read(device, 0, 4).reason == NakReason.BUSY
+    while status(device)["running"]:
+        pass
+    golden = run_golden(program.model, images[0])
+    pooled = memory_image.output_region
+    assert torch.equal(region_map(device, pooled), golden.outputs[pooled.name])
+    assert device.handle(Command.INFER, address(0)).status == Status.ACK
+    while status(device)["running"]:
+        pass
+    golden = run_golden(program.model, images[1])
+    assert torch.equal(region_map(device, pooled), golden.outputs[pooled.name])

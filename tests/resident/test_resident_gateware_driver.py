@@ -1,8 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """The host half against the gateware half: the resident driver loads a memory image into the
 board top with memory (``BoardTop(memory_bytes=...)``) in the Amaranth simulator, runs a whole
-reduced ResNet18 there and reads every layer back bit-exact; the board moves exactly the memory
-bytes the software resident board counts.
+reduced ResNet18 there, two images with the second written while the first computes, and reads
+every layer back bit-exact; the board moves exactly the memory bytes the software resident
+board counts.
 
 A width-2 PSD1_P4 ResNet18 on 8x8 images for the tiny engine (about 15 s in the simulator).
 """
@@ -24,7 +25,7 @@ MEMORY_BYTES = 16384
 def test_the_resident_driver_runs_a_resnet18_on_the_gateware(capsys):
     model = default_quantized_model("PSD1_P4", width=2, image_size=8, calibration_images=4)
     program = compile_model(model, TINY_CONFIG)
-    image = model_images(model, 1, seed=1000)[0]
+    images = model_images(model, 2, seed=1000)
     top = BoardTop(TINY_CONFIG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400,
                    memory_bytes=MEMORY_BYTES)
     driver = ResidentDriver(SimulatorTransport(top, top.rx_data, top.tx_data), program,
@@ -33,16 +34,22 @@ def test_the_resident_driver_runs_a_resnet18_on_the_gateware(capsys):
     memory = driver.build_image()
     assert driver.memory_bytes == MEMORY_BYTES and memory.total_bytes <= MEMORY_BYTES
     driver.load(memory, progress=False)
-    report = driver.infer(image, check_layers=True)
+    # the second image goes into the input region while the board runs the first
+    report = driver.infer(images[0], check_layers=True, next_image=images[1])
+    second = driver.infer(images[1], check_layers=True)
     with capsys.disabled():
         print(f"\n{memory.summary()}; gateware: {report.device_cycles} cycles, "
               f"{time.perf_counter() - started:.1f} s in the Amaranth simulator")
     assert report.bit_exact, report.first_mismatch
+    assert second.bit_exact, second.first_mismatch
     assert len(report.layers) == 22 and report.steps == len(program.engine_steps) == 20
+    assert report.overlapped_link_bytes == 0
+    image_bytes = images[1].numel()
+    assert image_bytes < second.overlapped_link_bytes < second.inference_link_bytes
 
     reference = ResidentDriver(open_reference(TINY_CONFIG, MEMORY_BYTES), program)
     reference.load(reference.build_image(), progress=False)
-    expected = reference.infer(image)
+    expected = reference.infer(images[0])
     assert (report.memory_reads, report.memory_writes) == (expected.memory_reads,
                                                            expected.memory_writes)
     assert report.logits == expected.logits
