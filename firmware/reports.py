@@ -268,6 +268,7 @@ class ResidentRunReport:
     memory_map: list = field(default_factory=list)   # MemoryImage.memory_map() rows
     memory_summary: str = ""
     link_summary: str = ""
+    link_stats: object = None      # the link's LinkStats (retransmissions, timeouts, NAKs, ...)
     faults_injected: int = 0
     fault_summary: str = ""
     wall_s: float = 0.0

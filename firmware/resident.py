@@ -390,6 +390,7 @@ def run_resident(program: LayerProgram, images, transport: str = "resident-ref",
     finally:
         link.transport.close()
     report.link_summary = driver.link.stats.summary()
+    report.link_stats = driver.link.stats
     report.faults_injected, report.fault_summary = link.fault_summary()
     report.wall_s = time.perf_counter() - started
     return report
