@@ -93,10 +93,10 @@ class ProgramRunner(wiring.Component):
         m.d.comb += eng.layer.eq(d)
         steps = Signal(16)
         record_address = Signal(32)
-        pool = Signal(PROGRAM_HEADER_LAYOUT)      # the header, kept after it (pool, input)
-        m.d.comb += [self.input_free.eq(self.running & (self.steps_done >= pool.input_steps)),
-                     self.input_address.eq(pool.input_address),
-                     self.input_bytes.eq(pool.input_bytes)]
+        kept = Signal(PROGRAM_HEADER_LAYOUT)      # the header, kept after it (pool, input)
+        m.d.comb += [self.input_free.eq(self.running & (self.steps_done >= kept.input_steps)),
+                     self.input_address.eq(kept.input_address),
+                     self.input_bytes.eq(kept.input_bytes)]
 
         # ---- sequential loads: ``count`` bytes from ``address`` (any alignment), a word per
         # request; the receive side knows which lanes of each word are wanted ----
@@ -173,11 +173,11 @@ class ProgramRunner(wiring.Component):
         pool_channel = Signal(16)
         pool_input = Signal(32)          # the current channel's plane
         pool_sum = Signal(signed(POOL_SUM_WIDTH))
-        product_width = POOL_SUM_WIDTH + len(pool.pool_multiplier)
+        product_width = POOL_SUM_WIDTH + len(kept.pool_multiplier)
         product = Signal(signed(product_width))
         multiplicand = Signal(signed(product_width))
-        multiplier = Signal(len(pool.pool_multiplier))
-        shift_left = Signal(len(pool.pool_shift))
+        multiplier = Signal(len(kept.pool_multiplier))
+        shift_left = Signal(len(kept.pool_shift))
         pooled = Signal(8)
 
         # ---- counters ----
@@ -236,7 +236,7 @@ class ProgramRunner(wiring.Component):
             with m.State("HEADER"):
                 load_record("FIRST_STEP")
             with m.State("FIRST_STEP"):
-                m.d.sync += [steps.eq(header.steps), pool.eq(header)]
+                m.d.sync += [steps.eq(header.steps), kept.eq(header)]
                 begin_loads(record_address, self.record_bytes)
                 m.next = "RECORD"
                 with m.If(header.steps == 0):
@@ -320,12 +320,12 @@ class ProgramRunner(wiring.Component):
 
             # ---- the average pool, a channel at a time ----
             with m.State("POOL_START"):
-                m.d.sync += [pool_channel.eq(0), pool_input.eq(pool.pool_input)]
+                m.d.sync += [pool_channel.eq(0), pool_input.eq(kept.pool_input)]
                 m.next = "POOL_CHANNEL"
-                with m.If(pool.pool_channels == 0):
+                with m.If(kept.pool_channels == 0):
                     m.next = "FINISH"
             with m.State("POOL_CHANNEL"):
-                begin_loads(pool_input, pool.pool_plane)
+                begin_loads(pool_input, kept.pool_plane)
                 m.d.sync += pool_sum.eq(0)
                 m.next = "POOL_SUM"
             with m.State("POOL_SUM"):
@@ -336,8 +336,8 @@ class ProgramRunner(wiring.Component):
                     m.d.sync += pool_sum.eq(pool_sum + Mux(two, low + word[8:].as_signed(), low))
                 with m.If(receive_left == 0):
                     m.d.sync += [product.eq(0), multiplicand.eq(pool_sum),
-                                 multiplier.eq(pool.pool_multiplier),
-                                 shift_left.eq(pool.pool_shift - 1)]
+                                 multiplier.eq(kept.pool_multiplier),
+                                 shift_left.eq(kept.pool_shift - 1)]
                     m.next = "POOL_MULTIPLY"
             with m.State("POOL_MULTIPLY"):
                 # product = sum * multiplier, one multiplier bit per cycle
@@ -357,12 +357,12 @@ class ProgramRunner(wiring.Component):
                     m.next = "POOL_STORE"
             with m.State("POOL_STORE"):
                 m.d.comb += [request.valid.eq(1),
-                             *byte_store(request.payload, pool.pool_output + pool_channel, pooled)]
+                             *byte_store(request.payload, kept.pool_output + pool_channel, pooled)]
                 with m.If(request.ready):
                     m.d.sync += [pool_channel.eq(pool_channel + 1),
-                                 pool_input.eq(pool_input + pool.pool_plane)]
+                                 pool_input.eq(pool_input + kept.pool_plane)]
                     m.next = "POOL_CHANNEL"
-                    with m.If(pool_channel + 1 == pool.pool_channels):
+                    with m.If(pool_channel + 1 == kept.pool_channels):
                         m.next = "FINISH"
             with m.State("FINISH"):
                 m.d.sync += [self.running.eq(0), self.done.eq(1)]
