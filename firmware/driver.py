@@ -26,10 +26,17 @@ the golden model's integer ops), compares every layer and the logits with
 :func:`~psconv.sim.golden.network.run_golden`, and returns a
 :class:`~psconv.firmware.reports.RunReport`.
 
+Recovery. A host that died mid-step leaves the board busy: its engine waits for data that
+never comes (until the board's watchdog gives up on it, docs/protocol.md section 10). A
+:class:`Driver` whose first step meets ``NAK BUSY`` on ``WRITE_LAYER`` therefore
+:meth:`~Driver.recover` s (``IDENTIFY``, then ``ABORT``: the board discards the half-done step)
+and runs the step again; ``recover=False`` makes that BUSY an error instead.
+
 Errors are :class:`~psconv.errors.PsconvError` s naming what failed: :class:`EngineMismatch`
 (the board's engine is not the one the program was compiled for, with the differing fields),
 :class:`~psconv.firmware.link.LinkNak` / :class:`~psconv.firmware.link.LinkTimeout`
-(with the step, command, seq and reason), :class:`DriverError` (no progress, wrong state).
+(with the step, command, seq and reason; a refused descriptor names the field, its value and
+what the board allows), :class:`DriverError` (no progress, wrong state).
 """
 
 from __future__ import annotations
@@ -45,8 +52,8 @@ from psconv.firmware.link import LinkClient, LinkNak, LinkTimeout
 from psconv.firmware.reports import RunReport, StepReport
 from psconv.firmware.transport import CountingTransport, Transport
 from psconv.protocol.beats import beats_to_pixels, fmap_beat_bytes, fmap_beats, pixel_beats, weight_beats
-from psconv.protocol.codes import Command
-from psconv.protocol.descriptor import LayerSpec, encode_quant_entry
+from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.descriptor import LayerSpec, describe_rejection, encode_quant_entry
 from psconv.protocol.frame import MAX_PAYLOAD
 from psconv.protocol.payloads import (IDENTITY_LAYOUT, IDENTITY_VERSION, MASK_BYTES, QUANT_BYTES,
                                       beats_payload, identity_fields, layer_payload, mask_payload,
@@ -75,12 +82,13 @@ class EngineMismatch(DriverError):
         self.fields = fields
 
 
-def _with_context(error: PsconvError, context: str) -> PsconvError:
-    """The same kind of link error with ``context`` (which step) in front of its message."""
-    message = f"{context}: {error}"
+def _with_context(error: PsconvError, context: str, after: str = "") -> PsconvError:
+    """The same kind of link error with ``context`` (which step) in front of its message and
+    ``after`` behind it."""
+    message = f"{context}: {error}{after}" if context else f"{error}{after}"
     if isinstance(error, LinkNak):
         return LinkNak(message, command=error.command, seq=error.seq, attempts=error.attempts,
-                       reason=error.reason)
+                       reason=error.reason, detail=error.detail)
     if isinstance(error, LinkTimeout):
         return LinkTimeout(message, command=error.command, seq=error.seq, attempts=error.attempts)
     return type(error)(message)
@@ -108,8 +116,27 @@ class BoardClient:
                  timeout_s: float | None = None):
         try:
             return self.link.request(command, payload, timeout_s=timeout_s)
+        except LinkNak as e:
+            if e.reason != NakReason.BAD_DESCRIPTOR:
+                raise _with_context(e, context) from None
+            sent = (int.from_bytes(payload, "little") if command == Command.WRITE_LAYER
+                    else None)
+            raise _with_context(e, context, ": the descriptor's "
+                                + describe_rejection(self.config, e.detail, sent)) from None
         except PsconvError as e:
             raise (_with_context(e, context) if context else e) from None
+
+    def abort(self, context: str = "aborting the board's step") -> None:
+        """``ABORT``: the board's engine and command processor (and a resident run) return to
+        idle, whatever they were doing; the half-done work is discarded."""
+        self._request(Command.ABORT, context=context)
+
+    def recover(self) -> dict:
+        """Make a board left busy (by a host that died mid-step) ready again: ``IDENTIFY`` (it
+        must be this program's engine), then ``ABORT``. Returns the identity."""
+        fields = self.identify()
+        self.abort("recovering a board left busy")
+        return fields
 
     def identify(self) -> dict:
         """Ask the board who it is; raise :class:`EngineMismatch` unless it runs ``config``."""
@@ -145,13 +172,18 @@ class Driver(BoardClient):
 
     :meth:`identify` runs automatically before the first step (see :class:`BoardClient` for
     ``config``, ``timeout_s`` and ``retries``); ``output_stall_s`` is how long the driver waits
-    for the next output byte before giving up.
+    for the next output byte before giving up; ``recover`` (default True): a board busy at the
+    first step is recovered (:meth:`recover`) instead of refused (module docstring).
     """
 
     def __init__(self, transport: Transport, config, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 retries: int = DEFAULT_RETRIES, *, output_stall_s: float = DEFAULT_OUTPUT_STALL_S):
+                 retries: int = DEFAULT_RETRIES, *, output_stall_s: float = DEFAULT_OUTPUT_STALL_S,
+                 recover: bool = True):
         super().__init__(transport, config, timeout_s, retries)
         self.output_stall_s = output_stall_s
+        self.recover_busy = recover
+        self.recoveries = 0           # boards found busy at the start and recovered
+        self._steps_started = 0
         self.window = 0
         self.last_counters: dict = {}
         self._payload_sent = 0
@@ -201,7 +233,16 @@ class Driver(BoardClient):
         self._payload_sent = self._payload_received = 0
 
         descriptor = layer_payload(cfg, spec)
-        self._request(Command.WRITE_LAYER, descriptor, context)
+        try:
+            self._request(Command.WRITE_LAYER, descriptor, context)
+        except LinkNak as e:
+            # only a board left busy by an earlier host answers this driver's first step BUSY
+            if e.reason != NakReason.BUSY or not self.recover_busy or self._steps_started:
+                raise
+            self.recover()
+            self.recoveries += 1
+            self._request(Command.WRITE_LAYER, descriptor, context)
+        self._steps_started += 1
         self._payload_sent += len(descriptor)
         self._request(Command.START, b"", context)
         self._send(Command.WRITE_MASKS, mask_payload(step.masks), MASK_BYTES, context)

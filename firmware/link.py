@@ -38,11 +38,14 @@ class LinkTimeout(LinkError):
 
 
 class LinkNak(LinkError):
-    """The device refused the command (``reason``); it was not executed."""
+    """The device refused the command (``reason``); it was not executed. ``detail`` is a
+    ``BAD_DESCRIPTOR`` NAK's rule index (:attr:`~psconv.protocol.frame.Response.detail`)."""
 
-    def __init__(self, message: str, *, command: int, seq: int, attempts: int, reason: int):
+    def __init__(self, message: str, *, command: int, seq: int, attempts: int, reason: int,
+                 detail: int | None = None):
         super().__init__(message)
         self.command, self.seq, self.attempts, self.reason = command, seq, attempts, reason
+        self.detail = detail
 
 
 class LinkProtocolError(LinkError):
@@ -157,13 +160,15 @@ class LinkClient:
                 if reason is None:
                     raise LinkProtocolError(
                         f"{command} (seq {seq}): device sent a malformed NAK "
-                        f"(payload {outcome.payload.hex() or 'empty'}; expected one reason byte)")
+                        f"(payload {outcome.payload.hex() or 'empty'}; expected one reason byte, "
+                        f"two for BAD_DESCRIPTOR)")
                 self.stats.naks[reason.name] += 1
                 if reason not in RETRYABLE_NAKS:
                     raise LinkNak(
                         f"{command} (seq {seq}) refused by the device: NAK {reason.name} "
                         f"(0x{reason:02X}) after {attempts} attempt(s); the command was not executed",
-                        command=code, seq=seq, attempts=attempts, reason=reason)
+                        command=code, seq=seq, attempts=attempts, reason=reason,
+                        detail=outcome.detail)
                 last_nak = outcome
                 history.append(f"NAK {reason.name}")
             else:

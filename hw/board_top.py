@@ -47,6 +47,27 @@ it is the board's :attr:`~psconv.rtl_gen.boards.Board.link_max_payload` when ``p
 elaborates the top (its platform carries ``psconv_board``: 512 bytes on iCEBreaker, where a
 buffer is then one block RAM instead of two) and ``MAX_PAYLOAD`` otherwise (ULX3S, simulation).
 
+Abort and watchdog. The ``ABORT`` command's ACK pulses the command processor's ``abort``; so
+does the :class:`~psconv.hw.watchdog.Watchdog` when a streamed step is in progress and the link
+has been silent for ``watchdog_cycles`` (default :data:`DEFAULT_WATCHDOG_S` seconds of
+``clk_freq``; 0: no watchdog; :meth:`BoardTop.guards` names the boards without one). The pulse
+resets the command processor (its output FIFO, budgets and descriptor), the engine and the
+resident runner, so whatever was half done is discarded and the next ``WRITE_LAYER`` starts
+afresh. None of them knows about it: they run in a local ``abortable`` domain on ``sync``'s
+clock whose reset is ``sync``'s reset or the pulse (one gate in all, where a ``ResetInserter``
+around each would give every flip-flop a second reset for synthesis to merge). The link layer is
+not reset: the ACK, taken by the link in the cycle of the pulse, still goes out, and dedupe
+keeps working. The resident memory and its commands (the model's validity mark) are kept.
+
+Descriptor check. ``check_descriptor`` gives the command processor its
+:class:`~psconv.hw.descriptor_check.DescriptorCheck`: a ``WRITE_LAYER`` outside the engine's
+limits is NAKed ``BAD_DESCRIPTOR`` naming the rule, and nothing starts. Both guards are on by
+default (:meth:`BoardTop.guards`) except on a board whose
+:attr:`~psconv.rtl_gen.boards.Board.gateware_guards` is False: the iCEBreaker, whose device is
+full, keeps ``ABORT`` (a driver still recovers it) but leaves out the descriptor check (its host
+checks every descriptor before sending it) and the watchdog (a board left busy waits for an
+``ABORT``).
+
 Resident mode (docs/architecture.md section 10). ``memory_bytes=N`` adds N bytes of block RAM
 as the board's memory, the program runner and the memory commands (the simulated board uses
 this); ``sdram_core`` (a generated LiteDRAM core, :mod:`psconv.rtl_gen.litedram`) uses the
@@ -60,7 +81,7 @@ Without either the board is streamed-only and answers the memory commands UNKNOW
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 from amaranth.lib import io, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -81,6 +102,7 @@ from .program_runner import ProgramRunner
 from .sdram import SDRAM, sdram_pin_signature
 from .sdram_clocking import SDRAMClocking
 from .uart import DEFAULT_BAUD, UART, uart_divisor
+from .watchdog import Watchdog, check_watchdog_cycles
 
 DEFAULT_CLK_FREQ = 60_000_000
 """The default ``sync`` clock: ULX3S through its PLL, 3 Mbaud at divisor 20."""
@@ -94,6 +116,12 @@ RECOMMENDED_LINK = {
 ENGINE_ACTIVE_CYCLES = 64
 """The wide-bridge top's ``engine_active`` stays high this many cycles after the engine's last
 issue cycle."""
+
+DEFAULT_WATCHDOG_S = 10
+"""Seconds of link silence in the middle of a streamed step after which the board abandons the
+step (the default ``watchdog_cycles`` is this many seconds of ``clk_freq``). Far above what a
+live host leaves: its longest silence is one answer timeout (1 s by default) before it
+re-sends."""
 
 POWER_ON_RESET_CYCLES = 4
 """Cycles the wide-bridge top holds its own reset after time 0 (it ignores the ``rst`` input)."""
@@ -109,7 +137,8 @@ class BoardTop(wiring.Component):
     the module docstring).
     ``clk_freq`` (Hz) must be the real ``sync`` frequency: it sets the UART divisor and the link
     timeout, and ``psconv build`` checks it against the board's clock plan. ``max_payload``:
-    see :meth:`link_max_payload`.
+    see :meth:`link_max_payload`. ``watchdog_cycles`` (0: none) and ``check_descriptor``: see
+    the module docstring.
     """
 
     def __init__(self, config: EngineConfig | None = None, clk_freq: float = DEFAULT_CLK_FREQ,
@@ -117,7 +146,8 @@ class BoardTop(wiring.Component):
                  timeout_cycles: int | None = None, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
                  bridge_beat_bytes: int = 1, bridge_fifo_beats: int = BRIDGE_FIFO_BEATS,
                  bridge_flush_cycles: int = BRIDGE_FLUSH_CYCLES, max_payload: int | None = None,
-                 memory_bytes: int = 0, sdram_core=None, external_memory: bool = False):
+                 memory_bytes: int = 0, sdram_core=None, external_memory: bool = False,
+                 watchdog_cycles: int | None = None, check_descriptor: bool | None = None):
         self.config = config if config is not None else EngineConfig()
         if not isinstance(self.config, EngineConfig):
             raise PsconvError(f"board top: config is {config!r}; allowed: an EngineConfig")
@@ -131,6 +161,10 @@ class BoardTop(wiring.Component):
         self.timeout_cycles = int(timeout_cycles if timeout_cycles is not None
                                   else max(2, clk_freq // 200))
         self.output_fifo_depth = output_fifo_depth
+        if watchdog_cycles:
+            check_watchdog_cycles(watchdog_cycles)
+        self.watchdog_cycles = watchdog_cycles
+        self.check_descriptor = check_descriptor
         if max_payload is not None:
             smallest = smallest_max_payload(self.config)
             if check_max_payload(max_payload) < smallest:
@@ -174,13 +208,36 @@ class BoardTop(wiring.Component):
         board = getattr(platform, "psconv_board", None)
         return board.link_max_payload if board is not None else MAX_PAYLOAD
 
+    def guards(self, platform=None) -> tuple[bool, int]:
+        """(descriptor check, watchdog cycles or 0) when elaborated for ``platform``: the
+        constructor's values if given, else on (:data:`DEFAULT_WATCHDOG_S` of ``clk_freq``)
+        unless the platform's board leaves them out
+        (:attr:`~psconv.rtl_gen.boards.Board.gateware_guards`: the iCEBreaker, which is full)."""
+        board = getattr(platform, "psconv_board", None)
+        default = board is None or board.gateware_guards
+        check = self.check_descriptor if self.check_descriptor is not None else default
+        cycles = (self.watchdog_cycles if self.watchdog_cycles is not None
+                  else int(DEFAULT_WATCHDOG_S * self.clk_freq) if default else 0)
+        return bool(check), cycles
+
     def elaborate(self, platform):
         m = Module()
         max_payload = self.link_max_payload(platform)
+        check_descriptor, watchdog_cycles = self.guards(platform)
         m.submodules.link = link = LinkLayer(max_payload, timeout_cycles=self.timeout_cycles)
-        m.submodules.processor = processor = CommandProcessor(
-            self.config, output_fifo_depth=self.output_fifo_depth, max_payload=max_payload)
-        m.submodules.engine = engine = PeriodicSparseEngine(self.config, layer_held=True)
+        processor = CommandProcessor(self.config, output_fifo_depth=self.output_fifo_depth,
+                                     max_payload=max_payload,
+                                     check_descriptor=check_descriptor)
+        engine = PeriodicSparseEngine(self.config, layer_held=True)
+        # ABORT and the watchdog reset these (and the runner) from outside: they run in an
+        # ``abortable`` domain, sync's clock with reset = sync's reset | abort, so each flip-flop
+        # keeps a single synchronous reset (one more gate in all, not one per flip-flop)
+        abort = Signal()
+        m.domains.abortable = abortable = ClockDomain("abortable", local=True)
+        m.d.comb += [abortable.clk.eq(ClockSignal("sync")),
+                     abortable.rst.eq(ResetSignal("sync") | abort)]
+        m.submodules.processor = DomainRenamer("abortable")(processor)
+        m.submodules.engine = DomainRenamer("abortable")(engine)
 
         if self.bridge and self.bridge_beat_bytes > 1:
             m.submodules.bridge_rx = bridge_rx = BeatsToBytes(self.bridge_beat_bytes,
@@ -217,6 +274,16 @@ class BoardTop(wiring.Component):
             wiring.connect(m, processor.reply, link.reply)
             wiring.connect(m, processor.reply_payload, link.reply_payload)
             wiring.connect(m, processor.engine, engine)
+        expired = 0
+        if watchdog_cycles:
+            # a streamed step (not a resident run, which needs no host) with a silent link
+            m.submodules.watchdog = watchdog = Watchdog(watchdog_cycles)
+            m.d.comb += [
+                watchdog.armed.eq(engine.busy & ~(runner.running if runner is not None else 0)),
+                watchdog.activity.eq(link.rx_data.valid | link.tx_data.valid),
+            ]
+            expired = watchdog.expired
+        m.d.comb += abort.eq(processor.abort | expired)
         if self.bridge and self.bridge_beat_bytes > 1:
             # a hint for the bench, read by nothing on the board: the engine is computing (its
             # busy counter moved in the last ENGINE_ACTIVE_CYCLES cycles), so the clock must run
@@ -234,12 +301,14 @@ class BoardTop(wiring.Component):
         return m
 
     def _resident_mode(self, m, platform, link, processor, engine, max_payload):
-        """The memory, the program runner and the resident commands beside the streamed
-        processor (:mod:`psconv.hw.memory_commands`); returns the runner."""
+        """The memory, the program runner (in the ``abortable`` domain) and the resident
+        commands beside the streamed processor (:mod:`psconv.hw.memory_commands`); returns the
+        runner."""
         m.submodules.router = router = CommandRouter()
         m.submodules.memory_commands = memory_commands = MemoryCommandProcessor(
             self.memory_bytes, max_payload)
-        m.submodules.runner = runner = ProgramRunner(self.config)
+        runner = ProgramRunner(self.config)
+        m.submodules.runner = DomainRenamer("abortable")(runner)
         memory_port = self._memory(m, platform)
         wiring.connect(m, link.command, router.link.command)
         wiring.connect(m, link.command_payload, router.link.command_payload)

@@ -30,6 +30,13 @@ Rules (each refusal is a NAK, with no side effect):
   good: an engine holding a residual beat back has at least ``output_fifo_depth`` unread outputs
   ahead of it, which is more than the window allows.
 * ``READ_OUTPUT`` before the first ``START``: BAD_STATE. ``START`` empties the output FIFO.
+* ``WRITE_LAYER`` with a descriptor that breaks a rule of
+  :data:`~psconv.protocol.descriptor.DESCRIPTOR_RULES` (:class:`DescriptorCheck`, unless built
+  with ``check_descriptor=False``): NAK BAD_DESCRIPTOR with a second byte, the rule's index; the
+  previous descriptor stays.
+* ``ABORT`` (no payload) is ACKed, and ``abort`` pulses in the cycle the link takes that ACK:
+  the board top resets the processor, the engine and the resident runner with it
+  (:mod:`psconv.hw.board_top`), so the answer is out before anything is reset.
 
 Timing: one payload byte per cycle in; a beat is pushed to its engine stream the cycle after its
 last byte and waits there for ``ready`` (the ACK goes out once every beat is in the engine).
@@ -49,7 +56,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In
+from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
 from psconv.protocol.codes import Command, NakReason, Status
@@ -62,6 +69,7 @@ from psconv.protocol.payloads import (COUNTERS_BYTES, COUNTERS_LAYOUT, DATA_COMM
 
 from .arith import SerialDivider, times_constant
 from .block_ram import BlockRamFIFO
+from .descriptor_check import DescriptorCheck
 from .engine import PeriodicSparseEngine
 from .framing import FRAME_HEADER, command_port_members
 from .layer_budget import LayerBudget
@@ -90,22 +98,26 @@ class CommandProcessor(wiring.Component):
     * ``link_counters`` In(LINK_COUNTERS): reported by ``READ_COUNTERS``.
     * ``engine`` In(PeriodicSparseEngine(config).signature): the engine's ports, flipped, so
       ``wiring.connect(m, processor.engine, engine)`` wires them all.
+    * ``abort`` Out(1): a pulse as the ACK of ``ABORT`` is taken; whoever instantiates the
+      processor resets it and the engine with it (nothing inside acts on it).
 
     ``output_fifo_depth`` (>= 2) is the output FIFO and the residual window in beats; ``max_payload``
     the link's largest payload: no answer is longer (a ``READ_OUTPUT`` asking for more gets at
     most ``max_payload // tm`` beats, since the link could neither send nor store a longer one),
     and it must hold every DATA blob, the descriptor and a whole beat of every data command.
-    Both are reported by ``IDENTIFY``.
+    Both are reported by ``IDENTIFY``. ``check_descriptor=False`` leaves the
+    :class:`DescriptorCheck` out (a board too full for it; the host still checks).
     """
 
     def __init__(self, config, *, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
-                 max_payload: int = MAX_PAYLOAD):
+                 max_payload: int = MAX_PAYLOAD, check_descriptor: bool = True):
         if not isinstance(output_fifo_depth, int) or not 2 <= output_fifo_depth <= 0xFFFF:
             raise PsconvError(f"command processor: output_fifo_depth {output_fifo_depth!r}; "
                               f"allowed: an integer 2..65535 (beats)")
         self.config = config
         self.output_fifo_depth = output_fifo_depth
         self.max_payload = max_payload
+        self.check_descriptor = bool(check_descriptor)
         self.descriptor_layout = layer_descriptor_layout(config)
         self.descriptor_bytes = descriptor_bytes(config)
         smallest = smallest_max_payload(config)
@@ -117,6 +129,7 @@ class CommandProcessor(wiring.Component):
             **command_port_members(),
             "link_counters": In(LINK_COUNTERS),
             "engine": In(engine_signature(config)),
+            "abort": Out(1),
         })
 
     def elaborate(self, platform):
@@ -175,6 +188,8 @@ class CommandProcessor(wiring.Component):
         header = Signal(FRAME_HEADER)
         code, length = header.code, header.length
         nak_reason = Signal(8)
+        nak_more = Signal()                # a second NAK byte (the broken descriptor rule) follows
+        aborting = Signal()                # the reply being sent answers ABORT
         reply_status = Signal(8)
         reply_length = Signal(16)
         reply_kind = Signal(2)             # what follows the reply header
@@ -211,6 +226,10 @@ class CommandProcessor(wiring.Component):
         def nak(reason):
             m.d.sync += nak_reason.eq(reason)
             reply(Status.NAK, 1, KIND_NAK)
+
+        if self.check_descriptor:
+            m.submodules.descriptor_check = check = DescriptorCheck(cfg)
+            m.d.comb += check.descriptor.eq(shreg[len(shreg) - 8 * self.descriptor_bytes:])
 
         def ack():
             reply(Status.ACK, 0, KIND_NONE)
@@ -346,6 +365,12 @@ class CommandProcessor(wiring.Component):
                                 m.d.comb += [div.start.eq(1), div.dividend.eq(length),
                                              div.divisor.eq(beat_sizes[command])]
                                 m.next = "CHECK_DATA"
+                    with m.Case(Command.ABORT):
+                        with m.If(length != 0):
+                            nak(NakReason.BAD_LENGTH)
+                        with m.Else():
+                            m.d.sync += aborting.eq(1)
+                            ack()
                     with m.Default():
                         nak(NakReason.UNKNOWN_COMMAND)
 
@@ -417,11 +442,23 @@ class CommandProcessor(wiring.Component):
             with m.State("RECEIVE_LAYER"):
                 with m.If(gather_byte()):
                     with m.If(gathered == self.descriptor_bytes - 1):
-                        m.next = "LOAD_LAYER"
+                        m.next = "CHECK_LAYER" if self.check_descriptor else "LOAD_LAYER"
+            if self.check_descriptor:
+                with m.State("CHECK_LAYER"):
+                    m.next = "LOAD_LAYER"        # the check's registered verdict comes next
             with m.State("LOAD_LAYER"):
-                m.d.sync += [descriptor.eq(shreg[len(shreg) - 8 * self.descriptor_bytes:]),
-                             have_descriptor.eq(1)]
-                ack()
+                def load():
+                    m.d.sync += [descriptor.eq(shreg[len(shreg) - 8 * self.descriptor_bytes:]),
+                                 have_descriptor.eq(1)]
+                    ack()
+                if self.check_descriptor:
+                    with m.If(check.ok):
+                        load()
+                    with m.Else():
+                        m.d.sync += [nak_reason.eq(NakReason.BAD_DESCRIPTOR), nak_more.eq(1)]
+                        reply(Status.NAK, 2, KIND_NAK)
+                else:
+                    load()
 
             with m.State("RECEIVE_MAX"):
                 with m.If(gather_byte()):
@@ -445,6 +482,8 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += [self.reply.valid.eq(1), self.reply.payload.status.eq(reply_status),
                              self.reply.payload.length.eq(reply_length)]
                 with m.If(self.reply.ready):
+                    m.d.comb += self.abort.eq(aborting)
+                    m.d.sync += aborting.eq(0)
                     with m.Switch(reply_kind):
                         with m.Case(KIND_NAK):
                             m.next = "SEND_NAK"
@@ -461,7 +500,11 @@ class CommandProcessor(wiring.Component):
             with m.State("SEND_NAK"):
                 m.d.comb += [self.reply_payload.valid.eq(1), self.reply_payload.payload.eq(nak_reason)]
                 with m.If(self.reply_payload.ready):
-                    m.next = "IDLE"
+                    if self.check_descriptor:
+                        # the descriptor is still in shreg, so the check's verdict still holds
+                        m.d.sync += [nak_reason.eq(check.rule), nak_more.eq(0)]
+                    with m.If(~nak_more):
+                        m.next = "IDLE"
 
             with m.State("SEND_BLOB"):
                 m.d.comb += self.reply_payload.valid.eq(1)

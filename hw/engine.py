@@ -38,8 +38,10 @@ first (then ~150 cycles of setup), weights once setup is done, quant entries, th
 residuals at once; output channel o of the first pixel group starts as soon as its weights and
 entry are in, so the weight load overlaps the first group's compute.
 
-The descriptor is not checked in gateware: :meth:`psconv.protocol.descriptor.LayerSpec.check` states the
-limits (C_in*H rows in the feature-map buffer, C_out*cycles words in the weight buffer, ...).
+The engine does not check its descriptor: :data:`psconv.protocol.descriptor.DESCRIPTOR_RULES`
+states the limits, which the host's ``LayerSpec.check`` and the command processor's
+:class:`~psconv.hw.descriptor_check.DescriptorCheck` enforce before a layer starts (C_out*cycles
+words in the weight buffer depend on the mask table and are the host's to check).
 """
 
 from __future__ import annotations

@@ -40,13 +40,19 @@ def input_channel_passes(in_channels: int, patch_channels: int | None = None) ->
     return [(first, min(step, in_channels - first)) for first in range(0, in_channels, step)]
 
 
+def pass_periods(patch_channels: int, max_period: int) -> tuple[int, ...]:
+    """The periods 1..``max_period`` a layer split into input-channel passes may have: those
+    dividing ``patch_channels`` (so each pass starts on a period boundary and kernel (o, i) keeps
+    mask ``(o + i) % P``)."""
+    return tuple(p for p in range(1, max_period + 1) if patch_channels % p == 0)
+
+
 def check_passes(period: int, in_channels: int, patch_channels: int | None,
                  what: str = "layer") -> None:
-    """A layer split into passes needs P to divide ``patch_channels`` (so each pass starts on a
-    period boundary and kernel (o, i) keeps mask ``(o + i) % P``). ``what`` names the layer in
-    the error."""
+    """A layer split into passes needs a period of :func:`pass_periods`. ``what`` names the
+    layer in the error."""
     passes = len(input_channel_passes(in_channels, patch_channels))
-    if passes > 1 and patch_channels % period:
+    if passes > 1 and period not in pass_periods(patch_channels, period):
         raise PsconvError(
             f"{what}: {in_channels} input channels need {passes} passes of {patch_channels} "
             f"channels, but its period P = {period} does not divide patch_channels; allowed: "

@@ -110,6 +110,11 @@ class Board:
     """Largest frame payload the board's link takes (reported by ``IDENTIFY``; the driver sends
     and reads in frames of at most this). The link's receive and replay buffers hold this many
     bytes each: on the iCE40, 512 bytes is one block RAM per buffer, ``MAX_PAYLOAD`` two."""
+    gateware_guards: bool = True
+    """Whether the board top has the descriptor check and the host watchdog
+    (:meth:`psconv.hw.board_top.BoardTop.guards`). False on the iCEBreaker: its iCE40UP5K is
+    full (the two take about 60 logic cells), so its host checks descriptors and a board left
+    busy waits for ``ABORT``, which it keeps."""
     sdram_module: str | None = None
     """The board's SDR SDRAM as :data:`psconv.rtl_gen.litedram.SDRAM_MODULES` names it (None:
     none). ULX3S: ``MT48LC16M16`` (32 MB); boards with the 64 MB AS4C32M16SB-7 take
@@ -144,6 +149,7 @@ class Board:
             "bitstream_suffix": self.bitstream_suffix,
             "openfpgaloader_board": self.openfpgaloader_board,
             "link_max_payload": self.link_max_payload,
+            "gateware_guards": self.gateware_guards,
         }
 
 
@@ -182,6 +188,7 @@ BOARDS: dict[str, Board] = {
             bitstream_suffix=".bin", openfpgaloader_board="ice40_generic",
             engine_config_factory=_icebreaker_engine_config,
             link_max_payload=512,
+            gateware_guards=False,
         ),
     )
 }

@@ -25,6 +25,7 @@ class Command(enum.IntEnum, shape=8):
     CHECK_MODEL = 0x0F     # address u32, length u32, crc u32 -> ACK (model valid) or NAK MODEL_CRC
     INFER = 0x10           # program address u32 -> ACK (running), NAK NO_MODEL / BUSY
     RUN_STATUS = 0x11      # -> DATA: the resident runner's status
+    ABORT = 0x12           # none -> ACK; then engine, processor and runner return to idle
 
 
 class Status(enum.IntEnum, shape=8):
@@ -45,6 +46,8 @@ class NakReason(enum.IntEnum, shape=8):
     TIMEOUT = 0x07          # frame truncated: inter-byte timeout on the device
     MODEL_CRC = 0x08        # CHECK_MODEL: the region's CRC-32 differs from the host's
     NO_MODEL = 0x09         # INFER: no checked model in memory (never checked, reset, or overwritten)
+    BAD_DESCRIPTOR = 0x0A   # WRITE_LAYER: a second NAK byte is the broken rule's index in
+                            # psconv.protocol.descriptor.DESCRIPTOR_RULES
 
 
 # NAK reasons that mean "your frame was damaged on the way": the host re-sends the same frame.

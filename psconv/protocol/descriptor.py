@@ -21,6 +21,15 @@ residual         1                                      add ``residual_in`` * R 
 period           bits of ``max_period``                 P, entries of the mask table, 1..max_period
 ===============  =====================================  ==========================================
 
+Limits (:data:`DESCRIPTOR_RULES`): one table of rules, each a value of the descriptor (a field
+or a product of fields), the values it may take for a configuration, and when it applies. The
+host's :meth:`LayerSpec.check` and the gateware's :class:`psconv.hw.descriptor_check.DescriptorCheck`
+both read it, so the board refuses exactly what the host would: a ``WRITE_LAYER`` that breaks
+a rule is NAKed ``BAD_DESCRIPTOR`` with the rule's index in the table as a second NAK byte
+(:func:`describe_rejection` turns it back into the field and its allowed values). The limits
+that depend on the mask table (its length, the 1x1 table, weight words) arrive after ``START``
+and are checked by the host only.
+
 The engine runs a 1x1 layer exactly as a 3x3 layer with padding 1 whose mask table keeps only the
 centre tap: the centre tap of that window at output (y, x) is input (y*s, x*s), and both give an
 output size of ``(H - 1) // s + 1``. So ``kernel`` is informational for the gateware (the host must
@@ -36,13 +45,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from psconv.errors import PsconvError
 from psconv.families import NUM_TAPS
-from psconv.schedule import check_passes, cycles_per_output_channel, fmap_rows_capacity, output_size
+from psconv.schedule import cycles_per_output_channel, fmap_rows_capacity, output_size, pass_periods
 
 QUANT_ENTRY_LAYOUT = data.StructLayout({
     "bias": signed(32),
@@ -68,6 +78,89 @@ def layer_descriptor_layout(config) -> data.StructLayout:
         "residual": unsigned(1),
         "period": unsigned(config.max_period.bit_length()),
     })
+
+
+@dataclass(frozen=True)
+class DescriptorRule:
+    """One limit of the layer descriptor, stated once for the host and the gateware.
+
+    ``name`` is what errors and NAKs call it. ``value(d)`` computes it from a descriptor ``d``:
+    a :class:`LayerSpec` (ints) or the gateware's view of the ``layer`` port (Amaranth values),
+    so it uses only operators both understand (``*``, ``>``). ``allowed(config)`` is a range
+    (step 1) or a tuple of the values it may take. ``applies(d, config)``, if given, says when
+    the rule holds (the same two-sided kind of expression); ``why`` says where the limit comes
+    from. ``implied(config)``, if given, is true when the rules before it already guarantee this
+    one for ``config`` (the gateware then leaves it out: it could never fire).
+    """
+
+    name: str
+    value: Callable
+    allowed: Callable
+    why: str = ""
+    applies: Callable | None = None
+    implied: Callable | None = None
+
+    def describe(self, config) -> str:
+        """The allowed values in words, e.g. ``1..32 (max_height)``."""
+        allowed = self.allowed(config)
+        if isinstance(allowed, range):
+            words = f"{allowed.start}..{allowed.stop - 1}"
+        else:
+            words = ", ".join(str(v) for v in allowed[:-1]) + f" or {allowed[-1]}"
+        return f"{words} ({self.why})" if self.why else words
+
+
+def _at_most(limit: str) -> Callable:
+    return lambda config: range(1, getattr(config, limit) + 1)
+
+
+def _field(name: str) -> Callable:
+    return lambda d: getattr(d, name)
+
+
+DESCRIPTOR_RULES = (
+    DescriptorRule("in_channels", _field("in_channels"), _at_most("max_in_channels"),
+                   "max_in_channels"),
+    DescriptorRule("out_channels", _field("out_channels"), _at_most("max_out_channels"),
+                   "max_out_channels"),
+    DescriptorRule("in_height", _field("in_height"), _at_most("max_height"), "max_height"),
+    DescriptorRule("in_width", _field("in_width"), _at_most("max_width"), "max_width"),
+    DescriptorRule("stride", _field("stride"), lambda config: (1, 2)),
+    DescriptorRule("kernel", _field("kernel"), lambda config: (1, 3)),
+    DescriptorRule("period", _field("period"), _at_most("max_period"), "max_period"),
+    DescriptorRule("in_channels * in_height", lambda d: d.in_channels * d.in_height,
+                   lambda config: range(1, fmap_rows_capacity(config) + 1),
+                   "rows of the feature-map buffer: fmap_depth // max_width",
+                   implied=lambda config: (config.max_in_channels * config.max_height
+                                           <= fmap_rows_capacity(config))),
+    DescriptorRule("period", _field("period"),
+                   lambda config: pass_periods(config.patch_channels, config.max_period),
+                   "divides patch_channels: more input channels than patch_channels run in "
+                   "passes", applies=lambda d, config: d.in_channels > config.patch_channels,
+                   implied=lambda config: (config.max_in_channels <= config.patch_channels
+                                           or len(pass_periods(config.patch_channels,
+                                                               config.max_period))
+                                           == config.max_period)),
+)
+"""Every limit the engine puts on a descriptor, in the order they are checked; a rule's index
+here is the second byte of a ``BAD_DESCRIPTOR`` NAK. Each rule names the field it judges, or
+the product of fields."""
+
+
+def describe_rejection(config, rule_index: int, descriptor: int | None = None) -> str:
+    """The words for a ``BAD_DESCRIPTOR`` NAK naming rule ``rule_index``: the field, its value
+    when the sent ``descriptor`` (the ``layer`` port's integer) is given, and what is allowed."""
+    if not 0 <= rule_index < len(DESCRIPTOR_RULES):
+        return (f"rule {rule_index}, which this host does not know (it knows 0.."
+                f"{len(DESCRIPTOR_RULES) - 1}): the board's psconv is another version")
+    rule = DESCRIPTOR_RULES[rule_index]
+    value = ""
+    if descriptor is not None:
+        layout = layer_descriptor_layout(config)
+        fields = layout.from_bits(descriptor)
+        spec = LayerSpec(**{name: int(fields[name]) for name in layout.members})
+        value = f" is {rule.value(spec)}"
+    return f"{rule.name}{value}; allowed: {rule.describe(config)}"
 
 
 @dataclass(frozen=True)
@@ -100,26 +193,21 @@ class LayerSpec:
         return self.out_height * self.column_blocks(config) * self.out_channels
 
     def check(self, config, masks=None) -> None:
-        """Raise :class:`PsconvError` if this layer does not fit ``config`` (the engine does not
-        check its descriptor; the compiler must tile larger layers)."""
+        """Raise :class:`PsconvError` if this layer does not fit ``config``: the rules of
+        :data:`DESCRIPTOR_RULES` (which the board checks too) and, given the mask table, the
+        limits that depend on it. The compiler must tile larger layers."""
         def bad(name, value, allowed):
             raise PsconvError(f"engine layer: {name} is {value!r}; allowed: {allowed}")
-        for name, high in (("in_channels", config.max_in_channels),
-                           ("out_channels", config.max_out_channels),
-                           ("in_height", config.max_height), ("in_width", config.max_width),
-                           ("period", config.max_period)):
+        for name in ("in_channels", "out_channels", "in_height", "in_width", "stride", "kernel",
+                     "period"):
             value = getattr(self, name)
-            if not isinstance(value, int) or not 1 <= value <= high:
-                bad(name, value, f"1..{high} (engine config)")
-        if self.stride not in (1, 2):
-            bad("stride", self.stride, "1 or 2")
-        if self.kernel not in (1, 3):
-            bad("kernel", self.kernel, "1 or 3")
-        rows = fmap_rows_capacity(config)
-        if self.in_channels * self.in_height > rows:
-            bad("in_channels * in_height", self.in_channels * self.in_height,
-                f"at most {rows} rows (fmap_depth // max_width) in the feature-map buffer")
-        check_passes(self.period, self.in_channels, config.patch_channels, "engine layer")
+            if not isinstance(value, int) or isinstance(value, bool):
+                bad(name, value, "an integer")
+        for rule in DESCRIPTOR_RULES:
+            if rule.applies is not None and not rule.applies(self, config):
+                continue
+            if rule.value(self) not in rule.allowed(config):
+                bad(rule.name, rule.value(self), rule.describe(config))
         if masks is not None:
             if len(masks) != self.period:
                 bad("period", self.period, f"the mask table's length {len(masks)}")

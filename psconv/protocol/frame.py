@@ -8,7 +8,8 @@ Frame layout (both directions; docs/protocol.md has the byte diagrams and worked
 ``seq .. payload``: :data:`CRC_ALGORITHM` is that catalog entry of ``amaranth.lib.crc``, which
 the gateware instantiates; the host computes the same value with ``binascii.crc_hqx`` (C code).
 Host frames carry a :class:`~.codes.Command` in ``code``; device frames a :class:`~.codes.Status`
-(ACK: no payload, NAK: one :class:`~.codes.NakReason` byte, DATA: data).
+(ACK: no payload, NAK: one :class:`~.codes.NakReason` byte, two for ``BAD_DESCRIPTOR``,
+DATA: data).
 """
 
 from __future__ import annotations
@@ -177,13 +178,22 @@ class Response:
 
     @property
     def reason(self) -> NakReason | None:
-        """The NAK reason, or None for ACK / DATA."""
-        if self.status != Status.NAK or len(self.payload) != 1:
+        """The NAK reason, or None for ACK / DATA or a malformed NAK (one reason byte; two for
+        ``BAD_DESCRIPTOR``, whose second byte is :attr:`detail`)."""
+        if self.status != Status.NAK or not self.payload:
             return None
         try:
-            return NakReason(self.payload[0])
+            reason = NakReason(self.payload[0])
         except ValueError:
             return None
+        expected = 2 if reason == NakReason.BAD_DESCRIPTOR else 1
+        return reason if len(self.payload) == expected else None
+
+    @property
+    def detail(self) -> int | None:
+        """A ``BAD_DESCRIPTOR`` NAK's second byte (the broken rule's index in
+        :data:`psconv.protocol.descriptor.DESCRIPTOR_RULES`), else None."""
+        return self.payload[1] if self.reason == NakReason.BAD_DESCRIPTOR else None
 
     def encode(self) -> bytes:
         return encode_frame(self.seq, self.status, self.payload)

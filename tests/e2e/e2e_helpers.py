@@ -1,4 +1,5 @@
-"""Shared pieces of the end-to-end tests: configurations, a processor harness, a mock engine."""
+"""Shared pieces of the end-to-end tests: configurations, a processor harness, a mock engine, a
+host that dies, descriptors that break each limit."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from psconv.firmware.compiler import EngineStep
 from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_masks
 from psconv.hw.command_processor import CommandProcessor, engine_signature
 from psconv.hw.framing import LinkLayer
-from psconv.protocol.descriptor import LayerSpec
+from psconv.firmware.transport import Transport
+from psconv.protocol.descriptor import DESCRIPTOR_RULES, LayerSpec, layer_descriptor_layout
 from psconv.protocol.frame import MAX_PAYLOAD
+from psconv.protocol.payloads import descriptor_bytes
 from psconv.sim.golden.ops import conv2d_int, requantize
 
 from sim_helpers import raw
@@ -144,3 +147,67 @@ def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True
                       input="input", residual="residual" if residual else None,
                       useful_macs=int(family.weight_mask(c_out, c_in).sum()) * spec.out_height * spec.out_width)
     return step, x, res, expected
+
+
+class HostDied(Exception):
+    """Raised by :class:`DyingHost` when its host 'dies'."""
+
+
+class DyingHost(Transport):
+    """A host that dies: passes bytes through to ``inner`` until ``bytes_left`` have been
+    written, then writes the part of the frame that fits, raises :class:`HostDied` and sends
+    nothing more (the board sees a frame cut short and then silence). ``inner`` stays open, as
+    a serial port does for the next host."""
+
+    def __init__(self, inner: Transport, bytes_left: int):
+        self.inner = inner
+        self.clock = inner.clock
+        self.bytes_left = bytes_left
+
+    def write(self, data: bytes) -> None:
+        if self.bytes_left <= 0:
+            raise HostDied("this host is dead")
+        self.inner.write(data[:self.bytes_left])
+        self.bytes_left -= len(data)
+        if self.bytes_left <= 0:
+            raise HostDied(f"the host died {-self.bytes_left} bytes short of its last frame's end")
+
+    def read(self, max_bytes: int, timeout_s: float) -> bytes:
+        return self.inner.read(max_bytes, timeout_s)
+
+
+def breaking_descriptors(config):
+    """``(rule index, fields)`` for every rule of
+    :data:`~psconv.protocol.descriptor.DESCRIPTOR_RULES` the gateware checks for ``config``: each
+    field just past each of its limits (below the lowest allowed value; above the highest, if
+    the field is wide enough to carry it; every value a set rule leaves out), the product rule
+    and the passes rule broken with every field in range. Only that rule breaks."""
+    layout = layer_descriptor_layout(config)
+    valid = dict(in_channels=1, out_channels=1, in_height=1, in_width=1, stride=1, kernel=3,
+                 relu=0, residual=0, period=1)
+    for index, rule in enumerate(DESCRIPTOR_RULES):
+        if rule.implied is not None and rule.implied(config):
+            continue
+        allowed = rule.allowed(config)
+        if rule.name == "in_channels * in_height":
+            high = allowed.stop - 1
+            height = high // config.max_in_channels + 1
+            assert height <= config.max_height, "this config's product rule is implied"
+            yield index, {**valid, "in_channels": config.max_in_channels, "in_height": height}
+        elif rule.applies is not None:          # the period of a layer run in passes
+            period = next(p for p in range(1, config.max_period + 1) if p not in allowed)
+            yield index, {**valid, "in_channels": config.patch_channels + 1, "period": period}
+        else:
+            limit = 1 << layout[rule.name].shape.width
+            if isinstance(allowed, range):
+                bad = [v for v in (allowed.start - 1, allowed.stop) if 0 <= v < limit]
+            else:
+                bad = [v for v in range(limit) if v not in allowed]
+            for value in bad:
+                yield index, {**valid, rule.name: value}
+
+
+def descriptor_payload(config, fields) -> bytes:
+    """A ``WRITE_LAYER`` payload of ``fields`` as they are, unchecked (a host would refuse)."""
+    value = layer_descriptor_layout(config).const(fields).as_value().value
+    return value.to_bytes(descriptor_bytes(config), "little")

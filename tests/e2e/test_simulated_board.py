@@ -13,6 +13,7 @@ takes well under a minute the first time; it is cached under build/rtl.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,13 +31,14 @@ from psconv.firmware.faults import uniform_fault_rates
 from psconv.firmware.faults import FAULT_KINDS, FaultInjectingTransport
 from psconv.firmware.link import LinkNak, LinkTimeout
 from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.descriptor import DESCRIPTOR_RULES
 from psconv.firmware.transport import SocketTransport, transport_from_spec
 from psconv.families import family_by_name
 from psconv.nn.default import default_images, default_quantized_model
 from psconv.sim.bridge import SimBoard, SimTransport, build_board
 from psconv.sim.golden.ops import quantize_input
 
-from e2e_helpers import SIM_CONFIG
+from e2e_helpers import SIM_CONFIG, DyingHost, HostDied, breaking_descriptors, descriptor_payload
 
 pytestmark = pytest.mark.rtl
 
@@ -131,6 +133,53 @@ def test_errors_name_the_problem(board_build):
         transport_from_spec("serial:/dev/ttyUSB_psconv_none@3000000")
 
 
+def test_every_descriptor_field_past_each_limit_is_naked_naming_it_and_nothing_starts(board_build):
+    cases = list(breaking_descriptors(SIM_CONFIG))
+    # every rule of the table is live for this engine, each field broken on both sides
+    assert {index for index, _ in cases} == set(range(len(DESCRIPTOR_RULES)))
+    with SimBoard(SIM_CONFIG) as board:
+        transport = board.connect()
+        driver = Driver(transport, SIM_CONFIG)
+        driver.identify()
+        for index, fields in cases:
+            rule = DESCRIPTOR_RULES[index]
+            with pytest.raises(LinkNak, match=rf"NAK BAD_DESCRIPTOR .*: the descriptor's "
+                                              rf"{re.escape(rule.name)} is \d+; allowed: ") as e:
+                driver._request(Command.WRITE_LAYER, descriptor_payload(SIM_CONFIG, fields))
+            assert (e.value.reason, e.value.detail) == (NakReason.BAD_DESCRIPTOR, index), fields
+            assert driver.status()["busy"] == 0
+        # none was taken: there is no layer to start
+        with pytest.raises(LinkNak) as e:
+            driver._request(Command.START)
+        assert e.value.reason == NakReason.BAD_STATE
+        # the limits themselves are taken
+        largest = dict(in_channels=SIM_CONFIG.patch_channels, out_channels=SIM_CONFIG.max_out_channels,
+                       in_height=SIM_CONFIG.max_height, in_width=SIM_CONFIG.max_width, stride=2,
+                       kernel=1, relu=1, residual=1, period=SIM_CONFIG.max_period)
+        driver._request(Command.WRITE_LAYER, descriptor_payload(SIM_CONFIG, largest))
+        transport.close()
+
+
+def test_a_host_killed_mid_layer_leaves_the_board_busy_and_the_next_host_recovers_it(
+        board_build, width8):
+    program, image = width8
+    with SimBoard(SIM_CONFIG) as board:
+        transport = board.connect()
+        # the first host dies in the middle of its second layer's input map
+        dying = Driver(DyingHost(transport, bytes_left=12_000), SIM_CONFIG, timeout_s=2.0)
+        with pytest.raises(HostDied):
+            dying.run_program(program, image, progress=False)
+        assert dying._steps_started >= 2
+        # a new host on the same line: BUSY, so identify, abort, rerun; bit-exact to the logits
+        successor = Driver(transport, SIM_CONFIG, timeout_s=2.0)
+        assert successor.status()["busy"] == 1
+        report = successor.run_program(program, image, progress=False)
+        transport.close()
+    assert successor.recoveries == 1
+    assert report.bit_exact, report.first_mismatch
+    assert report.logits == report.golden_logits
+
+
 def test_a_silent_device_times_out_with_the_command_named():
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
@@ -198,7 +247,7 @@ def test_sim_transport_spec_and_shutdown_when_the_host_dies(board_build, tmp_pat
     script = textwrap.dedent(f"""
         import os, sys
         sys.path[:0] = [{os.path.dirname(__file__)!r}, {os.path.dirname(os.path.dirname(__file__))!r}]
-        from e2e_helpers import SIM_CONFIG
+        from e2e_helpers import SIM_CONFIG, DyingHost, HostDied, breaking_descriptors, descriptor_payload
         from psconv.sim.bridge import SimBoard
         board = SimBoard(SIM_CONFIG, quiet=True)
         transport = board.connect()
