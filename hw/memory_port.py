@@ -135,15 +135,19 @@ class MemoryPortArbiter(wiring.Component):
     """Shares the memory between the memory commands and the program runner.
 
     Ports: ``commands`` and ``runner`` In(:func:`memory_port_signature`), ``memory``
-    Out(the same), ``running`` In(1). While ``running`` the runner's loads own the read data and
-    the commands may only store (the memory commands NAK anything else BUSY then); otherwise
-    the runner issues nothing and the commands have the port. Command requests go first: they
-    pass a two-entry FIFO (registered ready, so the runner's request never reaches back into
-    the command side in the same cycle) and come at most one per UART byte, so the runner
-    loses few cycles to an image the host writes while it computes.
+    Out(the same), ``running`` In(1). While ``running`` the commands may only store (the memory
+    commands NAK anything else BUSY then); otherwise the runner issues nothing and the commands
+    have the port. Command requests go first: they pass a two-entry FIFO (registered ready, so
+    the runner's request never reaches back into the command side in the same cycle) and come at
+    most one per UART byte, so the runner loses few cycles to an image the host writes while it
+    computes. Read data goes to whoever issued the load, in order: the arbiter counts the
+    runner's loads still to come back (at most ``loads_in_flight``: the memories here hold 18
+    at most), and if the runner stops with some outstanding (an ABORT resets it mid-step) it
+    drops them, so the commands never receive a stale word.
     """
 
-    def __init__(self):
+    def __init__(self, loads_in_flight: int = 64):
+        self.loads_in_flight = loads_in_flight
         super().__init__({
             "commands": In(memory_port_signature()),
             "runner": In(memory_port_signature()),
@@ -164,11 +168,19 @@ class MemoryPortArbiter(wiring.Component):
             queue.r_en.eq(port.request.ready),
             runner.request.ready.eq(port.request.ready & ~queue.r_rdy),
         ]
-        for client, chosen in ((commands, ~self.running), (runner, self.running)):
+        runner_loads = Signal(range(self.loads_in_flight + 1))     # issued, not yet back
+        issued = runner.request.valid & runner.request.ready & ~runner.request.payload.write
+        returned = port.read_data.valid & port.read_data.ready
+        owned = runner_loads != 0
+        with m.If(issued & ~(returned & owned)):
+            m.d.sync += runner_loads.eq(runner_loads + 1)
+        with m.Elif(~issued & returned & owned):
+            m.d.sync += runner_loads.eq(runner_loads - 1)
+        for client, chosen in ((commands, ~owned), (runner, owned & self.running)):
             m.d.comb += [client.read_data.payload.eq(port.read_data.payload),
                          client.read_data.valid.eq(chosen & port.read_data.valid)]
-        m.d.comb += port.read_data.ready.eq(Mux(self.running, runner.read_data.ready,
-                                                commands.read_data.ready))
+        m.d.comb += port.read_data.ready.eq(
+            Mux(owned, runner.read_data.ready | ~self.running, commands.read_data.ready))
         return m
 
 

@@ -10,9 +10,14 @@ A width-2 PSD1_P4 ResNet18 on 8x8 images for the tiny engine (about 15 s in the 
 
 import time
 
+import torch
+
 from psconv.firmware.compiler import compile_model
 from psconv.firmware.resident import ResidentDriver
 from psconv.hw.board_top import BoardTop
+from psconv.protocol.codes import Command
+from psconv.protocol.memory import MEM_ADDRESS_LAYOUT
+from psconv.protocol.payloads import encode_payload
 from psconv.nn.default import default_quantized_model, model_images
 from psconv.sim.amaranth_transport import SimulatorTransport
 from psconv.sim.resident_device import open_reference
@@ -53,3 +58,31 @@ def test_the_resident_driver_runs_a_resnet18_on_the_gateware(capsys):
     assert (report.memory_reads, report.memory_writes) == (expected.memory_reads,
                                                            expected.memory_writes)
     assert report.logits == expected.logits
+
+
+def test_abort_mid_inference_keeps_memory_and_the_next_inference_exact():
+    """ABORT while the runner has loads in flight: the words still on their way are dropped, so
+    the next CRC_MEM and READ_MEM see memory, not stale words; the model stays valid and runs."""
+    model = default_quantized_model("PSD1_P4", width=2, image_size=8, calibration_images=4)
+    program = compile_model(model, TINY_CONFIG)
+    images = list(model_images(model, 2, seed=1000))
+    top = BoardTop(TINY_CONFIG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400,
+                   memory_bytes=MEMORY_BYTES)
+    driver = ResidentDriver(SimulatorTransport(top, top.rx_data, top.tx_data), program,
+                            timeout_s=5e-3, retries=2)
+    memory = driver.build_image()
+    driver.load(memory, progress=False)
+    image = images[0].to(torch.int8).numpy().tobytes()
+    driver.write_memory(memory.input_region.address, image, "input")
+    driver._request(Command.INFER, encode_payload(MEM_ADDRESS_LAYOUT, {"address": 0}), "INFER")
+    while driver.run_status()["steps_done"] < 2:
+        pass
+    driver.abort()
+    status = driver.run_status()
+    # the runner starts afresh (its counters too); the memory commands keep the model's mark
+    assert (status["running"], status["done"], status["steps_done"], status["model_valid"]) == (
+        0, 0, 0, 1)
+    assert driver.crc_memory(0, len(memory.model_bytes), "model") == memory.model_crc
+    assert driver.read_memory(memory.input_region.address, len(image), "input") == image
+    report = driver.infer(images[1], check_layers=True)
+    assert report.bit_exact, report.first_mismatch
