@@ -2,7 +2,8 @@
 
 ``p`` in cycle t + 2 is ``a * b`` of cycle t. In simulation and in generic Verilog the two
 register stages are ordinary flip-flops around a ``*``. On an ECP5 platform that opts in
-(:func:`use_ecp5_dsp`; :class:`psconv.rtl_gen.fmax.FmaxTop`'s measurement platform does) it is one ``MULT18X18D`` with its input A/B registers and its output
+(:func:`use_ecp5_dsp`: the ULX3S board builds and :class:`psconv.rtl_gen.fmax.FmaxTop`'s
+measurement platform do) it is one ``MULT18X18D`` with its input A/B registers and its output
 register enabled: Yosys 0.70's ``synth_ecp5`` maps a ``$mul`` to a ``MULT18X18D`` with every
 register bypassed and does not pack neighbouring flip-flops into it, so a fabric flip-flop ->
 DSP -> fabric flip-flop path costs the whole combinational multiply (an earlier 64-multiplier
@@ -11,6 +12,11 @@ register-to-register path inside the block.
 
 Widths: ``a`` and ``b`` at most 18 bits signed, ``p`` at most 36 bits; the instance sign-extends
 its operands to 18 bits and ``p`` takes the low bits of the 36-bit product.
+
+The instance is checked, not just reviewed: ``sim/ecp5_mult18x18d.v`` models the primitive in
+the configuration used here, and :mod:`psconv.sim.ecp5_dsp` (``tests/hw/test_hw_ecp5_dsp.py``)
+proves the instance equal to the generic form for 8-bit operands and compares the two on the
+engine's wider products; the parameters pass ``ecppack``.
 """
 
 from __future__ import annotations
@@ -23,12 +29,9 @@ LATENCY = 2
 
 
 def use_ecp5_dsp(platform) -> bool:
-    """Instantiate the primitive only where asked for (``platform.psconv_dsp_primitives``).
-
-    Why opt-in: no simulation model of ``MULT18X18D`` ships with the PyPI toolchain, so the
-    instance's parameters and sign handling are checked by review, never by a test; a board build
-    uses Yosys' own (slower, simulated-equivalent) mapping until that check exists.
-    """
+    """Instantiate the primitive only where asked for (``platform.psconv_dsp_primitives``; the
+    board builds set it from :attr:`psconv.rtl_gen.boards.Board.dsp_primitives`). Elsewhere (the
+    simulators, generic Verilog, a platform that does not ask) the generic form stands."""
     return (getattr(platform, "family", None) == "ecp5"
             and bool(getattr(platform, "psconv_dsp_primitives", False)))
 
@@ -41,7 +44,14 @@ class RegisteredMultiplier(wiring.Component):
     operand undriven (the netlist then drops a lane). Its patterns take only plain flip-flops, so
     the reset keeps this product's register in the fabric (16 flip-flops on the iCE40; free on an
     ECP5, whose flip-flops have a reset input), where the fused adder reads it as an ordinary
-    input. ``tests/hw/test_hw_ice40_dsp.py`` checks the mapped netlist."""
+    input. ``tests/hw/test_hw_ice40_dsp.py`` checks the mapped netlist. The ECP5 instance ignores
+    it: its product register has no reset, like the generic form without ``fused_add_safe``
+    (every other multiplier of the engine).
+
+    The instance's parameters: registers on ``CLK0``/``CE0``/``RST0`` with ``CE0`` high and
+    ``RST0`` low, ``SIGNEDA``/``SIGNEDB`` high, ``SOURCEA``/``SOURCEB`` low with ``SOURCEB_MODE``
+    ``"B_SHIFT"`` (the parallel B input; the only legal values are those of the prjtrellis
+    database, and ``ecppack`` fails on any other)."""
 
     def __init__(self, a_width: int, b_width: int, p_width: int | None = None, *,
                  fused_add_safe: bool = False):
@@ -76,7 +86,7 @@ class RegisteredMultiplier(wiring.Component):
                 p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
                 p_CLK0_DIV="ENABLED", p_CLK1_DIV="ENABLED", p_CLK2_DIV="ENABLED",
                 p_CLK3_DIV="ENABLED", p_HIGHSPEED_CLK="NONE", p_GSR="DISABLED",
-                p_CAS_MATCH_REG="FALSE", p_SOURCEB_MODE="B_INPUT", p_MULT_BYPASS="DISABLED",
+                p_CAS_MATCH_REG="FALSE", p_SOURCEB_MODE="B_SHIFT", p_MULT_BYPASS="DISABLED",
                 p_RESETMODE="SYNC",
                 i_SIGNEDA=Const(1, 1), i_SIGNEDB=Const(1, 1),
                 i_SOURCEA=Const(0, 1), i_SOURCEB=Const(0, 1),

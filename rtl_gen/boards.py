@@ -119,6 +119,11 @@ class Board:
     """The board's SDR SDRAM as :data:`psconv.rtl_gen.litedram.SDRAM_MODULES` names it (None:
     none). ULX3S: ``MT48LC16M16`` (32 MB); boards with the 64 MB AS4C32M16SB-7 take
     ``AS4C32M16_7`` as the build's ``module`` option instead."""
+    dsp_primitives: bool = False
+    """Whether a build instantiates the multipliers as ``MULT18X18D`` with their own input and
+    output registers (ECP5 only; :func:`psconv.hw.dsp.use_ecp5_dsp`) rather than leaving them to
+    Yosys' mapping, which packs no registers into the DSP. The instance is checked against the
+    generic registered ``*`` with a model of the primitive (``tests/hw/test_hw_ecp5_dsp.py``)."""
 
     @property
     def platform_class(self):
@@ -150,6 +155,7 @@ class Board:
             "openfpgaloader_board": self.openfpgaloader_board,
             "link_max_payload": self.link_max_payload,
             "gateware_guards": self.gateware_guards,
+            "dsp_primitives": self.dsp_primitives,
         }
 
 
@@ -167,6 +173,7 @@ def _ulx3s(size: str, luts: int, dsps: int, brams: int, config_factory) -> Board
         engine_config_factory=config_factory,
         link_clock_mhz=60.0,
         sdram_module="MT48LC16M16",
+        dsp_primitives=True,
     )
 
 

@@ -190,7 +190,8 @@ def make_platform(board, plan: ClockPlan | None = None):
     """A fresh platform for ``board`` whose missing ``sync`` domain follows ``plan``.
 
     The instance carries ``psconv_board`` and ``psconv_clock`` (the :class:`ClockPlan`) for tops
-    that want to know where they run.
+    that want to know where they run, and ``psconv_dsp_primitives`` (the board's
+    :attr:`~psconv.rtl_gen.boards.Board.dsp_primitives`, read by :mod:`psconv.hw.dsp`).
     """
     board = get_board(board)
     plan = plan or plan_clock(board)
@@ -206,5 +207,6 @@ def make_platform(board, plan: ClockPlan | None = None):
     platform = PsconvPlatform()
     platform.psconv_board = board
     platform.psconv_clock = plan
+    platform.psconv_dsp_primitives = board.dsp_primitives
     return platform
 

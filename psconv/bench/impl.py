@@ -24,6 +24,10 @@ Throughput of one ResNet18-CIFAR inference (the seeded default model, full width
   payload of :func:`psconv.bench.e2e.offchip_bytes` plus the protocol's framing (8 bytes per
   frame, both ways; frames of at most ``MAX_PAYLOAD`` bytes as the driver sends them, no empty
   READ_OUTPUT polls). The link is stop-and-wait, so both directions add up.
+
+Builds are independent, so a sweep fans out: ``--jobs N`` runs N at once on a local Dask cluster
+of worker processes, ``--scheduler ADDRESS`` submits them to an existing Dask distributed
+cluster; either way the rows are the ones a serial run gives, in grid order.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import math
 import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -259,17 +264,71 @@ def parse_overrides(items) -> dict:
     return out
 
 
+def _build_job(config: EngineConfig, folder, freq: float, route: bool, reuse: bool, router: str,
+               placer: str, progress=None) -> dict:
+    """One build, wherever it runs (this process or a Dask worker): ``{"report", "reused",
+    "seconds"}``, or ``{"error", "kind", "cause"}`` when a tool or the build folder fails (a
+    tool's first ERROR line, read where its logs are, appended to the message)."""
+    folder = Path(folder)
+    t0 = time.perf_counter()
+    try:
+        report, reused = build(config, folder, freq, route, reuse, router, placer,
+                               progress=progress)
+    except (RuntimeError, OSError, PsconvError) as e:
+        first = _first_line(e)
+        if isinstance(e, RuntimeError):      # a tool failed: its log names the problem
+            first = first.rstrip(":") + _tool_error(folder)
+        return {"error": first, "kind": type(e).__name__, "cause": e}
+    return {"report": report, "reused": reused, "seconds": round(time.perf_counter() - t0)}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+@contextmanager
+def _dask_client(jobs: int, scheduler: str | None):
+    """A ``dask.distributed.Client``: of the cluster at ``scheduler``, or of a local cluster of
+    ``jobs`` single-threaded worker processes (closed on exit)."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise PsconvError("bench impl: --jobs above 1 and --scheduler need Dask; install it with: "
+                          "pip install 'dask[distributed]'") from None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise PsconvError(f"bench impl: no Dask scheduler answers at --scheduler {scheduler!r} "
+                              f"({_first_line(e)}); allowed: the address a running scheduler "
+                              f"prints, e.g. tcp://host:8786") from None
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
 def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DENSE_BASELINE,
         freq: float = 150.0, route: bool = True, outdir=None, build_dir=DEFAULT_BUILD_DIR,
         keep_going: bool = False, reuse: bool = False, width: int = 64, overrides=None,
         quiet: bool = False, router: str = DEFAULT_ECP5_ROUTER,
-        placer: str = DEFAULT_ECP5_PLACER, progress: bool = True):
+        placer: str = DEFAULT_ECP5_PLACER, progress: bool = True, jobs: int = 1,
+        scheduler: str | None = None):
     """Build every configuration, compute its throughput, write the results; returns the folder.
 
     ``families``: families whose throughput is reported; the first is the headline (the sparse
     builds are built for it, the Pareto plot and the link comparison use it). ``progress``: a
     progress bar on stderr when it is a terminal (never in a log); ``quiet``: no bar and no line
     per build either, only the results.
+
+    Where the builds run: one after another in this process (``jobs`` 1, no ``scheduler``); on a
+    local Dask cluster of ``jobs`` worker processes; or on the Dask cluster whose scheduler is at
+    ``scheduler`` (its workers need psconv and the tools installed; ``build_dir`` is on their file
+    system). Throughput is computed here either way, and the rows come out in grid order, the
+    same as a serial run's.
     """
     from tqdm import tqdm
 
@@ -287,23 +346,52 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
         builds.append((*dense_baseline, "dense"))
     configs = [sweep_config(tm, tn, name, **overrides) for tm, tn, name in builds]
     build_dir = Path(build_dir)
+    fan_out = scheduler is not None or jobs > 1
 
     models = {}
-    rows = []
+    rows, folders, figures_of = [], [], []
     show_bar = progress and not quiet
     bar = tqdm(total=len(builds), desc="impl builds", unit="build",
                disable=None if show_bar else True)
+
+    def failed(index, kind, first, cause):
+        row, folder = rows[index], folders[index]
+        label = f"{row['config']} {row['family']}"
+        if not keep_going:
+            bar.close()
+            raise PsconvError(f"bench impl: {label} failed: {first} (logs in {folder}); "
+                              f"--keep-going records a failed build as a row and "
+                              f"continues") from cause
+        row["error"] = f"{kind}: {first} (logs in {folder})"
+        return f"{label}: FAILED {row['error']}"
+
+    def finished(index, outcome):
+        """Fill row ``index`` from its build's outcome and print its line."""
+        if "error" in outcome:
+            message = failed(index, outcome["kind"], outcome["error"], outcome.get("cause"))
+        else:
+            message = _fill_row(rows[index], figures_of[index], outcome, families, folders[index])
+        bar.set_postfix_str("", refresh=False)
+        bar.update(1)
+        if not quiet:
+            tqdm.write(message)
+
     for (tm, tn, build_family), config in zip(builds, configs):
-        label = f"{tm}x{tn}"
-        row = {"config": label, "family": build_family, "multipliers": tm * tn,
+        row = {"config": f"{tm}x{tn}", "family": build_family, "multipliers": tm * tn,
                "LUT4": None, "LUT_slots": None, "FF": None, "DSP": None, "DP16KD": None,
                "fmax_mhz": None,
                "timing": f"routed ({placer}, {router})" if route else f"placed ({placer})"}
         for name in families:
             row[f"ips_{name}"] = None
         row.update({"link_ips": None, "bound": None, "fits": None, "error": ""})
-        folder = build_dir / f"tm{tm}_tn{tn}_{build_family}"
-        bar.set_description(f"impl {label} {build_family}")
+        rows.append(row)
+        folders.append(build_dir / f"tm{tm}_tn{tn}_{build_family}")
+        figures_of.append(None)
+
+    def throughput_of(index) -> bool:
+        """Compute build ``index``'s throughput figures; False when a network does not compile
+        for it (its row then records the failure)."""
+        config, build_family = configs[index], rows[index]["family"]
         try:
             figures = {}
             for name in dict.fromkeys([build_family, *families]):
@@ -311,59 +399,78 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
                     if name not in models:
                         models[name] = default_quantized_model(name, width)
                     figures[name] = throughput(config, models[name])
-            t0 = time.perf_counter()
-            report, reused = build(config, folder, freq, route, reuse, router, placer,
-                                   progress=_postfix_progress(bar) if show_bar else None)
-            cells = report.yosys_cells
-            row.update({"LUT4": cells.get("LUT4"), "LUT_slots": report.luts, "FF": report.ffs,
-                        "DSP": report.dsps, "DP16KD": report.brams, "fmax_mhz": report.fmax_mhz})
-            own = figures[build_family]
-            for name, fig in figures.items():
-                fig["compute_ips"] = (report.fmax_mhz * 1e6 / fig["cycles"]
-                                      if report.fmax_mhz else None)
-                if name in families:
-                    row[f"ips_{name}"] = fig["compute_ips"]
-            row["link_ips"] = own["link_ips"]
-            if own["compute_ips"] is not None:
-                row["bound"] = "link" if own["link_ips"] < own["compute_ips"] else "compute"
-            row["fits"] = "yes" if own["fits"] else "no"
-            row.update({
-                "critical_path": _describe_path(report.critical_path),
-                "CCU2C": cells.get("CCU2C"), "LUTRAM_DPR16X4": cells.get("TRELLIS_DPR16X4"),
-                "build_seconds": (report.seconds if reused
-                                  else {**report.seconds, "total_s": round(time.perf_counter() - t0)}),
-                "reused_build": reused, "build_dir": str(folder),
-                "throughput": figures, "config_json": report.config,
-                "tool_versions": report.tool_versions,
-            })
-            message = (f"{label} {build_family}: LUT4 {row['LUT4']}, DSP {row['DSP']}, "
-                       f"DP16KD {row['DP16KD']}, Fmax {row['fmax_mhz']} MHz "
-                       f"({'reused' if reused else str(report.seconds)})")
         except (RuntimeError, OSError, PsconvError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if isinstance(e, RuntimeError):      # a tool failed: its log names the problem
-                first = first.rstrip(":") + _tool_error(folder)
-            if not keep_going:
-                bar.close()
-                raise PsconvError(f"bench impl: {label} {build_family} failed: {first} "
-                                  f"(logs in {folder}); --keep-going records a failed build as a "
-                                  f"row and continues") from e
-            row["error"] = f"{type(e).__name__}: {first} (logs in {folder})"
-            message = f"{label} {build_family}: FAILED {row['error']}"
-        rows.append(row)
-        bar.set_postfix_str("", refresh=False)
-        bar.update(1)
-        if not quiet:
-            tqdm.write(message)
+            finished(index, {"error": _first_line(e), "kind": type(e).__name__, "cause": e})
+            return False
+        figures_of[index] = figures
+        return True
+
+    if not fan_out:
+        for index, config in enumerate(configs):
+            bar.set_description(f"impl {rows[index]['config']} {rows[index]['family']}")
+            if throughput_of(index):
+                finished(index, _build_job(config, folders[index], freq, route, reuse, router,
+                                           placer, _postfix_progress(bar) if show_bar else None))
+        where = "one after another in this process"
+    else:
+        ready = [index for index in range(len(configs)) if throughput_of(index)]
+        with _dask_client(jobs, scheduler) as client:
+            from dask.distributed import as_completed
+
+            workers = len(client.scheduler_info().get("workers", {}))
+            where = (f"on the Dask scheduler at {scheduler} ({workers} workers)" if scheduler
+                     else f"on a local Dask cluster of {jobs} worker processes")
+            bar.set_description(f"impl builds, {where}")
+            futures = {client.submit(_build_job, configs[index], str(folders[index]), freq,
+                                     route, reuse, router, placer, pure=False): index
+                       for index in ready}
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as e:           # the worker itself failed (killed, lost...)
+                    outcome = {"error": _first_line(e), "kind": type(e).__name__, "cause": e}
+                finished(index, outcome)
     bar.close()
 
     summary = _summary(rows, configs, families, headline, freq, route, width, overrides,
                        time.perf_counter() - started)
+    summary["builds ran"] = where
     columns = (["config", "family", "multipliers", "LUT4", "LUT_slots", "FF", "DSP", "DP16KD",
                 "fmax_mhz", "timing"] + [f"ips_{name}" for name in families]
                + ["link_ips", "bound", "fits", "error"])
     return write_results("impl", rows, outdir, summary,
                          lambda path: _plot(path, rows, headline, freq, route), columns)
+
+
+def _fill_row(row: dict, figures: dict, outcome: dict, families, folder: Path) -> str:
+    """``row`` completed from a finished build (``outcome`` of :func:`_build_job`) and the
+    build's throughput ``figures``; returns the line printed for it."""
+    report, reused = outcome["report"], outcome["reused"]
+    cells = report.yosys_cells
+    row.update({"LUT4": cells.get("LUT4"), "LUT_slots": report.luts, "FF": report.ffs,
+                "DSP": report.dsps, "DP16KD": report.brams, "fmax_mhz": report.fmax_mhz})
+    own = figures[row["family"]]
+    for name, fig in figures.items():
+        fig["compute_ips"] = (report.fmax_mhz * 1e6 / fig["cycles"] if report.fmax_mhz else None)
+        if name in families:
+            row[f"ips_{name}"] = fig["compute_ips"]
+    row["link_ips"] = own["link_ips"]
+    if own["compute_ips"] is not None:
+        row["bound"] = "link" if own["link_ips"] < own["compute_ips"] else "compute"
+    row["fits"] = "yes" if own["fits"] else "no"
+    row.update({
+        "critical_path": _describe_path(report.critical_path),
+        "CCU2C": cells.get("CCU2C"), "LUTRAM_DPR16X4": cells.get("TRELLIS_DPR16X4"),
+        "build_seconds": (report.seconds if reused
+                          else {**report.seconds, "total_s": outcome["seconds"]}),
+        "reused_build": reused, "build_dir": str(folder),
+        "throughput": figures, "config_json": report.config,
+        "tool_versions": report.tool_versions,
+    })
+    return (f"{row['config']} {row['family']}: LUT4 {row['LUT4']}, DSP {row['DSP']}, "
+            f"DP16KD {row['DP16KD']}, Fmax {row['fmax_mhz']} MHz "
+            f"({'reused' if reused else str(report.seconds)})")
 
 
 def pareto_front(points):
@@ -517,6 +624,15 @@ def register(benches) -> None:
                         help="a failed build becomes a row with its error instead of stopping")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse a build folder's fmax_report.json made for the same config")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="run N builds at once on this machine, on a local Dask cluster of N "
+                             "worker processes (default: 1, one after another here). Each "
+                             "nextpnr uses 2 threads: N = cores / 2 keeps the cores busy")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="submit the builds to the running Dask distributed cluster whose "
+                             "scheduler is at ADDRESS (e.g. tcp://host:8786); its workers need "
+                             "psconv installed, and --build-dir is on their file system "
+                             "(default: none, builds run here)")
     parser.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR),
                         type=output_folder("--build-dir"),
                         help="where the netlists and tool logs go (default build/impl)")
@@ -543,7 +659,16 @@ def _command(args) -> int:
     check_width(args.width)
     if args.freq <= 0:
         raise PsconvError(f"bench impl: --freq is {args.freq}; allowed: MHz > 0")
+    if args.jobs < 1:
+        raise PsconvError(f"bench impl: --jobs is {args.jobs}; allowed: 1 or more builds at once")
+    if args.scheduler is not None and args.jobs != 1:
+        raise PsconvError("bench impl: --jobs and --scheduler together; allowed: one of them "
+                          "(with --scheduler the cluster's workers decide how many builds run)")
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise PsconvError("bench impl: --scheduler is empty; allowed: a scheduler address such "
+                          "as tcp://host:8786")
     run(grid, args.families, baseline, args.freq, not args.no_route, args.out, args.build_dir,
         args.keep_going, args.reuse, args.width, parse_overrides(args.overrides), args.quiet,
-        args.router, args.placer, progress=not args.no_progress)
+        args.router, args.placer, progress=not args.no_progress, jobs=args.jobs,
+        scheduler=args.scheduler)
     return 0
