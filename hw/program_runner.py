@@ -129,23 +129,27 @@ class ProgramRunner(wiring.Component):
             m.d.sync += [receive_left.eq(receive_left - Mux(two, 2, 1)), receive_lane.eq(0)]
 
         # ---- beats for the engine's input streams: bytes shift in at the top; ``fill`` bytes
-        # not yet sent, the oldest ``fill`` places below the top ----
+        # not yet moved out, the oldest ``fill`` places below the top. A whole beat moves into
+        # ``engine_beat``, a register the engine's payload comes from (no logic between the two:
+        # the engine writes it into block RAM through logic of its own) ----
         beat_sizes = {"mask": MASK_BYTES, "quant": QUANT_BYTES, "weight": cfg.tn,
                       "fmap": fmap_beat_bytes(cfg)}
         beat_width = max(beat_sizes.values()) + 2
         beat = Signal(8 * beat_width)
         fill = Signal(range(beat_width + 1))
+        engine_beat = Signal(8 * max(beat_sizes.values()))
+        engine_beat_valid = Signal()
         streams = {"mask": eng.mask_in, "quant": eng.quant_in, "weight": eng.weight_in,
                    "fmap": eng.fmap_in}
         payload_bits = {"mask": MASK_BITS, "quant": QUANT_ENTRY_LAYOUT.size,
                         "weight": 8 * cfg.tn, "fmap": 8 * beat_sizes["fmap"]}
         for name, stream_ in streams.items():
-            # a beat is the oldest ``size`` bytes: 0, 1 or 2 bytes more may sit above it
-            size = beat_sizes[name]
+            m.d.comb += stream_.payload.eq(engine_beat[:payload_bits[name]])
+
+        def oldest_beat(size):
+            """The oldest ``size`` bytes: 0, 1 or 2 bytes more may sit above them."""
             windows = [beat[8 * (beat_width - size - extra):][:8 * size] for extra in range(3)]
-            m.d.comb += stream_.payload.eq(
-                Mux(fill == size + 2, windows[2], Mux(fill == size + 1, windows[1], windows[0]))
-                [:payload_bits[name]])
+            return Mux(fill == size + 2, windows[2], Mux(fill == size + 1, windows[1], windows[0]))
 
         # ---- residual gather and output scatter (the OUTPUT phase) ----
         m.submodules.gather = gather = PixelOrderAddress(tm)
@@ -205,21 +209,25 @@ class ProgramRunner(wiring.Component):
             zero-padded; then set up ``next_state``'s loads."""
             stream_ = streams[name]
             size = beat_sizes[name]
-            m.d.comb += [sequential.eq(1), stream_.valid.eq(fill >= size)]
-            sent = Mux(stream_.valid & stream_.ready, size, 0)
-            # room for a whole word whatever is sent this cycle: no path from the engine's
-            # ready to the memory's
+            m.d.comb += [sequential.eq(1), stream_.valid.eq(engine_beat_valid)]
+            move = (fill >= size) & (~engine_beat_valid | stream_.ready)
+            with m.If(move):
+                m.d.sync += [engine_beat.eq(oldest_beat(size)), engine_beat_valid.eq(1)]
+            with m.Elif(stream_.ready):
+                m.d.sync += engine_beat_valid.eq(0)
+            moved = Mux(move, size, 0)
+            # room for a whole word whatever moves out this cycle
             with m.If(read_data.valid & (fill <= size)):
                 take_word()
                 with m.If(two):
-                    m.d.sync += [beat.eq(Cat(beat[16:], word)), fill.eq(fill + 2 - sent)]
+                    m.d.sync += [beat.eq(Cat(beat[16:], word)), fill.eq(fill + 2 - moved)]
                 with m.Else():
-                    m.d.sync += [beat.eq(Cat(beat[8:], first_byte)), fill.eq(fill + 1 - sent)]
+                    m.d.sync += [beat.eq(Cat(beat[8:], first_byte)), fill.eq(fill + 1 - moved)]
             with m.Elif((receive_left == 0) & (fill != 0) & (fill < size)):
                 m.d.sync += [beat.eq(Cat(beat[8:], 0)), fill.eq(fill + 1)]
             with m.Else():
-                m.d.sync += fill.eq(fill - sent)
-            with m.If((receive_left == 0) & (fill == 0)):
+                m.d.sync += fill.eq(fill - moved)
+            with m.If((receive_left == 0) & (fill == 0) & ~engine_beat_valid):
                 if next_address is not None:
                     begin_loads(next_address, next_count)
                 m.next = next_state
@@ -252,7 +260,7 @@ class ProgramRunner(wiring.Component):
                 # its busy follows start combinationally, so start must not depend on it
                 m.d.comb += [eng.start.eq(1), gather.start.eq(1), scatter.start.eq(1)]
                 m.d.sync += [residual_full.eq(0), residual_fill.eq(0), out_held.eq(0),
-                             fill.eq(0)]
+                             fill.eq(0), engine_beat_valid.eq(0)]
                 begin_loads(record.masks_address, d.period * MASK_BYTES)
                 m.next = "MASKS"
             with m.State("MASKS"):
