@@ -52,6 +52,9 @@ PROOFS = {
     "command_processor_replies": Proof(
         command_processor_properties.command_processor_harness, "bmc", 20,
         ("connect -set cp.reply_kind 2'b10",), 20),             # every reply sends a blob
+    "command_processor_prompt_reply": Proof(
+        command_processor_properties.prompt_reply_harness, "prove", 12,
+        ("connect -set cp.reply__valid 1'0",), 20),             # never offers a reply
 }
 
 
