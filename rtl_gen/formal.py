@@ -86,7 +86,7 @@ def sby_file(mode: str, depth: int, mutations=()) -> str:
 
 
 def check(harness, name: str, *, mode: str = "prove", depth: int = 20, mutations=(),
-          workdir=None, timeout_s: float | None = None) -> FormalResult:
+          workdir=None) -> FormalResult:
     """Run SymbiYosys on ``harness`` (an Amaranth elaboratable without ports: its free inputs
     are ``AnySeq``/``AnyConst``); ``workdir`` keeps the files (default: a temporary folder)."""
     text = sby_file(mode, depth, mutations)
@@ -105,8 +105,6 @@ def check(harness, name: str, *, mode: str = "prove", depth: int = 20, mutations
         env.update({var: _command(tool) for var, tool in _TOOLS.items()})
         env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
         cmd = [_command("yowasp-sby"), "-f", f"{name}.sby"]
-        if timeout_s is not None:
-            cmd[1:1] = ["--timeout", str(int(timeout_s))]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.monotonic()
         run_logged(cmd, root, root / f"{name}.out", env=env)
