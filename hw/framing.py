@@ -151,6 +151,9 @@ class FrameReceiver(wiring.Component):
             raise PsconvError(f"timeout_cycles {timeout_cycles!r} must be an integer >= 2 "
                               f"(clock cycles without a byte before a frame is dropped)")
         self.timeout_cycles = timeout_cycles
+        #: the CRC unit, an attribute so that properties (:mod:`.framing_properties`) can
+        #: watch what it is fed
+        self.crc = CRC16()
         super().__init__({
             "rx_data": In(stream.Signature(8)),
             "frame": Out(stream.Signature(FRAME_HEADER)),
@@ -166,7 +169,7 @@ class FrameReceiver(wiring.Component):
         m.submodules.buffer = buffer = collision_free_memory(shape=8, depth=depth)
         wr = buffer.write_port()
         rd = read_port(m, buffer, "buffer_read")
-        m.submodules.crc = crc = CRC16()
+        m.submodules.crc = crc = self.crc
 
         byte = self.rx_data.payload
         got = Signal()
@@ -407,6 +410,10 @@ class LinkLayer(wiring.Component):
     def __init__(self, max_payload: int = MAX_PAYLOAD, timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES):
         self.max_payload = check_max_payload(max_payload)
         self.timeout_cycles = timeout_cycles
+        #: its parts, attributes so that properties (:mod:`.framing_properties`) can watch
+        #: their handshakes
+        self.receiver = FrameReceiver(self.max_payload, timeout_cycles)
+        self.transmitter = FrameTransmitter(self.max_payload)
         super().__init__({
             "rx_data": In(stream.Signature(8)),
             "tx_data": Out(stream.Signature(8)),
@@ -420,8 +427,8 @@ class LinkLayer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         depth = self.max_payload
-        m.submodules.receiver = rx = FrameReceiver(depth, self.timeout_cycles)
-        m.submodules.transmitter = tx = FrameTransmitter(depth)
+        m.submodules.receiver = rx = self.receiver
+        m.submodules.transmitter = tx = self.transmitter
         # written only while a fresh command's reply goes out, read only while a stored one is
         # replayed (never both): a read never meets a write (psconv.hw.block_ram)
         m.submodules.replay_buffer = replay_buffer = collision_free_memory(shape=8, depth=depth)
