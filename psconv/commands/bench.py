@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-SUB_BENCHMARKS = ("engine", "storage", "simspeed", "e2e", "impl", "accuracy", "soak")
+SUB_BENCHMARKS = ("engine", "storage", "simspeed", "e2e", "impl", "accuracy", "soak", "fuzz")
 
 
 def register(subparsers) -> None:
