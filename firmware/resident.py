@@ -37,8 +37,10 @@ from psconv.firmware.memory_image import MapRegion, MemoryImage, build_memory_im
 from psconv.firmware.reports import InferenceReport, LoadReport, ResidentRunReport
 from psconv.firmware.transport import Transport
 from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.descriptor import describe_rejection
 from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
-                                    MODEL_CHECK_LAYOUT, RUN_STATUS_LAYOUT, memory_crc)
+                                    MODEL_CHECK_LAYOUT, NO_BAD_RULE, PROGRAM_HEADER_LAYOUT,
+                                    RUN_STATUS_LAYOUT, memory_crc, step_record_layout)
 from psconv.protocol.payloads import decode_payload, encode_payload, layout_bytes
 from psconv.sim.golden.network import describe_mismatch, run_golden, run_layer
 
@@ -247,6 +249,8 @@ class ResidentDriver(BoardClient):
                 self._unfinished = False
                 return status
             if not status["running"]:
+                if status["bad_rule"] != NO_BAD_RULE:
+                    raise ResidentError(self._bad_step(context, status))
                 raise ResidentError(f"{context}: the board reports neither running nor done after "
                                     f"INFER ({status['steps_done']} steps done)")
             if until is not None and until(status):
@@ -265,6 +269,21 @@ class ResidentDriver(BoardClient):
             if interval:
                 clock.sleep(interval)
                 interval = min(2 * interval, MAX_POLL_INTERVAL_S)
+
+    def _bad_step(self, context: str, status: dict) -> str:
+        """The message for a run the board stopped at a step record that breaks a rule, with the
+        descriptor the board read from its memory."""
+        step = status["steps_done"]
+        names = self.image.step_names
+        name = f" ({names[step]})" if step < len(names) else ""
+        layout = step_record_layout(self.config)
+        size = layout_bytes(layout)
+        at = self.image.program_address + layout_bytes(PROGRAM_HEADER_LAYOUT) + step * size
+        record = decode_payload(layout, self.read_memory(at, size, f"{context}: step record"),
+                                f"{context}: step record")
+        descriptor = record.descriptor.as_value().value
+        return (f"{context}: the board stopped before step {step + 1}{name}: its step record's "
+                f"descriptor {describe_rejection(self.config, status['bad_rule'], descriptor)}")
 
     def _wire(self) -> tuple[int, int]:
         return self.transport.bytes_written, self.transport.bytes_read

@@ -335,6 +335,7 @@ class BoardTop(wiring.Component):
         wiring.connect(m, runner.memory, arbiter.runner)
         wiring.connect(m, arbiter.memory, memory_port)
         m.d.comb += [arbiter.running.eq(runner.running),
+                     memory_commands.bad_rule.eq(runner.bad_rule),
                      memory_commands.input_free.eq(runner.input_free),
                      memory_commands.input_address.eq(runner.input_address),
                      memory_commands.input_bytes.eq(runner.input_bytes)]

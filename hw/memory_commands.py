@@ -40,7 +40,8 @@ class MemoryCommandProcessor(wiring.Component):
     idle; ``infer`` Out(1), a pulse with ``program_address`` Out(32) to start the runner; the
     runner's ``running``, ``done``, ``steps_done``, ``cycles``, ``memory_reads``,
     ``memory_writes`` In, ``engine_busy`` In(1) (INFER waits for no streamed layer), and the
-    runner's ``input_free``, ``input_address``, ``input_bytes`` In (WRITE_MEM while it runs).
+    runner's ``bad_rule``, ``input_free``, ``input_address``, ``input_bytes`` In (the status;
+    WRITE_MEM while it runs).
     """
 
     def __init__(self, memory_bytes: int, max_payload: int):
@@ -60,6 +61,7 @@ class MemoryCommandProcessor(wiring.Component):
             "memory_reads": In(COUNT_WIDTH),
             "memory_writes": In(COUNT_WIDTH),
             "engine_busy": In(1),
+            "bad_rule": In(8),
             "input_free": In(1),
             "input_address": In(32),
             "input_bytes": In(32),
@@ -101,7 +103,8 @@ class MemoryCommandProcessor(wiring.Component):
                      status.model_valid.eq(model_valid), status.steps_done.eq(self.steps_done),
                      status.cycles.eq(self.cycles), status.memory_reads.eq(self.memory_reads),
                      status.memory_writes.eq(self.memory_writes),
-                     status.memory_bytes.eq(min(self.memory_bytes, (1 << 32) - 1))]
+                     status.memory_bytes.eq(min(self.memory_bytes, (1 << 32) - 1)),
+                     status.bad_rule.eq(self.bad_rule)]
 
         def reply(status_, length_, next_state):
             m.d.sync += [reply_status.eq(status_), reply_length.eq(length_)]

@@ -13,7 +13,9 @@ model's ``global_avgpool_int``: a serial multiply and shift per channel, no DSP)
 
 Ports: ``start`` In(1) with ``program_address`` In(32) (a pulse, taken while not
 ``running``); ``running`` Out(1); ``done`` Out(1) (set when a program finishes, cleared by
-``start``); ``steps_done`` Out(16); ``cycles``, ``memory_reads``, ``memory_writes`` Out(48)
+``start``); ``bad_rule`` Out(8) (:data:`~psconv.protocol.memory.NO_BAD_RULE`, or the rule a
+step record's descriptor broke: the run stopped before starting that step, ``done`` low);
+``steps_done`` Out(16); ``cycles``, ``memory_reads``, ``memory_writes`` Out(48)
 (this inference: cycles from ``start``, bytes loaded, bytes stored); ``input_free`` Out(1)
 (running, and no step left reads the input image: the header's ``input_steps`` are done)
 with the header's ``input_address`` and ``input_bytes`` Out(32); ``memory``
@@ -35,11 +37,13 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.protocol.beats import fmap_beat_bytes
 from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT
-from psconv.protocol.memory import PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, step_record_layout
+from psconv.protocol.memory import (NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT,
+                                    step_record_layout)
 from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES, layout_bytes
 
 from .arith import output_size_value, times_constant
 from .command_processor import engine_signature
+from .descriptor_check import DescriptorCheck
 from .memory_port import byte_lane, byte_store, memory_port_signature
 from .pixel_order import PixelOrderAddress
 
@@ -69,6 +73,7 @@ class ProgramRunner(wiring.Component):
             "cycles": Out(COUNT_WIDTH),
             "memory_reads": Out(COUNT_WIDTH),
             "memory_writes": Out(COUNT_WIDTH),
+            "bad_rule": Out(8, init=NO_BAD_RULE),
             "input_free": Out(1),
             "input_address": Out(32),
             "input_bytes": Out(32),
@@ -91,6 +96,10 @@ class ProgramRunner(wiring.Component):
         header = data.View(PROGRAM_HEADER_LAYOUT, record_raw[record_bits - 8 * self.header_bytes:])
         d = record.descriptor
         m.d.comb += eng.layer.eq(d)
+        # the step record's descriptor against the engine's limits (the rules the host and the
+        # streamed command processor check): a record that breaks one stops the run
+        m.submodules.descriptor_check = check = DescriptorCheck(cfg)
+        m.d.comb += check.descriptor.eq(d)
         steps = Signal(16)
         record_address = Signal(32)
         kept = Signal(PROGRAM_HEADER_LAYOUT)      # the header, kept after it (pool, input)
@@ -236,6 +245,7 @@ class ProgramRunner(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [self.running.eq(1), self.done.eq(0), self.steps_done.eq(0),
+                                 self.bad_rule.eq(NO_BAD_RULE),
                                  self.cycles.eq(0), self.memory_reads.eq(0),
                                  self.memory_writes.eq(0),
                                  record_address.eq(self.program_address + self.header_bytes)]
@@ -252,9 +262,13 @@ class ProgramRunner(wiring.Component):
             with m.State("RECORD"):
                 load_record("GEOMETRY")
             with m.State("GEOMETRY"):
+                # the record is complete since the last cycle, so is the check's verdict
                 m.d.sync += [out_height.eq(output_size_value(d.in_height, d.stride)),
                              out_width.eq(output_size_value(d.in_width, d.stride))]
                 m.next = "START_ENGINE"
+                with m.If(~check.ok):
+                    m.d.sync += [self.bad_rule.eq(check.rule), self.running.eq(0)]
+                    m.next = "IDLE"
             with m.State("START_ENGINE"):
                 # the engine is idle here (INFER checked it, and a step ends only when it is);
                 # its busy follows start combinationally, so start must not depend on it

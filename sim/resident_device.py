@@ -59,7 +59,7 @@ from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.descriptor import QUANT_ENTRY_LAYOUT, LayerSpec
 from psconv.protocol.frame import MAX_PAYLOAD, Response
 from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
-                                    MODEL_CHECK_LAYOUT, PROGRAM_HEADER_LAYOUT, PROGRAM_MAGIC,
+                                    MODEL_CHECK_LAYOUT, NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, PROGRAM_MAGIC,
                                     PROGRAM_VERSION, RUN_STATUS_LAYOUT, memory_crc,
                                     step_record_layout)
 from psconv.protocol.payloads import (MASK_BYTES, QUANT_BYTES, STATUS_LAYOUT, config_hash,
@@ -224,7 +224,8 @@ class ResidentDevice:
             "running": int(self.running), "done": int(self.done),
             "model_valid": int(self.model is not None), "steps_done": self.steps_done,
             "cycles": self.cycles, "memory_reads": self.memory_reads,
-            "memory_writes": self.memory_writes, "memory_bytes": len(self.memory)}))
+            "memory_writes": self.memory_writes, "memory_bytes": len(self.memory),
+            "bad_rule": NO_BAD_RULE}))
 
     # -- the runner ---------------------------------------------------------------------------
 

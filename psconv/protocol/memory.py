@@ -84,8 +84,13 @@ RUN_STATUS_LAYOUT = data.StructLayout({
     "memory_reads": unsigned(48),   # bytes the runner read from memory in that inference
     "memory_writes": unsigned(48),  # bytes the runner wrote to memory in that inference
     "memory_bytes": unsigned(32),   # the board's memory size
+    "bad_rule": unsigned(8),        # NO_BAD_RULE, or the rule of DESCRIPTOR_RULES that the
+                                    # descriptor of step steps_done broke: the run stopped there
 })
-"""``RUN_STATUS``' answer (27 bytes)."""
+"""``RUN_STATUS``' answer (28 bytes)."""
+
+NO_BAD_RULE = 0xFF
+"""``bad_rule`` of a run whose step records all kept the descriptor rules."""
 
 PROGRAM_MAGIC = b"PSPG"
 PROGRAM_VERSION = 2

@@ -18,10 +18,12 @@ from psconv.firmware.link import LinkClient, LinkNak
 from psconv.hw.board_top import BoardTop
 from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.memory import (MEM_READ_LAYOUT, MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT,
-                                    RUN_STATUS_LAYOUT, memory_crc, program_header, step_record)
-from psconv.protocol.descriptor import encode_quant_entry
+                                    NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT,
+                                    memory_crc, program_header, step_record, step_record_layout)
+from psconv.protocol.descriptor import (DESCRIPTOR_RULES, encode_quant_entry,
+                                        layer_descriptor_layout)
 from psconv.protocol.payloads import (beats_payload, config_hash, decode_payload, encode_payload,
-                                      mask_payload, quant_payload)
+                                      layout_bytes, mask_payload, quant_payload)
 from psconv.protocol.beats import weight_beats
 from psconv.sim.amaranth_transport import SimulatorTransport
 from psconv.sim.golden.network import describe_mismatch
@@ -176,3 +178,41 @@ def test_memory_commands_refuse_regions_outside_memory_and_bad_lengths():
     write_memory(link, MEMORY - 2, b"yz")
     assert read_memory(link, MEMORY - 2, 2) == b"yz"
     assert run_status(link)["memory_bytes"] == MEMORY
+
+
+def test_a_step_record_that_breaks_a_descriptor_rule_stops_the_run_there():
+    """The runner checks each record's descriptor with the host's rules before it starts the
+    engine: step 1 with stride 3 stops the run after step 0, naming the rule."""
+    g = torch.Generator().manual_seed(7)
+    steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
+             make_step("3x3 PS2_P4", paper_family(2, 4), 4, 3, 6, g)]
+    image = Image(steps)
+    size = layout_bytes(step_record_layout(CFG))
+    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + size
+    stride = layer_descriptor_layout(CFG)["stride"]
+    record = int.from_bytes(image.blob[at:at + size], "little")
+    record |= 3 << stride.offset                      # stride 1 -> 3 (the field is 2 bits)
+    image.blob[at:at + size] = record.to_bytes(size, "little")
+    model = bytes(image.blob[:len(image.model)])
+    link = board()
+    write_memory(link, 0, bytes(image.blob))
+    check_model(link, len(model), memory_crc(model))
+    link.request(Command.INFER, bytes(4))
+    for _ in range(200):
+        status = run_status(link)
+        if not status["running"]:
+            break
+    rule = next(i for i, r in enumerate(DESCRIPTOR_RULES) if r.name == "stride")
+    assert (status["running"], status["done"], status["steps_done"]) == (0, 0, 1)
+    assert status["bad_rule"] == rule
+    address, shape, expected, name = image.outputs[0]
+    assert describe_mismatch(name, expected, from_chw(read_memory(link, address, expected.numel()),
+                                                     shape)) is None
+    # the next run starts afresh (step 0 again) and stops at the same record
+    link.request(Command.INFER, bytes(4))
+    first = run_status(link)
+    while run_status(link)["running"]:
+        pass
+    again = run_status(link)
+    assert (first["running"], first["bad_rule"]) == (1, NO_BAD_RULE)
+    assert (again["steps_done"], again["bad_rule"]) == (1, rule)
