@@ -15,8 +15,9 @@ Yosys' own simulation models of those cells (``share/ice40/cells_sim.v`` of the
 :class:`~psconv.sim.engine_rtl.EngineRTL` (the same cocotb bench, the same comparison).
 
 Scope: the engine alone, synthesized on its own; the board top's UART, link and command
-processor are not part of this netlist. ECP5 has no such check here: Yosys' ECP5 cell library
-has ``MULT18X18D`` only as a blackbox and ``DP16KD`` as an empty module (docs/fpga.md).
+processor are not part of this netlist. ECP5 has no such check yet: Yosys' ECP5 cell library
+has ``DP16KD`` as an empty module (and ``MULT18X18D`` only as a blackbox, which
+``sim/ecp5_mult18x18d.v`` models); docs/fpga.md.
 
 Build cost on the 2 shared cores: synthesis 8-35 s, the Verilator build 24-57 s (about 25 s of
 CPU: C++ at ``-O0``, :data:`NETLIST_MAKE_VARS`); only the top's ports are made visible to cocotb
@@ -163,7 +164,7 @@ class EngineNetlist(EngineRTL):
             raise PsconvError(
                 f"netlist simulation: {board.name} is an {board.family.upper()} board; only "
                 f"iCE40 netlists are simulated (Yosys' ECP5 library has no behaviour for "
-                f"MULT18X18D and DP16KD)")
+                f"DP16KD, the block RAM)")
         if fault is not None and fault not in FAULTS:
             raise PsconvError(f"netlist simulation: unknown fault {fault!r}; allowed: "
                               f"{', '.join(FAULTS)}")
