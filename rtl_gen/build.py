@@ -53,6 +53,9 @@ from .toolchain import patched_environ, run_logged, tool_env_var, toolchain_env
 NEXTPNR_REPORT = "nextpnr_report.json"
 BUILD_LOG = "build.log"
 BUILD_REPORT = "build_report.json"
+ICE40_SYNTH_OPTS = "-dsp"
+"""``synth_ice40``'s options in an iCE40 build (and in the netlist simulation,
+:mod:`psconv.sim.engine_netlist`): multipliers go to ``SB_MAC16`` only when asked."""
 
 
 def _stage(outdir: Path, name: str) -> str:
@@ -210,7 +213,7 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
     tools = toolchain_env(board.family)
     overrides = {"nextpnr_opts": f"--report {NEXTPNR_REPORT} --timing-allow-fail"}
     if board.family == "ice40":
-        overrides["synth_opts"] = "-dsp"
+        overrides["synth_opts"] = ICE40_SYNTH_OPTS
     else:
         overrides["nextpnr_opts"] += f" {place_route}"
     removed = []

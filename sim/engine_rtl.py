@@ -103,6 +103,27 @@ def case_from_step(step, fmap: torch.Tensor, residual, expected) -> LayerCase:
         dense_macs=d.out_channels * d.in_channels * d.kernel ** 2 * d.out_height * d.out_width)
 
 
+def program_cases(program, image: torch.Tensor) -> list[LayerCase]:
+    """Every engine step of a compiled ``program`` on one int8 CHW ``image`` as a case: its
+    input map, residual and expected output are the golden model's layer outputs
+    (:func:`~psconv.sim.golden.network.run_golden`).
+
+    Why golden inputs: then all steps run in one simulator launch, and a backend that is
+    bit-exact on every case computes the whole network bit-exactly (each step reads only
+    outputs of earlier steps, which equal the golden model's)."""
+    from psconv.sim.golden.network import run_golden
+
+    golden = run_golden(program.model, image)
+    tensors = {"input": image.to(torch.int64),
+               **{name: t.to(torch.int64) for name, t in golden.outputs.items()}}
+    cases = []
+    for step in program.engine_steps:
+        residual = None if step.residual is None else tensors[step.residual][step.channel_slice]
+        cases.append(case_from_step(step, tensors[step.input], residual,
+                                    tensors[step.layer][step.channel_slice]))
+    return cases
+
+
 def encode_case(case: LayerCase, config: EngineConfig) -> dict:
     """The bench's view of a case: every stream's beats as integers."""
     spec = case.spec

@@ -39,8 +39,8 @@ from pathlib import Path
 
 from psconv.errors import PsconvError
 
-from .verilator import (LINT_FLAGS, PCH_MAKE_FIX, fst_supported, verilator_environment,
-                        verilator_root)
+from .verilator import (LINT_FLAGS, PCH_MAKE_FIX, fst_supported, verilator_env,
+                        verilator_environment, verilator_root)
 
 WAVES_ENV = "PSCONV_WAVES"
 """Set to 1 to build with tracing (FST, or VCD without liblz4-dev) and record waves on every run."""
@@ -171,14 +171,16 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def build(verilog_path, top: str, build_dir, waves: bool | None = None, build_args=(),
-          jobs: int | None = None, verbose: bool = False) -> SimBuild:
+          jobs: int | None = None, verbose: bool = False, make_vars=()) -> SimBuild:
     """Verilate and compile ``verilog_path`` (top module ``top``) into ``build_dir``.
 
     Skipped when ``build_dir`` already holds a successful build with the same
     :func:`cache_key` (then ``cached`` is True). ``waves`` (default: ``PSCONV_WAVES``) adds
     ``--trace-fst`` (``--trace-vcd`` without liblz4-dev). ``build_args`` are extra Verilator
     flags (e.g. ``--output-split 1000``); ``jobs`` (default: all usable cores) is passed as Verilator's ``-j``; cocotb runs make with
-    ``-j`` too. The build log is ``<build_dir>/build.log`` (or the console when ``verbose``).
+    ``-j`` too. ``make_vars`` are make variable settings for the C++ build (e.g.
+    ``OPT_FAST=-O0``: a large gate-level netlist compiles in half the CPU time of ``-O1``), passed in
+    ``MAKEFLAGS`` and part of the cache key. The build log is ``<build_dir>/build.log`` (or the console when ``verbose``).
     On failure the directory is deleted, the log kept as ``<build_dir>.failed-build.log``, and
     :class:`BuildError` raised with its tail.
     """
@@ -193,7 +195,8 @@ def build(verilog_path, top: str, build_dir, waves: bool | None = None, build_ar
     jobs = default_jobs() if jobs is None else int(jobs)
     flags = (*BUILD_FLAGS, "-j", str(jobs), *([f"--trace-{trace_format}"] if waves else []),
              *map(str, build_args))
-    key = cache_key(verilog_text, top, flags, waves)
+    make_vars = tuple(map(str, make_vars))
+    key = cache_key(verilog_text, top, (*flags, *(f"make:{v}" for v in make_vars)), waves)
 
     with _locked(build_dir):
         manifest = _read_manifest(build_dir)
@@ -213,7 +216,10 @@ def build(verilog_path, top: str, build_dir, waves: bool | None = None, build_ar
         log_file = None if verbose else build_dir / "build.log"
         start = time.monotonic()
         error = None
-        with verilator_environment({"WAVES": "1" if waves else "0"}):
+        build_env = {"WAVES": "1" if waves else "0"}
+        if make_vars:
+            build_env["MAKEFLAGS"] = " ".join([verilator_env()["MAKEFLAGS"], *make_vars])
+        with verilator_environment(build_env):
             runner = get_runner("verilator")
             try:
                 runner.build(sources=[verilog_path], hdl_toplevel=top, build_dir=build_dir,

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-SUB_BENCHMARKS = ("engine", "storage", "simspeed", "e2e", "impl", "accuracy", "soak", "fuzz")
+SUB_BENCHMARKS = ("engine", "storage", "simspeed", "e2e", "impl", "accuracy", "soak", "fuzz",
+                  "netlist")
 
 
 def register(subparsers) -> None:
