@@ -243,8 +243,7 @@ def register(benches) -> None:
 def _command(args) -> int:
     from psconv.commands.engine_choice import engine_config_from_args
 
-    folder, _ = run(outdir=args.out, total_bytes=args.bytes, burst_bytes=args.burst,
+    run(outdir=args.out, total_bytes=args.bytes, burst_bytes=args.burst,
                     transport=args.transport, seed=args.seed,
                     config=engine_config_from_args(args), progress=not args.no_progress)
-    print(f"results written to {folder}/")
     return 0

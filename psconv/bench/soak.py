@@ -135,8 +135,7 @@ def register(benches) -> None:
 def _command(args) -> int:
     from psconv.commands.engine_choice import engine_config_from_args
 
-    folder, summary = run(outdir=args.out, faults=args.faults, rate=args.rate,
+    _, summary = run(outdir=args.out, faults=args.faults, rate=args.rate,
                           images=args.images, transport=args.transport, seed=args.seed,
                           config=engine_config_from_args(args), progress=not args.no_progress)
-    print(f"results written to {folder}/")
     return 0 if summary.get("silent corruptions", 0) == 0 else 1
