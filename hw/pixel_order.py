@@ -22,8 +22,10 @@ class PixelOrderAddress(wiring.Component):
     not ``finished``: ``address`` is the current pixel's byte address, ``inside`` says it has
     one (x < width), ``beat_end`` marks r = tm - 1 and ``last_beat`` the final beat of the map.
     ``advance`` moves to the next pixel (the next beat after r = tm - 1); after the final beat's
-    last pixel ``finished`` rises until the next ``start``. Registers only: no multiplier (each
-    step adds ``plane``, ``width`` or ``tm``).
+    last pixel ``finished`` rises until the next ``start``. ``pair_inside`` says the next pixel
+    is in the same beat and has a byte too (the two are adjacent bytes), ``pair_end`` that it
+    ends the beat, and ``advance_pair`` moves past both, so a client may store or load them as one word. Registers only: no
+    multiplier (each step adds ``plane``, ``width`` or ``tm``).
     """
 
     def __init__(self, tm: int, size_width: int = 16):
@@ -36,8 +38,11 @@ class PixelOrderAddress(wiring.Component):
             "height": In(size_width),
             "channels": In(size_width),
             "advance": In(1),
+            "advance_pair": In(1),
             "address": Out(32),
             "inside": Out(1),
+            "pair_inside": Out(1),
+            "pair_end": Out(1),
             "beat_end": Out(1),
             "last_beat": Out(1),
             "finished": Out(1),
@@ -58,6 +63,8 @@ class PixelOrderAddress(wiring.Component):
         m.d.comb += [
             self.address.eq(pixel_address + r),
             self.inside.eq(block_x + r < self.width),
+            self.pair_inside.eq((r != tm - 1) & (block_x + r + 1 < self.width)),
+            self.pair_end.eq(r + 1 == tm - 1),
             self.beat_end.eq(r == tm - 1),
             last_block.eq(block_x + tm >= self.width),
             self.last_beat.eq(last_block & (o == self.channels - 1) & (y == self.height - 1)),
@@ -66,9 +73,11 @@ class PixelOrderAddress(wiring.Component):
             m.d.sync += [row_address.eq(self.base), block_address.eq(self.base),
                          pixel_address.eq(self.base), block_x.eq(0), y.eq(0), o.eq(0), r.eq(0),
                          self.finished.eq(0)]
-        with m.Elif(self.advance & ~self.finished):
-            m.d.sync += r.eq(Mux(r == tm - 1, 0, r + 1))
-            with m.If(r == tm - 1):
+        with m.Elif((self.advance | self.advance_pair) & ~self.finished):
+            # a pair moves on from its second pixel, as a single advance there would
+            last = Mux(self.advance_pair, r + 1, r)
+            m.d.sync += r.eq(Mux(last == tm - 1, 0, last + 1))
+            with m.If(last == tm - 1):
                 with m.If(o != self.channels - 1):
                     m.d.sync += [o.eq(o + 1), pixel_address.eq(pixel_address + self.plane)]
                 with m.Elif(~last_block):

@@ -24,8 +24,9 @@ flipped (connect it to a :class:`~psconv.hw.engine.PeriodicSparseEngine`). The e
 ``layer`` is driven from the step record, which holds still until the engine is idle again.
 
 Sequential loads (header, records, tables, maps, the pooled map) move a 2-byte word per cycle
-at any byte alignment; the residual gather loads and the output scatter stores one byte per
-request (output stores first, the gather up to :data:`GATHER_LOADS_IN_FLIGHT` pixels ahead).
+at any byte alignment; the residual gather and the output scatter move the two pixels of a beat
+that share a word in one request, else one byte (output stores first, the gather up to
+:data:`GATHER_LOADS_IN_FLIGHT` loads ahead).
 """
 
 from __future__ import annotations
@@ -174,9 +175,9 @@ class ProgramRunner(wiring.Component):
         residual_beat = Signal(8 * tm)
         residual_full = Signal()
         residual_fill = Signal(range(tm))
-        # one token per residual pixel in order: bit 0 a byte will come (0: padding), bit 1
-        # its lane in the loaded word
-        m.submodules.tokens = tokens = SyncFIFO(width=2, depth=GATHER_LOADS_IN_FLIGHT)
+        # one token per residual load or padding pixel, in order: bit 0 a word will come (0:
+        # padding), bit 1 the lane of its byte, bit 2 both its bytes are pixels (a pair)
+        m.submodules.tokens = tokens = SyncFIFO(width=3, depth=GATHER_LOADS_IN_FLIGHT)
         out_beat = Signal(8 * tm)
         out_held = Signal()
         m.d.comb += [eng.residual_in.payload.eq(residual_beat),
@@ -194,10 +195,11 @@ class ProgramRunner(wiring.Component):
         pooled = Signal(8)
 
         # ---- counters ----
-        single_read = Signal()           # a gather byte arrived
+        gather_bytes = Signal(2)         # residual bytes that arrived this cycle
         with m.If(request.valid & request.ready & request.payload.write):
-            m.d.sync += self.memory_writes.eq(self.memory_writes + 1)
-        m.d.sync += self.memory_reads.eq(self.memory_reads + received + single_read)
+            m.d.sync += self.memory_writes.eq(self.memory_writes + request.payload.enable[0]
+                                              + request.payload.enable[1])
+        m.d.sync += self.memory_reads.eq(self.memory_reads + received + gather_bytes)
         with m.If(self.running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
 
@@ -291,41 +293,60 @@ class ProgramRunner(wiring.Component):
                 m.d.comb += eng.out.ready.eq(~out_held)
                 with m.If(eng.out.valid & ~out_held):
                     m.d.sync += [out_beat.eq(eng.out.payload), out_held.eq(1)]
+                # two adjacent pixels of the beat whose first byte is even go as one word
                 write_now = out_held & scatter.inside
+                write_pair = write_now & scatter.pair_inside & ~scatter.address[0]
                 with m.If(write_now):
                     m.d.comb += [request.valid.eq(1),
                                  *byte_store(request.payload, scatter.address, out_beat[:8])]
+                    with m.If(write_pair):
+                        m.d.comb += [request.payload.data.eq(out_beat[:16]),
+                                     request.payload.enable.eq(0b11)]
                 with m.If(out_held & (~scatter.inside | request.ready)):
-                    m.d.comb += scatter.advance.eq(1)
-                    m.d.sync += out_beat.eq(out_beat >> 8)
-                    with m.If(scatter.beat_end):
-                        m.d.sync += out_held.eq(0)
+                    with m.If(write_pair):
+                        m.d.comb += scatter.advance_pair.eq(1)
+                        m.d.sync += out_beat.eq(out_beat >> 16)
+                        with m.If(scatter.pair_end):
+                            m.d.sync += out_held.eq(0)
+                    with m.Else():
+                        m.d.comb += scatter.advance.eq(1)
+                        m.d.sync += out_beat.eq(out_beat >> 8)
+                        with m.If(scatter.beat_end):
+                            m.d.sync += out_held.eq(0)
                 # the gather (residual layers only), writes first: the walker issues a load per
-                # pixel inside the map and a token per pixel; the collector builds beats from
-                # the tokens in order, so loads may overlap
+                # pixel inside the map (per pair, as for the scatter) and a token per load or
+                # padding pixel; the collector builds beats from the tokens in order, so loads
+                # may overlap
+                load_pair = gather.inside & gather.pair_inside & ~gather.address[0]
                 with m.If(d.residual & ~gather.finished & ~write_now & tokens.w_rdy):
                     with m.If(gather.inside):
                         m.d.comb += [request.valid.eq(1),
                                      request.payload.address.eq(gather.address)]
                         with m.If(request.ready):
                             m.d.comb += [tokens.w_en.eq(1),
-                                         tokens.w_data.eq(Cat(1, gather.address[0])),
-                                         gather.advance.eq(1)]
+                                         tokens.w_data.eq(Cat(1, gather.address[0], load_pair)),
+                                         gather.advance.eq(~load_pair),
+                                         gather.advance_pair.eq(load_pair)]
                     with m.Else():
                         m.d.comb += [tokens.w_en.eq(1), tokens.w_data.eq(0), gather.advance.eq(1)]
+                token_pair = tokens.r_data[2]
                 with m.If(tokens.r_rdy & ~residual_full):
                     with m.If(tokens.r_data[0]):
                         m.d.comb += read_data.ready.eq(1)
                         with m.If(read_data.valid):
-                            m.d.comb += [tokens.r_en.eq(1), single_read.eq(1)]
-                            m.d.sync += residual_beat.eq(
-                                Cat(residual_beat[8:], byte_lane(word, tokens.r_data[1])))
+                            m.d.comb += [tokens.r_en.eq(1), gather_bytes.eq(Mux(token_pair, 2, 1))]
+                            with m.If(token_pair):
+                                m.d.sync += residual_beat.eq(Cat(residual_beat[16:], word))
+                            with m.Else():
+                                m.d.sync += residual_beat.eq(
+                                    Cat(residual_beat[8:], byte_lane(word, tokens.r_data[1])))
                     with m.Else():
                         m.d.comb += tokens.r_en.eq(1)
                         m.d.sync += residual_beat.eq(Cat(residual_beat[8:], 0))
                     with m.If(tokens.r_en):
-                        m.d.sync += residual_fill.eq(residual_fill + 1)
-                        with m.If(residual_fill == tm - 1):
+                        step = Mux(tokens.r_data[0] & token_pair, 2, 1)
+                        m.d.sync += residual_fill.eq(residual_fill + step)
+                        with m.If(residual_fill + step == tm):
                             m.d.sync += [residual_fill.eq(0), residual_full.eq(1)]
                 with m.If(eng.residual_in.valid & eng.residual_in.ready):
                     m.d.sync += residual_full.eq(0)
