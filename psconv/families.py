@@ -281,7 +281,9 @@ def recognise_family(weight) -> PatternFamily:
     prunes a tap. Candidates are the paper's PS-K_P and PSD-K_P tables (K = 1..8, P = 1..
     :data:`MAX_PERIOD`, every offset); of those that fit, the one with the fewest taps per input
     channel (T / P) wins, then the smallest P, then offset 1 (the paper's), then the smallest
-    offset. A weight with no pruned tap anywhere is dense.
+    offset. Only periods up to (out + in) / 2 are tried, so every mask is seen on at least two
+    of the layer's channel diagonals (o + i): a longer table would fit a small layer by accident.
+    A weight that fits no candidate is dense.
     """
     import torch
 
@@ -291,7 +293,7 @@ def recognise_family(weight) -> PatternFamily:
         return dense_family()
     channel_sum = torch.arange(out_channels)[:, None] + torch.arange(in_channels)[None, :]
     best, best_key = dense_family(), (float(NUM_TAPS), 1, 0, 0)
-    for period in range(1, min(MAX_PERIOD, out_channels + in_channels - 1) + 1):
+    for period in range(1, min(MAX_PERIOD, (out_channels + in_channels) // 2) + 1):
         residues = (channel_sum % period).reshape(-1, 1).expand(-1, NUM_TAPS)
         used_taps = torch.zeros(period, NUM_TAPS, dtype=torch.int64).scatter_reduce(
             0, residues, kept.reshape(-1, NUM_TAPS), "amax")

@@ -46,11 +46,11 @@ def test_builtin_resnet18_imported_gives_the_same_file_as_quantize(tmp_path):
 
 def test_plain_conv2d_weights_are_recognised_as_their_family():
     torch.manual_seed(0)
-    model = nn.Sequential(*conv_bn_relu(3, 8), *conv_bn_relu(8, 16), *conv_bn_relu(16, 16),
+    model = nn.Sequential(*conv_bn_relu(3, 16), *conv_bn_relu(16, 16), *conv_bn_relu(16, 16),
                           *classifier(16)).eval()
     sparse = paper_family(4, 8, offset=3)
     with torch.no_grad():
-        model[3].weight.mul_(family_by_name("PSD1_P16").weight_mask(16, 8))
+        model[3].weight.mul_(family_by_name("PSD1_P16").weight_mask(16, 16))
         model[6].weight.mul_(sparse.weight_mask(16, 16))
     quantized, layers = import_model(model, CALIBRATION, EngineConfig(), "custom")
     families = [(l.family.name, l.family.offset, l.family_source) for l in layers if l.op == "conv"]

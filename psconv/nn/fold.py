@@ -35,7 +35,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from psconv.errors import PsconvError
-from psconv.families import PatternFamily, dense_family, pointwise_family, recognise_family
+from psconv.families import PatternFamily, pointwise_family, recognise_family
 
 
 @dataclass

@@ -59,15 +59,10 @@ def load_factory(spec: str) -> tuple[nn.Module, str]:
 
 def load_state(model: nn.Module, path) -> None:
     """Load the state dict in ``path`` into ``model`` (every key, every shape)."""
+    from .train import read_state_dict
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:    # torch.load raises many types for a file that is not a checkpoint
-        raise PsconvError(f"cannot read checkpoint {path} as a PyTorch state dict: "
-                          f"{type(e).__name__}: {e}") from None
-    if not isinstance(state, dict):
-        raise PsconvError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    try:
-        model.load_state_dict(state)
+        model.load_state_dict(read_state_dict(path))
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise PsconvError(f"checkpoint {path} does not match the model: {' '.join(lines[1:3])}"
