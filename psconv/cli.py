@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "train",
     "evaluate",
     "quantize",
+    "import_model",
     "model_stats",
     "pack",
     "generate",

@@ -272,3 +272,43 @@ def family_by_name(name: str) -> PatternFamily:
         check_taps(k)
         return dense_family() if k == NUM_TAPS else paper_family(k, 8)
     return paper_family(int(k), int(p), dense_kernel=kind.upper() == "PSD")
+
+
+def recognise_family(weight) -> PatternFamily:
+    """The pattern family a plain 3x3 ``weight`` (out, in, 3, 3) follows, or :func:`dense_family`.
+
+    A family fits when every kernel is zero wherever its mask (``masks[(o + i + offset) % P]``)
+    prunes a tap. Candidates are the paper's PS-K_P and PSD-K_P tables (K = 1..8, P = 1..
+    :data:`MAX_PERIOD`, every offset); of those that fit, the one with the fewest taps per input
+    channel (T / P) wins, then the smallest P, then offset 1 (the paper's), then the smallest
+    offset. Only periods up to (out + in) / 2 are tried, so every mask is seen on at least two
+    of the layer's channel diagonals (o + i): a longer table would fit a small layer by accident.
+    A weight that fits no candidate is dense.
+    """
+    import torch
+
+    out_channels, in_channels = weight.shape[:2]
+    kept = (weight.reshape(out_channels, in_channels, NUM_TAPS) != 0).to(torch.int64)
+    if bool(kept.all()):
+        return dense_family()
+    channel_sum = torch.arange(out_channels)[:, None] + torch.arange(in_channels)[None, :]
+    best, best_key = dense_family(), (float(NUM_TAPS), 1, 0, 0)
+    for period in range(1, min(MAX_PERIOD, (out_channels + in_channels) // 2) + 1):
+        residues = (channel_sum % period).reshape(-1, 1).expand(-1, NUM_TAPS)
+        used_taps = torch.zeros(period, NUM_TAPS, dtype=torch.int64).scatter_reduce(
+            0, residues, kept.reshape(-1, NUM_TAPS), "amax")
+        used = (used_taps << torch.arange(NUM_TAPS)).sum(dim=1).tolist()  # taps residue r keeps
+        for k in range(1, NUM_TAPS):
+            for dense_kernel in (False, True):
+                if dense_kernel and period < 2:
+                    continue
+                candidate = paper_family(k, period, dense_kernel)
+                for offset in range(period):
+                    key = (candidate.taps_per_period / period, period, offset != 1, offset)
+                    if key >= best_key:
+                        continue
+                    if all(used[r] & ~candidate.masks[(r + offset) % period] == 0
+                           for r in range(period)):
+                        best = paper_family(k, period, dense_kernel, offset)
+                        best_key = key
+    return best

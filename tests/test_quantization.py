@@ -6,7 +6,8 @@ import torch
 
 from psconv.errors import PsconvError
 from psconv.nn.default import default_images, default_quantized_model, seeded_resnet18
-from psconv.nn.quantize import fold_resnet, run_float
+from psconv.nn.fold import fold_model
+from psconv.nn.quantize import run_float
 from psconv.qmodel import QuantizedModel
 from psconv.sim.golden.fake_quant import run_fake_quant
 from psconv.sim.golden.network import run_golden
@@ -21,7 +22,7 @@ def quantized():
 def test_folded_graph_equals_pytorch_model():
     model = seeded_resnet18("PS4_P8", width=8).double()
     images = default_images(4)
-    folded = run_float(fold_resnet(model), images)
+    folded = run_float(fold_model(model, (3, 32, 32)), images)
     with torch.no_grad():
         reference = model(images.double())
     assert torch.allclose(folded["fc"], reference, rtol=1e-9, atol=1e-9)
@@ -29,7 +30,7 @@ def test_folded_graph_equals_pytorch_model():
 
 def test_folding_keeps_pruned_taps_zero():
     model = seeded_resnet18("PSD1_P16", width=8)
-    for layer in fold_resnet(model):
+    for layer in fold_model(model, (3, 32, 32)):
         if layer.op == "conv" and layer.family.kernel_size == 3:
             mask = layer.family.weight_mask(*layer.weight.shape[:2]).double()
             assert torch.all(layer.weight[mask == 0] == 0), layer.name

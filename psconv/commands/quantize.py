@@ -9,10 +9,7 @@ from psconv.outputs import output_file
 
 
 def register(subparsers) -> None:
-    from psconv.nn.cifar import MAX_IMAGE_SIZE
-    from psconv.nn.default import (DEFAULT_CALIBRATION_IMAGES, DEFAULT_FAMILY,
-                                   DEFAULT_IMAGE_SIZE, DEFAULT_SEED, DEFAULT_WIDTH)
-    from psconv.nn.datasets import DATASETS
+    from psconv.nn.default import DEFAULT_FAMILY, DEFAULT_SEED, DEFAULT_WIDTH
     from psconv.nn.models import MAX_WIDTH
 
     parser = subparsers.add_parser(
@@ -30,6 +27,21 @@ def register(subparsers) -> None:
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH,
                         help=f"ResNet18 base width, 1..{MAX_WIDTH} ({MAX_WIDTH} = full; "
                              f"default: %(default)s)")
+    parser.add_argument("--checkpoint", help="state_dict (.pt) of psconv's resnet18_cifar with this family/width")
+    add_calibration_arguments(parser)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="seed of the embedded-default network and of the synthetic "
+                             "calibration images (default: %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def add_calibration_arguments(parser) -> None:
+    """--image-size, --cifar, --dataset, --calibration-images: the images a quantizer calibrates
+    on (``psconv quantize`` and ``psconv import``); :func:`calibration_images` reads them."""
+    from psconv.nn.cifar import MAX_IMAGE_SIZE
+    from psconv.nn.datasets import DATASETS
+    from psconv.nn.default import DEFAULT_CALIBRATION_IMAGES, DEFAULT_IMAGE_SIZE
+
     parser.add_argument("--image-size", type=int, default=None, metavar="N",
                         help=f"side of the square input images, 1..{MAX_IMAGE_SIZE}: the seeded "
                              f"statistics and calibration images are drawn at that size (not "
@@ -37,8 +49,7 @@ def register(subparsers) -> None:
                              f"file records it as the model's input shape (default: "
                              f"{DEFAULT_IMAGE_SIZE}, CIFAR-10's, or the size of --dataset's "
                              f"images, which is the only size it allows); e.g. 8 with "
-                             f"--width 2 for the iCEBreaker engine")
-    parser.add_argument("--checkpoint", help="state_dict (.pt) of psconv's resnet18_cifar with this family/width")
+                             f"--width 2 for the iCEBreaker engine (quantize)")
     parser.add_argument("--cifar", help="CIFAR-10 python-format directory for calibration images")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
                         help="calibrate on the first --calibration-images images of this data "
@@ -48,23 +59,17 @@ def register(subparsers) -> None:
     parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                         metavar="N", help="images to calibrate activation scales on (default: "
                                           "%(default)s, as the embedded default)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help="seed of the embedded-default network and of the synthetic "
-                             "calibration images (default: %(default)s)")
-    parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def calibration_images(args, seed: int):
+    """The NCHW float images ``args`` (:func:`add_calibration_arguments`) name: the first
+    --calibration-images of --dataset's train split, else seeded synthetic ones of ``seed``."""
     from psconv.nn.cifar import check_image_size
     from psconv.nn.datasets import load_dataset, native_image_size
-    from psconv.nn.default import DEFAULT_IMAGE_SIZE, calibration_batch, seeded_resnet18
-    from psconv.nn.models import check_width
-    from psconv.nn.quantize import quantize_resnet
-    from psconv.nn.train import load_checkpoint
+    from psconv.nn.default import DEFAULT_IMAGE_SIZE, calibration_batch
 
     if args.calibration_images < 1:
         raise PsconvError(f"--calibration-images is {args.calibration_images}; allowed: >= 1")
-    check_width(args.width)
     dataset = args.dataset or ("cifar10" if args.cifar else None)
     if dataset == "digits" and args.cifar:
         raise PsconvError("--cifar is given with --dataset digits; allowed: --cifar with "
@@ -77,17 +82,24 @@ def run(args) -> int:
             option = "--cifar" if dataset == "cifar10" else f"--dataset {dataset}"
             raise PsconvError(f"--image-size is {image_size} but {source} are "
                               f"{native}x{native}; allowed with {option}: {native}")
-        image_size = native
+        return load_dataset(dataset, args.cifar).train_images[:args.calibration_images]
     image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     check_image_size(image_size)
+    return calibration_batch(args.calibration_images, seed, image_size)
+
+
+def run(args) -> int:
+    from psconv.nn.default import seeded_resnet18
+    from psconv.nn.models import check_width
+    from psconv.nn.quantize import quantize_resnet
+    from psconv.nn.train import load_checkpoint
+
+    check_width(args.width)
+    images = calibration_images(args, args.seed)
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint, args.family, args.width)
     else:
-        model = seeded_resnet18(args.family, args.width, args.seed, image_size=image_size)
-    if dataset is not None:
-        images = load_dataset(dataset, args.cifar).train_images[:args.calibration_images]
-    else:
-        images = calibration_batch(args.calibration_images, args.seed, image_size)
+        model = seeded_resnet18(args.family, args.width, args.seed, image_size=images.shape[-1])
     quantized = quantize_resnet(model, images, args.family)
     path = quantized.save(Path(args.out))
     print(f"wrote {path}: {quantized.arch} {quantized.family_name}, {len(quantized.layers)} layers, "

@@ -104,12 +104,12 @@ def check_resnet18_fits(config, family_name: str = DEFAULT_FAMILY, width: int = 
     ``image_size`` images fits ``config``; shapes only, nothing is trained or quantized."""
     from psconv.firmware.compiler import check_fits
 
-    from .quantize import fold_resnet
+    from .fold import fold_model
 
     generator_state = torch.random.get_rng_state()
     try:
-        layers = fold_resnet(resnet18_cifar(family_by_name(family_name), num_classes=10,
-                                            width=width))
+        layers = fold_model(resnet18_cifar(family_by_name(family_name), num_classes=10,
+                                           width=width), (3, image_size, image_size))
     finally:
         torch.random.set_rng_state(generator_state)
     check_fits(layers, (3, image_size, image_size), config)

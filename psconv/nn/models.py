@@ -120,6 +120,17 @@ class ResNet18Cifar(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
 
+    def quantized_layer_names(self) -> dict[str, str]:
+        """Module path -> layer name in the quantized-model file (:mod:`psconv.nn.fold`):
+        ``stem``, ``layer<stage>.<block>.conv1|conv2|shortcut``, ``avgpool``, ``fc``."""
+        names = {"stem.conv": "stem", "pool": "avgpool", "fc": "fc"}
+        for index in range(len(self.layers)):
+            prefix = f"layer{index // 2 + 1}.{index % 2}"
+            for conv in ("conv1", "conv2"):
+                names[f"layers.{index}.{conv}"] = f"{prefix}.{conv}"
+            names[f"layers.{index}.shortcut.conv"] = f"{prefix}.shortcut"
+        return names
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for block in self.layers:

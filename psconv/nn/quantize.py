@@ -1,9 +1,11 @@
-"""Post-training quantization of a periodic-sparse CIFAR ResNet18 into a :class:`QuantizedModel`.
+"""Post-training quantization of a folded float graph (:mod:`psconv.nn.fold`: psconv's ResNet18 or
+an imported network) into a :class:`QuantizedModel`.
 
 Steps, each the textbook choice so results are predictable:
 
-1. BatchNorm folding: ``w' = w * g / sqrt(var + eps)``, ``b' = beta - mean * g / sqrt(var + eps)``.
-   Pruned taps stay exactly zero (folding scales whole output channels).
+1. BatchNorm folding (:func:`~psconv.nn.fold.fold_batchnorm`): ``w' = w * g / sqrt(var + eps)``,
+   ``b' = beta - mean * g / sqrt(var + eps)``. Pruned taps stay exactly zero (folding scales
+   whole output channels).
 2. Weights: int8 symmetric per output channel, ``s_w[o] = max|w'[o]| / 127``, values in -127..127.
    The classifier uses one scale for all classes so integer logits rank like float ones.
 3. Activations: int8 symmetric per tensor, ``s = max|x| / 127`` over the calibration images
@@ -17,98 +19,16 @@ Steps, each the textbook choice so results are predictable:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from psconv.errors import PsconvError
-from psconv.families import PatternFamily, dense_family, pointwise_family
 from psconv.qmodel import QLayer, QuantizedModel
 from psconv.sim.golden.ops import MULTIPLIER_LIMIT, SHIFT_MAX, SHIFT_MIN, quantize_input
 
+from .fold import FloatLayer, fold_model
+
 INT8_LIMIT = 127
-
-
-@dataclass
-class FloatLayer:
-    """A BatchNorm-folded float layer, in the same graph form as :class:`QLayer`."""
-
-    name: str
-    op: str
-    input: str
-    relu: bool = False
-    residual: str | None = None
-    stride: int = 1
-    kernel_size: int = 3
-    family: PatternFamily | None = None
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
-
-
-def _conv_family(conv: nn.Conv2d) -> PatternFamily:
-    family = getattr(conv, "family", None)
-    if family is not None:
-        return family
-    return pointwise_family() if conv.kernel_size[0] == 1 else dense_family()
-
-
-def _effective_weight(conv: nn.Conv2d) -> torch.Tensor:
-    mask = getattr(conv, "mask", None)
-    weight = conv.weight.detach().double()
-    return weight * mask.double() if mask is not None else weight
-
-
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Folded (weight, bias) of ``bn(conv(x))`` in float64."""
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    weight = _effective_weight(conv) * scale[:, None, None, None]
-    bias = bn.bias.detach().double() - bn.running_mean.double() * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias.detach().double() * scale
-    return weight, bias
-
-
-def _conv_bn(module) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    if len(convs) != 1 or len(bns) != 1:
-        raise PsconvError(f"quantize: expected one conv and one BatchNorm in {type(module).__name__}, "
-                          f"found {len(convs)} and {len(bns)}")
-    return convs[0], bns[0]
-
-
-def _float_conv(name, source, conv, bn, relu, residual=None) -> FloatLayer:
-    weight, bias = fold_batchnorm(conv, bn)
-    return FloatLayer(name=name, op="conv", input=source, relu=relu, residual=residual,
-                      stride=conv.stride[0], kernel_size=conv.kernel_size[0],
-                      family=_conv_family(conv), weight=weight, bias=bias)
-
-
-def fold_resnet(model: nn.Module) -> list[FloatLayer]:
-    """The folded float graph of a CIFAR ResNet18 from :mod:`psconv.nn.models`."""
-    for attribute in ("stem", "layers", "fc"):
-        if not hasattr(model, attribute):
-            raise PsconvError(f"quantize: the model has no {attribute!r}; only psconv's "
-                              f"resnet18_cifar is supported")
-    layers = [_float_conv("stem", "input", *_conv_bn(model.stem), relu=True)]
-    current = "stem"
-    for index, block in enumerate(model.layers):
-        prefix = f"layer{index // 2 + 1}.{index % 2}"
-        layers.append(_float_conv(f"{prefix}.conv1", current, block.conv1, block.bn1, relu=True))
-        residual = current
-        if block.shortcut is not None:
-            layers.append(_float_conv(f"{prefix}.shortcut", current, *_conv_bn(block.shortcut),
-                                      relu=False))
-            residual = f"{prefix}.shortcut"
-        layers.append(_float_conv(f"{prefix}.conv2", f"{prefix}.conv1", block.conv2, block.bn2,
-                                  relu=True, residual=residual))
-        current = f"{prefix}.conv2"
-    layers.append(FloatLayer(name="avgpool", op="avgpool", input=current))
-    layers.append(FloatLayer(name="fc", op="fc", input="avgpool",
-                             weight=model.fc.weight.detach().double(),
-                             bias=model.fc.bias.detach().double()))
-    return layers
 
 
 def run_float(layers: list[FloatLayer], images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -125,7 +45,7 @@ def run_float(layers: list[FloatLayer], images: torch.Tensor) -> dict[str, torch
         elif layer.op == "avgpool":
             tensors[layer.name] = x.mean(dim=(2, 3))
         else:
-            tensors[layer.name] = x @ layer.weight.T + layer.bias
+            tensors[layer.name] = x.flatten(1) @ layer.weight.T + layer.bias
     return tensors
 
 
@@ -219,8 +139,8 @@ def quantize_graph(layers: list[FloatLayer], calibration: torch.Tensor, arch: st
 
 def quantize_resnet(model: nn.Module, calibration: torch.Tensor, family_name: str) -> QuantizedModel:
     """BatchNorm-fold, calibrate and quantize a psconv CIFAR ResNet18 (eval-mode statistics)."""
-    model = model.eval()
-    return quantize_graph(fold_resnet(model), calibration, "resnet18", family_name)
+    return quantize_graph(fold_model(model, tuple(calibration.shape[1:])), calibration,
+                          "resnet18", family_name)
 
 
 def quantize_images(model: QuantizedModel, images: torch.Tensor) -> torch.Tensor:

@@ -315,6 +315,19 @@ def _resume(out: Path, spec: TrainSpec, model, optimizer, scheduler, device):
     return state["epoch"], info
 
 
+def read_state_dict(path) -> dict:
+    """The state dict saved in ``path`` (``torch.load``, tensors only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:    # torch.load raises many types for a file that is not a checkpoint
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise PsconvError(f"cannot read checkpoint {path} as a PyTorch state dict: "
+                          f"{type(e).__name__}: {reason}") from None
+    if not isinstance(state, dict):
+        raise PsconvError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
 def load_checkpoint(path, family_name: str, width: int, arch: str = "resnet18",
                     num_classes: int = 10) -> nn.Module:
     """The eval-mode network of ``arch``/``family_name``/``width`` with the state dict in
@@ -322,13 +335,7 @@ def load_checkpoint(path, family_name: str, width: int, arch: str = "resnet18",
     family = None if family_name == "dense" else family_name
     model = (build_model(arch, family, num_classes, width_scale=width / 64) if arch == "vgg16"
              else build_model(arch, family, num_classes, width=width))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:    # torch.load raises many types for a file that is not a checkpoint
-        raise PsconvError(f"cannot read checkpoint {path} as a PyTorch state dict: "
-                          f"{type(e).__name__}: {e}") from None
-    if not isinstance(state, dict):
-        raise PsconvError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # same keys, other shapes: another width

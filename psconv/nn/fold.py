@@ -1,0 +1,365 @@
+"""A PyTorch network traced with ``torch.fx`` becomes the BatchNorm-folded float graph the quantizer
+takes (a list of :class:`FloatLayer`, the graph form of :class:`~psconv.qmodel.QLayer`).
+
+The one implementation behind ``psconv quantize`` (psconv's own ResNet18) and ``psconv import``
+(any ``nn.Module``). What the engine and the host run, and so what a traced graph may hold:
+
+* ``nn.Conv2d`` (``PeriodicSparseConv2d`` included): 3x3 with padding 1 or 1x1 with padding 0,
+  stride 1 or 2, no groups or dilation; optionally followed by ``BatchNorm2d`` (folded:
+  ``w' = w * g / sqrt(var + eps)``, ``b' = beta + (b - mean) * g / sqrt(var + eps)``), a residual
+  add of any earlier map of the same shape, then ReLU, in that order (the engine's
+  post-processor). A ``PeriodicSparseConv2d`` keeps its family; a plain 3x3 ``Conv2d`` gets the
+  family its zero pattern follows (:func:`~psconv.families.recognise_family`) or runs dense;
+  1x1 convolutions run as the pointwise family.
+* global average pooling (``AdaptiveAvgPool2d(1)``, ``AvgPool2d`` over the whole map,
+  ``mean`` over H and W), flatten (``torch.flatten``, ``nn.Flatten``, ``view``/``reshape`` to
+  (N, -1)), ``Identity`` and ``Dropout`` (no-ops in eval mode);
+* one final ``nn.Linear``, whose output is the network's output.
+
+Anything else is refused with one line naming the graph node, its op and why. A fused step
+(BatchNorm, add, ReLU) must be the only reader of the value it modifies, so folding never changes
+a value another node reads. Layers are named by their module path (a conv by the conv's), unless
+the model maps module paths to names itself (``quantized_layer_names()``, as psconv's ResNet18
+does to keep its files' names).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from psconv.errors import PsconvError
+from psconv.families import PatternFamily, pointwise_family, recognise_family
+
+
+@dataclass
+class FloatLayer:
+    """A BatchNorm-folded float layer, in the same graph form as :class:`QLayer`.
+
+    ``node`` names the graph node it came from (for messages); ``family_source`` says where a
+    conv's family came from: ``module`` (a ``PeriodicSparseConv2d``), ``recognised`` (a plain
+    Conv2d's zeros), ``dense`` (a plain 3x3 Conv2d that follows no family) or ``pointwise`` (1x1).
+    """
+
+    name: str
+    op: str
+    input: str
+    relu: bool = False
+    residual: str | None = None
+    stride: int = 1
+    kernel_size: int = 3
+    family: PatternFamily | None = None
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    node: str = ""
+    family_source: str = ""
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folded (weight, bias) of ``bn(conv(x))`` (``conv(x)`` without ``bn``) in float64; a
+    ``PeriodicSparseConv2d``'s weight is masked first."""
+    mask = getattr(conv, "mask", None)
+    weight = conv.weight.detach().double()
+    weight = weight * mask.double() if mask is not None else weight
+    bias = (conv.bias.detach().double() if conv.bias is not None
+            else torch.zeros(weight.shape[0], dtype=torch.float64))
+    if bn is None:
+        return weight, bias
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return (weight * scale[:, None, None, None],
+            bn.bias.detach().double() + (bias - bn.running_mean.double()) * scale)
+
+
+def _conv_family(conv: nn.Conv2d, weight: torch.Tensor) -> tuple[PatternFamily, str]:
+    family = getattr(conv, "family", None)
+    if family is not None:
+        return family, "module"
+    if conv.kernel_size[0] == 1:
+        return pointwise_family(), "pointwise"
+    family = recognise_family(weight)
+    return family, "dense" if family.period == 1 and family.name == "dense" else "recognised"
+
+
+class _Tracer(torch.fx.Tracer):
+    """Keeps every convolution (``PeriodicSparseConv2d`` too) one node."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, nn.Conv2d) or super().is_leaf_module(module, qualified_name)
+
+
+RELU_FUNCTIONS = (torch.relu, torch.relu_, F.relu)
+ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+FLATTEN_FUNCTIONS = (torch.flatten, torch.reshape)
+FLATTEN_METHODS = ("flatten", "view", "reshape")
+MEAN_FUNCTIONS = (torch.mean, F.adaptive_avg_pool2d, F.avg_pool2d)
+MAX_POOL_FUNCTIONS = (F.max_pool2d, F.adaptive_max_pool2d, torch.max_pool2d)
+
+
+def _function_name(function) -> str:
+    module = getattr(function, "__module__", None) or ""
+    name = getattr(function, "__name__", repr(function))
+    return f"{module}.{name}" if module else name
+
+
+class _Folder:
+    """One pass over the traced graph (see the module docstring for the rules)."""
+
+    def __init__(self, model: nn.Module, graph_module: torch.fx.GraphModule):
+        self.modules = dict(model.named_modules())
+        self.names = model.quantized_layer_names() if hasattr(model, "quantized_layer_names") else {}
+        self.values: dict[torch.fx.Node, str] = {}
+        self.layers: dict[str, dict] = {}       # name -> fields, in execution order
+        self.graph_module = graph_module
+        self.classifier: torch.fx.Node | None = None
+
+    def describe(self, node: torch.fx.Node) -> str:
+        if node.op == "call_module":
+            return f"{type(self.modules[node.target]).__name__} {node.target}"
+        if node.op == "call_function":
+            return _function_name(node.target)
+        if node.op == "call_method":
+            return f"Tensor.{node.target}"
+        return f"{node.op} {node.target}"
+
+    def fail(self, node: torch.fx.Node, why: str) -> PsconvError:
+        return PsconvError(f"node {node.name!r} ({self.describe(node)}): {why}")
+
+    def shape(self, node) -> tuple | None:
+        meta = node.meta.get("tensor_meta") if isinstance(node, torch.fx.Node) else None
+        return tuple(meta.shape) if hasattr(meta, "shape") else None
+
+    def layer_name(self, node: torch.fx.Node, default: str) -> str:
+        name = self.names.get(node.target, default) if node.op == "call_module" else default
+        if name in self.layers or name == "input":
+            name = node.name
+        return name
+
+    def value(self, node: torch.fx.Node, arg, role: str = "input") -> str:
+        if not isinstance(arg, torch.fx.Node) or arg not in self.values:
+            raise self.fail(node, f"its {role} {arg!r} is not a tensor the engine computes")
+        return self.values[arg]
+
+    def conv_layer(self, node: torch.fx.Node, arg, stages, what: str) -> dict:
+        """The conv layer ``node`` fuses into: ``arg``'s, still in one of ``stages``, and read by
+        ``node`` alone."""
+        name = self.value(node, arg)
+        layer = self.layers.get(name)
+        if layer is None or layer["op"] != "conv" or layer["stage"] not in stages:
+            raise self.fail(node, f"{what}")
+        if len(arg.users) != 1:
+            raise self.fail(node, f"{what}; {arg.name!r} is also read by "
+                                  f"{', '.join(repr(u.name) for u in arg.users if u is not node)}")
+        return layer
+
+    def fold(self) -> list[FloatLayer]:
+        for node in self.graph_module.graph.nodes:
+            if self.classifier is not None and node.op != "output":
+                raise self.fail(node, f"comes after the final Linear {self.classifier.name!r}; "
+                                      f"allowed: one Linear classifier, last")
+            if node.op == "placeholder":
+                if "input" in self.values.values():
+                    raise self.fail(node, "a second network input; allowed: one image tensor")
+                self.values[node] = "input"
+            elif node.op == "output":
+                self.output(node)
+            elif node.op == "get_attr":
+                raise self.fail(node, "reads a parameter or buffer outside a supported module; "
+                                      "allowed: weights inside nn.Conv2d, BatchNorm2d, Linear")
+            elif node.op == "call_module":
+                self.call_module(node, self.modules[node.target])
+            elif self.shape(node) is None:
+                continue    # no tensor: shape arithmetic such as x.size(0) for a view
+            else:
+                self.call_function(node)
+        return self.float_layers()
+
+    def call_module(self, node, module) -> None:
+        if isinstance(module, nn.Conv2d):
+            self.conv(node, module)
+        elif isinstance(module, nn.BatchNorm2d):
+            layer = self.conv_layer(node, node.args[0], ("conv",),
+                                    "BatchNorm2d must directly follow a convolution")
+            layer["bn"], layer["stage"] = module, "bn"
+            self.values[node] = layer["name"]
+        elif isinstance(module, nn.ReLU):
+            self.relu(node)
+        elif isinstance(module, (nn.Identity, nn.Dropout)):
+            self.values[node] = self.value(node, node.args[0])
+        elif isinstance(module, nn.Flatten):
+            self.flatten(node)
+        elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
+            self.avgpool(node, module)
+        elif isinstance(module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
+            raise self.fail(node, "max pooling is not supported on the engine yet")
+        elif isinstance(module, nn.Linear):
+            self.linear(node, module)
+        else:
+            raise self.fail(node, "unsupported op; allowed: Conv2d, BatchNorm2d, ReLU, residual "
+                                  "add, global average pooling, flatten, one final Linear")
+
+    def call_function(self, node) -> None:
+        target = node.target
+        if node.op == "call_method" and target in ("relu", "relu_") or target in RELU_FUNCTIONS:
+            self.relu(node)
+        elif node.op == "call_method" and target in ("add", "add_") or target in ADD_FUNCTIONS:
+            self.add(node)
+        elif node.op == "call_method" and target in FLATTEN_METHODS or target in FLATTEN_FUNCTIONS:
+            self.flatten(node)
+        elif node.op == "call_method" and target == "mean" or target in MEAN_FUNCTIONS:
+            self.avgpool(node, None)
+        elif target in MAX_POOL_FUNCTIONS:
+            raise self.fail(node, "max pooling is not supported on the engine yet")
+        else:
+            raise self.fail(node, "unsupported op; allowed: Conv2d, BatchNorm2d, ReLU, residual "
+                                  "add, global average pooling, flatten, one final Linear")
+
+    def conv(self, node, conv: nn.Conv2d) -> None:
+        k = conv.kernel_size
+        if k[0] != k[1] or k[0] not in (1, 3):
+            raise self.fail(node, f"kernel size {k[0]}x{k[1]}; allowed: 3x3 or 1x1")
+        padding = (k[0] // 2,) * 2 if conv.padding == "same" else tuple(conv.padding)
+        if padding != (k[0] // 2,) * 2 or conv.padding_mode != "zeros":
+            raise self.fail(node, f"padding {padding} ({conv.padding_mode}) on a {k[0]}x{k[0]} "
+                                  f"kernel; allowed: zero padding {k[0] // 2} "
+                                  f"(the map keeps its size at stride 1)")
+        stride = tuple(conv.stride)
+        if stride[0] != stride[1] or stride[0] not in (1, 2):
+            raise self.fail(node, f"stride {stride[0]}x{stride[1]}; allowed: 1 or 2")
+        if conv.groups != 1 or tuple(conv.dilation) != (1, 1):
+            raise self.fail(node, f"groups {conv.groups}, dilation {tuple(conv.dilation)}; "
+                                  f"allowed: groups 1, dilation 1")
+        source = self.value(node, node.args[0])
+        if source != "input" and self.layers[source]["op"] != "conv":
+            raise self.fail(node, f"reads {source!r}, a {self.layers[source]['op']} output; "
+                                  f"allowed: an image or a convolution's map")
+        name = self.layer_name(node, node.target)
+        self.layers[name] = dict(name=name, op="conv", input=source, module=conv, bn=None,
+                                 relu=False, residual=None, stage="conv",
+                                 node=f"node {node.name!r} ({self.describe(node)})")
+        self.values[node] = name
+
+    def relu(self, node) -> None:
+        layer = self.conv_layer(node, node.args[0], ("conv", "bn", "add"),
+                                "ReLU must follow a convolution (and its BatchNorm and residual "
+                                "add), once")
+        layer["relu"], layer["stage"] = True, "relu"
+        self.values[node] = layer["name"]
+
+    def add(self, node) -> None:
+        if len(node.args) != 2 or node.kwargs:
+            raise self.fail(node, "an add with other arguments than two tensors; allowed: x + y")
+        left, right = node.args
+        for fused, residual in ((left, right), (right, left)):
+            try:
+                layer = self.conv_layer(node, fused, ("conv", "bn"), "")
+            except PsconvError:
+                continue
+            source = self.value(node, residual, "residual")
+            if source != "input" and self.layers[source]["op"] != "conv":
+                continue
+            if self.shape(fused) != self.shape(residual):
+                raise self.fail(node, f"adds shapes {self.shape(fused)} and "
+                                      f"{self.shape(residual)}; allowed: equal shapes")
+            layer["residual"], layer["stage"] = source, "add"
+            # the conv that takes the residual runs after the residual's source
+            self.layers[layer["name"]] = self.layers.pop(layer["name"])
+            self.values[node] = layer["name"]
+            return
+        raise self.fail(node, "a residual add needs one operand to be a convolution's output "
+                              "(after its BatchNorm, before ReLU) that nothing else reads and the "
+                              "other an earlier map")
+
+    def flatten(self, node) -> None:
+        before, after = self.shape(node.args[0]), self.shape(node)
+        if before is None or after is None or len(after) != 2 or after[0] != before[0]:
+            raise self.fail(node, f"reshapes {before} to {after}; allowed: flatten to "
+                                  f"(N, features), e.g. torch.flatten(x, 1)")
+        self.values[node] = self.value(node, node.args[0])
+
+    def avgpool(self, node, module) -> None:
+        before, after = self.shape(node.args[0]), self.shape(node)
+        whole_map = before is not None and len(before) == 4 and after is not None and (
+            after in ((before[0], before[1]), (before[0], before[1], 1, 1)))
+        if isinstance(module, nn.AvgPool2d) or node.target in (F.avg_pool2d,):
+            kernel = module.kernel_size if module is not None else node.args[1]
+            kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+            whole_map = whole_map and kernel == tuple(before[2:])
+        if not whole_map:
+            raise self.fail(node, f"average pooling {before} to {after}; allowed: global "
+                                  f"average pooling (every map to 1x1)")
+        source = self.value(node, node.args[0])
+        name = self.layer_name(node, node.target if node.op == "call_module" else "avgpool")
+        self.layers[name] = dict(name=name, op="avgpool", input=source, stage="done",
+                                 node=f"node {node.name!r} ({self.describe(node)})")
+        self.values[node] = name
+
+    def linear(self, node, linear: nn.Linear) -> None:
+        shape = self.shape(node.args[0])
+        if shape is None or len(shape) != 2:
+            raise self.fail(node, f"reads a {shape} tensor; allowed: (N, features), flattened")
+        name = self.layer_name(node, node.target)
+        bias = (linear.bias.detach().double() if linear.bias is not None
+                else torch.zeros(linear.out_features, dtype=torch.float64))
+        self.layers[name] = dict(name=name, op="fc", input=self.value(node, node.args[0]),
+                                 stage="done", weight=linear.weight.detach().double(), bias=bias,
+                                 node=f"node {node.name!r} ({self.describe(node)})")
+        self.values[node] = name
+        self.classifier = node
+
+    def output(self, node) -> None:
+        if self.classifier is None:
+            raise self.fail(node, "the network ends without a Linear classifier; allowed: one "
+                                  "final nn.Linear whose output is the network's output")
+        if node.args[0] is not self.classifier:
+            raise self.fail(node, f"returns {node.args[0]!r}; allowed: the final Linear's "
+                                  f"output alone")
+
+    def float_layers(self) -> list[FloatLayer]:
+        layers = []
+        for entry in self.layers.values():
+            if entry["op"] == "conv":
+                conv = entry["module"]
+                weight, bias = fold_batchnorm(conv, entry["bn"])
+                family, family_source = _conv_family(conv, weight)
+                layers.append(FloatLayer(
+                    name=entry["name"], op="conv", input=entry["input"], relu=entry["relu"],
+                    residual=entry["residual"], stride=conv.stride[0],
+                    kernel_size=conv.kernel_size[0], family=family, weight=weight, bias=bias,
+                    node=entry["node"], family_source=family_source))
+            else:
+                layers.append(FloatLayer(name=entry["name"], op=entry["op"], input=entry["input"],
+                                         weight=entry.get("weight"), bias=entry.get("bias"),
+                                         node=entry["node"]))
+        return layers
+
+
+def trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``model`` as a ``torch.fx`` graph with every convolution one node; a model that cannot be
+    traced symbolically (data-dependent control flow) is refused in one line."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:      # fx raises many types for code it cannot trace
+        raise PsconvError(f"torch.fx cannot trace {type(model).__name__}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    return torch.fx.GraphModule(model, graph)
+
+
+def fold_model(model: nn.Module, input_shape) -> list[FloatLayer]:
+    """The folded float graph of the eval-mode ``model`` on (C, H, W) ``input_shape`` images."""
+    model = model.eval()
+    dtype = next(model.parameters(), torch.zeros(())).dtype
+    graph_module = trace(model)
+    try:
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(torch.zeros(1, *input_shape, dtype=dtype))
+    except Exception as e:      # the user's model fails on such an input
+        raise PsconvError(f"{type(model).__name__} fails on a {'x'.join(map(str, input_shape))} "
+                          f"input: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                          ) from None
+    return _Folder(model, graph_module).fold()
