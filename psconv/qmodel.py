@@ -32,15 +32,10 @@ from .qmodel_check import (FORMAT_NAME, FORMAT_VERSION, TENSOR_DTYPES, check_man
 
 
 @dataclass
-class QLayer:
-    """One integer operation of a quantized network.
-
-    ``op``: ``conv`` (3x3 padding 1 or 1x1 padding 0, stride 1 or 2, then
-    :func:`~psconv.sim.golden.ops.requantize`), ``avgpool`` (whole-map average, per-tensor
-    multiplier/shift stored as 1-element tensors) or ``fc`` (int logits, no requantization).
-    ``input`` and ``residual`` name earlier layers' outputs (or ``"input"``); a layer's output is
-    named by its ``name``.
-    """
+class GraphLayer:
+    """One operation of a network in psconv's graph form, float (the folded network) or integer
+    (:class:`QLayer`): ``input`` and ``residual`` name earlier layers' outputs (or
+    ``"input"``); a layer's output is named by its ``name``."""
 
     name: str
     op: str
@@ -52,6 +47,17 @@ class QLayer:
     family: PatternFamily | None = None
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+
+
+@dataclass
+class QLayer(GraphLayer):
+    """One integer operation of a quantized network.
+
+    ``op``: ``conv`` (3x3 padding 1 or 1x1 padding 0, stride 1 or 2, then
+    :func:`~psconv.sim.golden.ops.requantize`), ``avgpool`` (whole-map average, per-tensor
+    multiplier/shift stored as 1-element tensors) or ``fc`` (int logits, no requantization).
+    """
+
     multiplier: torch.Tensor | None = None
     shift: torch.Tensor | None = None
     residual_multiplier: torch.Tensor | None = None

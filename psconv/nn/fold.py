@@ -36,10 +36,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from psconv.errors import PsconvError
 from psconv.families import PatternFamily, pointwise_family, recognise_family
+from psconv.qmodel import GraphLayer
 
 
 @dataclass
-class FloatLayer:
+class FloatLayer(GraphLayer):
     """A BatchNorm-folded float layer, in the same graph form as :class:`QLayer`.
 
     ``node`` names the graph node it came from (for messages); ``family_source`` says where a
@@ -47,16 +48,6 @@ class FloatLayer:
     Conv2d's zeros), ``dense`` (a plain 3x3 Conv2d that follows no family) or ``pointwise`` (1x1).
     """
 
-    name: str
-    op: str
-    input: str
-    relu: bool = False
-    residual: str | None = None
-    stride: int = 1
-    kernel_size: int = 3
-    family: PatternFamily | None = None
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
     node: str = ""
     family_source: str = ""
 
