@@ -339,7 +339,8 @@ class BoardTop(wiring.Component):
                      memory_commands.input_free.eq(runner.input_free),
                      memory_commands.input_address.eq(runner.input_address),
                      memory_commands.input_bytes.eq(runner.input_bytes)]
-        connect_engine_owners(m, engine, processor.engine, runner.engine, runner.running)
+        connect_engine_owners(m, engine, processor.engine, runner.engine, runner.running,
+                              domain="abortable")
         return runner
 
     def _memory(self, m, platform):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Mux
+from amaranth.hdl import Mux, Signal
+from amaranth.lib import stream
+from amaranth.lib.wiring import In
 
 GATED = ("valid", "ready", "done")
 """Engine outputs the driver that does not own the engine sees as 0 (no handshake, no done)."""
@@ -14,17 +16,40 @@ def _member(interface, path):
     return interface
 
 
-def connect_engine_owners(m, engine, streamed, resident, resident_owns) -> None:
+def _registered_stream(m, domain, port, first, second, resident_owns) -> None:
+    """The owner's beats reach the engine's input stream ``port`` through a register (valid and
+    payload; ready stays combinational): the two drivers lie far from the engine's block RAMs,
+    and without it their payload muxes and the engine's write logic were one path."""
+    valid = Signal()
+    payload = Signal.like(port.payload)
+    take = ~valid | port.ready
+    m.d.comb += [port.valid.eq(valid), port.payload.eq(payload),
+                 first.ready.eq(take & ~resident_owns), second.ready.eq(take & resident_owns)]
+    with m.If(take):
+        m.d[domain] += [valid.eq(Mux(resident_owns, second.valid, first.valid)),
+                        payload.eq(Mux(resident_owns, second.payload, first.payload))]
+
+
+def connect_engine_owners(m, engine, streamed, resident, resident_owns, domain="sync") -> None:
     """Wire ``engine`` to ``streamed`` (``resident_owns`` low) or ``resident`` (high).
 
     ``streamed`` and ``resident`` are the two drivers' flipped engine ports. The engine's
-    inputs come from the owner. Its outputs reach both, except handshakes and ``done``, which
-    the other driver sees as 0, and ``busy``, which the streamed driver sees as 1 while the
-    runner owns the engine (so the command processor refuses ``WRITE_LAYER`` and ``START``
-    with BUSY). ``resident_owns`` may change only while the engine is idle.
+    inputs come from the owner; its input streams through a register in ``domain`` (one cycle
+    more latency, the same throughput; put it in the engine's domain, so a reset clears a beat
+    held there). Its outputs reach both, except handshakes and ``done``, which the other driver
+    sees as 0, and ``busy``, which the streamed driver sees as 1 while the runner owns the
+    engine (so the command processor refuses ``WRITE_LAYER`` and ``START`` with BUSY).
+    ``resident_owns`` may change only while the engine is idle (no beat is held then).
     """
+    registered = set()
+    for name, member in engine.signature.members.items():
+        if (member.is_signature and isinstance(member.signature, stream.Signature)
+                and member.flow == In):
+            _registered_stream(m, domain, getattr(engine, name), getattr(streamed, name),
+                               getattr(resident, name), resident_owns)
+            registered.add(name)
     for path, member in engine.signature.members.flatten():
-        if not member.is_port:
+        if not member.is_port or path[0] in registered:
             continue
         port = _member(engine, path)
         first, second = _member(streamed, path), _member(resident, path)
