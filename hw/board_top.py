@@ -231,11 +231,16 @@ class BoardTop(wiring.Component):
         engine = PeriodicSparseEngine(self.config, layer_held=True)
         # ABORT and the watchdog reset these (and the runner) from outside: they run in an
         # ``abortable`` domain, sync's clock with reset = sync's reset | abort, so each flip-flop
-        # keeps a single synchronous reset (one more gate in all, not one per flip-flop)
+        # keeps a single synchronous reset (one more gate in all, not one per flip-flop). The
+        # abort is registered first: the reset reaches every flip-flop of the engine, and the
+        # link's handshake that raises it must not be the start of that path (one cycle later
+        # changes nothing: the ACK is out, and the next command is a whole frame away)
         abort = Signal()
+        abort_registered = Signal()
+        m.d.sync += abort_registered.eq(abort)
         m.domains.abortable = abortable = ClockDomain("abortable", local=True)
         m.d.comb += [abortable.clk.eq(ClockSignal("sync")),
-                     abortable.rst.eq(ResetSignal("sync") | abort)]
+                     abortable.rst.eq(ResetSignal("sync") | abort_registered)]
         m.submodules.processor = DomainRenamer("abortable")(processor)
         m.submodules.engine = DomainRenamer("abortable")(engine)
 
