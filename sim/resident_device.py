@@ -23,11 +23,12 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
   ``RUN_STATUS`` reports done; with ``steps_per_poll=n`` each ``RUN_STATUS`` runs ``n`` more
   steps first (how the host's polling and its timeout are tested).
 * ``RUN_STATUS``: :data:`~psconv.protocol.memory.RUN_STATUS_LAYOUT`. ``cycles`` is an
-  *estimate* for the gateware runner's one-byte-per-cycle memory port, per step: one cycle per
-  memory byte it moves (record, tables, input map, residual, output), plus the engine's compute
-  cycles (:func:`psconv.sim.cycle_model.predict_cycles` ``compute``), nothing overlapped. On the
-  reduced ResNet18 of the resident tests' gateware check it reads 13,300 cycles where the
-  gateware counts 14,551 (the runner's own latencies are not modelled).
+  *estimate* for the gateware runner's 2-byte memory port, per step: a cycle per word of its
+  sequential loads (record, tables, input map), a cycle per residual and output byte, plus the
+  engine's compute cycles (:func:`psconv.sim.cycle_model.predict_cycles` ``compute``), nothing
+  overlapped, and for the average pool a cycle per word plus the serial multiply and shift. On
+  the reduced ResNet18 of the resident tests' gateware check it reads 10,181 cycles where the
+  gateware counts 9,434 (pairs of pixels in one request and the overlaps are not modelled).
   ``memory_reads`` counts every byte the runner reads (header, step records, masks,
   quantization entries, weights, input map, residual), ``memory_writes`` every output byte.
 * ``READ_STATUS`` (what the host's link sends at session start): the runner's running and
