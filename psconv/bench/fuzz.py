@@ -31,9 +31,9 @@ class FuzzFailure(PsconvError):
     """The board broke an invariant under fuzz (named in the message)."""
 
 
-def _random_descriptor(rng: random.Random, config) -> tuple[bytes, bool]:
+def _random_descriptor(rng: random.Random, config) -> bytes:
     """A ``WRITE_LAYER`` payload: half the time a descriptor the host's checks admit, else random
-    bits; returns it with whether it is admitted."""
+    bits."""
     from psconv.protocol.descriptor import LayerSpec
     from psconv.protocol.payloads import descriptor_bytes
 
@@ -47,10 +47,10 @@ def _random_descriptor(rng: random.Random, config) -> tuple[bytes, bool]:
                          residual=rng.random() < 0.5, period=rng.randint(1, config.max_period))
         try:
             spec.check(config)                 # the descriptor rules the board checks too
-            return spec.encode(config).to_bytes(size, "little"), True
+            return spec.encode(config).to_bytes(size, "little")
         except PsconvError:
             pass
-    return bytes(rng.randrange(256) for _ in range(size)), False
+    return bytes(rng.randrange(256) for _ in range(size))
 
 
 def make_burst(rng: random.Random, config, model_bytes: int, max_payload: int,
@@ -73,7 +73,7 @@ def make_burst(rng: random.Random, config, model_bytes: int, max_payload: int,
             burst += chunk
             continue
         if kind == "descriptors":
-            payload, _ = _random_descriptor(rng, config)
+            payload = _random_descriptor(rng, config)
             code = int(Command.WRITE_LAYER)
             if rng.random() < 0.5:                    # and start it
                 burst += encode_frame(rng.randrange(256), code, payload)
