@@ -444,8 +444,11 @@ class CommandProcessor(wiring.Component):
                     with m.If(gathered == self.descriptor_bytes - 1):
                         m.next = "CHECK_LAYER" if self.check_descriptor else "LOAD_LAYER"
             if self.check_descriptor:
-                with m.State("CHECK_LAYER"):
-                    m.next = "LOAD_LAYER"        # the check's registered verdict comes next
+                # the check's registered verdict is ready DescriptorCheck.LATENCY cycles on
+                for wait in range(DescriptorCheck.LATENCY):
+                    with m.State("CHECK_LAYER" if wait == 0 else f"CHECK_LAYER_{wait}"):
+                        last = wait == DescriptorCheck.LATENCY - 1
+                        m.next = "LOAD_LAYER" if last else f"CHECK_LAYER_{wait + 1}"
             with m.State("LOAD_LAYER"):
                 def load():
                     m.d.sync += [descriptor.eq(shreg[len(shreg) - 8 * self.descriptor_bytes:]),

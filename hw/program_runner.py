@@ -262,9 +262,14 @@ class ProgramRunner(wiring.Component):
                 with m.If(header.steps == 0):
                     m.next = "POOL_START"
             with m.State("RECORD"):
-                load_record("GEOMETRY")
+                load_record("CHECK_STEP_1" if DescriptorCheck.LATENCY > 1 else "GEOMETRY")
+            # the record is complete since the last cycle of RECORD: the check's registered
+            # verdict is ready DescriptorCheck.LATENCY cycles from then, in GEOMETRY
+            for wait in range(1, DescriptorCheck.LATENCY):
+                with m.State(f"CHECK_STEP_{wait}"):
+                    last = wait == DescriptorCheck.LATENCY - 1
+                    m.next = "GEOMETRY" if last else f"CHECK_STEP_{wait + 1}"
             with m.State("GEOMETRY"):
-                # the record is complete since the last cycle, so is the check's verdict
                 m.d.sync += [out_height.eq(output_size_value(d.in_height, d.stride)),
                              out_width.eq(output_size_value(d.in_width, d.stride))]
                 m.next = "START_ENGINE"
