@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
@@ -189,10 +189,11 @@ class WordMemoryBridge(wiring.Component):
 
     ``port`` In(:func:`memory_port_signature`). Toward the memory, with ``address_width``-bit
     word addresses: ``cmd`` Out(stream ``{addr, write}``), ``wdata`` Out(stream ``{data,
-    enable}``: one beat per write command, in order; up to 4 wait in a FIFO, so the memory may
-    take a write's data after its command), ``rdata`` In(stream of words, one per read command
-    in order; the memory limits the reads in flight). Requests pass a two-entry FIFO (one
-    cycle more latency, no combinational path from the memory's ready back to the client).
+    enable}``: a write's beat is offered with its command, and the memory takes both together,
+    as :class:`psconv.hw.sdram.SDRAM` does), ``rdata`` In(stream of words, one per read
+    command in order; the memory limits the reads in flight). Requests pass a three-entry FIFO
+    (one cycle more latency, no combinational path from the memory's ready back to the client;
+    one request per cycle sustained).
     """
 
     def __init__(self, address_width: int):
@@ -207,29 +208,24 @@ class WordMemoryBridge(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # the client's requests enter a two-entry FIFO first: its ready is a register, so the
-        # memory's handshake never reaches back into the client's logic in the same cycle
-        m.submodules.requests = requests = SyncFIFOBuffered(width=MEMORY_REQUEST.size, depth=2)
+        # the client's requests enter a FIFO first: its ready is a register, so the memory's
+        # handshake never reaches back into the client's logic in the same cycle. Depth 3: a
+        # buffered FIFO of depth 2 passes only one entry every other cycle, which halved every
+        # sequential load from the SDRAM
+        m.submodules.requests = requests = SyncFIFOBuffered(width=MEMORY_REQUEST.size, depth=3)
         m.d.comb += [requests.w_data.eq(self.port.request.payload),
                      requests.w_en.eq(self.port.request.valid),
                      self.port.request.ready.eq(requests.w_rdy)]
         payload = data.View(MEMORY_REQUEST, requests.r_data)
-        # write data waits here for the memory to take it (which it may do only when it
-        # executes the write, after taking the command)
-        m.submodules.writes = writes = SyncFIFO(width=self.wdata.payload.shape().size, depth=4)
         write = payload.write
-        room = ~write | writes.w_rdy
-        taken = requests.r_rdy & self.cmd.ready & room
         m.d.comb += [
             self.cmd.payload.addr.eq(payload.address[1:]),
             self.cmd.payload.write.eq(write),
-            self.cmd.valid.eq(requests.r_rdy & room),
-            requests.r_en.eq(taken),
-            writes.w_data.eq(Cat(payload.data, payload.enable)),
-            writes.w_en.eq(taken & write),
-            self.wdata.valid.eq(writes.r_rdy),
-            self.wdata.payload.eq(writes.r_data),
-            writes.r_en.eq(self.wdata.ready),
+            self.cmd.valid.eq(requests.r_rdy),
+            requests.r_en.eq(self.cmd.valid & self.cmd.ready),
+            self.wdata.payload.data.eq(payload.data),
+            self.wdata.payload.enable.eq(payload.enable),
+            self.wdata.valid.eq(requests.r_rdy & write),
             self.port.read_data.valid.eq(self.rdata.valid),
             self.port.read_data.payload.eq(self.rdata.payload),
             self.rdata.ready.eq(self.port.read_data.ready),

@@ -15,15 +15,22 @@ is the same frequency, 90 degrees later, see :mod:`psconv.rtl_gen.sdram_board`):
   row | bank | column (high to low bits), so consecutive words share a row. ``write`` 1 is a
   write, 0 a read.
 * ``wdata`` (in stream): one beat per write command, in command order: ``data`` and
-  ``enable`` (one bit per byte, 1 = write that byte). A beat may be offered before or with
-  its command; the core takes it when it executes the write.
-* ``rdata`` (out stream): one beat per read command, in command order, ``data_width`` bits,
-  through a ``read_fifo_depth``-entry FIFO (LiteDRAM's own port has no back-pressure). A read
-  command is accepted only while fewer than ``read_fifo_depth`` reads are in flight or
-  unread, so holding ``rdata.ready`` low eventually stalls reads in ``cmd`` (writes still go).
-  Latency grows with row misses and refreshes; measured figures are in the tests' output.
+  ``enable`` (one bit per byte, 1 = write that byte). A write command is taken together with
+  its beat (its ``cmd.ready`` needs ``wdata.valid``; ``wdata.ready`` is high exactly when a
+  write command is taken), so offer the beat no later than its command.
+* ``rdata`` (out stream): one beat per read command, in command order, ``data_width`` bits.
+  LiteDRAM's ports have no back-pressure, so a read command is accepted only while fewer than
+  ``read_fifo_depth`` reads are in flight or unread; holding ``rdata.ready`` low eventually
+  stalls reads in ``cmd`` (writes still go). Latency grows with row misses and refreshes.
 * Commands to the same bank execute in order, so a read after a write to the same address
-  returns the written data.
+  returns the written data. Commands to different banks may overlap.
+
+Inside: the core has a native port per bank (:data:`psconv.rtl_gen.litedram.BANK_PORTS`): a
+command goes to its bank's port (a write's beat into that port's FIFO), and the read data comes
+back out of per-bank FIFOs in the order the reads were issued (a FIFO of their banks). One port
+for all banks would drain each bank's queue before the next bank could start (LiteDRAM's
+crossbar lock), so a row switch in one bank could not hide behind data in another: the output
+scatter of resident mode, a plane per beat, ran at a row switch per two words.
 
 Pins: ``pins="sim"`` adds an ``sdram`` port (the chip's pins, with DQ split into ``dq_o``,
 ``dq_oe`` and ``dq_i`` for a simulator, matching the core's ``sim`` variant); otherwise pass
@@ -35,12 +42,13 @@ not driven here (see :mod:`psconv.rtl_gen.sdram_board`).
 from __future__ import annotations
 
 from amaranth import ClockSignal, Module, ResetSignal, Signal
-from amaranth.hdl import Instance
+from amaranth.hdl import Array, Instance, Mux
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
+from psconv.rtl_gen.litedram import BANK_PORTS
 
 from .sdram_init import SDRAMInit, init_program
 
@@ -78,15 +86,19 @@ class SDRAM(wiring.Component):
     """
 
     def __init__(self, *, address_width: int, program, data_width: int = 16,
-                 row_bits: int = 13, bank_bits: int = 2, pins="sim",
+                 row_bits: int = 13, bank_bits: int = 2, col_bits: int = 9, pins="sim",
                  read_fifo_depth: int = 16):
         if data_width != 16:
             raise PsconvError(f"SDRAM: data width {data_width} not supported; allowed: 16 "
                               f"(the ULX3S's x16 chip at 1:1 rate)")
+        if 1 << bank_bits != BANK_PORTS:
+            raise PsconvError(f"SDRAM: {1 << bank_bits} banks not supported; allowed: "
+                              f"{BANK_PORTS} (the core has a native port per bank)")
         self.address_width = address_width
         self.data_width = data_width
         self.row_bits = row_bits
         self.bank_bits = bank_bits
+        self.col_bits = col_bits
         self.program = list(program)
         self.pins = pins
         if read_fifo_depth < 2:
@@ -116,34 +128,29 @@ class SDRAM(wiring.Component):
                                core.info["controller_cycles"], **kwargs)
         return cls(address_width=core.address_width, data_width=core.data_width,
                    row_bits=core.info["rowbits"], bank_bits=core.info["bankbits"],
-                   program=program, pins=pins)
+                   col_bits=core.info["colbits"], program=program, pins=pins)
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.init = init = SDRAMInit(self.program)
         init_done = Signal()
-        # LiteDRAM's native port ignores rdata.ready (data comes at a fixed latency), so read
-        # data lands in a FIFO and a read is issued only while the FIFO has a free entry for
-        # it counting every read still in flight.
         depth = self.read_fifo_depth
-        m.submodules.read_fifo = fifo = SyncFIFOBuffered(width=self.data_width, depth=depth)
-        reserved = Signal(range(depth + 1))
-        core_cmd_ready = Signal()
-        may_issue = Signal()
+        cmd, write = self.cmd.payload, self.cmd.payload.write
+        bank = cmd.addr[self.col_bits:self.col_bits + self.bank_bits]
+        # the banks of the reads in flight or unread, in issue order: the read data leaves
+        # through the FIFO of the bank at the head. Each bank's FIFO is as deep as this one,
+        # so none can overflow (LiteDRAM's read data cannot wait).
+        m.submodules.read_order = order = SyncFIFO(width=self.bank_bits, depth=depth)
+        core_ready = Signal(BANK_PORTS)  # the core's port k would take a command
+        port_ready = Signal(BANK_PORTS)  # ... and, for a write, its bank has room for the beat
+        may_issue = Mux(write, self.wdata.valid, order.w_rdy)
+        taken = self.cmd.valid & self.cmd.ready
         m.d.comb += [
-            may_issue.eq(self.cmd.payload.write | (reserved < depth)),
-            self.cmd.ready.eq(core_cmd_ready & may_issue),
-            self.rdata.valid.eq(fifo.r_rdy),
-            self.rdata.payload.eq(fifo.r_data),
-            fifo.r_en.eq(self.rdata.ready),
+            self.cmd.ready.eq(port_ready.bit_select(bank, 1) & may_issue),
+            self.wdata.ready.eq(taken & write),
+            order.w_en.eq(taken & ~write),
+            order.w_data.eq(bank),
         ]
-        read_issued = self.cmd.valid & self.cmd.ready & ~self.cmd.payload.write
-        read_taken = self.rdata.valid & self.rdata.ready
-        with m.If(read_issued & ~read_taken):
-            m.d.sync += reserved.eq(reserved + 1)
-        with m.Elif(read_taken & ~read_issued):
-            m.d.sync += reserved.eq(reserved - 1)
-        dq_oe = Signal(self.data_width)
         port = dict(
             i_clk=ClockSignal("sync"), i_rst=ResetSignal("sync"),
             o_init_done=init_done, o_init_error=Signal(), o_user_clk=Signal(),
@@ -152,18 +159,45 @@ class SDRAM(wiring.Component):
             i_wb_ctrl_sel=init.bus.sel, i_wb_ctrl_cyc=init.bus.cyc, i_wb_ctrl_stb=init.bus.stb,
             i_wb_ctrl_we=init.bus.we, o_wb_ctrl_ack=init.bus.ack, i_wb_ctrl_cti=0,
             i_wb_ctrl_bte=0, o_wb_ctrl_dat_r=Signal(32), o_wb_ctrl_err=Signal(),
-            i_user_port_primary_cmd_valid=self.cmd.valid & may_issue,
-            o_user_port_primary_cmd_ready=core_cmd_ready,
-            i_user_port_primary_cmd_we=self.cmd.payload.write,
-            i_user_port_primary_cmd_addr=self.cmd.payload.addr,
-            i_user_port_primary_wdata_valid=self.wdata.valid,
-            o_user_port_primary_wdata_ready=self.wdata.ready,
-            i_user_port_primary_wdata_data=self.wdata.payload.data,
-            i_user_port_primary_wdata_we=self.wdata.payload.enable,
-            o_user_port_primary_rdata_valid=fifo.w_en,
-            i_user_port_primary_rdata_ready=1,
-            o_user_port_primary_rdata_data=fifo.w_data,
         )
+        heads = []
+        for k in range(BANK_PORTS):
+            # a write's beat waits here until the controller executes it (LiteDRAM takes the
+            # data some cycles after the command)
+            writes = SyncFIFOBuffered(width=self.wdata.payload.shape().size, depth=4)
+            reads = SyncFIFOBuffered(width=self.data_width, depth=depth)
+            m.submodules[f"bank{k}_writes"] = writes
+            m.submodules[f"bank{k}_reads"] = reads
+            heads.append(reads)
+            mine = bank == k
+            wdata = data.View(write_layout(self.data_width), writes.r_data)
+            m.d.comb += [writes.w_data.eq(self.wdata.payload),
+                         writes.w_en.eq(taken & write & mine),
+                         port_ready[k].eq(core_ready[k] & (~write | writes.w_rdy))]
+            name = f"user_port_bank{k}"
+            port.update({
+                f"i_{name}_cmd_valid": self.cmd.valid & mine & may_issue
+                                       & (~write | writes.w_rdy),
+                f"o_{name}_cmd_ready": core_ready[k],
+                f"i_{name}_cmd_we": write,
+                f"i_{name}_cmd_addr": cmd.addr,
+                f"i_{name}_wdata_valid": writes.r_rdy,
+                f"o_{name}_wdata_ready": writes.r_en,
+                f"i_{name}_wdata_data": wdata.data,
+                f"i_{name}_wdata_we": wdata.enable,
+                f"o_{name}_rdata_valid": reads.w_en,
+                f"i_{name}_rdata_ready": 1,
+                f"o_{name}_rdata_data": reads.w_data,
+            })
+        head = order.r_data
+        m.d.comb += [
+            self.rdata.valid.eq(order.r_rdy & Array(r.r_rdy for r in heads)[head]),
+            self.rdata.payload.eq(Array(r.r_data for r in heads)[head]),
+            order.r_en.eq(self.rdata.valid & self.rdata.ready),
+        ]
+        for k, reads in enumerate(heads):
+            m.d.comb += reads.r_en.eq(self.rdata.valid & self.rdata.ready & (head == k))
+        dq_oe = Signal(self.data_width)
         if self.pins == "sim":
             pins = self.sdram
             port.update(
@@ -182,4 +216,3 @@ class SDRAM(wiring.Component):
         m.submodules.core = Instance("litedram_core", **port)
         m.d.comb += self.ready.eq(init_done)
         return m
-

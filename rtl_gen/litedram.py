@@ -1,7 +1,7 @@
 """LiteDRAM SDR SDRAM controller cores, generated at build time and cached.
 
 :func:`generate_core` writes a ``litedram_gen`` YAML for a :class:`LiteDRAMConfig` (GENSDRPHY,
-one SDR module, no CPU, one native user port), runs LiteDRAM's ``litedram_gen`` in a
+one SDR module, no CPU, one native user port per bank: :data:`BANK_PORTS`), runs LiteDRAM's ``litedram_gen`` in a
 subprocess (after adding :data:`SDRAM_MODULES` entries LiteDRAM lacks to its module table), post-processes the Verilog and caches the result under
 ``<cache root>/<key>/``, the key being a SHA-256 of the YAML, the variant, this module's
 post-processing revision and the versions of litedram, litex and migen. The cache root is
@@ -54,7 +54,14 @@ DEFAULT_MODULE = "MT48LC16M16"
 
 VARIANTS = ("board", "sim")
 
-POSTPROCESS_REVISION = 3
+BANK_PORTS = 4
+"""Native user ports, one per bank of the SDR modules (all have 4): LiteDRAM's crossbar locks a
+port to one bank until that bank's command queue drains (so read data stays in order), which on
+a single port serialises every bank switch; with a port per bank the controller opens a row in
+one bank while another moves data (:class:`psconv.hw.sdram.SDRAM` routes by bank and puts the
+read data back in order). Port ``bank<k>`` only ever addresses bank k."""
+
+POSTPROCESS_REVISION = 4
 """Bumped whenever the Verilog post-processing or the module table below changes, so cached
 cores regenerate."""
 
@@ -137,7 +144,7 @@ class LiteDRAMConfig:
             "sdram_phy": "GENSDRPHY",
             "sys_clk_freq": float(self.sys_clk_hz),
             "cmd_buffer_depth": int(self.cmd_buffer_depth),
-            "user_ports": {"primary": {"type": "native"}},
+            "user_ports": {f"bank{k}": {"type": "native"} for k in range(BANK_PORTS)},
         }
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
@@ -451,8 +458,12 @@ def generate_core(config: LiteDRAMConfig | None = None, variant: str = "board",
         text = (out / "gateware" / "litedram_core.v").read_text()
         text = _fix_board(text) if variant == "board" else _fix_sim(text)
         ports = _port_widths(text)
-        info["port_address_width"] = ports["user_port_primary_cmd_addr"]
-        info["port_data_width"] = ports["user_port_primary_wdata_data"]
+        if 1 << info["bankbits"] != BANK_PORTS:
+            raise PsconvError(f"LiteDRAM core: module {config.module} has "
+                              f"{1 << info['bankbits']} banks; the SDRAM wrapper needs "
+                              f"{BANK_PORTS} (one native port each)")
+        info["port_address_width"] = ports["user_port_bank0_cmd_addr"]
+        info["port_data_width"] = ports["user_port_bank0_wdata_data"]
         info["ports"] = ports
         staging = tmp / "core"
         staging.mkdir()

@@ -333,3 +333,11 @@ def test_static_placer_iterations_count_as_placement(tmp_path):
         + "Info: iter=7 steplen=1.144493 a=4.893622 penalty=[0.00, 0.00, 0.00, 0.00]\n"
           "Info: overlap: COMB=99.7%, FF=99.7%, RAM=99.5%, MUL=98.9%\n")
     assert _stage(tmp_path, "top") == "placement (nextpnr)"
+
+
+def test_simulated_sdram_board_runs_at_the_ulx3s_build_clock():
+    """The SDRAM board's simulated clock (its controller and chip timings) is the ULX3S build's,
+    the clock its cycle counts are converted at."""
+    from psconv.sim.sdram_rtl import SIM_BOARD_SDRAM_CLOCK_HZ
+
+    assert SIM_BOARD_SDRAM_CLOCK_HZ == get_board("ulx3s-85f").link_clock_mhz * 1e6

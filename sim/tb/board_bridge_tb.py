@@ -66,19 +66,22 @@ def _write_port_file(path, port):
 @cocotb.test()
 async def serve(dut):
     session = tb_data()
-    period_ns = session.get("clock_period_ns", 10)
+    # in whole picoseconds, a multiple of 4 (the SDRAM clock's quarter-period offset below), so
+    # any clock (60 MHz: 16.668 ns) is exact at the simulator's 1 ps precision
+    quarter_ps = round(1000 * session.get("clock_period_ns", 10) / 4)
+    period_ps = 4 * quarter_ps
     max_idle = int(session.get("max_idle_cycles", 4096))
     beat_bytes = int(session["beat_bytes"])
     refill_cycles = max(1, int(session["fifo_beats"]) // 2 * beat_bytes)
     answer_gap_cycles = 4 * beat_bytes
     clk = dut.clk
     # the clock toggles in C++ (cocotb's Python clock would wake Python twice a cycle)
-    Clock(clk, period_ns, unit="ns", impl="gpi").start()
+    Clock(clk, period_ps, unit="ps", impl="gpi").start()
     sdram = hasattr(dut, "sdram_clk")
     if sdram:
         # the SDRAM chip's clock, 90 degrees after the controller's (as the ULX3S PLL makes it)
-        await Timer(period_ns / 4, unit="ns")
-        Clock(dut.sdram_clk, period_ns, unit="ns", impl="gpi").start()
+        await Timer(quarter_ps, unit="ps")
+        Clock(dut.sdram_clk, period_ps, unit="ps", impl="gpi").start()
 
     def check_memory():
         """A simulated SDRAM's broken timing rule ends the run, named."""
@@ -231,7 +234,7 @@ async def serve(dut):
         stats["waits"] += 1
         # A Timer, not ClockCycles (which wakes Python at every edge). It ends mid-cycle, so the
         # beats driven now are seen by the next rising edge and that edge is the one awaited next.
-        fired = await First(tx_rise, Timer(wait * period_ns - period_ns / 2, unit="ns"))
+        fired = await First(tx_rise, Timer(wait * period_ps - 2 * quarter_ps, unit="ps"))
         if fired is not tx_rise and answer_open:
             answer_open = False           # the answer's last beat happened to be full
             if not flush():
@@ -240,6 +243,6 @@ async def serve(dut):
     flush()
     conn.close()
     check_memory()
-    stats["cycles"] = int(get_sim_time(unit="ns") // period_ns)
+    stats["cycles"] = int(get_sim_time(unit="ps") // period_ps)
     dut._log.info(f"bridge: host closed the connection after "
                   f"{time.perf_counter() - started:.1f} s; {stats}")

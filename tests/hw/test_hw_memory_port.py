@@ -65,29 +65,26 @@ def test_sdram_bridge_passes_words_and_byte_enables():
     pending = []
 
     async def word_memory(ctx):
-        """Takes commands when it likes, write data up to a few cycles later, answers reads
-        after a random delay, in order."""
+        """Takes commands when it likes (a write together with its beat, which must be
+        offered with it), answers reads after a random delay, in order."""
         while True:
             ready = rng.random() < 0.7
             ctx.set(bridge.cmd.ready, ready)
-            ctx.set(bridge.wdata.ready, 0)
             ctx.set(bridge.rdata.valid, bool(pending) and pending[0][0] <= 0)
             if pending:
                 ctx.set(bridge.rdata.payload, pending[0][1])
-            _, _, cmd_valid, cmd, rdata_ready = await ctx.tick().sample(
-                bridge.cmd.valid, bridge.cmd.payload, bridge.rdata.ready)
+            _, _, cmd_valid, cmd, wdata_valid, beat, rdata_ready = await ctx.tick().sample(
+                bridge.cmd.valid, bridge.cmd.payload, bridge.wdata.valid, bridge.wdata.payload,
+                bridge.rdata.ready)
             if pending and pending[0][0] <= 0 and rdata_ready:
                 pending.pop(0)
             for entry in pending:
                 entry[0] -= 1
+            if cmd_valid:
+                assert wdata_valid == cmd.write, "a write's beat comes with its command only"
             if cmd_valid and ready:
                 address = cmd.addr
                 if cmd.write:
-                    ctx.set(bridge.cmd.ready, 0)
-                    ctx.set(bridge.rdata.valid, 0)
-                    for _ in range(rng.randrange(3)):
-                        await ctx.tick()
-                    beat = await stream_get(ctx, bridge.wdata)
                     for lane in range(2):
                         if (beat.enable >> lane) & 1:
                             byte = (beat.data >> (8 * lane)) & 0xFF
@@ -96,3 +93,36 @@ def test_sdram_bridge_passes_words_and_byte_enables():
                     pending.append([rng.randrange(1, 6), words[address]])
 
     check_port(bridge, bridge.port, seed=3, extra=[word_memory])
+
+
+def test_sdram_bridge_passes_a_request_every_cycle():
+    """Back-to-back loads against a memory that is always ready reach it one per cycle (a
+    bridge FIFO that passed one every other cycle once halved every sequential SDRAM load)."""
+    bridge = WordMemoryBridge(address_width=8)
+    loads = 64
+    cycles_with_command = []
+
+    async def memory(ctx):
+        ctx.set(bridge.cmd.ready, 1)
+        ctx.set(bridge.rdata.valid, 0)
+        cycle = 0
+        while True:
+            _, _, valid = await ctx.tick().sample(bridge.cmd.valid)
+            cycle += 1
+            if valid:
+                cycles_with_command.append(cycle)
+
+    async def client(ctx):
+        ctx.set(bridge.port.request.valid, 1)
+        ctx.set(bridge.port.request.payload, {"address": 0, "write": 0, "data": 0, "enable": 0})
+        sent = 0
+        while sent < loads:
+            _, _, ready = await ctx.tick().sample(bridge.port.request.ready)
+            sent += ready
+        ctx.set(bridge.port.request.valid, 0)
+        await ctx.tick().repeat(10)
+
+    run(bridge, client, background=[memory], max_cycles=1_000)
+    assert len(cycles_with_command) == loads
+    span = cycles_with_command[-1] - cycles_with_command[0] + 1
+    assert span == loads, f"{loads} loads took {span} cycles at the memory"

@@ -3,8 +3,8 @@
 import pytest
 
 from psconv.errors import PsconvError
-from psconv.rtl_gen.litedram import (LiteDRAMConfig, generate_core, parse_init_sequence,
-                                     _port_widths)
+from psconv.rtl_gen.litedram import (BANK_PORTS, LiteDRAMConfig, generate_core,
+                                     parse_init_sequence, _port_widths)
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,10 @@ def test_board_core_ports_and_inout_dq(cache):
     assert "inout  wire   [15:0] sdram_dq," in text
     ports = _port_widths(text)
     assert ports["sdram_a"] == 13 and ports["sdram_ba"] == 2 and ports["sdram_dm"] == 2
-    assert ports["user_port_primary_cmd_addr"] == 24  # 32 MB in 16-bit words
-    assert ports["user_port_primary_wdata_we"] == 2 and ports["wb_ctrl_adr"] == 30
+    for bank in range(BANK_PORTS):  # a native port per bank, each seeing all 32 MB
+        assert ports[f"user_port_bank{bank}_cmd_addr"] == 24  # 32 MB in 16-bit words
+        assert ports[f"user_port_bank{bank}_wdata_we"] == 2
+    assert f"user_port_bank{BANK_PORTS}_cmd_addr" not in ports and ports["wb_ctrl_adr"] == 30
     assert core.info["cl"] == 2 and core.info["ncols"] == 512
     assert text.count("TRELLIS_IO") >= 16  # the dq buffers stay for the FPGA flow
 
