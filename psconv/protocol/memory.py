@@ -50,6 +50,14 @@ computes, gathers the residual (when the descriptor says so) from the CHW map at
 beat (y, xb, o) pixel r goes to ``output_address + o * plane_bytes + y * W_out + xb * tm + r``
 for ``xb * tm + r < W_out`` (``plane_bytes`` = H_out * W_out; an output-channel tile's
 addresses already include its first channel's offset). The residual is read in the same order.
+A step whose ``max_pool`` is not 0 is no engine step but a max pool (:data:`MAX_POOL_2X2`: 2x2
+windows, stride 2, no padding, the golden model's ``maxpool2d_int``): the device reads the CHW map
+of ``fmap_bytes`` at ``fmap_address`` whose shape the descriptor's ``in_channels``,
+``in_height`` and ``in_width`` give, and writes the C x (H // 2) x (W // 2) map at
+``output_address`` (contiguous, ``plane_bytes`` = (H // 2) x (W // 2); an odd last row or
+column is dropped). Its descriptor is that of a 1x1 stride-2 layer with ``out_channels`` =
+``in_channels``, period 1, no ReLU, no residual (it keeps the descriptor rules like every
+step); the other addresses are 0.
 After the last step, a header with ``pool_channels`` > 0 has the device average-pool a map
 (ResNet's final pool), so an inference returns C bytes instead of the last C x H x W map.
 """
@@ -89,11 +97,14 @@ RUN_STATUS_LAYOUT = data.StructLayout({
 })
 """``RUN_STATUS``' answer (28 bytes)."""
 
+MAX_POOL_2X2 = 2
+"""``max_pool`` of a 2x2 stride-2 max-pool step (0: an engine step)."""
+
 NO_BAD_RULE = 0xFF
 """``bad_rule`` of a run whose step records all kept the descriptor rules."""
 
 PROGRAM_MAGIC = b"PSPG"
-PROGRAM_VERSION = 2
+PROGRAM_VERSION = 3
 PROGRAM_HEADER_LAYOUT = data.StructLayout({
     "magic": unsigned(32), "version": unsigned(8), "steps": unsigned(16),
     "config_hash": unsigned(32),
@@ -126,6 +137,7 @@ def step_record_layout(config) -> data.StructLayout:
         "residual_address": unsigned(32),
         "output_address": unsigned(32),
         "plane_bytes": unsigned(32),
+        "max_pool": unsigned(8),
     })
 
 
@@ -148,7 +160,7 @@ def step_record(config, spec, **addresses) -> bytes:
     """The bytes of one :func:`step_record_layout` item: ``spec`` is the step's
     :class:`~.descriptor.LayerSpec`; ``addresses`` its other fields (masks_address,
     quant_address, weights_address, weight_bytes, fmap_address, fmap_bytes, residual_address,
-    output_address, plane_bytes)."""
+    output_address, plane_bytes, and max_pool for a pool step)."""
     layout = step_record_layout(config)
     descriptor = layout["descriptor"].shape.from_bits(spec.encode(config))
     return encode_payload(layout, {"descriptor": descriptor, **addresses})

@@ -108,7 +108,8 @@ def test_the_validity_mark(memory_image):
 def test_a_program_the_runner_cannot_run_is_refused(memory_image):
     device = loaded(memory_image)
     record = step_record_layout(RESIDENT_CONFIG)
-    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + 6 * layout_bytes(record) - 4      # step 5's plane_bytes
+    at = (layout_bytes(PROGRAM_HEADER_LAYOUT) + 5 * layout_bytes(record)      # step 5's plane_bytes
+          + record["plane_bytes"].offset // 8)
     device.memory[at:at + 4] = struct.pack("<I", 1)
     assert check(device, memory_image, crc=memory_crc(bytes(device.memory[:len(memory_image.model_bytes)]))).status == Status.ACK
     assert device.handle(Command.INFER, address(0)).reason == NakReason.BAD_STATE
