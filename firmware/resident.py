@@ -38,9 +38,10 @@ from psconv.firmware.reports import InferenceReport, LoadReport, ResidentRunRepo
 from psconv.firmware.transport import Transport
 from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.descriptor import describe_rejection
-from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
-                                    MODEL_CHECK_LAYOUT, NO_BAD_RULE, PROGRAM_HEADER_LAYOUT,
-                                    RUN_STATUS_LAYOUT, memory_crc, step_record_layout)
+from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, MEM_ADDRESS_LAYOUT,
+                                    MEM_READ_LAYOUT, MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT,
+                                    NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT,
+                                    memory_crc, step_record_layout)
 from psconv.protocol.payloads import decode_payload, encode_payload, layout_bytes
 from psconv.sim.golden.network import describe_mismatch, run_golden, run_layer
 
@@ -281,9 +282,12 @@ class ResidentDriver(BoardClient):
         at = self.image.program_address + layout_bytes(PROGRAM_HEADER_LAYOUT) + step * size
         record = decode_payload(layout, self.read_memory(at, size, f"{context}: step record"),
                                 f"{context}: step record")
+        where = f"{context}: the board stopped before step {step + 1}{name}: its step record's"
+        if status["bad_rule"] == BAD_MAX_POOL:
+            return (f"{where} max_pool is {record.max_pool}; allowed: 0 (an engine step) or "
+                    f"{MAX_POOL_2X2} (a 2x2 stride-2 max pool)")
         descriptor = record.descriptor.as_value().value
-        return (f"{context}: the board stopped before step {step + 1}{name}: its step record's "
-                f"descriptor {describe_rejection(self.config, status['bad_rule'], descriptor)}")
+        return f"{where} descriptor {describe_rejection(self.config, status['bad_rule'], descriptor)}"
 
     def _wire(self) -> tuple[int, int]:
         return self.transport.bytes_written, self.transport.bytes_read

@@ -31,15 +31,15 @@ that share a word in one request, else one byte (output stores first, the gather
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from psconv.protocol.beats import fmap_beat_bytes
 from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT
-from psconv.protocol.memory import (NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT,
-                                    step_record_layout)
+from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, NO_BAD_RULE,
+                                    PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, step_record_layout)
 from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES, layout_bytes
 
 from .arith import output_size_value, times_constant
@@ -194,6 +194,47 @@ class ProgramRunner(wiring.Component):
         shift_left = Signal(len(kept.pool_shift))
         pooled = Signal(8)
 
+        # ---- the max-pool step: per channel, per output row, two input rows loaded in turn;
+        # each pair of columns of the first row leaves its max in ``row_max``, the second row's
+        # pair maxima fold into it, then the pooled row is stored a byte at a time ----
+        half_width = cfg.max_width // 2
+        row_max = Array(Signal(signed(8), name=f"row_max_{k}") for k in range(max(half_width, 1)))
+        pool_column = Signal(range(cfg.max_width + 2))   # the column of the next byte to arrive
+        pool_held = Signal(signed(8))                    # an even column's byte, awaiting its pair
+        pool_second = Signal()                           # loading the second row of the pair
+        pool_index = Signal(range(max(half_width, 1) + 1))
+        pool_row = Signal.like(d.in_height)
+        pool_channels_left = Signal.like(d.in_channels)
+        pool_in = Signal(32)
+        pool_out = Signal(32)
+
+        def fold_pair(column, value):
+            """The pair ending at odd ``column`` has maximum ``value``: into ``row_max``."""
+            slot = row_max[column >> 1]
+            m.d.sync += slot.eq(Mux(pool_second & (slot > value), slot, value))
+
+        def pool_bytes():
+            """Take the arriving word's 1 or 2 bytes of the current row into the pair maxima."""
+            m.d.comb += sequential.eq(1)
+            with m.If(read_data.valid):
+                take_word()
+                b0 = first_byte.as_signed()
+                b1 = word[8:].as_signed()
+                odd = pool_column[0]
+                with m.If(two):
+                    m.d.sync += pool_column.eq(pool_column + 2)
+                    with m.If(odd):
+                        fold_pair(pool_column, Mux(pool_held > b0, pool_held, b0))
+                        m.d.sync += pool_held.eq(b1)
+                    with m.Else():
+                        fold_pair(pool_column + 1, Mux(b0 > b1, b0, b1))
+                with m.Else():
+                    m.d.sync += pool_column.eq(pool_column + 1)
+                    with m.If(odd):
+                        fold_pair(pool_column, Mux(pool_held > b0, pool_held, b0))
+                    with m.Else():
+                        m.d.sync += pool_held.eq(b0)
+
         # ---- counters ----
         gather_bytes = Signal(2)         # residual bytes that arrived this cycle
         with m.If(request.valid & request.ready & request.payload.write):
@@ -273,6 +314,16 @@ class ProgramRunner(wiring.Component):
                 m.d.sync += [out_height.eq(output_size_value(d.in_height, d.stride)),
                              out_width.eq(output_size_value(d.in_width, d.stride))]
                 m.next = "START_ENGINE"
+                with m.If(record.max_pool == MAX_POOL_2X2):
+                    m.d.sync += [pool_in.eq(record.fmap_address),
+                                 pool_out.eq(record.output_address),
+                                 pool_channels_left.eq(d.in_channels), pool_row.eq(0)]
+                    m.next = "MAX_POOL_ROW"
+                    with m.If((d.in_height < 2) | (d.in_width < 2)):
+                        m.next = "STEP_DONE"       # nothing to pool: an empty output map
+                with m.Elif(record.max_pool != 0):
+                    m.d.sync += [self.bad_rule.eq(BAD_MAX_POOL), self.running.eq(0)]
+                    m.next = "IDLE"
                 with m.If(~check.ok):
                     m.d.sync += [self.bad_rule.eq(check.rule), self.running.eq(0)]
                     m.next = "IDLE"
@@ -356,9 +407,44 @@ class ProgramRunner(wiring.Component):
                 with m.If(eng.residual_in.valid & eng.residual_in.ready):
                     m.d.sync += residual_full.eq(0)
                 with m.If(scatter.finished & ~eng.busy):
-                    m.d.sync += [self.steps_done.eq(self.steps_done + 1),
-                                 record_address.eq(record_address + self.record_bytes)]
-                    m.next = "NEXT_STEP"
+                    m.next = "STEP_DONE"
+
+            # ---- a max-pool step (2x2, stride 2): no engine ----
+            with m.State("MAX_POOL_ROW"):
+                begin_loads(pool_in, d.in_width)
+                m.d.sync += [pool_column.eq(0), pool_second.eq(0)]
+                m.next = "MAX_POOL_FIRST"
+            with m.State("MAX_POOL_FIRST"):
+                pool_bytes()
+                with m.If(receive_left == 0):
+                    begin_loads(pool_in + d.in_width, d.in_width)
+                    m.d.sync += [pool_column.eq(0), pool_second.eq(1)]
+                    m.next = "MAX_POOL_SECOND"
+            with m.State("MAX_POOL_SECOND"):
+                pool_bytes()
+                with m.If(receive_left == 0):
+                    m.d.sync += [pool_in.eq(pool_in + (d.in_width << 1)), pool_index.eq(0)]
+                    m.next = "MAX_POOL_STORE"
+            with m.State("MAX_POOL_STORE"):
+                m.d.comb += [request.valid.eq(1),
+                             *byte_store(request.payload, pool_out, row_max[pool_index])]
+                with m.If(request.ready):
+                    m.d.sync += [pool_out.eq(pool_out + 1), pool_index.eq(pool_index + 1)]
+                    with m.If(pool_index + 1 == d.in_width >> 1):
+                        m.d.sync += pool_row.eq(pool_row + 1)
+                        m.next = "MAX_POOL_ROW"
+                        with m.If(pool_row + 1 == d.in_height >> 1):
+                            # the channel is done; an odd last row is skipped
+                            m.d.sync += [pool_row.eq(0),
+                                         pool_channels_left.eq(pool_channels_left - 1),
+                                         pool_in.eq(pool_in + Mux(d.in_height[0], d.in_width, 0))]
+                            with m.If(pool_channels_left == 1):
+                                m.next = "STEP_DONE"
+
+            with m.State("STEP_DONE"):
+                m.d.sync += [self.steps_done.eq(self.steps_done + 1),
+                             record_address.eq(record_address + self.record_bytes)]
+                m.next = "NEXT_STEP"
             with m.State("NEXT_STEP"):
                 with m.If(self.steps_done == steps):
                     m.next = "POOL_START"

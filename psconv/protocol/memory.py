@@ -103,6 +103,10 @@ MAX_POOL_2X2 = 2
 NO_BAD_RULE = 0xFF
 """``bad_rule`` of a run whose step records all kept the descriptor rules."""
 
+BAD_MAX_POOL = 0xFE
+"""``bad_rule`` of a run stopped at a step record whose ``max_pool`` is neither 0 nor
+:data:`MAX_POOL_2X2`."""
+
 PROGRAM_MAGIC = b"PSPG"
 PROGRAM_VERSION = 3
 PROGRAM_HEADER_LAYOUT = data.StructLayout({

@@ -17,10 +17,11 @@ from psconv.families import dense_family, paper_family, pointwise_family
 from psconv.firmware.link import LinkClient, LinkNak
 from psconv.hw.board_top import BoardTop
 from psconv.protocol.codes import Command, NakReason
-from psconv.protocol.memory import (MEM_READ_LAYOUT, MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT,
-                                    NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT,
-                                    memory_crc, program_header, step_record, step_record_layout)
-from psconv.protocol.descriptor import (DESCRIPTOR_RULES, encode_quant_entry,
+from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, MEM_READ_LAYOUT,
+                                    MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT, NO_BAD_RULE,
+                                    PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, memory_crc,
+                                    program_header, step_record, step_record_layout)
+from psconv.protocol.descriptor import (DESCRIPTOR_RULES, LayerSpec, encode_quant_entry,
                                         layer_descriptor_layout)
 from psconv.protocol.payloads import (beats_payload, config_hash, decode_payload, encode_payload,
                                       layout_bytes, mask_payload, quant_payload)
@@ -52,6 +53,17 @@ class Image:
         records = []
         cursor = 512
         for step, x, res, expected in steps:
+            if step == "maxpool":                 # a max-pool step of the map x
+                channels, height, width = x.shape
+                fmap = self.place(chw_bytes(x), odd=res)
+                output = self.place(bytes(expected.numel()))
+                spec = LayerSpec(channels, channels, height, width, stride=2, kernel=1)
+                records.append(step_record(
+                    CFG, spec, fmap_address=fmap[0], fmap_bytes=fmap[1],
+                    output_address=output[0], plane_bytes=(height // 2) * (width // 2),
+                    max_pool=MAX_POOL_2X2))
+                self.outputs.append((output[0], tuple(expected.shape), expected, "maxpool"))
+                continue
             spec = step.descriptor
             tables = {}
             for name, payload in (
@@ -80,8 +92,9 @@ class Image:
         self.blob = self.blob[:self.maps]
         self.model = bytes(self.blob[:cursor])
 
-    def place(self, data: bytes):
-        address = self.maps
+    def place(self, data: bytes, odd: bool = False):
+        """``data`` at the next free word-aligned address (``odd``: one byte past it)."""
+        address = self.maps + int(bool(odd))
         self.blob[address:address + len(data)] = data
         self.maps = (address + len(data) + 3) & ~3
         return address, len(data)
@@ -216,3 +229,62 @@ def test_a_step_record_that_breaks_a_descriptor_rule_stops_the_run_there():
     again = run_status(link)
     assert (first["running"], first["bad_rule"]) == (1, NO_BAD_RULE)
     assert (again["steps_done"], again["bad_rule"]) == (1, rule)
+
+
+def max_pool_step(x, odd_address=False):
+    """A max-pool step of the CHW map ``x``, its expected output by torch's max_pool2d (floor:
+    an odd last row or column is dropped)."""
+    expected = torch.nn.functional.max_pool2d(x.to(torch.float64)[None], 2, 2)[0].to(torch.int64)
+    return ("maxpool", x, odd_address, expected)
+
+
+def run_to_end(link, image):
+    model = bytes(image.blob[:len(image.model)])
+    write_memory(link, 0, bytes(image.blob))
+    check_model(link, len(model), memory_crc(model))
+    link.request(Command.INFER, bytes(4))
+    for _ in range(400):
+        status = run_status(link)
+        if not status["running"]:
+            return status
+    raise AssertionError("the run did not end")
+
+
+def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
+    """2x2 stride-2 max-pool steps in the runner: even and odd map sizes (an odd last row or
+    column is dropped), maps at even and odd addresses, int8 extremes, after an engine step."""
+    g = torch.Generator().manual_seed(11)
+
+    def random_map(c, h, w):
+        x = torch.randint(-128, 128, (c, h, w), generator=g)
+        x.view(-1)[0], x.view(-1)[-1] = -128, 127
+        return x
+
+    conv = make_step("3x3 dense", dense_family(), 3, 4, 6, g)
+    steps = [conv, max_pool_step(conv[3]),
+             max_pool_step(random_map(3, 7, 5)),
+             max_pool_step(random_map(2, 8, 8), odd_address=True),
+             max_pool_step(random_map(5, 5, 8), odd_address=True),
+             max_pool_step(random_map(1, 3, 3))]
+    image = Image(steps)
+    link = board()
+    status = run_to_end(link, image)
+    assert (status["done"], status["steps_done"], status["bad_rule"]) == (1, len(steps),
+                                                                         NO_BAD_RULE)
+    assert status["memory_writes"] == sum(e.numel() for _, _, e, _ in image.outputs)
+    for index, (address, shape, expected, name) in enumerate(image.outputs):
+        out = from_chw(read_memory(link, address, expected.numel()), shape)
+        assert describe_mismatch(f"step {index} ({name})", expected, out) is None
+
+
+def test_a_step_record_with_an_unknown_max_pool_kind_stops_the_run():
+    g = torch.Generator().manual_seed(12)
+    steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
+             max_pool_step(torch.randint(-128, 128, (2, 4, 4), generator=g))]
+    image = Image(steps)
+    layout = step_record_layout(CFG)
+    at = (layout_bytes(PROGRAM_HEADER_LAYOUT) + layout_bytes(layout)
+          + layout["max_pool"].offset // 8)
+    image.blob[at] = 3
+    status = run_to_end(board(), image)
+    assert (status["done"], status["steps_done"], status["bad_rule"]) == (0, 1, BAD_MAX_POOL)
