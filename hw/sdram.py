@@ -25,7 +25,7 @@ is the same frequency, 90 degrees later, see :mod:`psconv.rtl_gen.sdram_board`):
 * Commands to the same bank execute in order, so a read after a write to the same address
   returns the written data. Commands to different banks may overlap.
 
-Inside: the core has a native port per bank (:data:`psconv.rtl_gen.litedram.BANK_PORTS`): a
+Inside: the core has a native port per bank (:data:`BANK_PORTS`): a
 command goes to its bank's port (a write's beat into that port's FIFO), and the read data comes
 back out of per-bank FIFOs in the order the reads were issued (a FIFO of their banks). One port
 for all banks would drain each bank's queue before the next bank could start (LiteDRAM's
@@ -48,9 +48,16 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
-from psconv.rtl_gen.litedram import BANK_PORTS
 
 from .sdram_init import SDRAMInit, init_program
+
+
+BANK_PORTS = 4
+"""Native user ports, one per bank of the SDR modules (all have 4): LiteDRAM's crossbar locks a
+port to one bank until that bank's command queue drains (so read data stays in order), which on
+a single port serialises every bank switch; with a port per bank the controller opens a row in
+one bank while another moves data (:class:`SDRAM` routes by bank and puts the read data back in
+order). Port ``bank<k>`` only ever addresses bank k."""
 
 
 def sdram_pin_signature(row_bits: int = 13, bank_bits: int = 2, data_width: int = 16):

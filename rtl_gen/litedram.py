@@ -1,7 +1,7 @@
 """LiteDRAM SDR SDRAM controller cores, generated at build time and cached.
 
 :func:`generate_core` writes a ``litedram_gen`` YAML for a :class:`LiteDRAMConfig` (GENSDRPHY,
-one SDR module, no CPU, one native user port per bank: :data:`BANK_PORTS`), runs LiteDRAM's ``litedram_gen`` in a
+one SDR module, no CPU, one native user port per bank: :data:`psconv.hw.sdram.BANK_PORTS`), runs LiteDRAM's ``litedram_gen`` in a
 subprocess (after adding :data:`SDRAM_MODULES` entries LiteDRAM lacks to its module table), post-processes the Verilog and caches the result under
 ``<cache root>/<key>/``, the key being a SHA-256 of the YAML, the variant, this module's
 post-processing revision and the versions of litedram, litex and migen. The cache root is
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from psconv.errors import PsconvError
+from psconv.hw.sdram import BANK_PORTS
 
 SDRAM_MODULES = {
     "AS4C32M16_7": "64 MB, 8192 rows x 1024 columns x 4 banks x 16 bit, speed grade -7 "
@@ -53,13 +54,6 @@ SDRAM_MODULES = {
 DEFAULT_MODULE = "MT48LC16M16"
 
 VARIANTS = ("board", "sim")
-
-BANK_PORTS = 4
-"""Native user ports, one per bank of the SDR modules (all have 4): LiteDRAM's crossbar locks a
-port to one bank until that bank's command queue drains (so read data stays in order), which on
-a single port serialises every bank switch; with a port per bank the controller opens a row in
-one bank while another moves data (:class:`psconv.hw.sdram.SDRAM` routes by bank and puts the
-read data back in order). Port ``bank<k>`` only ever addresses bank k."""
 
 POSTPROCESS_REVISION = 4
 """Bumped whenever the Verilog post-processing or the module table below changes, so cached
