@@ -204,6 +204,12 @@ def test_small_cnn_with_max_pooling_imports_and_its_golden_model_matches_float()
     got = result.logits.double() * quantized.layers[-1].output_scale
     assert torch.allclose(got, expected.double(), atol=0.1 * float(expected.abs().max()))
 
+    from psconv.nn.importer import summary_lines
+
+    rows = [line.split()[:3] for line in summary_lines(quantized, layers)[1:]]
+    assert rows == [["0", "conv3x3/1", "relu"], ["3", "maxpool2x2/2", "8x7x7"],
+                    ["4", "conv3x3/1", "relu"], ["7", "maxpool2x2/2", "16x3x3"], ["9", "fc", "10"]]
+
     functional, _ = import_model(FunctionalPool().eval(), CALIBRATION, EngineConfig(), "custom")
     assert [l.op for l in functional.layers] == ["conv", "maxpool", "conv", "avgpool", "fc"]
 
