@@ -162,3 +162,17 @@ def test_auto_mode_is_resident_where_the_board_has_memory():
     assert mode("ulx3s-85f") == "resident"
     assert mode(None, "resident-ref") == "resident"
     assert mode("icebreaker") == "streamed"
+
+
+def test_bench_e2e_vgg16_runs_resident_and_refuses_streaming(tmp_path, capsys):
+    from psconv.bench import e2e
+    from psconv.errors import PsconvError
+
+    folder, report = e2e.run(width=2, mode="resident", outdir=tmp_path / "e2e", progress=False,
+                             transport="resident-ref", arch="vgg16", baseline=None)
+    assert report.bit_exact and report.model.startswith("vgg16")
+    assert "VGG16-CIFAR PSD1_P16 width 2" in (folder / "e2e.json").read_text()
+    with pytest.raises(PsconvError, match=r"--network vgg16 has max pools \('pool1' first\), "
+                                          r"which run only in the board's memory, not streamed: "
+                                          r"use --mode resident"):
+        e2e.run(width=2, mode="both", outdir=tmp_path / "both", progress=False, arch="vgg16")
