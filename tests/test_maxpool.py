@@ -230,3 +230,18 @@ def test_streaming_a_program_with_a_max_pool_is_refused_naming_the_layer(vgg, vg
                  "--transport", "tcp:127.0.0.1:1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+def test_vgg16_checkpoint_quantizes_to_the_same_model_as_its_network(tmp_path):
+    """--checkpoint with --network vgg16 loads the state dict into VGG16 of that width."""
+    from psconv.nn.default import seeded_network
+
+    torch.save(seeded_network("vgg16", "PS2_P8", 2).state_dict(), tmp_path / "ck.pt")
+    common = ["--network", "vgg16", "--family", "PS2_P8", "--width", "2",
+              "--calibration-images", "1"]
+    assert main(["quantize", *common, "--checkpoint", str(tmp_path / "ck.pt"),
+                 "-o", str(tmp_path / "c.npz")]) == 0
+    assert main(["quantize", *common, "-o", str(tmp_path / "s.npz")]) == 0
+    assert (tmp_path / "c.npz").read_bytes() == (tmp_path / "s.npz").read_bytes()
+    assert main(["quantize", "--network", "vgg16", "--width", "4", "--checkpoint",
+                 str(tmp_path / "ck.pt"), "-o", str(tmp_path / "x.npz")]) == 2
