@@ -143,9 +143,10 @@ class LayerProgram:
     def digest(self) -> str:
         """SHA-256 over everything the engine is sent, in order (determinism check)."""
         h = hashlib.sha256(f"psconv-program-v{PROGRAM_VERSION}".encode())
-        for step in self.pool_steps:
-            h.update(repr(("maxpool", step.layer, step.descriptor, step.input)).encode())
-        for step in self.engine_steps:
+        for step in self.device_steps:
+            if isinstance(step, PoolStep):
+                h.update(repr(("maxpool", step.layer, step.descriptor, step.input)).encode())
+                continue
             h.update(repr((step.layer, step.tile, step.first_channel, step.descriptor,
                            step.masks, step.input, step.residual)).encode())
             for t in (step.weight_words, step.bias, step.multiplier, step.shift,
