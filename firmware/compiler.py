@@ -18,6 +18,13 @@ alone, before any weight exists (how ``psconv run`` picks a default network an e
 The whole-map average pool and the classifier (0.002 % of ResNet18's MACs) run on the host with
 the golden model's integer ops, so the logits are bit-exact by construction; they are listed in
 the program as :class:`HostStep` s.
+
+A ``maxpool`` layer (VGG16's 2x2 stride-2 max pool) is a :class:`PoolStep`: no engine
+invocation but a pass of a resident board's program runner over a map in its memory
+(:mod:`psconv.protocol.memory`). Its descriptor, that of a 1x1 stride-2 layer with as many output
+channels as input channels, must keep the engine's descriptor rules like every step's. The
+engine itself has no map memory, so a program with a pool step runs resident only
+(:func:`check_streamable`).
 """
 
 from __future__ import annotations
@@ -75,6 +82,46 @@ class HostStep:
 
 
 @dataclass
+class PoolStep:
+    """A 2x2 stride-2 max pool the resident board's runner does over a map in its memory
+    (:data:`~psconv.protocol.memory.MAX_POOL_2X2`); ``descriptor`` is that of a 1x1 stride-2
+    layer with ``out_channels = in_channels``, period 1 (the contract's form of a pool step)."""
+
+    layer: str
+    descriptor: LayerSpec
+    input: str
+    residual: None = None
+
+    @property
+    def name(self) -> str:
+        return self.layer
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        """(C, H // 2, W // 2): an odd last row or column is dropped."""
+        spec = self.descriptor
+        return spec.in_channels, spec.in_height // 2, spec.in_width // 2
+
+
+def pool_descriptor(channels: int, height: int, width: int) -> LayerSpec:
+    """The descriptor of a max-pool step over a C x H x W map (see :class:`PoolStep`)."""
+    return LayerSpec(in_channels=channels, out_channels=channels, in_height=height,
+                     in_width=width, stride=2, kernel=1, relu=False, residual=False, period=1)
+
+
+def _check_pool_fits(layer, config: EngineConfig, channels: int, height: int,
+                     width: int) -> LayerSpec:
+    """The pool step's descriptor, or a one-line error naming the layer if it breaks a rule."""
+    spec = pool_descriptor(channels, height, width)
+    try:
+        spec.check(config)
+    except PsconvError as e:
+        raise PsconvError(f"compile: max-pool layer {layer.name!r} ({channels}x{height}x{width}) "
+                          f"does not fit the engine's descriptor rules: {e}") from None
+    return spec
+
+
+@dataclass
 class LayerProgram:
     config: EngineConfig
     model: QuantizedModel
@@ -84,10 +131,22 @@ class LayerProgram:
     def engine_steps(self) -> list[EngineStep]:
         return [s for s in self.steps if isinstance(s, EngineStep)]
 
+    @property
+    def device_steps(self) -> list:
+        """The steps a resident board runs, in order: engine steps and max-pool steps."""
+        return [s for s in self.steps if isinstance(s, (EngineStep, PoolStep))]
+
+    @property
+    def pool_steps(self) -> list[PoolStep]:
+        return [s for s in self.steps if isinstance(s, PoolStep)]
+
     def digest(self) -> str:
         """SHA-256 over everything the engine is sent, in order (determinism check)."""
         h = hashlib.sha256(f"psconv-program-v{PROGRAM_VERSION}".encode())
-        for step in self.engine_steps:
+        for step in self.device_steps:
+            if isinstance(step, PoolStep):
+                h.update(repr(("maxpool", step.layer, step.descriptor, step.input)).encode())
+                continue
             h.update(repr((step.layer, step.tile, step.first_channel, step.descriptor,
                            step.masks, step.input, step.residual)).encode())
             for t in (step.weight_words, step.bias, step.multiplier, step.shift,
@@ -122,15 +181,28 @@ def output_channel_tiles(config: EngineConfig, masks, in_channels: int, out_chan
     return [base + 1] * extra + [base] * (tiles - extra)
 
 
+def check_streamable(program: LayerProgram) -> None:
+    """Raise unless every step of ``program`` can run streamed (the engine over the link): a
+    max pool needs the resident board's map memory."""
+    for step in program.pool_steps:
+        raise PsconvError(f"layer {step.layer!r} is a max pool, which runs only in the board's "
+                          f"memory, not streamed (the engine has no map memory): use "
+                          f"--mode resident on a board with memory")
+
+
 def _conv_inputs(layers, input_shape):
-    """``(layer, (C, H, W))`` for each conv layer of the graph ``layers`` (its input map) and
-    ``(layer, None)`` for each host layer, in order. ``layers`` are :class:`QLayer` s or any
+    """``(layer, (C, H, W))`` for each conv or maxpool layer of the graph ``layers`` (its input
+    map) and ``(layer, None)`` for each host layer, in order. ``layers`` are :class:`QLayer` s or any
     objects with the same ``name``, ``op``, ``input``, ``stride`` and ``weight`` (only its shape
     is read), such as :class:`psconv.nn.quantize.FloatLayer` s."""
     shapes = {"input": tuple(input_shape)}
     for layer in layers:
         c, h, w = shapes[layer.input] if len(shapes[layer.input]) == 3 else (0, 0, 0)
         out_channels = int(layer.weight.shape[0]) if layer.weight is not None else 0
+        if layer.op == "maxpool":
+            yield layer, (c, h, w)
+            shapes[layer.name] = (c, h // 2, w // 2)
+            continue
         if layer.op != "conv":
             shapes[layer.name] = (out_channels or c,)
             yield layer, None
@@ -156,7 +228,9 @@ def check_fits(layers, input_shape, config: EngineConfig) -> None:
     does not fit, the value and the limit) without packing any weight: only the graph's shapes
     and pattern families are read (see :func:`_conv_inputs` for ``layers``)."""
     for layer, geometry in _conv_inputs(layers, input_shape):
-        if geometry is not None:
+        if geometry is not None and layer.op == "maxpool":
+            _check_pool_fits(layer, config, *geometry)
+        elif geometry is not None:
             _layer_tiles(layer, config, rotated_masks(layer.family), *geometry)
 
 
@@ -168,6 +242,10 @@ def compile_model(model: QuantizedModel, config: EngineConfig) -> LayerProgram:
             program.steps.append(HostStep(layer))
             continue
         c, h, w = geometry
+        if layer.op == "maxpool":
+            program.steps.append(PoolStep(layer.name, _check_pool_fits(layer, config, c, h, w),
+                                          layer.input))
+            continue
         packed = pack_layer(layer.weight, layer.family, layer.name)
         tiles = _layer_tiles(layer, config, packed.masks, c, h, w)
         first = 0

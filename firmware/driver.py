@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from psconv.errors import PsconvError
-from psconv.firmware.compiler import EngineStep, LayerProgram
+from psconv.firmware.compiler import EngineStep, LayerProgram, check_streamable
 from psconv.firmware.link import LinkClient, LinkNak, LinkTimeout
 from psconv.firmware.reports import RunReport, StepReport
 from psconv.firmware.transport import CountingTransport, Transport
@@ -322,6 +322,7 @@ class Driver(BoardClient):
         if program.config != self.config:
             raise DriverError("the program was compiled for another engine configuration than "
                               "this driver's; create the Driver with program.config")
+        check_streamable(program)
         if golden is None:
             golden = run_golden(program.model, image)
         started = time.perf_counter()
@@ -427,7 +428,9 @@ def run_on_board(program: LayerProgram, image: torch.Tensor, transport: str = "s
                  faults: float = 0.0, fault_seed: int = 0, timeout_s: float | None = None,
                  retries: int | None = None, progress: bool = True) -> RunReport:
     """Open ``transport`` (a spec) with :func:`open_link`, run ``program`` on ``image`` and return
-    the :class:`RunReport` (what ``psconv run`` prints)."""
+    the :class:`RunReport` (what ``psconv run`` prints); a program the engine cannot run
+    streamed (a max pool) is refused before the link opens."""
+    check_streamable(program)
     link = open_link(transport, program.config, faults=faults, fault_seed=fault_seed,
                      timeout_s=timeout_s, retries=retries)
     driver = Driver(link.transport, program.config, timeout_s=link.timeout_s, retries=link.retries)

@@ -1,7 +1,8 @@
 """Run a compiled :class:`~psconv.firmware.compiler.LayerProgram` step by step.
 
 The engine steps go to a caller-supplied backend (the RTL over a link, or the functional
-engine model); host steps run the golden model's integer ops. Tiles of one layer are stitched
+engine model); host steps and max-pool steps (a resident board's memory pass) run the golden
+model's integer ops. Tiles of one layer are stitched
 back along the channel axis. Every layer's output is kept so callers can compare each layer
 with the golden model, not only the logits.
 """
@@ -14,8 +15,9 @@ from typing import Callable
 import torch
 
 from psconv.errors import PsconvError
-from psconv.firmware.compiler import EngineStep, HostStep, LayerProgram
+from psconv.firmware.compiler import EngineStep, HostStep, LayerProgram, PoolStep
 from psconv.sim.golden.network import run_layer
+from psconv.sim.golden.ops import maxpool2d_int
 
 StepBackend = Callable[[EngineStep, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 """``backend(step, input_map, residual_or_None) -> output (tile channels, H_out, W_out)``."""
@@ -41,6 +43,11 @@ def execute_program(program: LayerProgram, image: torch.Tensor, backend: StepBac
             continue
         if step.input not in tensors:
             raise PsconvError(f"execute: step {step.layer!r} reads {step.input!r} before it exists")
+        if isinstance(step, PoolStep):      # the resident runner's pass, the golden op's values
+            tensors[step.layer] = maxpool2d_int(tensors[step.input])
+            if on_step:
+                on_step(step, tensors[step.layer])
+            continue
         residual = None
         if step.residual is not None:
             residual = tensors[step.residual][step.channel_slice]

@@ -4,13 +4,15 @@
 as :mod:`psconv.protocol.memory` defines it, byte addresses from 0::
 
     0                program header (PROGRAM_HEADER_LAYOUT, 38 bytes)
-    38               step records, one per engine step (step_record_layout(config))
+    38               step records, one per device step (step_record_layout(config)): engine
+                     steps and max-pool steps, in program order
     (4-aligned)      tables, per engine step in program order, each 4-aligned:
                      masks (2 bytes each), quantization entries (13 bytes each),
                      weight words (tn bytes each)
     model_length     ---- end of the model: CHECK_MODEL covers [0, model_length) ----
     (4-aligned)      the input image region (CHW int8)
-    (4-aligned)      one region per engine layer, in program order: its whole output, CHW int8
+    (4-aligned)      one region per engine or max-pool layer, in program order: its whole
+                     output, CHW int8
     (4-aligned)      the average pool's output (C int8), when the device pools
 
 The tables hold exactly the bytes the streamed driver sends (:mod:`psconv.firmware.driver`), so
@@ -21,7 +23,10 @@ the device feeds the engine the same beats. Every map region is reserved in whol
 An output-channel tile of a layer writes its channel slice of the layer's region
 (``output_address = region + first_channel * plane_bytes``) and, when it adds a residual, reads
 the same slice of the residual's region. ``fmap_address`` is the region of the step's input
-(another layer's region, or the input image). Host steps (average pool, classifier) must all
+(another layer's region, or the input image). A max-pool step (``max_pool`` =
+:data:`~psconv.protocol.memory.MAX_POOL_2X2`, a :class:`~psconv.firmware.compiler.PoolStep`)
+has no tables: its record names its input's region (``fmap_address``, ``fmap_bytes``) and its
+output's (``output_address``, ``plane_bytes`` = (H // 2) x (W // 2)), the other addresses 0. Host steps (average pool, classifier) must all
 come after the last engine step. A whole-map average pool that reads the last engine layer runs
 on the device (the header's ``pool_*`` fields), so an inference returns C bytes, not the last
 C x H x W map; the rest (the classifier) stays on the host and reads
@@ -34,11 +39,11 @@ import math
 from dataclasses import dataclass, field
 
 from psconv.errors import PsconvError
-from psconv.firmware.compiler import HostStep, LayerProgram
+from psconv.firmware.compiler import EngineStep, HostStep, LayerProgram, PoolStep
 from psconv.protocol.beats import weight_beats
 from psconv.protocol.descriptor import encode_quant_entry
-from psconv.protocol.memory import (PROGRAM_HEADER_LAYOUT, memory_crc, program_header, step_record,
-                                    step_record_layout)
+from psconv.protocol.memory import (MAX_POOL_2X2, PROGRAM_HEADER_LAYOUT, memory_crc,
+                                    program_header, step_record, step_record_layout)
 from psconv.protocol.payloads import (beats_payload, config_hash, layout_bytes, mask_payload,
                                       quant_payload)
 
@@ -148,10 +153,14 @@ class MemoryImage:
 
 
 def _map_shapes(program: LayerProgram) -> dict[str, tuple[int, int, int]]:
-    """The input's and every engine layer's whole output shape, from the steps' descriptors."""
+    """The input's and every engine or max-pool layer's whole output shape, from the steps'
+    descriptors."""
     shapes = {INPUT_REGION: tuple(int(n) for n in program.model.input_shape)}
     channels: dict[str, int] = {}
-    for step in program.engine_steps:
+    for step in program.device_steps:
+        if isinstance(step, PoolStep):
+            shapes[step.layer] = step.output_shape
+            continue
         spec = step.descriptor
         channels[step.layer] = channels.get(step.layer, 0) + spec.out_channels
         shapes[step.layer] = (channels[step.layer], spec.out_height, spec.out_width)
@@ -161,7 +170,7 @@ def _map_shapes(program: LayerProgram) -> dict[str, tuple[int, int, int]]:
 def _check_host_steps_last(program: LayerProgram) -> str:
     """The last engine layer; refuses a program whose host steps do not all follow it and read
     only it (or each other)."""
-    engine = program.engine_steps
+    engine = program.device_steps
     if not engine:
         raise PsconvError("memory image: the program has no engine step; nothing runs on the board")
     last = engine[-1].layer
@@ -200,7 +209,7 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
                           f"(32-bit addresses)")
     output_layer = _check_host_steps_last(program)
     pool_layer = _device_pool(program, output_layer)
-    steps = program.engine_steps
+    steps = program.device_steps
     record_layout = step_record_layout(config)
     header_bytes = layout_bytes(PROGRAM_HEADER_LAYOUT)
     program_bytes = header_bytes + len(steps) * layout_bytes(record_layout)
@@ -208,7 +217,7 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
     # tables: each step's masks, quantization entries and weights, in the driver's byte order
     tables = bytearray()
     table_rows: list[tuple[str, int, int]] = []
-    addresses: list[dict] = []
+    addresses: list[dict] = []       # per device step: its tables (none for a max pool)
 
     def place(what: str, data: bytes) -> int:
         tables.extend(bytes(_align(program_bytes + len(tables)) - program_bytes - len(tables)))
@@ -218,6 +227,10 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
         return address
 
     for step in steps:
+        if isinstance(step, PoolStep):
+            addresses.append({"masks_address": 0, "quant_address": 0, "weights_address": 0,
+                              "weight_bytes": 0})
+            continue
         name = step.name
         entries = [encode_quant_entry(int(b), int(m), int(s), int(r)) for b, m, s, r in
                    zip(step.bias, step.multiplier, step.shift, step.residual_multiplier)]
@@ -256,6 +269,11 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
                               f"shape {source.shape}; its descriptor expects "
                               f"{(spec.in_channels, spec.in_height, spec.in_width)}")
         out = regions[step.layer]
+        if isinstance(step, PoolStep):
+            records.append({**placed, "fmap_address": source.address, "fmap_bytes": source.size,
+                            "residual_address": 0, "output_address": out.address,
+                            "plane_bytes": out.plane_bytes, "max_pool": MAX_POOL_2X2})
+            continue
         offset = step.first_channel * out.plane_bytes
         residual_address = 0
         if step.residual is not None:
@@ -267,7 +285,7 @@ def build_memory_image(program: LayerProgram, memory_bytes: int) -> MemoryImage:
         records.append({
             **placed, "fmap_address": source.address, "fmap_bytes": source.size,
             "residual_address": residual_address, "output_address": out.address + offset,
-            "plane_bytes": out.plane_bytes,
+            "plane_bytes": out.plane_bytes, "max_pool": 0,
         })
 
     pool = None

@@ -55,7 +55,9 @@ class QLayer(GraphLayer):
 
     ``op``: ``conv`` (3x3 padding 1 or 1x1 padding 0, stride 1 or 2, then
     :func:`~psconv.sim.golden.ops.requantize`), ``avgpool`` (whole-map average, per-tensor
-    multiplier/shift stored as 1-element tensors) or ``fc`` (int logits, no requantization).
+    multiplier/shift stored as 1-element tensors), ``maxpool`` (2x2 windows at stride 2,
+    :func:`~psconv.sim.golden.ops.maxpool2d_int`: ``kernel_size`` 2, ``stride`` 2, no tensors,
+    output scale = input scale) or ``fc`` (int logits, no requantization).
     """
 
     multiplier: torch.Tensor | None = None

@@ -23,12 +23,12 @@ import torch
 
 from .errors import PsconvError
 from .families import PatternFamily
-from .sim.golden.ops import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, MULTIPLIER_LIMIT,
-                             SHIFT_MAX, SHIFT_MIN, check_range)
+from .sim.golden.ops import (INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, MAX_POOL_KERNEL,
+                             MAX_POOL_STRIDE, MULTIPLIER_LIMIT, SHIFT_MAX, SHIFT_MIN, check_range)
 
 FORMAT_NAME = "psconv-quantized-model"
 FORMAT_VERSION = 1
-OPS = ("conv", "avgpool", "fc")
+OPS = ("conv", "avgpool", "maxpool", "fc")
 
 TENSOR_DTYPES = {
     "weight": np.int8,
@@ -58,6 +58,7 @@ _RANGES = {
 REQUIRED_TENSORS = {
     "conv": ("weight", "bias", "multiplier", "shift", "weight_scale"),
     "avgpool": ("multiplier", "shift"),
+    "maxpool": (),
     "fc": ("weight", "bias", "weight_scale"),
 }
 """Tensors every layer of an op has; a conv with a residual also has ``residual_multiplier``."""
@@ -226,6 +227,8 @@ def _check_layer(layer, shapes: _Shapes, where: str) -> tuple:
     x = shapes.read(where, layer.input, "input")
     if layer.op == "avgpool":
         return _check_avgpool(layer, x, where)
+    if layer.op == "maxpool":
+        return _check_maxpool(layer, x, where)
     if layer.op == "fc":
         return _check_fc(layer, x, where)
     return _check_conv(layer, x, shapes, where)
@@ -243,6 +246,24 @@ def _check_avgpool(layer, x, where: str) -> tuple:
         raise PsconvError(f"{where}: input {layer.input!r} has shape {x}; allowed: a C x H x W map")
     _check_vectors(layer, ("multiplier", "shift"), 1, where)
     return x[:1]
+
+
+def _check_maxpool(layer, x, where: str) -> tuple:
+    """A 2x2 stride-2 max pool: no ReLU, residual or family; it keeps its input's scale (the
+    integers pass unchanged); its input map is at least 2x2."""
+    expected = {"kernel_size": (layer.kernel_size, MAX_POOL_KERNEL),
+                "stride": (layer.stride, MAX_POOL_STRIDE), "relu": (layer.relu, False),
+                "residual": (layer.residual, None), "family": (layer.family, None)}
+    for field, (value, allowed) in expected.items():
+        if value != allowed or isinstance(value, bool) != isinstance(allowed, bool):
+            raise PsconvError(f"{where} (maxpool): {field} is {value!r}; allowed: {allowed!r}")
+    if layer.output_scale != layer.input_scale:
+        raise PsconvError(f"{where} (maxpool): output_scale is {layer.output_scale!r}; allowed: "
+                          f"the input_scale {layer.input_scale!r} (max pooling keeps the scale)")
+    if len(x) != 3 or x[1] < MAX_POOL_KERNEL or x[2] < MAX_POOL_KERNEL:
+        raise PsconvError(f"{where}: input {layer.input!r} has shape {x}; allowed: a C x H x W "
+                          f"map of at least {MAX_POOL_KERNEL}x{MAX_POOL_KERNEL}")
+    return (x[0], x[1] // MAX_POOL_STRIDE, x[2] // MAX_POOL_STRIDE)
 
 
 def _check_fc(layer, x, where: str) -> tuple:

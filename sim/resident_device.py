@@ -26,7 +26,9 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
   *estimate* for the gateware runner's 2-byte memory port, per step: a cycle per word of its
   sequential loads (record, tables, input map), a cycle per residual and output byte, plus the
   engine's compute cycles (:func:`psconv.sim.cycle_model.predict_cycles` ``compute``), nothing
-  overlapped, and for the average pool a cycle per word plus the serial multiply and shift. On
+  overlapped, and for the average pool a cycle per word plus the serial multiply and shift; a
+  max-pool step (:data:`~psconv.protocol.memory.MAX_POOL_2X2`) costs a cycle per word of its
+  record and input map and a cycle per output byte (no engine cycles). On
   the reduced ResNet18 of the resident tests' gateware check it reads 10,181 cycles where the
   gateware counts 9,434 (pairs of pixels in one request and the overlaps are not modelled).
   ``memory_reads`` counts every byte the runner reads (header, step records, masks,
@@ -59,8 +61,8 @@ from psconv.firmware.transport import LoopbackTransport, register_transport
 from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.descriptor import QUANT_ENTRY_LAYOUT, LayerSpec
 from psconv.protocol.frame import MAX_PAYLOAD, Response
-from psconv.protocol.memory import (MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT, MEM_REGION_LAYOUT,
-                                    MODEL_CHECK_LAYOUT, NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, PROGRAM_MAGIC,
+from psconv.protocol.memory import (MAX_POOL_2X2, MEM_ADDRESS_LAYOUT, MEM_READ_LAYOUT,
+                                    MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT, NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, PROGRAM_MAGIC,
                                     PROGRAM_VERSION, RUN_STATUS_LAYOUT, memory_crc,
                                     step_record_layout)
 from psconv.protocol.payloads import (MASK_BYTES, QUANT_BYTES, STATUS_LAYOUT, config_hash,
@@ -69,7 +71,7 @@ from psconv.protocol.payloads import (MASK_BYTES, QUANT_BYTES, STATUS_LAYOUT, co
 from psconv.sim.cycle_model import predict_cycles
 from psconv.sim.device_link import DeviceLink
 from psconv.sim.engine_model import run_step
-from psconv.sim.golden.ops import global_avgpool_int
+from psconv.sim.golden.ops import global_avgpool_int, maxpool2d_int
 
 DEFAULT_MEMORY_BYTES = 32 << 20
 """32 MiB: the ULX3S's SDR SDRAM (MT48LC16M16 geometry)."""
@@ -250,6 +252,9 @@ class ResidentDevice:
                              kernel=d.kernel, relu=bool(d.relu), residual=bool(d.residual),
                              period=d.period)
             fields = {name: record[name] for name, _ in layout if name.endswith(("_address", "_bytes"))}
+            if record.max_pool:
+                steps.append((spec, self._check_max_pool(k, spec, record.max_pool, fields)))
+                continue
             fields["masks"] = self._masks(fields["masks_address"], spec.period)
             try:
                 spec.check(config, fields["masks"])
@@ -277,6 +282,27 @@ class ResidentDevice:
             steps.append((None, pool))
         return steps
 
+    def _check_max_pool(self, k: int, spec: LayerSpec, kind: int, fields: dict) -> dict:
+        """A max-pool step's record (see :mod:`psconv.protocol.memory`), checked; its fields
+        with ``max_pool`` set."""
+        if kind != MAX_POOL_2X2:
+            raise ProgramError(f"step {k}: max_pool {kind}; allowed 0 or {MAX_POOL_2X2}")
+        try:
+            spec.check(self.config)
+        except PsconvError as e:
+            raise ProgramError(f"step {k}: {e}") from None
+        if (spec.kernel, spec.stride, spec.period, spec.relu, spec.residual) != (1, 2, 1, False, False) \
+                or spec.out_channels != spec.in_channels:
+            raise ProgramError(f"step {k}: a max-pool step's descriptor is not a 1x1 stride-2 "
+                               f"layer with out_channels = in_channels, period 1")
+        out = (spec.in_channels, spec.in_height // 2, spec.in_width // 2)
+        if (fields["fmap_bytes"] != spec.in_channels * spec.in_height * spec.in_width
+                or fields["plane_bytes"] != out[1] * out[2] or min(out) < 1
+                or not self._inside(fields["fmap_address"], fields["fmap_bytes"])
+                or not self._inside(fields["output_address"], out[0] * fields["plane_bytes"])):
+            raise ProgramError(f"step {k}: the max pool's sizes or regions do not fit")
+        return {**fields, "max_pool": kind}
+
     def _masks(self, address: int, period: int) -> tuple[int, ...]:
         data = self.memory[address:address + MASK_BYTES * period]
         return tuple(int.from_bytes(data[k:k + MASK_BYTES], "little")
@@ -297,6 +323,8 @@ class ResidentDevice:
             spec, fields = self._queue.pop(0)
             if spec is None:
                 self._pool(fields)
+            elif fields.get("max_pool"):
+                self._max_pool(spec, fields)
             else:
                 self._run(spec, fields)
         if not self._queue:
@@ -313,6 +341,19 @@ class ResidentDevice:
         self.memory_writes += channels
         multiply = max(1, f["pool_multiplier"].bit_length())
         self.cycles += channels * (-(-plane // 2) + multiply + f["pool_shift"] + 3)
+
+    def _max_pool(self, spec: LayerSpec, f: dict) -> None:
+        """A 2x2 stride-2 max-pool step from memory into memory (the golden op's values);
+        cycles: a word per cycle for the record and the input map, a cycle per output byte."""
+        record = layout_bytes(step_record_layout(self.config))
+        self.memory_reads += record
+        x = self._map(f["fmap_address"], spec.in_height * spec.in_width,
+                      (spec.in_channels, spec.in_height, spec.in_width))
+        data = maxpool2d_int(x).to(torch.int8).numpy().tobytes()
+        self.memory[f["output_address"]:f["output_address"] + len(data)] = data
+        self.memory_writes += len(data)
+        self.cycles += -(-(record + f["fmap_bytes"]) // 2) + len(data)
+        self.steps_done += 1
 
     def _run(self, spec: LayerSpec, f: dict) -> None:
         """One engine step from memory into memory (see the module docstring)."""

@@ -88,12 +88,16 @@ def mode_figures(mode: str, clock_mhz: float, device_cycles: int, link_bytes: in
     return figures
 
 
-def _prepare(family: str, width: int, config, image_seed: int, images: int = 1):
+NETWORK_NAMES = {"resnet18": "ResNet18-CIFAR", "vgg16": "VGG16-CIFAR"}
+
+
+def _prepare(family: str, width: int, config, image_seed: int, images: int = 1,
+             arch: str = "resnet18"):
     from psconv.firmware.compiler import compile_model
     from psconv.nn.default import default_images, default_quantized_model
     from psconv.sim.golden.ops import quantize_input
 
-    model = default_quantized_model(family, width)
+    model = default_quantized_model(family, width, arch=arch)
     batch = [quantize_input(x, model.input_scale)
              for x in default_images(images, seed=1000 + image_seed)]
     return compile_model(model, config), batch[0] if images == 1 else batch
@@ -101,20 +105,27 @@ def _prepare(family: str, width: int, config, image_seed: int, images: int = 1):
 
 def run(width: int = 64, family: str = "PSD1_P16", config=None, image_seed: int = 0,
         outdir=None, progress: bool = True, mode: str = "both", transport: str | None = None,
-        clock_mhz: float = DEFAULT_CLOCK_MHZ, baseline: str | None = "dense"):
+        clock_mhz: float = DEFAULT_CLOCK_MHZ, baseline: str | None = "dense",
+        arch: str = "resnet18"):
     """Run the benchmark; returns ``(results folder, report)``: the streamed
     :class:`~psconv.firmware.reports.RunReport` when streamed ran, else the resident report.
     ``transport``: the board of the resident runs (default ``sim``; streamed always runs on
     ``sim``, or on ``transport`` in streamed mode);
-    ``baseline``: the family the resident energy is compared with (None: none)."""
+    ``baseline``: the family the resident energy is compared with (None: none); ``arch``: the
+    seeded network (``vgg16``: its max pools run only resident, so ``mode`` must be
+    ``resident``)."""
     from psconv.config import EngineConfig
 
     if mode not in MODES:
         raise PsconvError(f"e2e mode {mode!r}; allowed: {', '.join(MODES)}")
     config = config or EngineConfig()
     started = time.perf_counter()
-    program, image = _prepare(family, width, config, image_seed)
-    network = (f"ResNet18-CIFAR {family} width {width}, engine Tm={config.tm} Tn={config.tn} "
+    program, image = _prepare(family, width, config, image_seed, arch=arch)
+    if mode != "resident" and program.pool_steps:
+        raise PsconvError(f"--network {arch} has max pools ({program.pool_steps[0].layer!r} "
+                          f"first), which run only in the board's memory, not streamed: use "
+                          f"--mode resident")
+    network = (f"{NETWORK_NAMES[arch]} {family} width {width}, engine Tm={config.tm} Tn={config.tn} "
                f"({config.multipliers} multipliers)")
     if mode == "streamed":
         return _streamed(program, image, network, outdir, progress, transport or "sim",
@@ -125,7 +136,8 @@ def run(width: int = 64, family: str = "PSD1_P16", config=None, image_seed: int 
         modes["streamed"] = _streamed_figures(report, clock_mhz)
         rows.append({"model": family, **modes["streamed"]})
     resident, energies, reports = _resident(program, image, transport or "sim",
-                                            progress, clock_mhz, baseline, width, image_seed)
+                                            progress, clock_mhz, baseline, width, image_seed,
+                                            arch)
     modes["resident"] = resident[family]
     rows += [{"model": name, **figures} for name, figures in resident.items()]
     summary = {"network": network, "modes": modes, "energy per inference": energies,
@@ -160,16 +172,16 @@ def _streamed_figures(report, clock_mhz: float) -> dict:
 
 
 def _resident(program, image, transport: str, progress: bool, clock_mhz: float,
-              baseline: str | None, width: int, image_seed: int):
+              baseline: str | None, width: int, image_seed: int, arch: str = "resnet18"):
     """Resident figures and the energy estimate of ``program`` and of the ``baseline`` family.
     Each runs two images and reports the second: its upload went in while the first computed,
     as in a stream of images."""
     from psconv.firmware.resident import run_resident
 
     family = program.model.family_name
-    programs = {family: _prepare(family, width, program.config, image_seed, 2)}
+    programs = {family: _prepare(family, width, program.config, image_seed, 2, arch)}
     if baseline:
-        programs[baseline] = _prepare(baseline, width, program.config, image_seed, 2)
+        programs[baseline] = _prepare(baseline, width, program.config, image_seed, 2, arch)
     figures, energies, reports = {}, {}, {}
     for name, (prog, images) in programs.items():
         report = reports[name] = run_resident(prog, images, transport, progress=progress)
@@ -260,14 +272,18 @@ def register(benches) -> None:
     from psconv.nn.models import MAX_WIDTH
 
     parser = benches.add_parser(
-        "e2e", help="full ResNet18 through the simulated board: bytes, cycles, utilization; "
+        "e2e", help="full ResNet18 (or VGG16) through the simulated board: bytes, cycles, "
+                    "utilization; "
                     "streamed or resident, with an energy estimate",
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "))
+    parser.add_argument("--network", choices=tuple(NETWORK_NAMES), default="resnet18",
+                        help="seeded network: resnet18 or vgg16 (VGG16's max pools need "
+                             "--mode resident) (default: %(default)s)")
     parser.add_argument("--width", type=int, default=MAX_WIDTH,
-                        help=f"ResNet18 base width, 1..{MAX_WIDTH} (default: %(default)s, the full "
-                             f"network)")
+                        help=f"ResNet18 base width, or VGG16's channels x WIDTH/64, "
+                             f"1..{MAX_WIDTH} (default: %(default)s, the full network)")
     parser.add_argument("--family", default="PSD1_P16",
-                        help="pattern family of the seeded ResNet18 (default: %(default)s)")
+                        help="pattern family of the seeded network (default: %(default)s)")
     add_engine_arguments(parser)
     parser.add_argument("--mode", choices=MODES, default="both",
                         help="streamed: every layer over the link (Verilator board); resident: "
@@ -307,5 +323,5 @@ def _command(args) -> int:
     config = engine_config_from_args(args)
     _, report = run(args.width, args.family, config, args.image_seed, args.out,
                     progress=not args.no_progress, mode=args.mode, transport=args.transport,
-                    clock_mhz=args.clock_mhz, baseline=baseline)
+                    clock_mhz=args.clock_mhz, baseline=baseline, arch=args.network)
     return 0 if report.bit_exact else 1

@@ -11,11 +11,12 @@ from psconv.errors import PsconvError
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "golden", help="run the integer golden model on a quantized ResNet18",
+        "golden", help="run the integer golden model on a quantized ResNet18 or VGG16",
         description="Run the pure-integer golden model on one image and print every layer's "
                     "shape, nonzero count and checksum, then the logits. Without --model it uses "
-                    "the embedded default: a seeded PSD1_P16 ResNet18 and a seeded input "
-                    "(32x32, or --image-size; with --model, the size the file records).")
+                    "the embedded default: a seeded PSD1_P16 ResNet18 (--network vgg16: VGG16) "
+                    "and a seeded input (32x32, or --image-size; with --model, the size the "
+                    "file records).")
     add_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the default input image (default: %(default)s)")
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def add_model_arguments(parser) -> None:
-    """--model FILE, or the embedded default's --family/--width/--image-size (read by
+    """--model FILE, or the embedded default's --network/--family/--width/--image-size (read by
     :func:`load_or_default`)."""
     from psconv.nn.cifar import MAX_IMAGE_SIZE
     from psconv.nn.default import DEFAULT_FAMILY, DEFAULT_IMAGE_SIZE, DEFAULT_WIDTH
@@ -32,18 +33,29 @@ def add_model_arguments(parser) -> None:
 
     parser.add_argument("--model", help="quantized model file (.npz from `psconv quantize`; "
                                         "it records its input size)")
+    add_network_argument(parser)
     parser.add_argument("--family", default=None,
                         help=f"family of the embedded default (default {DEFAULT_FAMILY})")
     parser.add_argument("--width", type=int, default=None,
-                        help=f"base width of the embedded default ResNet18, 1..{MAX_WIDTH} "
-                             f"(default {DEFAULT_WIDTH}, or for `run` the largest its engine "
-                             f"holds; {MAX_WIDTH} is full)")
+                        help=f"width of the embedded default, 1..{MAX_WIDTH}: ResNet18's base "
+                             f"width, VGG16's channels x WIDTH/64 (default {DEFAULT_WIDTH}, or "
+                             f"for `run` the largest its engine holds; {MAX_WIDTH} is full)")
     parser.add_argument("--image-size", type=int, default=None, metavar="N",
                         help=f"side of the embedded default's seeded square images, "
                              f"1..{MAX_IMAGE_SIZE} (default {DEFAULT_IMAGE_SIZE}, CIFAR-10's, or "
                              f"for `run` the largest its engine holds); "
                              f"the pixels are drawn at that size, not downsampled, and the "
                              f"network's statistics and calibration use the same size")
+
+
+def add_network_argument(parser) -> None:
+    """--network: the built-in architecture of the embedded default (or of ``quantize``)."""
+    from psconv.nn.default import DEFAULT_ARCH, NETWORKS
+
+    parser.add_argument("--network", choices=NETWORKS, default=None,
+                        help=f"built-in network: resnet18, or vgg16 (its 2x2 max pools run only "
+                             f"resident, in the board's memory; images of at least 32x32) "
+                             f"(default: {DEFAULT_ARCH})")
 
 
 def load_or_default(args, config=None):
@@ -56,45 +68,49 @@ def load_or_default(args, config=None):
     """
     from psconv.families import family_by_name
     from psconv.nn.cifar import check_image_size
-    from psconv.nn.default import (DEFAULT_FAMILY, DEFAULT_IMAGE_SIZE, DEFAULT_WIDTH,
-                                   default_quantized_model, fitting_default)
-    from psconv.nn.models import check_width
+    from psconv.nn.default import (DEFAULT_ARCH, DEFAULT_FAMILY, DEFAULT_IMAGE_SIZE,
+                                   DEFAULT_WIDTH, default_quantized_model, fitting_default)
+    from psconv.nn.models import check_image_size_for, check_width
     from psconv.qmodel import QuantizedModel
 
     image_size = getattr(args, "image_size", None)
+    network = getattr(args, "network", None)
     if args.model:
-        if args.family or args.width is not None or image_size is not None:
-            raise PsconvError("--family/--width/--image-size describe the embedded default; they "
-                              "cannot be combined with --model (the file records its input size)")
+        if args.family or args.width is not None or image_size is not None or network:
+            raise PsconvError("--network/--family/--width/--image-size describe the embedded "
+                              "default; they cannot be combined with --model (the file records "
+                              "its network and input size)")
         return QuantizedModel.load(args.model)
+    arch = network or DEFAULT_ARCH
     family = args.family or DEFAULT_FAMILY
     family_by_name(family)                      # an unknown name is its own error, not a misfit
     if args.width is not None:
         check_width(args.width)
     if image_size is not None:
         check_image_size(image_size)
+        check_image_size_for(arch, image_size)
     width = DEFAULT_WIDTH if args.width is None else args.width
     size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     if config is not None:
         asked = f"width {width} on {size}x{size}"
         try:
-            width, size, why = fitting_default(config, family, args.width, image_size)
+            width, size, why = fitting_default(config, family, args.width, image_size, arch)
         except PsconvError as error:
-            raise PsconvError(f"{error}{_largest_fit_hint(config, family)}") from None
+            raise PsconvError(f"{error}{_largest_fit_hint(config, family, arch)}") from None
         if why is not None:
             print(f"psconv {getattr(args, 'command', None) or 'run'}: embedded default: width "
                   f"{width} on {size}x{size} images, the largest this engine holds ({asked} "
                   f"does not: {why}); --width and --image-size choose", flush=True)
-    return default_quantized_model(family, width, image_size=size)
+    return default_quantized_model(family, width, image_size=size, arch=arch)
 
 
-def _largest_fit_hint(config, family: str) -> str:
+def _largest_fit_hint(config, family: str, arch: str) -> str:
     """``"; this engine holds ..."`` naming the largest embedded default ``config`` takes
     (empty if none does)."""
     from psconv.nn.default import fitting_default
 
     try:
-        width, size, _ = fitting_default(config, family)
+        width, size, _ = fitting_default(config, family, arch=arch)
     except PsconvError:
         return "; no width of the embedded default fits this engine"
     return f"; the largest embedded default this engine holds: --width {width} --image-size {size}"

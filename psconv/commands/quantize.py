@@ -1,4 +1,5 @@
-"""``psconv quantize``: build or load a ResNet18, fold BatchNorm, calibrate, export a model file."""
+"""``psconv quantize``: build or load a ResNet18 or VGG16, fold BatchNorm, calibrate, export a
+model file."""
 
 from __future__ import annotations
 
@@ -12,22 +13,27 @@ def register(subparsers) -> None:
     from psconv.nn.default import DEFAULT_FAMILY, DEFAULT_SEED, DEFAULT_WIDTH
     from psconv.nn.models import MAX_WIDTH
 
+    from .golden import add_network_argument
+
     parser = subparsers.add_parser(
-        "quantize", help="quantize a periodic-sparse ResNet18 to a model file",
+        "quantize", help="quantize a periodic-sparse ResNet18 or VGG16 to a model file",
         description="Fold BatchNorm, calibrate int8 activation scales and write the versioned "
                     "quantized model (.npz) that `psconv golden`, the compiler and the driver read. "
                     "Without --checkpoint the seeded embedded-default network is used; with the "
                     "default --seed and --calibration-images that is exactly the embedded default "
                     "of `psconv golden`, `run` and `demo` with the same --family, --width and "
-                    "--image-size.")
+                    "--image-size. --network vgg16 quantizes VGG16 (13 convolutions, five 2x2 "
+                    "max pools, one Linear) the same way.")
     parser.add_argument("-o", "--out", required=True, type=output_file("-o/--out"),
                         help="output file (.npz)")
+    add_network_argument(parser)
     parser.add_argument("--family", default=DEFAULT_FAMILY,
                         help="pattern family, e.g. PS4_P8, PSD1_P16, dense (default: %(default)s)")
     parser.add_argument("--width", type=int, default=DEFAULT_WIDTH,
-                        help=f"ResNet18 base width, 1..{MAX_WIDTH} ({MAX_WIDTH} = full; "
-                             f"default: %(default)s)")
-    parser.add_argument("--checkpoint", help="state_dict (.pt) of psconv's resnet18_cifar with this family/width")
+                        help=f"ResNet18 base width, or VGG16's channels x WIDTH/64, "
+                             f"1..{MAX_WIDTH} ({MAX_WIDTH} = full; default: %(default)s)")
+    parser.add_argument("--checkpoint", help="state_dict (.pt) of psconv's --network with this "
+                                             "family/width (a `psconv train` model.pt)")
     add_calibration_arguments(parser)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="seed of the embedded-default network and of the synthetic "
@@ -89,18 +95,23 @@ def calibration_images(args, seed: int):
 
 
 def run(args) -> int:
-    from psconv.nn.default import seeded_resnet18
-    from psconv.nn.models import check_width
-    from psconv.nn.quantize import quantize_resnet
+    from psconv.families import family_by_name
+    from psconv.nn.default import DEFAULT_ARCH, seeded_network
+    from psconv.nn.models import check_image_size_for, check_width
+    from psconv.nn.quantize import quantize_network
     from psconv.nn.train import load_checkpoint
 
+    arch = args.network or DEFAULT_ARCH
     check_width(args.width)
+    family_by_name(args.family)
     images = calibration_images(args, args.seed)
+    check_image_size_for(arch, min(images.shape[-2:]), "the calibration images' side")
     if args.checkpoint:
-        model = load_checkpoint(args.checkpoint, args.family, args.width)
+        model = load_checkpoint(args.checkpoint, args.family, args.width, arch)
     else:
-        model = seeded_resnet18(args.family, args.width, args.seed, image_size=images.shape[-1])
-    quantized = quantize_resnet(model, images, args.family)
+        model = seeded_network(arch, args.family, args.width, args.seed,
+                               image_size=images.shape[-1])
+    quantized = quantize_network(model, images, args.family, arch)
     path = quantized.save(Path(args.out))
     print(f"wrote {path}: {quantized.arch} {quantized.family_name}, {len(quantized.layers)} layers, "
           f"input {'x'.join(str(n) for n in quantized.input_shape)}, "

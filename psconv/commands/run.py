@@ -1,4 +1,4 @@
-"""``psconv run``: images through a quantized ResNet18 on a board (or the simulated board),
+"""``psconv run``: images through a quantized ResNet18 or VGG16 on a board (or the simulated board),
 checked bit-exactly against the golden model.
 
 A thin front over :func:`psconv.firmware.driver.run_on_board` (``--mode streamed``: one image,
@@ -25,14 +25,17 @@ from .golden import add_model_arguments
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "run", help="run a quantized ResNet18 on the board (or the simulated board), bit-exact check",
-        description="Run a quantized ResNet18 on the accelerator (streamed layer by layer over the host "
+        "run", help="run a quantized ResNet18 or VGG16 on the board (or the simulated board), "
+                    "bit-exact check",
+        description="Run a quantized ResNet18 or VGG16 on the accelerator (streamed layer by layer over the host "
                     "link, or resident in the board's memory) and compare the layers and the "
                     "logits with the integer golden model. "
                     "Without --model it uses the embedded default (seeded PSD1_P16 ResNet18, "
                     "width 16 on 32x32 images); when the engine cannot hold that (e.g. --board "
                     "icebreaker: 16 channels, 8x8 maps), the width and image size you leave out "
-                    "become the largest that fit, and a line says what was chosen and why.")
+                    "become the largest that fit, and a line says what was chosen and why. "
+                    "--network vgg16 runs VGG16, whose max pools need the board's memory "
+                    "(--mode resident; e.g. --transport resident-ref).")
     add_model_arguments(parser)
     add_engine_arguments(parser)
     parser.add_argument("--mode", choices=("auto", "streamed", "resident"), default="auto",
@@ -124,7 +127,8 @@ def run(args) -> int:
     print(f"psconv {getattr(args, 'command', None) or 'run'}: {model.arch} {model.family_name} "
           f"width {model.conv_layers[0].out_channels} on {'x'.join(str(n) for n in model.input_shape[1:])} images, "
           f"{len(program.engine_steps)} engine steps "
-          f"+ {len(program.steps) - len(program.engine_steps)} host steps, engine "
+          + (f"+ {len(program.pool_steps)} max-pool steps " if program.pool_steps else "")
+          + f"+ {len(program.steps) - len(program.device_steps)} host steps, engine "
           f"Tm={program.config.tm} Tn={program.config.tn}, {args.mode} mode, transport {args.transport}"
           + (f", faults {args.faults:g} per frame" if args.faults else ""), flush=True)
     link = dict(faults=args.faults, fault_seed=args.fault_seed, timeout_s=args.timeout,

@@ -11,6 +11,9 @@ The one implementation behind ``psconv quantize`` (psconv's own ResNet18) and ``
   post-processor). A ``PeriodicSparseConv2d`` keeps its family; a plain 3x3 ``Conv2d`` gets the
   family its zero pattern follows (:func:`~psconv.families.recognise_family`) or runs dense;
   1x1 convolutions run as the pointwise family.
+* max pooling over 2x2 windows at stride 2 without padding (``nn.MaxPool2d(2)``,
+  ``F.max_pool2d(x, 2)``; dilation 1, no ``ceil_mode`` or indices) of a convolution's or
+  another pool's map: a ``maxpool`` layer;
 * global average pooling (``AdaptiveAvgPool2d(1)``, ``AvgPool2d`` over the whole map,
   ``mean`` over H and W), flatten (``torch.flatten``, ``nn.Flatten``, ``view``/``reshape`` to
   (N, -1)), ``Identity`` and ``Dropout`` (no-ops in eval mode);
@@ -90,6 +93,28 @@ FLATTEN_FUNCTIONS = (torch.flatten, torch.reshape)
 FLATTEN_METHODS = ("flatten", "view", "reshape")
 MEAN_FUNCTIONS = (torch.mean, F.adaptive_avg_pool2d, F.avg_pool2d)
 MAX_POOL_FUNCTIONS = (F.max_pool2d, F.adaptive_max_pool2d, torch.max_pool2d)
+
+
+MAX_POOL_ALLOWED = ("allowed: 2x2 max pooling at stride 2 without padding (nn.MaxPool2d(2), "
+                    "F.max_pool2d(x, 2))")
+
+
+def _max_pool_arguments(node: torch.fx.Node) -> tuple:
+    """``(kernel_size, stride, padding, dilation, ceil_mode, return_indices)`` of a traced
+    ``max_pool2d`` call, with torch's defaults (``stride`` defaults to ``kernel_size``)."""
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
+             "return_indices")
+    values = dict(zip(names, node.args))
+    values.update(node.kwargs)
+    kernel = values.get("kernel_size")
+    stride = values.get("stride")
+    return (kernel, kernel if stride in (None, [], ()) else stride, values.get("padding", 0),
+            values.get("dilation", 1), values.get("ceil_mode", False),
+            values.get("return_indices", False))
+
+
+def _pair(value) -> tuple:
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def _function_name(function) -> str:
@@ -186,13 +211,17 @@ class _Folder:
             self.flatten(node)
         elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             self.avgpool(node, module)
-        elif isinstance(module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
-            raise self.fail(node, "max pooling is not supported on the engine yet")
+        elif isinstance(module, nn.MaxPool2d):
+            self.maxpool(node, module.kernel_size, module.stride, module.padding,
+                         module.dilation, module.ceil_mode, module.return_indices)
+        elif isinstance(module, nn.AdaptiveMaxPool2d):
+            raise self.fail(node, f"adaptive max pooling; {MAX_POOL_ALLOWED}")
         elif isinstance(module, nn.Linear):
             self.linear(node, module)
         else:
             raise self.fail(node, "unsupported op; allowed: Conv2d, BatchNorm2d, ReLU, residual "
-                                  "add, global average pooling, flatten, one final Linear")
+                                  "add, 2x2 max pooling, global average pooling, flatten, one "
+                                  "final Linear")
 
     def call_function(self, node) -> None:
         target = node.target
@@ -204,11 +233,14 @@ class _Folder:
             self.flatten(node)
         elif node.op == "call_method" and target == "mean" or target in MEAN_FUNCTIONS:
             self.avgpool(node, None)
+        elif target in MAX_POOL_FUNCTIONS and target is not F.adaptive_max_pool2d:
+            self.maxpool(node, *_max_pool_arguments(node))
         elif target in MAX_POOL_FUNCTIONS:
-            raise self.fail(node, "max pooling is not supported on the engine yet")
+            raise self.fail(node, f"adaptive max pooling; {MAX_POOL_ALLOWED}")
         else:
             raise self.fail(node, "unsupported op; allowed: Conv2d, BatchNorm2d, ReLU, residual "
-                                  "add, global average pooling, flatten, one final Linear")
+                                  "add, 2x2 max pooling, global average pooling, flatten, one "
+                                  "final Linear")
 
     def conv(self, node, conv: nn.Conv2d) -> None:
         k = conv.kernel_size
@@ -226,9 +258,9 @@ class _Folder:
             raise self.fail(node, f"groups {conv.groups}, dilation {tuple(conv.dilation)}; "
                                   f"allowed: groups 1, dilation 1")
         source = self.value(node, node.args[0])
-        if source != "input" and self.layers[source]["op"] != "conv":
+        if source != "input" and self.layers[source]["op"] not in ("conv", "maxpool"):
             raise self.fail(node, f"reads {source!r}, a {self.layers[source]['op']} output; "
-                                  f"allowed: an image or a convolution's map")
+                                  f"allowed: an image, a convolution's or a max pool's map")
         name = self.layer_name(node, node.target)
         self.layers[name] = dict(name=name, op="conv", input=source, module=conv, bn=None,
                                  relu=False, residual=None, stage="conv",
@@ -290,6 +322,28 @@ class _Folder:
                                  node=f"node {node.name!r} ({self.describe(node)})")
         self.values[node] = name
 
+    def maxpool(self, node, kernel_size, stride, padding, dilation, ceil_mode,
+                return_indices) -> None:
+        found = (f"kernel {_pair(kernel_size)}, stride {_pair(stride)}, padding "
+                 f"{_pair(padding)}, dilation {_pair(dilation)}"
+                 + (", ceil_mode" if ceil_mode else "") + (", return_indices" if return_indices
+                                                            else ""))
+        if (_pair(kernel_size) != (2, 2) or _pair(stride) != (2, 2) or _pair(padding) != (0, 0)
+                or _pair(dilation) != (1, 1) or ceil_mode or return_indices):
+            raise self.fail(node, f"max pooling with {found}; {MAX_POOL_ALLOWED}")
+        source = self.value(node, node.args[0])
+        before = self.shape(node.args[0])
+        if source == "input" or self.layers[source]["op"] not in ("conv", "maxpool"):
+            raise self.fail(node, f"max pooling reads {source!r}; allowed: a convolution's or "
+                                  f"another max pool's map")
+        if before is None or len(before) != 4 or min(before[2:]) < 2:
+            raise self.fail(node, f"max pooling of a {before} tensor; allowed: an N x C x H x W "
+                                  f"map of at least 2x2")
+        name = self.layer_name(node, node.target if node.op == "call_module" else "maxpool")
+        self.layers[name] = dict(name=name, op="maxpool", input=source, stage="done",
+                                 node=f"node {node.name!r} ({self.describe(node)})")
+        self.values[node] = name
+
     def linear(self, node, linear: nn.Linear) -> None:
         shape = self.shape(node.args[0])
         if shape is None or len(shape) != 2:
@@ -323,6 +377,9 @@ class _Folder:
                     residual=entry["residual"], stride=conv.stride[0],
                     kernel_size=conv.kernel_size[0], family=family, weight=weight, bias=bias,
                     node=entry["node"], family_source=family_source))
+            elif entry["op"] == "maxpool":
+                layers.append(FloatLayer(name=entry["name"], op="maxpool", input=entry["input"],
+                                         kernel_size=2, stride=2, node=entry["node"]))
             else:
                 layers.append(FloatLayer(name=entry["name"], op=entry["op"], input=entry["input"],
                                          weight=entry.get("weight"), bias=entry.get("bias"),

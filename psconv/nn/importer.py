@@ -121,6 +121,9 @@ def summary_lines(quantized: QuantizedModel, layers: list[FloatLayer]) -> list[s
             family = FAMILY_SOURCES[layer.family_source].format(family=qlayer.family.name)
             op = f"conv{qlayer.kernel_size}x{qlayer.kernel_size}/{qlayer.stride}" + (
                 " +residual" if qlayer.residual else "") + (" relu" if qlayer.relu else "")
+        elif qlayer.op == "maxpool":
+            shapes[qlayer.name] = (x[0], x[1] // qlayer.stride, x[2] // qlayer.stride)
+            family, op = "-", f"maxpool{qlayer.kernel_size}x{qlayer.kernel_size}/{qlayer.stride}"
         else:
             shapes[qlayer.name] = (x[0],) if qlayer.op == "avgpool" else (qlayer.out_channels,)
             family, op = "-", qlayer.op

@@ -166,6 +166,20 @@ class VGG16Cifar(nn.Module):
         self.features = nn.Sequential(*units)
         self.classifier = nn.Linear(in_channels, num_classes)
 
+    def quantized_layer_names(self) -> dict[str, str]:
+        """Module path -> layer name in the quantized-model file (:mod:`psconv.nn.fold`):
+        ``conv1``..``conv13``, ``pool1``..``pool5``, ``fc``."""
+        names = {"classifier": "fc"}
+        convs = pools = 0
+        for index, unit in enumerate(self.features):
+            if isinstance(unit, nn.MaxPool2d):
+                pools += 1
+                names[f"features.{index}"] = f"pool{pools}"
+            else:
+                convs += 1
+                names[f"features.{index}.conv"] = f"conv{convs}"
+        return names
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
 
@@ -186,6 +200,31 @@ def vgg16_cifar(family: PatternFamily, num_classes: int = 10, width_scale: float
 
 
 ARCHITECTURES = {"resnet18": resnet18_cifar, "vgg16": vgg16_cifar}
+
+
+MIN_IMAGE_SIZES = {"resnet18": 1, "vgg16": 32}
+"""The smallest image side each architecture takes: VGG16's five 2x2 max pools need 32."""
+
+
+def check_image_size_for(arch: str, image_size: int, what: str = "--image-size") -> None:
+    """Raise :class:`PsconvError` if ``arch`` cannot run on ``image_size`` images."""
+    if arch not in ARCHITECTURES:
+        raise PsconvError(f"model: arch is {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+    least = MIN_IMAGE_SIZES[arch]
+    if image_size < least:
+        raise PsconvError(f"{what} is {image_size} but {arch} needs images of at least "
+                          f"{least}x{least} (five 2x2 max pools); allowed: {least} or more")
+
+
+def build_network(arch: str, family_name: str | None, width: int, num_classes: int = 10
+                  ) -> nn.Module:
+    """``arch`` at a command's ``--width``: ResNet18's base width, or VGG16's channels as a
+    share of 64 (``width_scale = width / 64``); ``family_name`` ``None`` or ``"dense"`` for the
+    dense baseline."""
+    family = None if family_name == "dense" else family_name
+    if arch == "vgg16":
+        return build_model(arch, family, num_classes, width_scale=width / 64)
+    return build_model(arch, family, num_classes, width=width)
 
 
 def build_model(arch: str, family_name: str | None = None, num_classes: int = 10, **kwargs) -> nn.Module:

@@ -1,5 +1,5 @@
 """Post-training quantization of a folded float graph (:mod:`psconv.nn.fold`: psconv's ResNet18 or
-an imported network) into a :class:`QuantizedModel`.
+VGG16, or an imported network) into a :class:`QuantizedModel`.
 
 Steps, each the textbook choice so results are predictable:
 
@@ -9,7 +9,8 @@ Steps, each the textbook choice so results are predictable:
 2. Weights: int8 symmetric per output channel, ``s_w[o] = max|w'[o]| / 127``, values in -127..127.
    The classifier uses one scale for all classes so integer logits rank like float ones.
 3. Activations: int8 symmetric per tensor, ``s = max|x| / 127`` over the calibration images
-   (max calibration); outputs after ReLU are therefore in 0..127.
+   (max calibration); outputs after ReLU are therefore in 0..127. A max pool keeps its input's
+   scale (the max of int8 values is one of them), so it needs no requantization.
 4. Integer parameters: ``bias = round(b' / (s_w * s_x))`` (int32); multiplier/shift chosen per
    output channel so ``M / 2**S ~= s_w * s_x / s_y`` and ``R / 2**S ~= s_r / s_y`` with
    ``M, R < 2**30`` and the largest ``S <= 62`` allowed (:func:`choose_shift`). The integer
@@ -44,6 +45,9 @@ def run_float(layers: list[FloatLayer], images: torch.Tensor) -> dict[str, torch
             tensors[layer.name] = torch.relu(y) if layer.relu else y
         elif layer.op == "avgpool":
             tensors[layer.name] = x.mean(dim=(2, 3))
+        elif layer.op == "maxpool":
+            tensors[layer.name] = torch.nn.functional.max_pool2d(x, layer.kernel_size,
+                                                                 layer.stride)
         else:
             tensors[layer.name] = x.flatten(1) @ layer.weight.T + layer.bias
     return tensors
@@ -88,7 +92,9 @@ def quantize_graph(layers: list[FloatLayer], calibration: torch.Tensor, arch: st
         floats = run_float(layers, calibration)
     scales = {"input": _activation_scale(floats["input"], "input")}
     for layer in layers:
-        if layer.op != "fc":
+        if layer.op == "maxpool":       # the max of int8 values is one of them: same scale
+            scales[layer.name] = scales[layer.input]
+        elif layer.op != "fc":
             scales[layer.name] = _activation_scale(floats[layer.name], layer.name)
     qlayers = []
     for layer in layers:
@@ -100,6 +106,11 @@ def quantize_graph(layers: list[FloatLayer], calibration: torch.Tensor, arch: st
             qlayers.append(QLayer(name=layer.name, op="avgpool", input=layer.input,
                                   multiplier=_fixed_point(real[:, 0], shift), shift=shift,
                                   input_scale=s_x, output_scale=scales[layer.name]))
+            continue
+        if layer.op == "maxpool":
+            qlayers.append(QLayer(name=layer.name, op="maxpool", input=layer.input,
+                                  kernel_size=layer.kernel_size, stride=layer.stride,
+                                  input_scale=s_x, output_scale=s_x))
             continue
         weight = layer.weight
         if layer.op == "fc":
@@ -137,10 +148,17 @@ def quantize_graph(layers: list[FloatLayer], calibration: torch.Tensor, arch: st
                           input_shape=tuple(calibration.shape[1:]))
 
 
-def quantize_resnet(model: nn.Module, calibration: torch.Tensor, family_name: str) -> QuantizedModel:
-    """BatchNorm-fold, calibrate and quantize a psconv CIFAR ResNet18 (eval-mode statistics)."""
+def quantize_network(model: nn.Module, calibration: torch.Tensor, family_name: str,
+                     arch: str = "resnet18") -> QuantizedModel:
+    """BatchNorm-fold, calibrate and quantize one of psconv's CIFAR networks (``arch``:
+    ``resnet18`` or ``vgg16``; eval-mode statistics), the same path ``psconv import`` takes."""
     return quantize_graph(fold_model(model, tuple(calibration.shape[1:])), calibration,
-                          "resnet18", family_name)
+                          arch, family_name)
+
+
+def quantize_resnet(model: nn.Module, calibration: torch.Tensor, family_name: str) -> QuantizedModel:
+    """:func:`quantize_network` of a psconv CIFAR ResNet18."""
+    return quantize_network(model, calibration, family_name, "resnet18")
 
 
 def quantize_images(model: QuantizedModel, images: torch.Tensor) -> torch.Tensor:

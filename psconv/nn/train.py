@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import PsconvError
 from .datasets import Dataset
-from .models import build_model
+from .models import build_network
 from .sparse_conv import PeriodicSparseConv2d
 
 MODEL_FILE = "model.pt"
@@ -104,10 +104,7 @@ def new_model(arch: str, family_name: str, width: int, num_classes: int, seed: i
         raise PsconvError(f"--arch vgg16 needs images of at least 32x32 (five 2x2 max-pools); "
                           f"these are {image_size}x{image_size}; allowed: resnet18")
     torch.manual_seed(seed)
-    family = None if family_name == "dense" else family_name
-    if arch == "vgg16":
-        return build_model(arch, family, num_classes, width_scale=width / 64)
-    return build_model(arch, family, num_classes, width=width)
+    return build_network(arch, family_name, width, num_classes)
 
 
 def masked_nonzeros(model: nn.Module) -> int:
@@ -332,9 +329,7 @@ def load_checkpoint(path, family_name: str, width: int, arch: str = "resnet18",
                     num_classes: int = 10) -> nn.Module:
     """The eval-mode network of ``arch``/``family_name``/``width`` with the state dict in
     ``path`` (a ``model.pt`` of :func:`train`, or any state dict of the same network)."""
-    family = None if family_name == "dense" else family_name
-    model = (build_model(arch, family, num_classes, width_scale=width / 64) if arch == "vgg16"
-             else build_model(arch, family, num_classes, width=width))
+    model = build_network(arch, family_name, width, num_classes)
     state = read_state_dict(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -48,6 +48,8 @@ def run_layer(layer: QLayer, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     if layer.op == "avgpool":
         return ops.global_avgpool_int(x, int(layer.multiplier.reshape(-1)[0]),
                                       int(layer.shift.reshape(-1)[0]))
+    if layer.op == "maxpool":
+        return ops.maxpool2d_int(x, layer.kernel_size, layer.stride)
     if layer.op == "fc":
         return ops.linear_int(x, layer.weight, layer.bias)
     raise PsconvError(f"golden model: layer {layer.name!r} has unknown op {layer.op!r}")

@@ -29,6 +29,14 @@ Average pool over the whole map (ResNet's final pool)::
 
     s[c] = sum_{y, x} x[c, y, x];   y[c] = sat8((s[c] * M + 2**(S-1)) >> S)
 
+Max pool, 2x2 windows at stride 2, no padding (VGG's pool)::
+
+    y[c, y, x] = max_{dy, dx in 0..1} x[c, 2*y + dy, 2*x + dx]
+
+  Output size ``H // 2`` x ``W // 2`` (an odd last row or column is dropped, as
+  ``torch.nn.functional.max_pool2d``). Exact on int8: no rounding, the output range is the
+  input's, so the layer keeps its input's scale.
+
 Fully connected (the classifier)::
 
     logits[k] = sum_c w[k, c] * x[c] + b[k]        (int32 result, no requantization)
@@ -148,6 +156,29 @@ def global_avgpool_int(x, multiplier: int, shift: int) -> torch.Tensor:
     check_range(torch.tensor([shift]), SHIFT_MIN, SHIFT_MAX, "avgpool shift")
     total = x.sum(dim=(1, 2))
     return saturate_int8((total * multiplier + (1 << (shift - 1))) >> shift)
+
+
+MAX_POOL_KERNEL = 2
+MAX_POOL_STRIDE = 2
+
+
+def maxpool2d_int(x, kernel_size: int = MAX_POOL_KERNEL, stride: int = MAX_POOL_STRIDE) -> torch.Tensor:
+    """Max pool of a CHW int8 map over ``kernel_size`` x ``kernel_size`` windows at ``stride``
+    (see module doc; only 2x2 at stride 2 is the contract). Returns int8 values in int64."""
+    x = _as_int64(x, "maxpool input")
+    if (kernel_size, stride) != (MAX_POOL_KERNEL, MAX_POOL_STRIDE):
+        raise PsconvError(f"golden maxpool: kernel_size {kernel_size!r}, stride {stride!r}; "
+                          f"allowed: kernel_size {MAX_POOL_KERNEL}, stride {MAX_POOL_STRIDE}")
+    if x.dim() != 3:
+        raise PsconvError(f"golden maxpool: input must be CHW; got {tuple(x.shape)}")
+    check_range(x, INT8_MIN, INT8_MAX, "maxpool input")
+    channels, height, width = x.shape
+    out_h, out_w = height // stride, width // stride
+    if out_h < 1 or out_w < 1:
+        raise PsconvError(f"golden maxpool: input {height}x{width} is smaller than its "
+                          f"{kernel_size}x{kernel_size} window")
+    x = x[:, :out_h * stride, :out_w * stride]
+    return x.reshape(channels, out_h, stride, out_w, stride).amax(dim=(2, 4))
 
 
 def linear_int(x, w, bias) -> torch.Tensor:
