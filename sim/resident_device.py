@@ -18,8 +18,8 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
 * ``INFER``: NAK BUSY while running, NAK NO_MODEL without the mark or when the program address
   lies outside the checked region. The program is then decoded and checked (header magic,
   version and config hash; every step's descriptor, mask table and regions): a program the
-  runner cannot run is NAKed BAD_STATE before anything runs (the contract has no other way to
-  report it). Then it runs: by default the whole inference inside ``INFER``, so the first
+  runner cannot run is NAKed BAD_STATE before anything runs (the gateware runner instead
+  starts and stops at the first step record that breaks a rule, naming it in ``bad_rule``). Then it runs: by default the whole inference inside ``INFER``, so the first
   ``RUN_STATUS`` reports done; with ``steps_per_poll=n`` each ``RUN_STATUS`` runs ``n`` more
   steps first (how the host's polling and its timeout are tested).
 * ``RUN_STATUS``: :data:`~psconv.protocol.memory.RUN_STATUS_LAYOUT`. ``cycles`` is an

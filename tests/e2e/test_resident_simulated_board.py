@@ -59,3 +59,25 @@ def test_the_board_on_its_sdram_controller_and_chip_model(capsys):
     assert report.bit_exact, report.first_mismatch
     assert [len(inference.layers) for inference in report.inferences] == [22, 22]
     assert report.memory_summary.endswith(f"of {32 << 20} bytes")   # the 32 MB SDRAM
+
+
+def test_a_reduced_vgg16_with_its_max_pools_on_the_board_gateware(capsys):
+    """VGG16 (13 convolutions, 5 max pools as memory passes of the program runner) resident on
+    the simulated board: bit-exact at every layer and the logits, and the same memory traffic as
+    the software reference board."""
+    model = default_quantized_model("PSD4_P8", width=2, calibration_images=2, arch="vgg16")
+    program = compile_model(model, SIM_CONFIG)
+    images = model_images(model, 1, seed=4000)
+    report = run_resident(program, images, transport="sim", check_layers=True, progress=False)
+    with capsys.disabled():
+        print("\n" + "\n".join(report.summary_lines()))
+    assert report.bit_exact, report.first_mismatch
+    inference = report.inferences[0]
+    assert len(inference.layers) == 19 and inference.logits == inference.golden_logits
+    assert sum(layer.op == "maxpool" for layer in model.layers) == 5
+
+    reference = ResidentDriver(open_reference(SIM_CONFIG, local_board_memory(program)), program)
+    reference.load(reference.build_image(), progress=False)
+    expected = reference.infer(images[0])
+    assert (inference.memory_reads, inference.memory_writes) == (expected.memory_reads,
+                                                                 expected.memory_writes)
