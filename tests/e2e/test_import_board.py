@@ -11,8 +11,10 @@ from torch import nn
 from psconv.families import family_by_name
 from psconv.firmware.compiler import compile_model
 from psconv.firmware.driver import Driver
+from psconv.firmware.resident import run_resident
 from psconv.nn.importer import import_model
 from psconv.sim.bridge import SimBoard, build_board
+from psconv.sim.golden.network import run_golden
 from psconv.sim.golden.ops import quantize_input
 
 from e2e_helpers import SIM_CONFIG
@@ -95,3 +97,45 @@ def test_imported_resnet20_is_bit_exact_on_the_simulated_board():
     assert len(report.steps) == 21
     assert report.bit_exact, report.first_mismatch
     assert report.logits == report.golden_logits
+
+
+class SmallPoolingCNN(nn.Module):
+    """A user's small CNN: two 3x3 stages each followed by 2x2 max pooling (14 -> 7 -> 3: the
+    second pool drops an odd row and column), a 1x1 layer, global average pool, one Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.linear = nn.Linear(16, 10)
+
+    def forward(self, x):
+        out = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.linear(torch.flatten(out, 1))
+
+
+def test_imported_cnn_with_max_pooling_is_bit_exact_resident_on_the_simulated_board():
+    torch.manual_seed(21)
+    model = SmallPoolingCNN()
+    with torch.no_grad():
+        for bn in [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]:
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+            nn.init.uniform_(bn.bias, -0.2, 0.2)
+            bn.momentum = None
+        model.train()(torch.rand(32, 3, 14, 14))
+    quantized, layers = import_model(model.eval(), torch.rand(8, 3, 14, 14), SIM_CONFIG,
+                                     "pooling-cnn")
+    assert [l.op for l in layers].count("maxpool") == 2
+    program = compile_model(quantized, SIM_CONFIG)
+    images = [quantize_input(torch.rand(3, 14, 14), quantized.input_scale) for _ in range(2)]
+    report = run_resident(program, images, transport="sim", check_layers=True, progress=False)
+    assert report.bit_exact, report.first_mismatch
+    pools = [l.name for l in quantized.layers if l.op == "maxpool"]
+    golden = run_golden(quantized, images[0])
+    assert [tuple(golden.outputs[name].shape) for name in pools] == [(8, 7, 7), (16, 3, 3)]
+    for inference in report.inferences:
+        assert inference.logits == inference.golden_logits
+        assert all(name in inference.layers and inference.layers[name] is None for name in pools)
