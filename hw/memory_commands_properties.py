@@ -20,7 +20,8 @@ values and timing, any memory handshake), apart from the contracts its neighbour
 
 :func:`memory_bounds_harness` asserts that every write request has an address below
 ``memory_bytes``, and that while ``running`` the processor issues no load and a store only with
-``input_free`` inside ``input_address .. input_address + input_bytes``.
+``input_free`` inside ``input_address .. input_address + input_bytes`` (with the payload bytes
+back to back, as the link releases a buffered frame).
 
 :func:`memory_replies_harness` asserts the link contract (as the streamed command processor's
 harness does): exactly one reply header per command taken, before the next command; a reply's
@@ -78,7 +79,8 @@ def _processor(m, memory_bytes=FORMAL_MEMORY_BYTES, max_payload=FORMAL_MAX_PAYLO
     m.d.sync += loads.eq(loads + load_taken - word_taken)
     m.d.comb += Assume(~read_data.valid | (loads != 0))
 
-    # the runner: starts only on infer; the input region fixed once free, until it stops
+    # the runner: starts only after infer (or, more freely, after an idle cycle); the input
+    # region fixed once free, until it stops
     was_running, was_free, infer_pulsed, was_idle = Signal(), Signal(), Signal(), Signal()
     was_address, was_bytes = Signal(32), Signal(32)
     m.d.sync += [was_running.eq(mc.running), was_free.eq(mc.input_free),
@@ -103,6 +105,7 @@ def memory_bounds_harness(memory_bytes=FORMAL_MEMORY_BYTES) -> Module:
     m.d.comb += Assume((mc.memory.read_data.payload == 0) & (mc.cycles == 0)
                        & (mc.memory_reads == 0) & (mc.memory_writes == 0)
                        & (mc.steps_done == 0) & (mc.bad_rule == 0))
+    # the payload bytes back to back, as the link releases a buffered frame (half the time)
     m.d.comb += Assume(mc.command_payload.valid == (payload_left != 0))
     request = mc.memory.request
     address = request.payload.address
