@@ -163,11 +163,14 @@ class MemoryCommandProcessor(wiring.Component):
                     with m.Case(Command.WRITE_MEM):
                         start = fields(MEM_ADDRESS_LAYOUT).address
                         count = length - layout_bytes(MEM_ADDRESS_LAYOUT)
+                        # while the runner runs: inside the input region it has freed
+                        input_writable = Signal()
+                        m.d.comb += input_writable.eq(
+                            self.input_free & (start >= self.input_address)
+                            & (start + count <= self.input_address + self.input_bytes))
                         with m.If(outside(start, count)):
                             nak(NakReason.BAD_LENGTH)
-                        with m.Elif(self.running & ~(
-                                self.input_free & (start >= self.input_address)
-                                & (start + count <= self.input_address + self.input_bytes))):
+                        with m.Elif(self.running & ~input_writable):
                             nak(NakReason.BUSY)
                         with m.Else():
                             with m.If((start < model_end) & (start + count > model_start)):
@@ -179,6 +182,8 @@ class MemoryCommandProcessor(wiring.Component):
                         with m.If(outside(region.address, region.length)
                                   | (region.length > self.max_payload)):
                             nak(NakReason.BAD_LENGTH)
+                        with m.Elif(region.length == 0):
+                            reply(Status.DATA, 0, "REPLY_HEADER")   # nothing to load
                         with m.Else():
                             m.d.sync += [address.eq(region.address), left.eq(region.length),
                                          to_receive.eq(region.length)]

@@ -17,7 +17,8 @@ Ports: ``start`` In(1) with ``program_address`` In(32) (a pulse, taken while not
 step record's descriptor broke: the run stopped before starting that step, ``done`` low);
 ``steps_done`` Out(16); ``cycles``, ``memory_reads``, ``memory_writes`` Out(48)
 (this inference: cycles from ``start``, bytes loaded, bytes stored); ``input_free`` Out(1)
-(running, and no step left reads the input image: the header's ``input_steps`` are done)
+(running, this run's header read, and no step left reads the input image: the header's
+``input_steps`` are done; never the previous run's region while the new header loads)
 with the header's ``input_address`` and ``input_bytes`` Out(32); ``memory``
 Out(:func:`~psconv.hw.memory_port.memory_port_signature`); ``engine``: the engine's ports,
 flipped (connect it to a :class:`~psconv.hw.engine.PeriodicSparseEngine`). The engine's
@@ -104,7 +105,9 @@ class ProgramRunner(wiring.Component):
         steps = Signal(16)
         record_address = Signal(32)
         kept = Signal(PROGRAM_HEADER_LAYOUT)      # the header, kept after it (pool, input)
-        m.d.comb += [self.input_free.eq(self.running & (self.steps_done >= kept.input_steps)),
+        header_kept = Signal()                    # ``kept`` is this run's (not the last run's)
+        m.d.comb += [self.input_free.eq(self.running & header_kept
+                                        & (self.steps_done >= kept.input_steps)),
                      self.input_address.eq(kept.input_address),
                      self.input_bytes.eq(kept.input_bytes)]
 
@@ -288,6 +291,7 @@ class ProgramRunner(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [self.running.eq(1), self.done.eq(0), self.steps_done.eq(0),
+                                 header_kept.eq(0),
                                  self.bad_rule.eq(NO_BAD_RULE),
                                  self.cycles.eq(0), self.memory_reads.eq(0),
                                  self.memory_writes.eq(0),
@@ -297,7 +301,7 @@ class ProgramRunner(wiring.Component):
             with m.State("HEADER"):
                 load_record("FIRST_STEP")
             with m.State("FIRST_STEP"):
-                m.d.sync += [steps.eq(header.steps), kept.eq(header)]
+                m.d.sync += [steps.eq(header.steps), kept.eq(header), header_kept.eq(1)]
                 begin_loads(record_address, self.record_bytes)
                 m.next = "RECORD"
                 with m.If(header.steps == 0):

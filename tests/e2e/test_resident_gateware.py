@@ -190,6 +190,9 @@ def test_memory_commands_refuse_regions_outside_memory_and_bad_lengths():
     assert nak_reason(lambda: link.request(Command.RUN_STATUS, b"x")) == NakReason.BAD_LENGTH
     write_memory(link, MEMORY - 2, b"yz")
     assert read_memory(link, MEMORY - 2, 2) == b"yz"
+    # an empty read answers no bytes, and the next resident command is still taken
+    assert link.request(Command.READ_MEM, encode_payload(
+        MEM_READ_LAYOUT, {"address": MEMORY - 2, "length": 0})).payload == b""
     assert run_status(link)["memory_bytes"] == MEMORY
 
 

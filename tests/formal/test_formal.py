@@ -1,5 +1,5 @@
-"""Formal proofs of the link layer, the engine's addresses and the command processor
-(docs/formal.md), with SymbiYosys from PyPI.
+"""Formal proofs of the link layer, the engine's addresses, the command processor and the
+resident memory commands (docs/formal.md), with SymbiYosys from PyPI.
 
 Each property set is proved (k-induction, or bounded model checking where induction does not
 close), and a deliberately broken variant of its block (a Yosys mutation of one wire) must give a
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from psconv.hw import address_generator_properties, command_processor_properties, framing_properties
+from psconv.hw import (address_generator_properties, command_processor_properties,
+                       framing_properties, memory_commands_properties)
 from psconv.rtl_gen.formal import check
 
 pytestmark = pytest.mark.formal
@@ -55,6 +56,16 @@ PROOFS = {
     "command_processor_prompt_reply": Proof(
         command_processor_properties.prompt_reply_harness, "prove", 12,
         ("connect -set cp.reply__valid 1'0",), 20),             # never offers a reply
+    "memory_commands_store_bounds": Proof(
+        memory_commands_properties.memory_bounds_harness, "bmc", 20,
+        # WRITE_MEM while the runner runs is taken wherever it lies
+        ("connect -set mc.input_writable 1'1",), 20),
+    "memory_commands_replies": Proof(
+        memory_commands_properties.memory_replies_harness, "bmc", 20,
+        ("connect -set mc.reply_length 16'd2",), 20),           # every reply claims 2 bytes
+    "memory_commands_prompt_reply": Proof(
+        memory_commands_properties.memory_prompt_reply_harness, "prove", 18,
+        ("connect -set mc.reply__valid 1'0",), 20),             # never offers a reply
 }
 
 
