@@ -211,10 +211,23 @@ class ProgramRunner(wiring.Component):
         pool_in = Signal(32)
         pool_out = Signal(32)
 
+        # a pair's maximum is registered with its slot, and folded into ``row_max`` the next
+        # cycle (the memory's read data, a compare and the row register's write decoder on one
+        # path missed the ULX3S's 60 MHz)
+        pair_valid = Signal()
+        pair_value = Signal(signed(8))
+        pair_slot = Signal(range(max(half_width, 1)))
+        pair_second = Signal()
+        m.d.sync += pair_valid.eq(0)
+        with m.If(pair_valid):
+            slot = row_max[pair_slot]
+            m.d.sync += slot.eq(Mux(pair_second & (slot > pair_value), slot, pair_value))
+
         def fold_pair(column, value):
-            """The pair ending at odd ``column`` has maximum ``value``: into ``row_max``."""
-            slot = row_max[column >> 1]
-            m.d.sync += slot.eq(Mux(pool_second & (slot > value), slot, value))
+            """The pair ending at odd ``column`` has maximum ``value``: into ``row_max``, next
+            cycle."""
+            m.d.sync += [pair_valid.eq(1), pair_value.eq(value), pair_slot.eq(column >> 1),
+                         pair_second.eq(pool_second)]
 
         def pool_bytes():
             """Take the arriving word's 1 or 2 bytes of the current row into the pair maxima."""
@@ -428,7 +441,9 @@ class ProgramRunner(wiring.Component):
                 pool_bytes()
                 with m.If(receive_left == 0):
                     m.d.sync += [pool_in.eq(pool_in + (d.in_width << 1)), pool_index.eq(0)]
-                    m.next = "MAX_POOL_STORE"
+                    m.next = "MAX_POOL_FOLD"
+            with m.State("MAX_POOL_FOLD"):
+                m.next = "MAX_POOL_STORE"            # the row's last pair is folded in now
             with m.State("MAX_POOL_STORE"):
                 m.d.comb += [request.valid.eq(1),
                              *byte_store(request.payload, pool_out, row_max[pool_index])]

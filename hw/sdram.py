@@ -44,7 +44,7 @@ from __future__ import annotations
 from amaranth import ClockSignal, Module, ResetSignal, Signal
 from amaranth.hdl import Array, Instance, Mux
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from psconv.errors import PsconvError
@@ -146,8 +146,10 @@ class SDRAM(wiring.Component):
         bank = cmd.addr[self.col_bits:self.col_bits + self.bank_bits]
         # the banks of the reads in flight or unread, in issue order: the read data leaves
         # through the FIFO of the bank at the head. Each bank's FIFO is as deep as this one,
-        # so none can overflow (LiteDRAM's read data cannot wait).
-        m.submodules.read_order = order = SyncFIFO(width=self.bank_bits, depth=depth)
+        # so none can overflow (LiteDRAM's read data cannot wait). Buffered: its head is a
+        # register (a read takes 10 cycles and more, so the extra cycle is never waited for),
+        # not a LUT-RAM read in front of the read data's multiplexer
+        m.submodules.read_order = order = SyncFIFOBuffered(width=self.bank_bits, depth=depth)
         core_ready = Signal(BANK_PORTS)  # the core's port k would take a command
         port_ready = Signal(BANK_PORTS)  # ... and, for a write, its bank has room for the beat
         may_issue = Mux(write, self.wdata.valid, order.w_rdy)
