@@ -92,6 +92,17 @@ FAULTS = {"unsafe-fused-add": _pe_products_without_fused_add_safe}
 """Deliberately broken netlists (name -> context manager active while the engine elaborates), to
 show that the comparison fails when synthesis drops logic."""
 
+MODEL_FAULTS = {
+    "dp16kd-outreg": ("ecp5", (
+        ('if (REGMODE_B == "OUTREG" && OCEB) begin', "if (OCEB) begin"),
+        ('wire [17:0] dob = REGMODE_B == "OUTREG" ? out_b : latch_b;', "wire [17:0] dob = out_b;"),
+    )),
+}
+"""Deliberately wrong cell models (name -> family, text replacements in :func:`cell_models`), to
+show that the comparison sees the block RAM model: ``dp16kd-outreg`` gives port B (where the
+engine's buffers read) the output register of ``REGMODE_B "OUTREG"`` although the netlist asks
+for ``NOREG``, one cycle more read latency."""
+
 
 def synth_options(family: str) -> str:
     """``synth_<family>``'s options in a board build: :data:`~psconv.rtl_gen.build.ICE40_SYNTH_OPTS`
@@ -137,12 +148,20 @@ def _without_module(text: str, module: str) -> str:
     return stripped
 
 
-def cell_models(family: str) -> str:
-    """The Verilog the netlist of ``family`` is simulated with (see the module docstring)."""
+def cell_models(family: str, fault: str | None = None) -> str:
+    """The Verilog the netlist of ``family`` is simulated with (see the module docstring), with
+    the :data:`MODEL_FAULTS` entry ``fault`` applied if given."""
     if family == "ice40":
-        return yosys_cells_sim("ice40").read_text()
-    text = _without_module(_inline_includes(yosys_cells_sim("ecp5")), "DP16KD")
-    return "\n".join([text, *(model.read_text() for model in ECP5_MODELS)])
+        text = yosys_cells_sim("ice40").read_text()
+    else:
+        text = "\n".join([_without_module(_inline_includes(yosys_cells_sim("ecp5")), "DP16KD"),
+                          *(model.read_text() for model in ECP5_MODELS)])
+    if fault is not None:
+        for old, new in MODEL_FAULTS[fault][1]:
+            if old not in text:
+                raise PsconvError(f"netlist simulation: model fault {fault}: {old!r} not found")
+            text = text.replace(old, new)
+    return text
 
 
 def _yosys_version() -> str:
@@ -208,7 +227,8 @@ class EngineNetlist(EngineRTL):
     """The engine of ``config`` as Yosys maps it for ``board`` (an iCE40 or ECP5 board), built
     once in Verilator with the cell models; :meth:`run` as :class:`EngineRTL`'s.
 
-    ``fault`` (a :data:`FAULTS` name, or None) synthesizes a deliberately broken engine.
+    ``fault`` (a :data:`FAULTS` name, or None) synthesizes a deliberately broken engine; a
+    :data:`MODEL_FAULTS` name of the board's family simulates it with a deliberately wrong model.
     ``cells`` holds the netlist's instance counts per cell type, ``synthesis_seconds`` the
     synthesis time (0 when cached), ``build.seconds`` the Verilator build's."""
 
@@ -223,15 +243,18 @@ class EngineNetlist(EngineRTL):
         if board.family not in FAMILIES:
             raise PsconvError(f"netlist simulation: {board.name} is an {board.family} board; "
                               f"netlists of {', '.join(FAMILIES)} boards are simulated")
-        if fault is not None and fault not in FAULTS:
-            raise PsconvError(f"netlist simulation: unknown fault {fault!r}; allowed: "
-                              f"{', '.join(FAULTS)}")
+        allowed = [*FAULTS, *(name for name, (family, _) in MODEL_FAULTS.items()
+                              if family == board.family)]
+        if fault is not None and fault not in allowed:
+            raise PsconvError(f"netlist simulation: unknown fault {fault!r} for {board.name}; "
+                              f"allowed: {', '.join(allowed)}")
         self.config = config
         self.board = board
         self.fault = fault
         self.waves = runner.waves_requested(waves)
         family = board.family
-        models = cell_models(family)
+        model_fault = fault if fault in MODEL_FAULTS else None
+        models = cell_models(family, model_fault)
         material = (f"{_config_key(config)} {board.name} yosys {_yosys_version()} "
                     f"{SYNTH_SCRIPT} {synth_options(family)} fault {fault} models "
                     f"{hashlib.sha256(models.encode()).hexdigest()}")
@@ -244,7 +267,7 @@ class EngineNetlist(EngineRTL):
         with runner._locked(self.root / "synthesis"):
             if not source.is_file():
                 started = time.monotonic()
-                with FAULTS[fault]() if fault else contextlib.nullcontext():
+                with FAULTS[fault]() if fault in FAULTS else contextlib.nullcontext():
                     engine = PeriodicSparseEngine(config, layer_held=True)
                     synthesize(engine, self.root, make_platform(board), family, TOP)
                 self.synthesis_seconds = time.monotonic() - started
