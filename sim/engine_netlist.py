@@ -104,6 +104,12 @@ engine's buffers read) the output register of ``REGMODE_B "OUTREG"`` although th
 for ``NOREG``, one cycle more read latency."""
 
 
+def faults_for(family: str) -> list[str]:
+    """The fault names a netlist of ``family`` takes: every :data:`FAULTS` entry and the
+    :data:`MODEL_FAULTS` of that family."""
+    return [*FAULTS, *(name for name, (of, _) in MODEL_FAULTS.items() if of == family)]
+
+
 def synth_options(family: str) -> str:
     """``synth_<family>``'s options in a board build: :data:`~psconv.rtl_gen.build.ICE40_SYNTH_OPTS`
     on iCE40, none on ECP5 (``synth_ecp5`` maps multipliers to ``MULT18X18D`` by itself)."""
@@ -243,8 +249,7 @@ class EngineNetlist(EngineRTL):
         if board.family not in FAMILIES:
             raise PsconvError(f"netlist simulation: {board.name} is an {board.family} board; "
                               f"netlists of {', '.join(FAMILIES)} boards are simulated")
-        allowed = [*FAULTS, *(name for name, (family, _) in MODEL_FAULTS.items()
-                              if family == board.family)]
+        allowed = faults_for(board.family)
         if fault is not None and fault not in allowed:
             raise PsconvError(f"netlist simulation: unknown fault {fault!r} for {board.name}; "
                               f"allowed: {', '.join(allowed)}")

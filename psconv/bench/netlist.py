@@ -112,7 +112,15 @@ def register(benches) -> None:
 def _command(args) -> int:
     from psconv.errors import PsconvError
 
+    from psconv.rtl_gen.boards import get_board
+    from psconv.sim.engine_netlist import faults_for
+
     if args.images < 1:
         raise PsconvError(f"--images is {args.images}; allowed: 1 or more")
+    allowed = faults_for(get_board(args.board).family)
+    for fault in args.fault or ():
+        if fault not in allowed:
+            raise PsconvError(f"--fault {fault}: not a fault of the {args.board} netlist; "
+                              f"allowed: {', '.join(allowed)}")
     run(args.images, args.fault or (), args.fresh, args.out, args.board)
     return 0
