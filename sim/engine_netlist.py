@@ -18,7 +18,7 @@ it in Verilator together with simulation models of its cells (:func:`cell_models
   ``DP16KD``, ``MULT18X18D``): Yosys' ``share/ecp5/cells_sim.v`` (its includes inlined) without
   its ``DP16KD`` blackbox, plus this project's behavioural models ``sim/ecp5_dp16kd.v`` and
   ``sim/ecp5_mult18x18d.v`` (Yosys has neither primitive's behaviour). Their configuration
-  checks are ``$fatal``; the build makes Verilator treat them as errors.
+  checks (``$fatal``, ``$error``) are build errors (:data:`MODEL_CHECKS_FATAL`).
 
 It then runs layer cases exactly like :class:`~psconv.sim.engine_rtl.EngineRTL` (the same cocotb
 bench, the same comparison).
@@ -59,10 +59,10 @@ MODEL_DIR = Path(__file__).parent
 ECP5_MODELS = (MODEL_DIR / "ecp5_dp16kd.v", MODEL_DIR / "ecp5_mult18x18d.v")
 """This project's behavioural models of the ECP5 primitives Yosys has no behaviour for."""
 
-MODEL_CHECKS_FATAL = ("-Werror-USERFATAL",)
-"""Verilator flags of a netlist build: a model's ``$fatal`` configuration check (an unmodelled
-DP16KD configuration) stops the build; the simulation builds' ``-Wno-fatal`` would make it a
-warning."""
+MODEL_CHECKS_FATAL = ("-Werror-USERFATAL", "-Werror-USERERROR")
+"""Verilator flags of a netlist build: a model's ``$fatal``/``$error`` configuration check (an
+unmodelled DP16KD or MULT18X18D configuration) stops the build; the simulation builds'
+``-Wno-fatal`` would make it a warning."""
 
 NETLIST_MAKE_VARS = ("OPT_FAST=-O0", "OPT_SLOW=-O0", "OPT_GLOBAL=-O0")
 """C++ optimization of the netlist simulator: ``-O0`` compiles in half the CPU time of ``-O1``;

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from psconv.sim.ecp5_dp16kd import MEMORIES, MODEL_PATH, compare_with_rtl
+from psconv.sim.engine_netlist import MODEL_CHECKS_FATAL
 from psconv.sim.verilator import verilator_binary, verilator_env
 
 pytestmark = pytest.mark.rtl
@@ -70,8 +71,9 @@ def test_model_refuses_a_configuration_it_does_not_model(tmp_path):
     (tmp_path / "top.v").write_text(
         'module top(input a, output p); DP16KD #(.WRITEMODE_A("BYPASS")) m(.ADA0(a), .DOA0(p));'
         " endmodule\n")
+    """With the netlist build's flags (``-Wno-fatal`` and :data:`MODEL_CHECKS_FATAL`)."""
     done = subprocess.run([str(verilator_binary()), "--lint-only", "-Wno-fatal", "-Wno-lint",
-                           "-Werror-USERFATAL", "--top-module", "top", "top.v", str(MODEL_PATH)],
+                           *MODEL_CHECKS_FATAL, "--top-module", "top", "top.v", str(MODEL_PATH)],
                           cwd=tmp_path, capture_output=True, text=True,
                           env={**os.environ, **verilator_env()})
     assert done.returncode != 0
