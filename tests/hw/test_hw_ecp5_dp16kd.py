@@ -45,6 +45,22 @@ def test_model_matches_the_amaranth_memories(tmp_path):
                and p.get("WRITEMODE_B") == "READBEFOREWRITE" for p in check.parameters)
 
 
+@pytest.mark.parametrize("board", ["ulx3s-85f", "ulx3s-25f"])
+def test_every_block_ram_configuration_of_the_ulx3s_engines_is_checked(tmp_path, board):
+    """The configurations of the bitstream's block RAMs (each ULX3S engine configuration's own,
+    through synth_ecp5's block-RAM mapping) are among those the comparison above exercises."""
+    from psconv.rtl_gen.clocking import make_platform
+    from psconv.sim.ecp5_dp16kd import _memory_modes, configurations, engine_block_rams
+    from psconv.sim.engine_netlist import synthesize
+
+    engine = configurations(engine_block_rams(board, tmp_path / "engine"))
+    design, _, _ = _memory_modes()
+    checked = configurations(synthesize(design, tmp_path / "modes", make_platform(board), "ecp5",
+                                        name="gate").read_text())
+    print(f"\n{board}: {len(engine)} DP16KD configurations: {sorted(engine)}")
+    assert engine and engine <= checked, engine - checked
+
+
 def test_a_model_with_swapped_write_modes_is_caught(tmp_path):
     wrong = _variant(tmp_path, ('WRITEMODE_A == "READBEFOREWRITE"', 'WRITEMODE_A == "@"'),
                      ('WRITEMODE_A == "WRITETHROUGH"', 'WRITEMODE_A == "READBEFOREWRITE"'),
