@@ -100,8 +100,8 @@ def register(benches) -> None:
                              "unsafe-fused-add, dp16kd-outreg (ECP5)")
     parser.add_argument("--board", choices=NETLIST_BOARDS, default="icebreaker",
                         help="the platform the engine (iCEBreaker configuration) is elaborated "
-                             "and synthesized for: icebreaker (iCE40, default) or ulx3s-85f "
-                             "(ECP5)")
+                             "and synthesized for: icebreaker (iCE40) or ulx3s-85f (ECP5) "
+                             "(default icebreaker)")
     parser.add_argument("--fresh", action="store_true",
                         help="synthesize and build in a temporary folder (times without cache)")
     parser.add_argument("--out", type=output_folder("--out"),
