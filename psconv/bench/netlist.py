@@ -1,11 +1,13 @@
-"""Netlist benchmark: the iCEBreaker engine's Yosys netlist on a small network, several images.
+"""Netlist benchmark: the engine's Yosys netlist (iCE40 or ECP5) on a small network, several images.
 
-Yosys' iCE40 netlist of the engine (:mod:`psconv.sim.engine_netlist`: ``synth_ice40`` with the
-board build's options, simulated in Verilator with Yosys' cell models) runs every engine step
-of the width-2 PSD1_P16 ResNet18 on 8x8 images, for ``--images`` images, and each step's output
-is compared with the golden model element for element. ``--fault`` adds a deliberately broken
-netlist (it must differ). Times: synthesis and Verilator build (0 when cached under
-build/netlist; ``--fresh`` builds in a temporary folder), then simulation per image.
+Yosys' netlist of the engine with the iCEBreaker configuration (:mod:`psconv.sim.engine_netlist`:
+``synth_ice40``/``synth_ecp5`` with the board build's options, simulated in Verilator with the
+cell models), elaborated for ``--board`` (default icebreaker; ``ulx3s-85f``: the ECP5 netlist
+with its MULT18X18D and DP16KD), runs every engine step of the width-2 PSD1_P16 ResNet18 on 8x8
+images, for ``--images`` images, and each step's output is compared with the golden model
+element for element. ``--fault`` adds a deliberately broken netlist or cell model (it must
+differ). Times: synthesis and Verilator build (0 when cached under build/netlist; ``--fresh``
+builds in a temporary folder), then simulation per image.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from psconv.outputs import output_folder
 from .results import write_results
 
 
-def run(images: int = 8, faults=(), fresh: bool = False, outdir=None):
+def run(images: int = 8, faults=(), fresh: bool = False, outdir=None, board: str = "icebreaker"):
     from psconv.firmware.compiler import compile_model
     from psconv.nn.default import default_quantized_model, fitting_default, model_images
     from psconv.rtl_gen.boards import get_board
@@ -26,6 +28,7 @@ def run(images: int = 8, faults=(), fresh: bool = False, outdir=None):
     from psconv.sim.engine_rtl import program_cases
 
     config = get_board("icebreaker").engine_config()
+    family = {"ice40": "iCE40", "ecp5": "ECP5"}[get_board(board).family]
     width, image_size, _ = fitting_default(config)
     model = default_quantized_model("PSD1_P16", width, image_size=image_size)
     program = compile_model(model, config)
@@ -34,9 +37,10 @@ def run(images: int = 8, faults=(), fresh: bool = False, outdir=None):
     rows, summary, first_image = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="psconv-netlist-") as scratch:
         for fault in (None, *faults):
-            label = "iCE40" if fault is None else f"iCE40, fault {fault}"
+            label = family if fault is None else f"{family}, fault {fault}"
             started = time.perf_counter()
-            netlist = EngineNetlist(config, build_root=scratch if fresh else None, fault=fault)
+            netlist = EngineNetlist(config, build_root=scratch if fresh else None, fault=fault,
+                                    board=board)
             summary[f"{label}: synthesis s"] = round(netlist.synthesis_seconds, 1)
             summary[f"{label}: Verilator build s"] = (
                 "cached" if netlist.build.cached else round(netlist.build.seconds, 1))
@@ -58,7 +62,8 @@ def run(images: int = 8, faults=(), fresh: bool = False, outdir=None):
                     first_image[label] = [(run.case.name, d / run.case.expected.numel())
                                           for run, d in zip(runs, differing)]
     summary["network"] = (f"resnet18 PSD1_P16 width {width} on {image_size}x{image_size} "
-                          f"images, {steps} engine steps, iCEBreaker engine {config.tm}x{config.tn}")
+                          f"images, {steps} engine steps, iCEBreaker engine {config.tm}x{config.tn} "
+                          f"elaborated for {board}")
 
     def plot(path):
         import matplotlib.pyplot as plt
@@ -72,7 +77,7 @@ def run(images: int = 8, faults=(), fresh: bool = False, outdir=None):
         ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel("% of the step's output elements that differ from the golden model")
-        ax.set_title("iCE40 netlist vs golden model, image 0 (0 everywhere: bit-exact)")
+        ax.set_title(f"{family} netlist vs golden model, image 0 (0 everywhere: bit-exact)")
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -81,14 +86,22 @@ def run(images: int = 8, faults=(), fresh: bool = False, outdir=None):
     return write_results("netlist", rows, outdir, summary, plot)
 
 
+NETLIST_BOARDS = ("icebreaker", "ulx3s-85f")
+
+
 def register(benches) -> None:
-    parser = benches.add_parser("netlist", help="the iCEBreaker engine's Yosys netlist, bit-exact "
-                                                "on a small network",
+    parser = benches.add_parser("netlist", help="the engine's Yosys netlist (iCE40 or ECP5), "
+                                                "bit-exact on a small network",
                                 description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=8, help="images to run (default 8)")
     parser.add_argument("--fault", action="append", metavar="NAME",
-                        help="also run a deliberately broken netlist (it must differ): a name of "
-                             "psconv.sim.engine_netlist.FAULTS, e.g. unsafe-fused-add")
+                        help="also run a deliberately broken netlist or cell model (it must differ): "
+                             "a name of psconv.sim.engine_netlist.FAULTS or MODEL_FAULTS, e.g. "
+                             "unsafe-fused-add, dp16kd-outreg (ECP5)")
+    parser.add_argument("--board", choices=NETLIST_BOARDS, default="icebreaker",
+                        help="the platform the engine (iCEBreaker configuration) is elaborated "
+                             "and synthesized for: icebreaker (iCE40) or ulx3s-85f (ECP5) "
+                             "(default icebreaker)")
     parser.add_argument("--fresh", action="store_true",
                         help="synthesize and build in a temporary folder (times without cache)")
     parser.add_argument("--out", type=output_folder("--out"),
@@ -99,7 +112,15 @@ def register(benches) -> None:
 def _command(args) -> int:
     from psconv.errors import PsconvError
 
+    from psconv.rtl_gen.boards import get_board
+    from psconv.sim.engine_netlist import faults_for
+
     if args.images < 1:
         raise PsconvError(f"--images is {args.images}; allowed: 1 or more")
-    run(args.images, args.fault or (), args.fresh, args.out)
+    allowed = faults_for(get_board(args.board).family)
+    for fault in args.fault or ():
+        if fault not in allowed:
+            raise PsconvError(f"--fault {fault}: not a fault of the {args.board} netlist; "
+                              f"allowed: {', '.join(allowed)}")
+    run(args.images, args.fault or (), args.fresh, args.out, args.board)
     return 0

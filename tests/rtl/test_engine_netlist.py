@@ -1,7 +1,10 @@
-"""The iCEBreaker bitstream's engine computes what the RTL computes: Yosys' iCE40 netlist of the
+"""The bitstream's engine computes what the RTL computes: Yosys' iCE40 netlist of the iCEBreaker
 engine, simulated with Yosys' cell models (:mod:`psconv.sim.engine_netlist`), runs every layer of
 the width-2 PSD1_P16 ResNet18 on 8x8 images bit-exactly against the golden model; the netlist of
-the old ``ice40_dsp`` failure (a PE lane dropped) fails the same comparison.
+the old ``ice40_dsp`` failure (a PE lane dropped) fails the same comparison. The same engine
+configuration elaborated for the ULX3S (ECP5: its MULT18X18D instances, DP16KD block RAM, LUT RAM)
+and mapped by ``synth_ecp5`` is bit-exact too, with this project's DP16KD and MULT18X18D models;
+with a DP16KD model one read cycle late it is not.
 
 Each netlist is synthesized and built once (~1 min on 2 cores), then cached under build/netlist.
 """
@@ -60,10 +63,10 @@ def _edge_cases():
     ]
 
 
-def _built(fault=None):
+def _built(fault=None, board="icebreaker"):
     started = time.perf_counter()
-    netlist = EngineNetlist(ICEBREAKER, fault=fault)
-    print(f"\niCE40 netlist{f' with fault {fault}' if fault else ''}: synthesis "
+    netlist = EngineNetlist(ICEBREAKER, fault=fault, board=board)
+    print(f"\n{board} netlist{f' with fault {fault}' if fault else ''}: synthesis "
           f"{netlist.synthesis_seconds:.0f} s, Verilator build "
           f"{'cached' if netlist.build.cached else f'{netlist.build.seconds:.0f} s'}, "
           f"{time.perf_counter() - started:.0f} s in all; cells {netlist.cells}")
@@ -101,8 +104,37 @@ def test_netlist_that_drops_a_pe_lane_fails_the_comparison(network_cases):
     assert len(failures) > len(runs) // 2
 
 
-def test_only_ice40_netlists_and_known_faults():
-    with pytest.raises(PsconvError, match="only iCE40 netlists are simulated"):
-        EngineNetlist(ICEBREAKER, board="ulx3s-85f")
-    with pytest.raises(PsconvError, match="unknown fault 'nope'; allowed: unsafe-fused-add"):
+def test_ulx3s_netlist_runs_the_network_bit_exact(network_cases):
+    """The iCEBreaker configuration on the ULX3S-85F platform: small enough that synth_ecp5 and
+    the Verilator build take about a minute on 2 busy cores (the ULX3S's own 32-multiplier
+    engine has 154 DP16KD and about 20k LUTs)."""
+    netlist = _built(board="ulx3s-85f")
+    # the instances of psconv.hw.dsp (the PE array's 2 products, the post-processor's 6) and 2
+    # unregistered ones synth_ecp5 maps from the address generator's multiplies; 7 block RAMs
+    # (the weight buffer's and the window generator's 6 banks)
+    assert netlist.cells["MULT18X18D"] == 10
+    assert netlist.cells["DP16KD"] == 7
+    started = time.perf_counter()
+    runs = netlist.run(network_cases + _edge_cases())
+    print(f"{len(network_cases)} engine steps and 4 edge cases on the netlist: "
+          f"{time.perf_counter() - started:.1f} s, {sum(run.cycles for run in runs)} cycles")
+    failures = [report for run in runs if (report := mismatch_report(run.case, run.actual))]
+    assert not failures, "\n".join(failures)
+    for run in runs:
+        assert run.counters["macs"] == run.case.useful_macs, run.case.name
+
+
+def test_ulx3s_netlist_with_a_late_block_ram_model_fails_the_comparison(network_cases):
+    netlist = _built("dp16kd-outreg", board="ulx3s-85f")
+    runs = netlist.run(network_cases)
+    failures = [report for run in runs if (report := mismatch_report(run.case, run.actual))]
+    print(f"{len(failures)} of {len(runs)} steps differ; first: {failures[:1]}")
+    assert len(failures) > len(runs) // 2
+
+
+def test_known_faults_only():
+    with pytest.raises(PsconvError, match="unknown fault 'nope' for icebreaker; allowed: "
+                                          "unsafe-fused-add$"):
         EngineNetlist(ICEBREAKER, fault="nope")
+    with pytest.raises(PsconvError, match="allowed: unsafe-fused-add, dp16kd-outreg$"):
+        EngineNetlist(ICEBREAKER, fault="nope", board="ulx3s-85f")
