@@ -51,15 +51,15 @@ def _processor(m, cfg):
     return cp, max_payload
 
 
-def command_processor_harness(config=None) -> Module:
-    """The command processor with every input free and its reply assertions."""
-    cfg = config or formal_config()
-    m = Module()
-    cp, max_payload = _processor(m, cfg)
-
-    command_taken = cp.command.valid & cp.command.ready
-    reply_taken = cp.reply.valid & cp.reply.ready
-    byte_taken = cp.reply_payload.valid & cp.reply_payload.ready
+def assert_one_reply_per_command(m, processor, max_payload: int) -> None:
+    """Add to ``m`` the reply contract of a command processor (its ``command``, ``reply`` and
+    ``reply_payload`` streams): every command taken gets exactly one reply header before the next
+    is taken, no reply without a command, a reply's payload is exactly ``length`` bytes and
+    ``length <= max_payload``, and the cycle after an answer is complete it takes commands
+    again. Shared by the streamed and the resident (memory) command processors' proofs."""
+    command_taken = processor.command.valid & processor.command.ready
+    reply_taken = processor.reply.valid & processor.reply.ready
+    byte_taken = processor.reply_payload.valid & processor.reply_payload.ready
     owed = Signal()            # a command taken and not answered
     bytes_left = Signal(16)    # payload bytes of the last reply not sent yet
     with m.If(command_taken):
@@ -68,20 +68,28 @@ def command_processor_harness(config=None) -> Module:
         m.d.sync += owed.eq(1)
     with m.If(reply_taken):
         m.d.comb += Assert(owed, "a reply without a command, or a second one")
-        m.d.comb += Assert(cp.reply.payload.length <= max_payload,
+        m.d.comb += Assert(processor.reply.payload.length <= max_payload,
                            "a reply longer than the link's reply buffer")
-        m.d.sync += [owed.eq(0), bytes_left.eq(cp.reply.payload.length)]
-    with m.If(cp.reply_payload.valid):
+        m.d.sync += [owed.eq(0), bytes_left.eq(processor.reply.payload.length)]
+    with m.If(processor.reply_payload.valid):
         m.d.comb += Assert(~owed & (bytes_left != 0), "a reply byte beyond the reply's length")
     with m.If(byte_taken):
         m.d.sync += bytes_left.eq(bytes_left - 1)
-
     # back to idle: the cycle after a command's answer is complete, a command is taken
     answered = Signal()
-    m.d.sync += answered.eq((reply_taken & (cp.reply.payload.length == 0))
+    m.d.sync += answered.eq((reply_taken & (processor.reply.payload.length == 0))
                             | (byte_taken & (bytes_left == 1)))
     with m.If(answered):
-        m.d.comb += Assert(cp.command.ready, "not back in idle after answering")
+        m.d.comb += Assert(processor.command.ready, "not back in idle after answering")
+
+
+def command_processor_harness(config=None) -> Module:
+    """The command processor with every input free and its reply assertions."""
+    cfg = config or formal_config()
+    m = Module()
+    cp, max_payload = _processor(m, cfg)
+
+    assert_one_reply_per_command(m, cp, max_payload)
     return m
 
 

@@ -44,6 +44,7 @@ from psconv.protocol.codes import Command
 from psconv.protocol.memory import RUN_STATUS_LAYOUT
 from psconv.protocol.payloads import layout_bytes
 
+from .command_processor_properties import assert_one_reply_per_command
 from .memory_commands import MemoryCommandProcessor
 
 FORMAL_MEMORY_BYTES = 64
@@ -124,30 +125,7 @@ def memory_replies_harness() -> Module:
     """Exactly one reply per command, of its length's bytes; idle again after answering."""
     m = Module()
     mc, _ = _processor(m)
-    command_taken = mc.command.valid & mc.command.ready
-    reply_taken = mc.reply.valid & mc.reply.ready
-    byte_taken = mc.reply_payload.valid & mc.reply_payload.ready
-    owed = Signal()            # a command taken and not answered
-    bytes_left = Signal(16)    # payload bytes of the last reply not sent yet
-    with m.If(command_taken):
-        m.d.comb += Assert(~owed & (bytes_left == 0),
-                           "a command taken before the previous one was fully answered")
-        m.d.sync += owed.eq(1)
-    with m.If(reply_taken):
-        m.d.comb += Assert(owed, "a reply without a command, or a second one")
-        m.d.comb += Assert(mc.reply.payload.length <= mc.max_payload,
-                           "a reply longer than the link's reply buffer")
-        m.d.sync += [owed.eq(0), bytes_left.eq(mc.reply.payload.length)]
-    with m.If(mc.reply_payload.valid):
-        m.d.comb += Assert(~owed & (bytes_left != 0), "a reply byte beyond the reply's length")
-    with m.If(byte_taken):
-        m.d.sync += bytes_left.eq(bytes_left - 1)
-
-    answered = Signal()
-    m.d.sync += answered.eq((reply_taken & (mc.reply.payload.length == 0))
-                            | (byte_taken & (bytes_left == 1)))
-    with m.If(answered):
-        m.d.comb += Assert(mc.command.ready, "not back in idle after answering")
+    assert_one_reply_per_command(m, mc, mc.max_payload)
     return m
 
 
