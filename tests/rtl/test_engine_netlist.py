@@ -73,6 +73,18 @@ def _built(fault=None, board="icebreaker"):
     return netlist
 
 
+def _run_bit_exact(netlist, network_cases):
+    """The network's steps and the edge cases on ``netlist``, every output element equal to the
+    golden model's; returns the runs."""
+    started = time.perf_counter()
+    runs = netlist.run(network_cases + _edge_cases())
+    print(f"{len(network_cases)} engine steps and 4 edge cases on the netlist: "
+          f"{time.perf_counter() - started:.1f} s, {sum(run.cycles for run in runs)} cycles")
+    failures = [report for run in runs if (report := mismatch_report(run.case, run.actual))]
+    assert not failures, "\n".join(failures)
+    return runs
+
+
 def test_icebreaker_netlist_runs_the_network_bit_exact(network_cases):
     kinds = {case.kind for case in network_cases}
     assert kinds == {"first layer", "3x3", "1x1"}
@@ -81,12 +93,7 @@ def test_icebreaker_netlist_runs_the_network_bit_exact(network_cases):
     netlist = _built()
     # all 8 SB_MAC16 of the UP5K: the PE array's 2 and the post-processor's 6
     assert netlist.cells["SB_MAC16"] == 8
-    started = time.perf_counter()
-    runs = netlist.run(network_cases + _edge_cases())
-    print(f"{len(network_cases)} engine steps and 4 edge cases on the netlist: "
-          f"{time.perf_counter() - started:.1f} s, {sum(run.cycles for run in runs)} cycles")
-    failures = [report for run in runs if (report := mismatch_report(run.case, run.actual))]
-    assert not failures, "\n".join(failures)
+    runs = _run_bit_exact(netlist, network_cases)
     for run in runs[:len(network_cases)]:
         assert int(run.case.expected.count_nonzero()) > 0, run.case.name
     for run in runs:
@@ -114,12 +121,7 @@ def test_ulx3s_netlist_runs_the_network_bit_exact(network_cases):
     # (the weight buffer's and the window generator's 6 banks)
     assert netlist.cells["MULT18X18D"] == 10
     assert netlist.cells["DP16KD"] == 7
-    started = time.perf_counter()
-    runs = netlist.run(network_cases + _edge_cases())
-    print(f"{len(network_cases)} engine steps and 4 edge cases on the netlist: "
-          f"{time.perf_counter() - started:.1f} s, {sum(run.cycles for run in runs)} cycles")
-    failures = [report for run in runs if (report := mismatch_report(run.case, run.actual))]
-    assert not failures, "\n".join(failures)
+    runs = _run_bit_exact(netlist, network_cases)
     for run in runs:
         assert run.counters["macs"] == run.case.useful_macs, run.case.name
 
