@@ -19,6 +19,8 @@ from psconv.qmodel import QuantizedModel
 from psconv.sim.golden import ops
 from psconv.sim.golden.network import run_golden
 
+from model_file_helpers import edited_model_file
+
 
 @pytest.mark.parametrize("case", range(40))
 def test_maxpool_equals_float64_max_pool2d(case):
@@ -95,15 +97,6 @@ def test_maxpool_layer_round_trips_through_the_file(vgg, vgg_file):
     assert torch.equal(run_golden(loaded, image).logits, run_golden(vgg, image).logits)
 
 
-def _edited(path, tmp_path, edit):
-    with np.load(path) as data:
-        arrays = {key: np.array(data[key]) for key in data.files}
-    manifest = json.loads(bytes(arrays.pop("__manifest__")).decode())
-    edit(manifest, arrays)
-    out = tmp_path / "bad.npz"
-    np.savez(out, __manifest__=np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8),
-             **arrays)
-    return out
 
 
 def _pool(manifest, name="pool2"):
@@ -126,7 +119,7 @@ def _pool(manifest, name="pool2"):
 ])
 def test_malformed_maxpool_layer_is_refused_in_one_line(vgg_file, tmp_path, capsys, edit,
                                                         fragments):
-    path = _edited(vgg_file, tmp_path, edit)
+    path = edited_model_file(vgg_file, tmp_path, edit)
     assert main(["golden", "--model", str(path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1, err

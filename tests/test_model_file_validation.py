@@ -4,7 +4,6 @@ Each case edits a valid model file the way a broken or hand-made one would diffe
 in-process and checks the exit status and that the message names the layer and field.
 """
 
-import json
 import re
 
 import numpy as np
@@ -14,6 +13,8 @@ import torch
 from psconv.cli import main
 from psconv.errors import PsconvError
 from psconv.qmodel import QuantizedModel
+
+from model_file_helpers import edited_model_file
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +29,6 @@ def good_file(model, tmp_path_factory):
     return model.save(tmp_path_factory.mktemp("model") / "good.npz")
 
 
-def _edited(good_file, tmp_path, edit):
-    """A copy of ``good_file`` after ``edit(manifest, arrays)`` changed it in place."""
-    with np.load(good_file) as data:
-        arrays = {key: np.array(data[key]) for key in data.files}
-    manifest = json.loads(bytes(arrays.pop("__manifest__")).decode())
-    edit(manifest, arrays)
-    path = tmp_path / "bad.npz"
-    np.savez(path, __manifest__=np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8),
-             **arrays)
-    return path
 
 
 def _refused(argv, capsys, *fragments):
@@ -93,58 +84,58 @@ def test_manifest_that_is_not_an_object(tmp_path, capsys):
 
 
 def test_missing_weight_tensor(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: a.pop("layer1.0.conv1/weight"))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: a.pop("layer1.0.conv1/weight"))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'layer1.0.conv1' (conv): tensor 'weight' is missing",
              "conv layers without a residual have: weight, bias, multiplier, shift, weight_scale")
 
 
 def test_missing_residual_multiplier(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: a.pop("layer1.0.conv2/residual_multiplier"))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: a.pop("layer1.0.conv2/residual_multiplier"))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'layer1.0.conv2' (conv): tensor 'residual_multiplier' is missing")
 
 
 def test_tensor_the_op_does_not_have(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: a.update({"avgpool/bias": a["fc/bias"]}))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: a.update({"avgpool/bias": a["fc/bias"]}))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'avgpool' (avgpool): tensor 'bias' is present; avgpool layers have: "
              "multiplier, shift")
 
 
 def test_tensor_of_no_layer(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path,
+    path = edited_model_file(good_file, tmp_path,
                    lambda m, a: a.update({"stem/weights": a["stem/weight"]}))
     _refused(["golden", "--model", str(path)], capsys,
              "tensor 'stem/weights' is no layer's field")
 
 
 def test_no_layers(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: (m.update(layers=[]), a.clear()))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: (m.update(layers=[]), a.clear()))
     _refused(["golden", "--model", str(path)], capsys, "field 'layers' is empty",
              "allowed: at least one layer")
 
 
 def test_missing_manifest_field(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: _layer(m, "stem").pop("stride"))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: _layer(m, "stem").pop("stride"))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 0 ('stem'): field 'stride' is missing")
 
 
 def test_manifest_field_of_the_wrong_type(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: _layer(m, "stem").update(stride="2"))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: _layer(m, "stem").update(stride="2"))
     _refused(["golden", "--model", str(path)], capsys, "layer 0 ('stem'): field 'stride' is '2'",
              "allowed: an integer")
 
 
 def test_model_field_of_the_wrong_type(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: m.update(num_classes="10"))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: m.update(num_classes="10"))
     _refused(["golden", "--model", str(path)], capsys, "field 'num_classes' is '10'",
              "allowed: an integer")
 
 
 def test_stride_outside_the_contract(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: _layer(m, "stem").update(stride=3))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: _layer(m, "stem").update(stride=3))
     _refused(["golden", "--model", str(path)], capsys, "layer 'stem': stride is 3",
              "allowed: 1 or 2")
 
@@ -152,13 +143,13 @@ def test_stride_outside_the_contract(good_file, tmp_path, capsys):
 @pytest.mark.parametrize("command", ["golden", "pack", "run"])
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", 0.0])
 def test_input_scale_must_be_finite_and_positive(good_file, tmp_path, capsys, command, value):
-    path = _edited(good_file, tmp_path, lambda m, a: m.update(input_scale=float(value)))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: m.update(input_scale=float(value)))
     _refused([command, "--model", str(path)], capsys,
              f"input_scale is {float(value)!r}", "allowed: a finite number > 0")
 
 
 def test_layer_scale_must_be_finite(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path,
+    path = edited_model_file(good_file, tmp_path,
                    lambda m, a: _layer(m, "layer2.0.conv2").update(residual_scale=float("nan")))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'layer2.0.conv2': residual_scale is nan")
@@ -168,7 +159,7 @@ def test_weight_scale_must_be_finite(good_file, tmp_path, capsys):
     def edit(manifest, arrays):
         arrays["fc/weight_scale"][3] = np.inf
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys, "layer 'fc' weight_scale: value inf",
              "allowed: float64, finite and > 0")
 
@@ -177,7 +168,7 @@ def test_int16_weights_beyond_int8(good_file, tmp_path, capsys):
     def edit(manifest, arrays):
         arrays["stem/weight"] = arrays["stem/weight"].astype(np.int16) * 3
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys, "layer 'stem' weight: dtype int16 (values",
              "allowed: int8 -128..127")
 
@@ -186,7 +177,7 @@ def test_weights_stored_as_text(good_file, tmp_path, capsys):
     def edit(manifest, arrays):
         arrays["stem/weight"] = arrays["stem/weight"].astype(str)
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys, "layer 'stem' weight: dtype str",
              "allowed: int8")
 
@@ -195,7 +186,7 @@ def test_float_weights(good_file, tmp_path, capsys):
     def edit(manifest, arrays):
         arrays["fc/weight"] = arrays["fc/weight"].astype(np.float32)
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["pack", "--model", str(path)], capsys, "layer 'fc' weight: dtype float32",
              "allowed: int8")
 
@@ -204,7 +195,7 @@ def test_bias_beyond_int32(good_file, tmp_path, capsys):
     def edit(manifest, arrays):
         arrays["stem/bias"] = arrays["stem/bias"].astype(np.int64) + 2 ** 40
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys, "layer 'stem' bias: dtype int64 (values",
              "allowed: int32 -2147483648..2147483647")
 
@@ -221,7 +212,7 @@ def test_requantization_parameters_out_of_range(good_file, tmp_path, capsys, fie
     def edit(manifest, arrays):
         arrays[f"layer1.0.conv2/{field}"][1] = value
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys,
              f"layer 'layer1.0.conv2' {field}: value {value} at index (1,) is {allowed}")
 
@@ -230,7 +221,7 @@ def test_avgpool_shift_out_of_range(good_file, tmp_path, capsys):
     def edit(manifest, arrays):
         arrays["avgpool/shift"][0] = 99
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'avgpool' shift: value 99 at index (0,) is outside 1..62")
 
@@ -239,14 +230,14 @@ def test_weight_shape_disagrees_with_its_input(good_file, tmp_path, capsys):
     def edit(manifest, arrays):
         arrays["layer1.0.conv1/weight"] = np.zeros((2, 3, 3, 3), dtype=np.int8)
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'layer1.0.conv1' weight: shape (2, 3, 3, 3)",
              "allowed: (out channels, 2, 3, 3): input 'stem' has 2 channels")
 
 
 def test_kernel_size_disagrees_with_the_weight(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path,
+    path = edited_model_file(good_file, tmp_path,
                    lambda m, a: _layer(m, "layer2.0.shortcut").update(kernel_size=3))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'layer2.0.shortcut': kernel_size is 3 but family 'pointwise' is for 1x1")
@@ -256,19 +247,19 @@ def test_per_channel_tensor_of_the_wrong_length(good_file, tmp_path, capsys):
     def edit(manifest, arrays):
         arrays["layer2.0.conv1/bias"] = arrays["layer2.0.conv1/bias"][:3]
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys, "layer 'layer2.0.conv1' bias: shape (3,)",
              "allowed: (4,)")
 
 
 def test_classifier_disagrees_with_num_classes(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: m.update(num_classes=7))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: m.update(num_classes=7))
     _refused(["golden", "--model", str(path)], capsys, "the last layer 'fc' is fc with 10 outputs",
              "num_classes = 7")
 
 
 def test_residual_of_another_shape(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path,
+    path = edited_model_file(good_file, tmp_path,
                    lambda m, a: _layer(m, "layer2.0.conv2").update(residual="layer1.1.conv2"))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'layer2.0.conv2': residual 'layer1.1.conv2' has shape (2, 8, 8)",
@@ -276,7 +267,7 @@ def test_residual_of_another_shape(good_file, tmp_path, capsys):
 
 
 def test_input_of_a_later_layer(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path, lambda m, a: _layer(m, "stem").update(input="fc"))
+    path = edited_model_file(good_file, tmp_path, lambda m, a: _layer(m, "stem").update(input="fc"))
     _refused(["golden", "--model", str(path)], capsys,
              "layer 'stem' input: 'fc' is no earlier layer's output", "allowed: 'input'")
 
@@ -288,14 +279,14 @@ def test_weight_where_the_mask_prunes_the_tap(good_file, tmp_path, capsys, model
     def edit(manifest, arrays):
         arrays["layer1.0.conv1/weight"][o, i, dy, dx] = 5
 
-    path = _edited(good_file, tmp_path, edit)
+    path = edited_model_file(good_file, tmp_path, edit)
     _refused(["golden", "--model", str(path)], capsys,
              f"layer 'layer1.0.conv1' weight: output channel {o}, input channel {i}, tap "
              f"{3 * dy + dx}", "prunes that tap")
 
 
 def test_malformed_family(good_file, tmp_path, capsys):
-    path = _edited(good_file, tmp_path,
+    path = edited_model_file(good_file, tmp_path,
                    lambda m, a: _layer(m, "layer1.0.conv1")["family"].update(masks=[0]))
     _refused(["golden", "--model", str(path)], capsys, "layer 'layer1.0.conv1' family",
              "mask 0 is 0")

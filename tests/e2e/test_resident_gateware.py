@@ -196,6 +196,19 @@ def test_memory_commands_refuse_regions_outside_memory_and_bad_lengths():
     assert run_status(link)["memory_bytes"] == MEMORY
 
 
+def run_to_end(link, image):
+    """Load ``image`` into the board's memory, check it, run it; the status once it stopped."""
+    model = bytes(image.blob[:len(image.model)])
+    write_memory(link, 0, bytes(image.blob))
+    check_model(link, len(model), memory_crc(model))
+    link.request(Command.INFER, bytes(4))
+    for _ in range(400):
+        status = run_status(link)
+        if not status["running"]:
+            return status
+    raise AssertionError("the run did not end")
+
+
 def test_a_step_record_that_breaks_a_descriptor_rule_stops_the_run_there():
     """The runner checks each record's descriptor with the host's rules before it starts the
     engine: step 1 with stride 3 stops the run after step 0, naming the rule."""
@@ -209,15 +222,8 @@ def test_a_step_record_that_breaks_a_descriptor_rule_stops_the_run_there():
     record = int.from_bytes(image.blob[at:at + size], "little")
     record |= 3 << stride.offset                      # stride 1 -> 3 (the field is 2 bits)
     image.blob[at:at + size] = record.to_bytes(size, "little")
-    model = bytes(image.blob[:len(image.model)])
     link = board()
-    write_memory(link, 0, bytes(image.blob))
-    check_model(link, len(model), memory_crc(model))
-    link.request(Command.INFER, bytes(4))
-    for _ in range(200):
-        status = run_status(link)
-        if not status["running"]:
-            break
+    status = run_to_end(link, image)
     rule = next(i for i, r in enumerate(DESCRIPTOR_RULES) if r.name == "stride")
     assert (status["running"], status["done"], status["steps_done"]) == (0, 0, 1)
     assert status["bad_rule"] == rule
@@ -239,18 +245,6 @@ def max_pool_step(x, odd_address=False):
     an odd last row or column is dropped)."""
     expected = torch.nn.functional.max_pool2d(x.to(torch.float64)[None], 2, 2)[0].to(torch.int64)
     return ("maxpool", x, odd_address, expected)
-
-
-def run_to_end(link, image):
-    model = bytes(image.blob[:len(image.model)])
-    write_memory(link, 0, bytes(image.blob))
-    check_model(link, len(model), memory_crc(model))
-    link.request(Command.INFER, bytes(4))
-    for _ in range(400):
-        status = run_status(link)
-        if not status["running"]:
-            return status
-    raise AssertionError("the run did not end")
 
 
 def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
