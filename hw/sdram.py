@@ -180,13 +180,13 @@ class SDRAM(wiring.Component):
             heads.append(reads)
             mine = bank == k
             wdata = data.View(write_layout(self.data_width), writes.r_data)
+            room = ~write | writes.w_rdy     # a write's beat has a place in this bank's FIFO
             m.d.comb += [writes.w_data.eq(self.wdata.payload),
                          writes.w_en.eq(taken & write & mine),
-                         port_ready[k].eq(core_ready[k] & (~write | writes.w_rdy))]
+                         port_ready[k].eq(core_ready[k] & room)]
             name = f"user_port_bank{k}"
             port.update({
-                f"i_{name}_cmd_valid": self.cmd.valid & mine & may_issue
-                                       & (~write | writes.w_rdy),
+                f"i_{name}_cmd_valid": self.cmd.valid & mine & may_issue & room,
                 f"o_{name}_cmd_ready": core_ready[k],
                 f"i_{name}_cmd_we": write,
                 f"i_{name}_cmd_addr": cmd.addr,
