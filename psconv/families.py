@@ -292,19 +292,25 @@ def recognise_family(weight) -> PatternFamily:
     if bool(kept.all()):
         return dense_family()
     channel_sum = torch.arange(out_channels)[:, None] + torch.arange(in_channels)[None, :]
+    diagonals = torch.arange(out_channels + in_channels - 1)
+    # kernels on diagonal o + i that keep each tap: the masks depend on the diagonal alone
+    on_diagonal = torch.zeros(len(diagonals), NUM_TAPS, dtype=torch.int64).index_add_(
+        0, channel_sum.reshape(-1), kept.reshape(-1, NUM_TAPS))
     best, best_key = dense_family(), (float(NUM_TAPS), 1, 0, 0)
     for period in range(1, min(MAX_PERIOD, (out_channels + in_channels) // 2) + 1):
-        residues = (channel_sum % period).reshape(-1, 1).expand(-1, NUM_TAPS)
-        used_taps = torch.zeros(period, NUM_TAPS, dtype=torch.int64).scatter_reduce(
-            0, residues, kept.reshape(-1, NUM_TAPS), "amax")
-        used = (used_taps << torch.arange(NUM_TAPS)).sum(dim=1).tolist()  # taps residue r keeps
+        used_taps = torch.zeros(period, NUM_TAPS, dtype=torch.int64).index_add_(
+            0, diagonals % period, on_diagonal) > 0
+        used = (used_taps.to(torch.int64) << torch.arange(NUM_TAPS)).sum(dim=1).tolist()  # taps residue r keeps
         for k in range(1, NUM_TAPS):
             for dense_kernel in (False, True):
                 if dense_kernel and period < 2:
                     continue
                 candidate = paper_family(k, period, dense_kernel)
+                density = candidate.taps_per_period / period
+                if (density, period) > best_key[:2]:
+                    continue    # no offset of it can win
                 for offset in range(period):
-                    key = (candidate.taps_per_period / period, period, offset != 1, offset)
+                    key = (density, period, offset != 1, offset)
                     if key >= best_key:
                         continue
                     if all(used[r] & ~candidate.masks[(r + offset) % period] == 0
