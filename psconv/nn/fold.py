@@ -209,7 +209,8 @@ class GraphFolder:
         k = tuple(weight.shape[2:])
         if len(k) != 2 or k[0] != k[1] or k[0] not in (1, 3):
             raise self.fail(node, f"kernel size {'x'.join(map(str, k))}; allowed: 3x3 or 1x1")
-        padding = {"same": (k[0] // 2,) * 2, "valid": (0, 0)}.get(padding, padding)
+        if isinstance(padding, str):
+            padding = {"same": k[0] // 2, "valid": 0}.get(padding, padding)
         padding = pair(padding)
         if padding != (k[0] // 2,) * 2 or padding_mode != "zeros":
             raise self.fail(node, f"padding {padding} ({padding_mode}) on a {k[0]}x{k[0]} "

@@ -1,11 +1,14 @@
 """Import a user's PyTorch network into the quantized-model file every other command reads.
 
-``FILE.py:FACTORY`` names a Python file and a function in it that returns an ``nn.Module``; an
-optional state dict is loaded into it. The network is traced and folded by
-:func:`~psconv.nn.fold.fold_model` (its docstring lists what is supported), checked against the
-engine's buffers (:func:`~psconv.firmware.compiler.check_fits`) and quantized exactly as the
-built-in ResNet18 is (:func:`~psconv.nn.quantize.quantize_graph`). Every refusal is one line
-naming the graph node, its op and why.
+Two forms. ``FILE.py:FACTORY`` names a Python file and a function in it that returns an
+``nn.Module`` (an optional state dict is loaded into it); it is traced and folded by
+:func:`~psconv.nn.fold.fold_model`. ``MODEL.pt2`` is a ``torch.export`` archive, folded by
+:func:`~psconv.nn.export_fold.fold_program`. Both front ends feed the same rules
+(:mod:`psconv.nn.fold`'s docstring lists what is supported); from the folded graph on there is
+one path (:func:`import_layers`): checked against the engine's buffers
+(:func:`~psconv.firmware.compiler.check_fits`) and quantized exactly as the built-in ResNet18 is
+(:func:`~psconv.nn.quantize.quantize_graph`). Every refusal is one line naming the graph node,
+its op and why.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ def load_factory(spec: str) -> tuple[nn.Module, str]:
     path, _, factory = spec.rpartition(":")
     if not path or not factory or not path.endswith(".py"):
         raise PsconvError(f"model {spec!r}: allowed: FILE.py:FACTORY, a Python file and the name "
-                          f"of a function in it that returns an nn.Module")
+                          f"of a function in it that returns an nn.Module, or MODEL.pt2, a "
+                          f"torch.export archive")
     if not Path(path).is_file():
         raise PsconvError(f"model {spec!r}: {path} is not a file")
     module_spec = importlib.util.spec_from_file_location(f"psconv_import_{Path(path).stem}", path)
@@ -89,14 +93,34 @@ def check_engine_fits(layers: list[FloatLayer], input_shape, config) -> None:
             raise PsconvError(f"{layer.node}: {str(e).removeprefix('compile: ')}") from None
 
 
+def import_layers(layers: list[FloatLayer], calibration: torch.Tensor, config, arch: str
+                  ) -> tuple[QuantizedModel, list[FloatLayer]]:
+    """Check the folded ``layers`` against ``config`` and quantize them with activation scales
+    calibrated on ``calibration`` (NCHW); returns the model and ``layers`` (for a summary)."""
+    check_engine_fits(layers, tuple(calibration.shape[1:]), config)
+    return quantize_graph(layers, calibration, arch, network_family_name(layers)), layers
+
+
 def import_model(model: nn.Module, calibration: torch.Tensor, config, arch: str
                  ) -> tuple[QuantizedModel, list[FloatLayer]]:
-    """Fold, check against ``config`` and quantize ``model`` with activation scales calibrated on
-    ``calibration`` (NCHW); returns the model and the folded layers (for a summary)."""
-    input_shape = tuple(calibration.shape[1:])
-    layers = fold_model(model, input_shape)
-    check_engine_fits(layers, input_shape, config)
-    return quantize_graph(layers, calibration, arch, network_family_name(layers)), layers
+    """:func:`import_layers` of ``model`` traced and folded on ``calibration``'s image shape."""
+    return import_layers(fold_model(model, tuple(calibration.shape[1:])), calibration, config,
+                         arch)
+
+
+def import_program(program, calibration: torch.Tensor, config, arch: str
+                   ) -> tuple[QuantizedModel, list[FloatLayer]]:
+    """:func:`import_layers` of a ``torch.export`` ``program``, whose image shape
+    ``calibration``'s must be."""
+    from .export_fold import fold_program, program_input_shape
+
+    exported, given = program_input_shape(program), tuple(calibration.shape[1:])
+    if given != exported:
+        raise PsconvError(f"the program was exported for {'x'.join(map(str, exported))} images "
+                          f"but the calibration images are {'x'.join(map(str, given))}; "
+                          f"allowed: images of the exported size (export on an example of the "
+                          f"size you calibrate on)")
+    return import_layers(fold_program(program), calibration, config, arch)
 
 
 FAMILY_SOURCES = {
