@@ -70,9 +70,12 @@ def load_program(path) -> ExportedProgram:
     if not path.is_file():
         raise PsconvError(f"model {str(path)!r}: not a file; allowed: FILE.py:FACTORY or a "
                           f"torch.export archive (MODEL.pt2)")
-    serde_log = logging.getLogger("torch._export.serde.serialize")
-    level = serde_log.level
-    serde_log.setLevel(logging.ERROR)   # not "Symbol s83 did not appear in the graph" per load
+    # torch logs, as warnings, the traceback of each format it tries and unused shape symbols
+    loggers = [logging.getLogger(name)
+               for name in ("torch.export", "torch._export.serde.serialize")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         return torch.export.load(path)
     except Exception as e:      # a zip of something else, a pickle, text: torch raises many types
@@ -80,7 +83,8 @@ def load_program(path) -> ExportedProgram:
         raise PsconvError(f"model {str(path)!r}: not a torch.export archive (written by "
                           f"torch.export.save): {type(e).__name__}: {first}") from None
     finally:
-        serde_log.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _arguments(node: torch.fx.Node) -> dict:
