@@ -81,16 +81,18 @@ def _stage(outdir: Path, name: str) -> str:
 
 class _Progress:
     """Stage and elapsed time of a running build on stderr: one refreshing line on a
-    terminal (tqdm), one line per stage change otherwise (CI logs)."""
+    terminal (tqdm), one line per stage change otherwise (CI logs). ``enabled`` may instead be a
+    callable, which then hears every stage text (a caller's own progress bar shows it)."""
 
-    def __init__(self, label: str, enabled: bool):
+    def __init__(self, label: str, enabled):
         self.label = label
-        self.enabled = enabled
-        self.tty = enabled and sys.stderr.isatty()
+        self.callback = enabled if callable(enabled) else None
+        self.enabled = bool(enabled)
+        self.tty = self.callback is None and self.enabled and sys.stderr.isatty()
         self.start = time.monotonic()
         self.shown = None
         self.bar = None
-        self.detail_due = progress_due(self.tty)
+        self.detail_due = progress_due(self.tty or self.callback is not None)
         if self.tty:
             from tqdm import tqdm
             # A terminal that reports a 0x0 size would make tqdm print nothing at all.
@@ -101,7 +103,9 @@ class _Progress:
     def update(self, stage: str) -> None:
         if not self.enabled:
             return
-        if self.bar is not None:
+        if self.callback is not None:
+            self.callback(stage)
+        elif self.bar is not None:
             if stage != self.shown:
                 self.bar.set_description_str(f"building {self.label}: {stage}", refresh=False)
             self.bar.refresh()
@@ -116,7 +120,7 @@ class _Progress:
             self.bar.close()
 
 
-def _run_script(outdir: Path, script: str, env: dict, progress: bool, label: str) -> None:
+def _run_script(outdir: Path, script: str, env: dict, progress, label: str) -> None:
     """Run amaranth's build script ``script`` in ``outdir`` with everything the tools print in
     ``build.log``, showing the stage (and how far routing is) until it ends; a failing tool
     raises :class:`PsconvError` with :func:`_failure_message`."""
@@ -176,8 +180,8 @@ _STALE_SUFFIXES = (".il", ".ys", ".json", ".rpt", ".tim", ".config", ".asc", ".b
 
 
 def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
-                    progress: bool = True, router: str = DEFAULT_ECP5_ROUTER,
-                    placer: str = DEFAULT_ECP5_PLACER) -> BuildReport:
+                    progress=True, router: str = DEFAULT_ECP5_ROUTER,
+                    placer: str = DEFAULT_ECP5_PLACER, inputs: dict | None = None) -> BuildReport:
     """Synthesize, place, route and pack ``top`` for ``board``; return the :class:`BuildReport`.
 
     ``top`` is any ``Elaboratable`` whose ``elaborate(platform)`` requests its resources from
@@ -186,8 +190,9 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
     :func:`plan_clock`'s frequency (it sets baud divisors and the like). Build files go to
     ``outdir`` (``top.bit``/``top.bin``, ``top.tim`` the nextpnr log, ``nextpnr_report.json``,
     ``build.log`` everything the tools printed). Progress (stage and elapsed time) is shown on
-    stderr unless ``progress`` is false. ``placer`` and ``router`` are nextpnr-ecp5's (ECP5
-    only).
+    stderr unless ``progress`` is false; a callable ``progress(text)`` hears the stage instead.
+    ``placer`` and ``router`` are nextpnr-ecp5's (ECP5 only). ``inputs`` (JSON-able) is what
+    the caller made the build from; the report and ``build_report.json`` keep it.
     Timing failure does not fail the build (nextpnr runs with ``--timing-allow-fail``); the
     report says whether timing was met. A tool failure raises :class:`PsconvError` with the
     log's tail.
@@ -270,6 +275,8 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
                                   yosys_log=outdir / f"{DESIGN_NAME}.rpt")
     if synth_note:
         report = dataclasses.replace(report, notes=report.notes + (synth_note,))
+    if inputs:
+        report = dataclasses.replace(report, inputs=dict(inputs))
     (outdir / BUILD_REPORT).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report
 

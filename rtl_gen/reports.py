@@ -93,6 +93,10 @@ class BuildReport:
     """nextpnr's raw utilization: cell type -> {"used", "available"}."""
     notes: tuple[str, ...] = ()
     """Anything the flow did differently from the default (e.g. a synthesis retry)."""
+    inputs: dict = field(default_factory=dict)
+    """What the build was made from, as its caller recorded it (``psconv build``: the design,
+    engine configuration, memory, clock, baud, placer and router): the same record means the
+    same build, so a finished build folder can be reused (``psconv bench impl --reuse``)."""
 
     @property
     def resources(self) -> list[ResourceUse]:
@@ -120,6 +124,7 @@ class BuildReport:
             "build_seconds": round(self.build_seconds, 1),
             "nextpnr_utilization": self.cells,
             "notes": list(self.notes),
+            "inputs": self.inputs,
         }
 
     def format(self) -> str:

@@ -5,6 +5,7 @@ MAC demo, so each takes seconds once the yowasp tools have compiled themselves (
 on first use on a machine).
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -304,6 +305,68 @@ def test_board_top_is_built_with_config_clock_and_baud(monkeypatch):
     top = build_command.make_top("engine", board, board.engine_config(), plan.actual_hz, 921600)
     assert isinstance(top, BoardTop)
     assert made == [(board.engine_config(), plan.actual_hz, 921600)]
+
+
+def test_psconv_build_records_its_inputs_in_the_report(tmp_path, monkeypatch, capsys):
+    """``psconv build`` resolves the board's defaults into one record of what the build is made
+    from (``plan_board_build``), hands it to the flow with the top, and the report (and
+    ``build_report.json``) keeps it: what ``psconv bench impl --reuse`` compares."""
+    from psconv.rtl_gen import build as build_module
+
+    class BoardTop:
+        def __init__(self, config, clk_freq, baud):
+            self.config, self.clk_freq, self.baud = config, clk_freq, baud
+
+        def elaborate(self, platform):
+            return Module()
+
+    module = types.ModuleType("psconv.hw.board_top")
+    module.BoardTop = BoardTop
+    monkeypatch.setitem(sys.modules, "psconv.hw.board_top", module)
+    calls = []
+
+    def fake_bitstream(top, board, outdir, **kwargs):
+        calls.append((top, board, outdir, kwargs))
+        path = tmp_path / "nextpnr_report.json"
+        path.write_text(json.dumps({"utilization": {}, "fmax": {}}))
+        report = parse_nextpnr_report(path, board, plan_clock(board, kwargs["clock_mhz"]))
+        return dataclasses.replace(report, inputs=kwargs["inputs"])
+
+    monkeypatch.setattr(build_module, "build_bitstream", fake_bitstream)
+    assert run_cli(["build", "--board", "icebreaker", "--clock-mhz", "24", "--baud", "921600",
+                    "--json", "-o", str(tmp_path / "ice")]) == 0
+    (top, board, outdir, kwargs), = calls
+    ice = get_board("icebreaker")
+    expected = {"board": "icebreaker", "design": "engine",
+                "config": json.loads(json.dumps(ice.engine_config().to_json())),
+                "clock_mhz": 24.0, "baud": 921600, "memory": "none", "sdram_module": None,
+                "placer": None, "router": None}
+    assert kwargs["inputs"] == expected and str(outdir) == str(tmp_path / "ice")
+    assert (top.config, top.clk_freq, top.baud) == (ice.engine_config(),
+                                                    plan_clock(ice, 24).actual_hz, 921600)
+    assert json.loads(capsys.readouterr().out)["inputs"] == expected
+
+    ulx3s = build_command.plan_board_build("ulx3s-85f", router="router2").inputs()
+    assert (ulx3s["clock_mhz"], ulx3s["memory"], ulx3s["sdram_module"], ulx3s["placer"],
+            ulx3s["router"]) == (60.0, "sdram", "MT48LC16M16", "static", "router2")
+    with pytest.raises(PsconvError, match="icebreaker has no SDRAM; allowed on ulx3s-85f"):
+        build_command.plan_board_build("icebreaker", memory="sdram")
+    with pytest.raises(PsconvError, match="router 'router3'; allowed: router1, router2"):
+        build_command.plan_board_build("ulx3s-85f", router="router3")
+
+
+def test_a_build_progress_callable_hears_the_stages(tmp_path, capsys):
+    """``build_bitstream(progress=callable)`` hands the stage to the caller's own progress bar
+    (``psconv bench impl``) instead of printing it."""
+    from psconv.rtl_gen.build import _Progress
+
+    heard = []
+    shown = _Progress("BoardTop for icebreaker", heard.append)
+    shown.update("synthesis (yosys)")
+    shown.update("routing (nextpnr): 10 of 100 arcs left")
+    shown.close(True)
+    assert heard == ["synthesis (yosys)", "routing (nextpnr): 10 of 100 arcs left", "done"]
+    assert capsys.readouterr().err == ""
 
 
 def test_routing_progress_is_read_from_the_nextpnr_log(tmp_path):

@@ -112,6 +112,7 @@ def test_impl_no_progress_keeps_the_build_lines_quiet_drops_them(tmp_path, monke
     argv = ["bench", "impl", "--grid", "none", "--dense-baseline", "1x2", "--families",
             "PSD1_P16", "--width", "2", "--set", "max_in_channels=16", "--set",
             "max_out_channels=16", "--set", "max_height=8", "--set", "max_width=8",
+            "--boards", "none",
             "--out", str(tmp_path / "results"), "--build-dir", str(tmp_path / "build")]
     assert main(argv + ["--no-progress"]) == 0
     captured = capsys.readouterr()

@@ -25,9 +25,20 @@ Throughput of one ResNet18-CIFAR inference (the seeded default model, full width
   frame, both ways; frames of at most ``MAX_PAYLOAD`` bytes as the driver sends them, no empty
   READ_OUTPUT polls). The link is stop-and-wait, so both directions add up.
 
+Board builds (``--boards``, default ULX3S-85F and iCEBreaker; ``none`` skips them): the board top
+``psconv build --board B`` builds (:func:`psconv.commands.build.build_board`, with the board's
+engine configuration, clock and memory, and ``--placer``/``--router`` on ECP5), a row each in
+the ``boards`` table (``impl_boards.csv``): LUT slots, FF, DSP, block RAM, the clock it runs at,
+routed Fmax and whether timing is met, the critical path, and for a board that runs ResNet18
+resident (its memory holds the model: the ULX3S's SDRAM) the compute-bound inferences/s at that
+clock: the build's clock / the cycle model's engine cycles of every step, as above. The memory
+loads between steps, setup and the link are not counted, so it is an upper bound; ``psconv
+bench e2e --board B`` measures the resident run in RTL simulation.
+
 Builds are independent, so a sweep fans out: ``--jobs N`` runs N at once on a local Dask cluster
 of worker processes, ``--scheduler ADDRESS`` submits them to an existing Dask distributed
-cluster; either way the rows are the ones a serial run gives, in grid order.
+cluster; either way the rows are the ones a serial run gives, in grid order (then the boards in
+``--boards`` order).
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ DEFAULT_FAMILIES = ("PSD1_P16", "PS4_P8", "dense")
 SPARSE_MAX_PERIOD = 16
 ECP5_85F = {"LUT4": 83_640, "MULT18X18D": 156, "DP16KD": 208}
 DEFAULT_BUILD_DIR = Path("build/impl")
+DEFAULT_BOARDS = ("ulx3s-85f", "icebreaker")
 
 
 def sweep_config(tm: int, tn: int, family_name: str, **overrides) -> EngineConfig:
@@ -282,6 +294,72 @@ def _build_job(config: EngineConfig, folder, freq: float, route: bool, reuse: bo
     return {"report": report, "reused": reused, "seconds": round(time.perf_counter() - t0)}
 
 
+def parse_boards(items) -> list[str]:
+    """``--boards`` values (names, or comma-separated lists of them; ``none``: no board builds)
+    -> board names in the registry's spelling, in order, without repeats."""
+    from psconv.rtl_gen.boards import BOARDS
+
+    names = [name.strip().lower() for item in items or () for name in str(item).split(",")
+             if name.strip()]
+    if names == ["none"]:
+        return []
+    for name in names:
+        if name not in BOARDS:
+            raise PsconvError(f"bench impl: --boards {name!r} is not a board; allowed: "
+                              f"{', '.join(BOARDS)}, or none (no board builds)")
+    return list(dict.fromkeys(names))
+
+
+def _reusable_board(folder: Path, plan) -> dict | None:
+    """The ``build_report.json`` of a finished board build in ``folder`` when it records the same
+    inputs as ``plan`` (a :class:`~psconv.commands.build.BoardBuild`) and its bitstream and
+    nextpnr report are there, else None."""
+    from psconv.rtl_gen.build import BUILD_REPORT, NEXTPNR_REPORT
+    from psconv.rtl_gen.reports import DESIGN_NAME
+
+    saved = folder / BUILD_REPORT
+    if not saved.exists():
+        return None
+    try:
+        report = json.loads(saved.read_text())
+    except json.JSONDecodeError:
+        return None
+    if (not isinstance(report, dict) or report.get("inputs") != plan.inputs()
+            or not (folder / f"{DESIGN_NAME}{plan.board.bitstream_suffix}").is_file()
+            or not (folder / NEXTPNR_REPORT).is_file()):
+        return None
+    return report
+
+
+def _board_job(plan, folder, reuse: bool, progress=None) -> dict:
+    """One board build (:func:`psconv.commands.build.build_board`), wherever it runs:
+    ``{"report": build_report.json's object, "critical_path", "reused", "seconds"}``, or
+    ``{"error", "kind", "cause"}`` when a tool or the build folder fails (the first line of the
+    build's message and its first ERROR line)."""
+    from psconv.commands.build import build_board
+    from psconv.rtl_gen.build import NEXTPNR_REPORT
+    from psconv.rtl_gen.reports import read_nextpnr_report
+
+    folder = Path(folder)
+    t0 = time.perf_counter()
+    try:
+        report = _reusable_board(folder, plan) if reuse else None
+        reused = report is not None
+        if not reused:
+            report = json.loads(json.dumps(
+                build_board(plan, folder, progress=progress or False).to_json()))
+        path = read_nextpnr_report(folder / NEXTPNR_REPORT).critical_path()
+    except (RuntimeError, OSError, PsconvError) as e:
+        lines = str(e).strip().splitlines()
+        first = _first_line(e)
+        errors = [line.strip() for line in lines[1:] if "ERROR" in line]
+        if errors:
+            first = f"{first.rstrip(':')}; {errors[0]}"
+        return {"error": first, "kind": type(e).__name__, "cause": e}
+    return {"report": report, "critical_path": _describe_path(path), "reused": reused,
+            "seconds": round(time.perf_counter() - t0)}
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -316,22 +394,26 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
         keep_going: bool = False, reuse: bool = False, width: int = 64, overrides=None,
         quiet: bool = False, router: str = DEFAULT_ECP5_ROUTER,
         placer: str = DEFAULT_ECP5_PLACER, progress: bool = True, jobs: int = 1,
-        scheduler: str | None = None):
-    """Build every configuration, compute its throughput, write the results; returns the folder.
+        scheduler: str | None = None, boards=DEFAULT_BOARDS):
+    """Build every configuration and board, compute their throughput, write the results; returns
+    the folder.
 
     ``families``: families whose throughput is reported; the first is the headline (the sparse
-    builds are built for it, the Pareto plot and the link comparison use it). ``progress``: a
-    progress bar on stderr when it is a terminal (never in a log); ``quiet``: no bar and no line
-    per build either, only the results.
+    builds are built for it, the Pareto plot and the link comparison use it). ``boards``: board
+    names whose board top is built as ``psconv build --board B`` builds it (with ``placer`` and
+    ``router`` on ECP5; ``freq``, ``route`` and ``overrides`` are the sweep's only), a row each
+    in the ``boards`` table. ``progress``: a progress bar on stderr when it is a terminal (never
+    in a log); ``quiet``: no bar and no line per build either, only the results.
 
     Where the builds run: one after another in this process (``jobs`` 1, no ``scheduler``); on a
     local Dask cluster of ``jobs`` worker processes; or on the Dask cluster whose scheduler is at
     ``scheduler`` (its workers need psconv and the tools installed; ``build_dir`` is on their file
-    system). Throughput is computed here either way, and the rows come out in grid order, the
-    same as a serial run's.
+    system). Throughput is computed here either way, and the rows come out in grid order, then
+    the boards in their order, the same as a serial run's.
     """
     from tqdm import tqdm
 
+    from psconv.commands.build import plan_board_build
     from psconv.nn.default import default_quantized_model
 
     started = time.perf_counter()
@@ -341,22 +423,29 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
     if headline == "dense":
         raise PsconvError("bench impl: the first of --families is the sparse builds' family; "
                           "allowed: a sparse family such as PSD1_P16 (dense has its own baseline build)")
+    boards = parse_boards(boards)
     builds = [(tm, tn, headline) for tm, tn in grid]
     if dense_baseline is not None:
         builds.append((*dense_baseline, "dense"))
+    if not builds and not boards:
+        raise PsconvError("bench impl: --grid none, --dense-baseline none and --boards none leave "
+                          "nothing to build; allowed: at least one of them")
     configs = [sweep_config(tm, tn, name, **overrides) for tm, tn, name in builds]
+    plans = [plan_board_build(name, placer=placer, router=router) for name in boards]
     build_dir = Path(build_dir)
     fan_out = scheduler is not None or jobs > 1
 
     models = {}
-    rows, folders, figures_of = [], [], []
+    rows, board_rows = [], []
+    # one entry per build, sweep builds first: its row, label, folder, the job function and its
+    # arguments, the throughput figures (filled before it runs) and what fills its row
+    jobs_list = []
     show_bar = progress and not quiet
-    bar = tqdm(total=len(builds), desc="impl builds", unit="build",
+    bar = tqdm(total=len(builds) + len(boards), desc="impl builds", unit="build",
                disable=None if show_bar else True)
 
-    def failed(index, kind, first, cause):
-        row, folder = rows[index], folders[index]
-        label = f"{row['config']} {row['family']}"
+    def failed(job, kind, first, cause):
+        row, folder, label = job["row"], job["folder"], job["label"]
         if not keep_going:
             bar.close()
             raise PsconvError(f"bench impl: {label} failed: {first} (logs in {folder}); "
@@ -365,12 +454,12 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
         row["error"] = f"{kind}: {first} (logs in {folder})"
         return f"{label}: FAILED {row['error']}"
 
-    def finished(index, outcome):
-        """Fill row ``index`` from its build's outcome and print its line."""
+    def finished(job, outcome):
+        """Fill ``job``'s row from its build's outcome and print its line."""
         if "error" in outcome:
-            message = failed(index, outcome["kind"], outcome["error"], outcome.get("cause"))
+            message = failed(job, outcome["kind"], outcome["error"], outcome.get("cause"))
         else:
-            message = _fill_row(rows[index], figures_of[index], outcome, families, folders[index])
+            message = job["fill"](job["row"], job["figures"], outcome, families, job["folder"])
         bar.set_postfix_str("", refresh=False)
         bar.update(1)
         if not quiet:
@@ -385,35 +474,54 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
             row[f"ips_{name}"] = None
         row.update({"link_ips": None, "bound": None, "fits": None, "error": ""})
         rows.append(row)
-        folders.append(build_dir / f"tm{tm}_tn{tn}_{build_family}")
-        figures_of.append(None)
+        folder = build_dir / f"tm{tm}_tn{tn}_{build_family}"
+        jobs_list.append({"row": row, "label": f"{row['config']} {build_family}",
+                          "folder": folder, "config": config, "counted": True,
+                          "function": _build_job, "fill": _fill_row, "figures": None,
+                          "arguments": (config, str(folder), freq, route, reuse, router, placer)})
+    for plan in plans:
+        config = plan.config
+        row = {"board": plan.board.name, "device": plan.board.device,
+               "config": f"{config.tm}x{config.tn}", "multipliers": config.multipliers,
+               "memory": plan.memory, "LUT_slots": None, "FF": None, "DSP": None, "BRAM": None,
+               "clock_mhz": None, "fmax_mhz": None, "timing": None}
+        for name in families:
+            row[f"resident_ips_{name}"] = None
+        row.update({"critical_path": "", "error": ""})
+        board_rows.append(row)
+        folder = build_dir / plan.board.name
+        jobs_list.append({"row": row, "label": f"{plan.board.name} board build", "folder": folder,
+                          "config": config, "counted": plan.memory != "none",
+                          "function": _board_job, "fill": _fill_board_row, "figures": None,
+                          "arguments": (plan, str(folder), reuse)})
 
-    def throughput_of(index) -> bool:
-        """Compute build ``index``'s throughput figures; False when a network does not compile
-        for it (its row then records the failure)."""
-        config, build_family = configs[index], rows[index]["family"]
+    def throughput_of(job) -> bool:
+        """Compute ``job``'s throughput figures (none for a board without resident memory);
+        False when a network does not compile for it (its row then records the failure)."""
+        config = job["config"]
+        own = job["row"].get("family")
         try:
             figures = {}
-            for name in dict.fromkeys([build_family, *families]):
-                if runs_family(config, name):
+            for name in dict.fromkeys([own, *families] if own else families):
+                if job["counted"] and runs_family(config, name):
                     if name not in models:
                         models[name] = default_quantized_model(name, width)
                     figures[name] = throughput(config, models[name])
         except (RuntimeError, OSError, PsconvError) as e:
-            finished(index, {"error": _first_line(e), "kind": type(e).__name__, "cause": e})
+            finished(job, {"error": _first_line(e), "kind": type(e).__name__, "cause": e})
             return False
-        figures_of[index] = figures
+        job["figures"] = figures
         return True
 
     if not fan_out:
-        for index, config in enumerate(configs):
-            bar.set_description(f"impl {rows[index]['config']} {rows[index]['family']}")
-            if throughput_of(index):
-                finished(index, _build_job(config, folders[index], freq, route, reuse, router,
-                                           placer, _postfix_progress(bar) if show_bar else None))
+        for job in jobs_list:
+            bar.set_description(f"impl {job['label']}")
+            if throughput_of(job):
+                finished(job, job["function"](*job["arguments"], progress=(
+                    _postfix_progress(bar) if show_bar else None)))
         where = "one after another in this process"
     else:
-        ready = [index for index in range(len(configs)) if throughput_of(index)]
+        ready = [job for job in jobs_list if throughput_of(job)]
         with _dask_client(jobs, scheduler) as client:
             from dask.distributed import as_completed
 
@@ -421,26 +529,36 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
             where = (f"on the Dask scheduler at {scheduler} ({workers} workers)" if scheduler
                      else f"on a local Dask cluster of {jobs} worker processes")
             bar.set_description(f"impl builds, {where}")
-            futures = {client.submit(_build_job, configs[index], str(folders[index]), freq,
-                                     route, reuse, router, placer, pure=False): index
-                       for index in ready}
+            futures = {client.submit(job["function"], *job["arguments"], pure=False): job
+                       for job in ready}
             for future in as_completed(futures):
-                index = futures[future]
+                job = futures[future]
                 try:
                     outcome = future.result()
                 except Exception as e:           # the worker itself failed (killed, lost...)
                     outcome = {"error": _first_line(e), "kind": type(e).__name__, "cause": e}
-                finished(index, outcome)
+                finished(job, outcome)
     bar.close()
 
-    summary = _summary(rows, configs, families, headline, freq, route, width, overrides,
-                       time.perf_counter() - started)
+    summary = (_summary(rows, configs, families, headline, freq, route, width, overrides)
+               if rows else {})
+    if board_rows:
+        summary.update(_board_summary(board_rows, families, width, placer, router))
+    failures = [f"{job['label']}: {job['row']['error']}" for job in jobs_list
+                if job["row"]["error"]]
+    summary["failed builds"] = "; ".join(failures) if failures else "none"
+    summary["wall time"] = f"{(time.perf_counter() - started) / 60:.1f} min"
     summary["builds ran"] = where
     columns = (["config", "family", "multipliers", "LUT4", "LUT_slots", "FF", "DSP", "DP16KD",
                 "fmax_mhz", "timing"] + [f"ips_{name}" for name in families]
                + ["link_ips", "bound", "fits", "error"])
+    board_columns = (["board", "device", "config", "multipliers", "memory", "LUT_slots", "FF",
+                      "DSP", "BRAM", "clock_mhz", "fmax_mhz", "timing"]
+                     + [f"resident_ips_{name}" for name in families]
+                     + ["critical_path", "error"])
     return write_results("impl", rows, outdir, summary,
-                         lambda path: _plot(path, rows, headline, freq, route), columns)
+                         lambda path: _plot(path, rows, headline, freq, route), columns,
+                         tables={"boards": (board_rows, board_columns)} if board_rows else None)
 
 
 def _fill_row(row: dict, figures: dict, outcome: dict, families, folder: Path) -> str:
@@ -473,6 +591,67 @@ def _fill_row(row: dict, figures: dict, outcome: dict, families, folder: Path) -
             f"({'reused' if reused else str(report.seconds)})")
 
 
+def _fill_board_row(row: dict, figures: dict, outcome: dict, families, folder: Path) -> str:
+    """``row`` of the boards table completed from a finished board build (``outcome`` of
+    :func:`_board_job`) and the resident throughput ``figures`` at its clock; returns the line
+    printed for it."""
+    report, reused = outcome["report"], outcome["reused"]
+    resources, clocks = report["resources"], report["clocks"]
+    clock_mhz = report["clock"]["actual_hz"] / 1e6
+    sync = next((c for c in clocks if c["domain"] == "sync"), None)
+    fmax = sync["achieved_mhz"] if sync else min((c["achieved_mhz"] for c in clocks), default=None)
+    worst = min((c["slack_ns"] for c in clocks), default=None)
+    timing = ("no constrained clock" if worst is None
+              else f"{'met' if report['timing_met'] else 'MISSED'} (slack {worst:+.2f} ns)")
+    row.update({"LUT_slots": resources["luts"]["used"], "FF": resources["ffs"]["used"],
+                "DSP": resources["dsps"]["used"], "BRAM": resources["brams"]["used"],
+                "clock_mhz": clock_mhz, "fmax_mhz": fmax, "timing": timing,
+                "critical_path": outcome["critical_path"]})
+    for name, fig in figures.items():
+        fig["compute_ips"] = clock_mhz * 1e6 / fig["cycles"]
+        if name in families:
+            row[f"resident_ips_{name}"] = fig["compute_ips"]
+    inputs = report.get("inputs", {})
+    row.update({
+        "timing_met": report["timing_met"], "clocks": clocks, "resources": resources,
+        "place_route": (f"{inputs['placer']}, {inputs['router']}" if inputs.get("placer")
+                        else "nextpnr defaults"),
+        "build_seconds": report["build_seconds"] if reused else outcome["seconds"],
+        "reused_build": reused, "build_dir": str(folder), "throughput": figures,
+        "config_json": inputs.get("config"), "notes": report.get("notes", []),
+    })
+    took = "reused" if reused else f"{outcome['seconds']} s"
+    return (f"{row['board']}: LUT slots {row['LUT_slots']}, DSP {row['DSP']}, BRAM {row['BRAM']}, "
+            f"Fmax {fmax} MHz at {clock_mhz:g} MHz, timing {timing} ({took})")
+
+
+def _board_summary(board_rows, families, width, placer, router) -> dict:
+    """The summary's lines on the board builds."""
+    summary = {
+        "boards": f"the board tops `psconv build --board B` builds (UART, command processor, "
+                  f"engine; with the SDRAM controller and the resident runner where the board "
+                  f"has SDRAM), each with its own engine configuration and at its own clock; "
+                  f"ECP5 place and route with --placer {placer} --router {router}",
+        "boards: LUT_slots / BRAM": "nextpnr TRELLIS_COMB (ECP5) or ICESTORM_LC logic cells "
+                                    "(iCE40) / DP16KD (ECP5) or SB_RAM40_4K (iCE40)",
+        "boards: resident_ips_<family>": (
+            f"compute-bound resident inferences/s of seeded ResNet18-CIFAR width {width} = the "
+            f"build's clock (clock_mhz, not Fmax) / cycle-model engine cycles of all steps on "
+            f"the board's engine; the memory loads between steps, setup and the link are not "
+            f"counted, so it is an upper bound (psconv bench e2e --board B measures the resident "
+            f"run in RTL simulation); blank: the board has no resident memory (it runs "
+            f"streamed, link-bound) or its mask table cannot hold the family"),
+    }
+    for row in board_rows:
+        for name, fig in (row.get("throughput") or {}).items():
+            summary[f"{row['board']} {name} per inference"] = (
+                f"{fig['cycles']:,} engine cycles in {fig['steps']} steps"
+                + ("" if fig["fits"] else " (input side widened: the network does not fit)"))
+        if row.get("critical_path"):
+            summary[f"critical path {row['board']}"] = row["critical_path"]
+    return summary
+
+
 def pareto_front(points):
     """Indices of the points (area, throughput) no other point beats on both (less area and
     at least the throughput, or equal area and more throughput), by increasing area."""
@@ -492,7 +671,7 @@ def _own_ips(row):
     return figure.get("compute_ips") if figure else None
 
 
-def _summary(rows, configs, families, headline, freq, route, width, overrides, seconds) -> dict:
+def _summary(rows, configs, families, headline, freq, route, width, overrides) -> dict:
     ok = [r for r in rows if not r["error"] and r["fmax_mhz"]]
     base = configs[0]
     summary = {
@@ -536,9 +715,6 @@ def _summary(rows, configs, families, headline, freq, route, width, overrides, s
         summary["dominant bound"] = (
             f"{' and '.join(bounds)}; compute-bound / link-bound = {min(ratio):.0f}x to "
             f"{max(ratio):.0f}x" if ratio else "n/a")
-    failed = [f"{r['config']} {r['family']}: {r['error']}" for r in rows if r["error"]]
-    summary["failed builds"] = "; ".join(failed) if failed else "none"
-    summary["wall time"] = f"{seconds / 60:.1f} min"
     return summary
 
 
@@ -595,8 +771,13 @@ def register(benches) -> None:
     from psconv.nn.models import MAX_WIDTH
 
     parser = benches.add_parser(
-        "impl", help="ECP5-85F sweep over Tm x Tn: LUTs, DSPs, block RAMs, Fmax, inferences/s",
-        description=__doc__.split("\n\n")[0] + " Each build takes minutes (routed: 10+).")
+        "impl", help="ECP5-85F sweep over Tm x Tn and the board builds: LUTs, DSPs, block RAMs, "
+                     "Fmax, inferences/s",
+        description=__doc__.split("\n\n")[0] + " Then the board builds (--boards): the board "
+                    "tops psconv build makes, with their clock, Fmax and timing, critical path "
+                    "and, on a board with resident memory, compute-bound inferences/s at its "
+                    "clock. Each build takes minutes (routed: 10+). Results: results/impl/ "
+                    "impl.csv (sweep), impl_boards.csv (boards), impl.json, impl.png.")
     parser.add_argument("--grid", nargs="+", metavar="TMxTN",
                         default=[f"{tm}x{tn}" for tm, tn in DEFAULT_GRID],
                         help="sparse builds (default: 2x8 4x8 2x16 4x16; none: only the dense "
@@ -606,6 +787,12 @@ def register(benches) -> None:
                              "the sparse builds are built for (default: PSD1_P16 PS4_P8 dense)")
     parser.add_argument("--dense-baseline", default="x".join(map(str, DEFAULT_DENSE_BASELINE)),
                         metavar="TMxTN|none", help="the dense (K=9, P=1) build (default 4x16)")
+    parser.add_argument("--boards", nargs="+", metavar="BOARD", default=list(DEFAULT_BOARDS),
+                        help=f"board tops to build as `psconv build --board BOARD` does, a row "
+                             f"each in impl_boards.csv (default: {' '.join(DEFAULT_BOARDS)}; "
+                             f"each takes 5-30 min; none: the sweep alone). Each board has its "
+                             f"own engine configuration and clock: --freq, --set and --no-route "
+                             f"are the sweep's only; --placer and --router apply on ECP5")
     parser.add_argument("--freq", type=float, default=150.0,
                         help="nextpnr target MHz (default: %(default)s)")
     parser.add_argument("--no-route", action="store_true",
@@ -623,7 +810,9 @@ def register(benches) -> None:
     parser.add_argument("--keep-going", action="store_true",
                         help="a failed build becomes a row with its error instead of stopping")
     parser.add_argument("--reuse", action="store_true",
-                        help="reuse a build folder's fmax_report.json made for the same config")
+                        help="reuse a finished build folder made from the same inputs: a sweep "
+                             "build's fmax_report.json (config, target, placer, router), a board "
+                             "build's build_report.json (its recorded inputs) and bitstream")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="run N builds at once on this machine, on a local Dask cluster of N "
                              "worker processes (default: 1, one after another here). Each "
@@ -635,7 +824,8 @@ def register(benches) -> None:
                              "(default: none, builds run here)")
     parser.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR),
                         type=output_folder("--build-dir"),
-                        help="where the netlists and tool logs go (default build/impl)")
+                        help="where the netlists and tool logs go, a folder per build (a board "
+                             "build's: BUILD_DIR/BOARD) (default build/impl)")
     parser.add_argument("--out", type=output_folder("--out"),
                         help="results folder (default results/impl)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -651,9 +841,10 @@ def _command(args) -> int:
             else [parse_grid_entry(entry) for entry in args.grid])
     baseline = (None if args.dense_baseline.strip().lower() == "none"
                 else parse_grid_entry(args.dense_baseline))
-    if not grid and baseline is None:
-        raise PsconvError("bench impl: --grid none and --dense-baseline none leave nothing to "
-                          "build; allowed: at least one of them")
+    boards = parse_boards(args.boards)
+    if not grid and baseline is None and not boards:
+        raise PsconvError("bench impl: --grid none, --dense-baseline none and --boards none leave "
+                          "nothing to build; allowed: at least one of them")
     for name in args.families:
         family_by_name(name)
     check_width(args.width)
@@ -670,5 +861,5 @@ def _command(args) -> int:
     run(grid, args.families, baseline, args.freq, not args.no_route, args.out, args.build_dir,
         args.keep_going, args.reuse, args.width, parse_overrides(args.overrides), args.quiet,
         args.router, args.placer, progress=not args.no_progress, jobs=args.jobs,
-        scheduler=args.scheduler)
+        scheduler=args.scheduler, boards=boards)
     return 0

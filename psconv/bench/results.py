@@ -46,22 +46,37 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_results(name: str, rows: list[dict], outdir=None, summary: dict | None = None,
-                  plot=None, columns: list[str] | None = None) -> Path:
+                  plot=None, columns: list[str] | None = None,
+                  tables: dict | None = None) -> Path:
     """Write ``rows`` as CSV and JSON (with ``summary``) and ``plot(path)`` as PNG; print the table.
 
-    Returns the folder written.
+    ``tables``: more tables of the same run whose rows have other columns, ``{key: (rows,
+    columns)}``: each is written as ``<name>_<key>.csv``, kept in the JSON under ``key`` beside
+    ``rows``, and printed after the main table under its key. Returns the folder written.
     """
     folder = Path(outdir) if outdir else DEFAULT_RESULTS / name
     folder.mkdir(parents=True, exist_ok=True)
     columns = columns or (list(rows[0]) if rows else [])
-    with open(folder / f"{name}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    tables = {key: (table, cols or (list(table[0]) if table else []))
+              for key, (table, cols) in (tables or {}).items()}
+    _write_csv(folder / f"{name}.csv", rows, columns)
+    for key, (table, cols) in tables.items():
+        _write_csv(folder / f"{name}_{key}.csv", table, cols)
     document = {"benchmark": name, "command": " ".join(["psconv"] + sys.argv[1:]),
                 "time": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_facts(),
                 "summary": summary or {}, "rows": rows}
+    for key, (table, _) in tables.items():
+        if key in document:
+            raise ValueError(f"write_results: table key {key!r} is taken by the document")
+        document[key] = table
     with open(folder / f"{name}.json", "w") as f:
         json.dump(document, f, indent=1, default=str)
     if plot is not None and rows:
@@ -69,7 +84,11 @@ def write_results(name: str, rows: list[dict], outdir=None, summary: dict | None
 
         matplotlib.use("Agg")
         plot(folder / f"{name}.png")
-    print(format_table(rows, columns))
+    if rows or not tables:
+        print(format_table(rows, columns))
+    for key, (table, cols) in tables.items():
+        print(f"\n{key}:")
+        print(format_table(table, cols))
     for key, value in (summary or {}).items():
         print(f"{key}: {value}")
     print(f"results written to {folder}/")

@@ -11,10 +11,16 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from psconv.errors import PsconvError
 from psconv.outputs import output_folder
 from psconv.rtl_gen import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACERS, ECP5_ROUTERS
+
+if TYPE_CHECKING:
+    from psconv.config import EngineConfig
+    from psconv.rtl_gen.boards import Board
 
 DESIGNS = ("engine", "mac-demo")
 DEFAULT_BAUD = 3_000_000   # psconv run --transport serial:... uses the same default
@@ -125,39 +131,96 @@ def _board_table() -> str:
     return "\n".join(lines)
 
 
-def run(args) -> int:
-    from psconv.config import EngineConfig
+@dataclass(frozen=True)
+class BoardBuild:
+    """One board build, every choice made: what :func:`plan_board_build` returns and
+    :func:`build_board` builds (``psconv build`` and ``psconv bench impl`` both)."""
+
+    board: Board
+    config: EngineConfig
+    clock_mhz: float | None     # None: the board's oscillator
+    baud: int
+    design: str
+    memory: str                 # "sdram" or "none"
+    placer: str
+    router: str
+
+    def inputs(self) -> dict:
+        """The build's record in ``build_report.json`` (``inputs``): equal records, same build."""
+        ecp5 = self.board.family == "ecp5"
+        return json.loads(json.dumps({
+            "board": self.board.name, "design": self.design,
+            "config": self.config.to_json() if self.design == "engine" else None,
+            "clock_mhz": self.clock_mhz, "baud": self.baud, "memory": self.memory,
+            "sdram_module": self.board.sdram_module if self.memory == "sdram" else None,
+            "placer": self.placer if ecp5 else None, "router": self.router if ecp5 else None}))
+
+
+def plan_board_build(board, config=None, clock_mhz: float | None = None,
+                     baud: int = DEFAULT_BAUD, design: str = "engine", memory: str = "auto",
+                     placer: str = DEFAULT_ECP5_PLACER,
+                     router: str = DEFAULT_ECP5_ROUTER) -> BoardBuild:
+    """The build of ``board`` with its defaults filled in (the board's engine configuration,
+    its link clock, ``memory`` "auto": the SDRAM where the board has one) and every choice
+    checked, before any tool runs."""
+    from psconv.rtl_gen import ecp5_place_route_args
     from psconv.rtl_gen.boards import BOARDS, get_board
-    from psconv.rtl_gen.build import build_bitstream
     from psconv.rtl_gen.clocking import plan_clock
 
-    if args.list_boards:
-        print(_board_table())
-        return 0
-    board = get_board(args.board)
-    if not isinstance(args.baud, int) or args.baud <= 0:
-        raise PsconvError(f"--baud is {args.baud!r}; allowed: a positive integer")
-    config = EngineConfig.load(args.config) if args.config else board.engine_config()
-    clock_mhz = args.clock_mhz if args.clock_mhz is not None else board.link_clock_mhz
-    plan = plan_clock(board, clock_mhz)
-    if args.design == "engine" and config.multipliers > board.resources.dsps:
-        print(f"psconv build: warning: the config has {config.multipliers} multipliers but "
-              f"{board.device} has {board.resources.dsps} DSPs; the rest become LUT multipliers "
-              f"(if they fit)", file=sys.stderr)
-    memory = args.memory
+    board = get_board(board)
+    if not isinstance(baud, int) or baud <= 0:
+        raise PsconvError(f"--baud is {baud!r}; allowed: a positive integer")
+    if design not in DESIGNS:
+        raise PsconvError(f"--design is {design!r}; allowed: {', '.join(DESIGNS)}")
+    ecp5_place_route_args(placer, router)
+    config = config if config is not None else board.engine_config()
+    clock_mhz = clock_mhz if clock_mhz is not None else board.link_clock_mhz
+    plan_clock(board, clock_mhz)
     if memory == "auto":
-        memory = "sdram" if board.sdram_module and args.design == "engine" else "none"
-    if memory == "sdram" and args.design != "engine":
+        memory = "sdram" if board.sdram_module and design == "engine" else "none"
+    if memory not in ("sdram", "none"):
+        raise PsconvError(f"--memory is {memory!r}; allowed: auto, sdram, none")
+    if memory == "sdram" and design != "engine":
         raise PsconvError("--memory sdram: only the engine's board top has a resident memory; "
                           "allowed with --design engine")
     if memory == "sdram" and not board.sdram_module:
         raise PsconvError(f"--memory sdram: {board.name} has no SDRAM; allowed on "
                           f"{', '.join(n for n, b in BOARDS.items() if b.sdram_module)}")
-    top = make_top(args.design, board, config, plan.actual_hz, args.baud, memory)
-    outdir = args.outdir or f"build/{board.name}"
-    report = build_bitstream(top, board, outdir, clock_mhz=clock_mhz,
-                             progress=not args.no_progress, router=args.router,
-                             placer=args.placer)
+    return BoardBuild(board, config, clock_mhz, baud, design, memory, placer, router)
+
+
+def build_board(build: BoardBuild, outdir, progress=True):
+    """Build ``build`` in ``outdir``: the :class:`~psconv.rtl_gen.reports.BuildReport`, whose
+    ``inputs`` (also in ``build_report.json``) are :meth:`BoardBuild.inputs`. ``progress``: as
+    :func:`~psconv.rtl_gen.build.build_bitstream` takes it (a bool, or a callable that hears
+    the stage)."""
+    from psconv.rtl_gen.build import build_bitstream
+    from psconv.rtl_gen.clocking import plan_clock
+
+    board, config = build.board, build.config
+    plan = plan_clock(board, build.clock_mhz)
+    if build.design == "engine" and config.multipliers > board.resources.dsps:
+        print(f"psconv build: warning: the config has {config.multipliers} multipliers but "
+              f"{board.device} has {board.resources.dsps} DSPs; the rest become LUT multipliers "
+              f"(if they fit)", file=sys.stderr)
+    top = make_top(build.design, board, config, plan.actual_hz, build.baud, build.memory)
+    return build_bitstream(top, board, outdir, clock_mhz=build.clock_mhz, progress=progress,
+                           router=build.router, placer=build.placer, inputs=build.inputs())
+
+
+def run(args) -> int:
+    from psconv.config import EngineConfig
+    from psconv.rtl_gen.boards import get_board
+
+    if args.list_boards:
+        print(_board_table())
+        return 0
+    get_board(args.board)                  # an unknown board is named before a bad --config
+    config = EngineConfig.load(args.config) if args.config else None
+    build = plan_board_build(args.board, config, args.clock_mhz, args.baud, args.design,
+                             args.memory, args.placer, args.router)
+    report = build_board(build, args.outdir or f"build/{build.board.name}",
+                         progress=not args.no_progress)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
