@@ -22,8 +22,9 @@ def register(subparsers) -> None:
                     "or 1x1 padding 0, stride 1 or 2), BatchNorm2d, ReLU, residual add, global "
                     "average pooling, flatten, one final Linear. A plain 3x3 Conv2d whose zeros "
                     "follow a known pattern family runs as that family, otherwise dense. "
-                    "Anything else is refused naming the graph node; max pooling is not on the "
-                    "engine yet. Prints one line per layer.")
+                    "2x2 stride-2 max pooling runs resident in the board's memory, streamed "
+                    "in the engine's output max pool (after a convolution without a residual). "
+                    "Anything else is refused naming the graph node. Prints one line per layer.")
     parser.add_argument("model", metavar="FILE.py:FACTORY",
                         help="a Python file and the name of a function in it that returns an "
                              "nn.Module (called with no arguments)")

@@ -108,7 +108,8 @@ BAD_MAX_POOL = 0xFE
 :data:`MAX_POOL_2X2`."""
 
 PROGRAM_MAGIC = b"PSPG"
-PROGRAM_VERSION = 3
+PROGRAM_VERSION = 4
+"""4: the step record's descriptor has the ``pool`` field (:mod:`.descriptor`)."""
 PROGRAM_HEADER_LAYOUT = data.StructLayout({
     "magic": unsigned(32), "version": unsigned(8), "steps": unsigned(16),
     "config_hash": unsigned(32),
