@@ -22,13 +22,20 @@ the program as :class:`HostStep` s.
 A ``maxpool`` layer (VGG16's 2x2 stride-2 max pool) is a :class:`PoolStep`: no engine
 invocation but a pass of a resident board's program runner over a map in its memory
 (:mod:`psconv.protocol.memory`). Its descriptor, that of a 1x1 stride-2 layer with as many output
-channels as input channels, must keep the engine's descriptor rules like every step's. The
-engine itself has no map memory, so a program with a pool step runs resident only
-(:func:`check_streamable`).
+channels as input channels, must keep the engine's descriptor rules like every step's.
+
+Streamed (the engine over the link, no map memory) a max pool runs in the engine's output max
+pool instead (``EngineConfig.max_pool``): :func:`streamed_program` fuses each pool step into the
+engine steps of the convolution it reads (descriptor ``pool``; those steps then return the pooled
+map, :attr:`EngineStep.output_layer`). It refuses, naming the layer, a max pool it cannot fuse:
+on an engine without the block, of a map that is not a convolution's (the image, another max
+pool), of a convolution with a residual add, or of a convolution whose map another layer reads
+too. Resident programs keep their pool steps: the runner's pass over the map in memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -63,11 +70,19 @@ class EngineStep:
     input: str
     residual: str | None
     useful_macs: int                 # nonzero-tap MACs of this tile
+    pool: str | None = None          # the max-pool layer fused into this step (descriptor pool)
 
     @property
     def name(self) -> str:
-        """The step in messages and tables: the layer, with its tile when it has several."""
-        return self.layer if self.tiles == 1 else f"{self.layer} tile {self.tile + 1}/{self.tiles}"
+        """The step in messages and tables: the layer (and a fused max pool), with its tile
+        when it has several."""
+        layer = self.layer if self.pool is None else f"{self.layer}+{self.pool}"
+        return layer if self.tiles == 1 else f"{layer} tile {self.tile + 1}/{self.tiles}"
+
+    @property
+    def output_layer(self) -> str:
+        """The layer whose map this step's output is: the fused max pool's, else its own."""
+        return self.layer if self.pool is None else self.pool
 
     @property
     def channel_slice(self) -> slice:
@@ -181,13 +196,61 @@ def output_channel_tiles(config: EngineConfig, masks, in_channels: int, out_chan
     return [base + 1] * extra + [base] * (tiles - extra)
 
 
+def _unfusable(program: LayerProgram, pool: PoolStep, before: list) -> str | None:
+    """Why ``pool`` cannot be fused into the engine steps ``before`` it (None: it can)."""
+    if not program.config.max_pool:
+        return ("the engine has no output max-pool block (EngineConfig.max_pool is false; the "
+                "iCEBreaker leaves it out)")
+    source = next((layer for layer in program.model.layers if layer.name == pool.input), None)
+    if source is None or source.op != "conv":
+        what = "the input image" if source is None else f"a {source.op} layer's map"
+        return f"it pools {what} ({pool.input!r}); fused, it pools a convolution's output"
+    if source.residual is not None:
+        return (f"it pools {pool.input!r}, a convolution with a residual add (the engine pools "
+                f"no layer with a residual)")
+    readers = [layer.name for layer in program.model.layers
+               if layer.name != pool.layer and pool.input in (layer.input, layer.residual)]
+    if readers:
+        return (f"{readers[0]!r} reads the map of {pool.input!r} too (fused, the engine returns "
+                f"only the pooled map)")
+    tiles = [s for s in before if isinstance(s, EngineStep) and s.layer == pool.input]
+    if not tiles or before[-1] is not tiles[-1]:
+        return f"its convolution {pool.input!r} is not the step just before it"
+    return None
+
+
+def streamed_program(program: LayerProgram) -> LayerProgram:
+    """``program`` as the streamed engine runs it: every max-pool step fused into the engine
+    steps of the convolution before it (their descriptors set ``pool``), or a one-line error
+    naming the first pool that cannot be (see the module docstring). A program without pool
+    steps is returned as it is."""
+    if not program.pool_steps:
+        return program
+    steps: list = []
+    for step in program.steps:
+        if not isinstance(step, PoolStep):
+            steps.append(step)
+            continue
+        reason = _unfusable(program, step, steps)
+        if reason is not None:
+            raise PsconvError(f"layer {step.layer!r} is a max pool that cannot run streamed: "
+                              f"{reason}. Use --mode resident on a board with memory")
+        for k, conv in enumerate(steps):
+            if isinstance(conv, EngineStep) and conv.layer == step.input:
+                descriptor = dataclasses.replace(conv.descriptor, pool=True)
+                try:
+                    descriptor.check(program.config, conv.masks)
+                except PsconvError as e:
+                    raise PsconvError(f"compile: max-pool layer {step.layer!r} fused into "
+                                      f"{conv.name!r}: {e}") from None
+                steps[k] = dataclasses.replace(conv, descriptor=descriptor, pool=step.layer)
+    return LayerProgram(config=program.config, model=program.model, steps=steps)
+
+
 def check_streamable(program: LayerProgram) -> None:
-    """Raise unless every step of ``program`` can run streamed (the engine over the link): a
-    max pool needs the resident board's map memory."""
-    for step in program.pool_steps:
-        raise PsconvError(f"layer {step.layer!r} is a max pool, which runs only in the board's "
-                          f"memory, not streamed (the engine has no map memory): use "
-                          f"--mode resident on a board with memory")
+    """Raise unless ``program`` can run streamed (the engine over the link): every max pool
+    must fuse into the convolution before it (:func:`streamed_program`)."""
+    streamed_program(program)
 
 
 def _conv_inputs(layers, input_shape):

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from psconv.errors import PsconvError
-from psconv.firmware.compiler import EngineStep, LayerProgram, check_streamable
+from psconv.firmware.compiler import EngineStep, LayerProgram, check_streamable, streamed_program
 from psconv.firmware.link import LinkClient, LinkNak, LinkTimeout
 from psconv.firmware.reports import RunReport, StepReport
 from psconv.firmware.transport import CountingTransport, Transport
@@ -156,8 +156,8 @@ class BoardClient:
                 else f"{name}: board {board}, program {program}"
                 for name, (board, program) in differ.items())
             only_hash = set(differ) == {"config_hash"}
-            hint = (" (the sizes agree, so another field differs, e.g. the pattern family or "
-                    "its offset)" if only_hash else "")
+            hint = (" (the sizes agree, so another field differs, e.g. the pattern family, "
+                    "its offset or whether the engine has its output max pool)" if only_hash else "")
             raise EngineMismatch(
                 f"the board's engine is not the one the program was compiled for: {listed}"
                 f"{hint}. Compile the model for the board's configuration or build the "
@@ -212,7 +212,8 @@ class Driver(BoardClient):
 
     def run_step(self, step: EngineStep, input_map: torch.Tensor,
                  residual: torch.Tensor | None) -> torch.Tensor:
-        """Run one engine step; returns its (C_out tile, H_out, W_out) int64 output."""
+        """Run one engine step; returns its (C_out tile, H_out, W_out) int64 output (the pooled
+        size when the step has a fused max pool)."""
         out, _ = self._run_step(step, input_map, residual)
         return out
 
@@ -292,12 +293,12 @@ class Driver(BoardClient):
                               f"reports {status}; expected an idle, done engine with no output left")
         counters = self.counters(context)
         out = beats_to_pixels(cfg, output_beats(cfg, bytes(received)), spec.out_channels,
-                              spec.out_height, spec.out_width)
+                              spec.result_height, spec.result_width)
         report = StepReport(
             layer=step.layer, tile=step.tile, tiles=step.tiles,
             shape=(f"{spec.in_channels}x{spec.in_height}x{spec.in_width}->{spec.out_channels}"
                    f"{' 1x1' if spec.kernel == 1 else ''} s{spec.stride}"
-                   f"{' +res' if spec.residual else ''}"),
+                   f"{' +res' if spec.residual else ''}{' +maxpool' if spec.pool else ''}"),
             wire_bytes_sent=self.transport.bytes_written - wire[0],
             wire_bytes_received=self.transport.bytes_read - wire[1],
             payload_bytes_sent=self._payload_sent, payload_bytes_received=self._payload_received,
@@ -322,7 +323,7 @@ class Driver(BoardClient):
         if program.config != self.config:
             raise DriverError("the program was compiled for another engine configuration than "
                               "this driver's; create the Driver with program.config")
-        check_streamable(program)
+        program = streamed_program(program)      # max pools fused into the engine steps
         if golden is None:
             golden = run_golden(program.model, image)
         started = time.perf_counter()
@@ -337,7 +338,7 @@ class Driver(BoardClient):
             bar.set_postfix_str(step.name, refresh=True)
             out, step_report = self._run_step(step, input_map, residual)
             problem = describe_mismatch(step.name,
-                                        golden.outputs[step.layer][step.channel_slice], out)
+                                        golden.outputs[step.output_layer][step.channel_slice], out)
             step_report.bit_exact = problem is None
             step_report.mismatch = problem
             report.steps.append(step_report)
@@ -351,8 +352,9 @@ class Driver(BoardClient):
         finally:
             bar.close()
         for layer in program.model.layers:
-            report.layers[layer.name] = describe_mismatch(
-                layer.name, golden.outputs[layer.name], result.outputs[layer.name])
+            if layer.name in result.outputs:   # a convolution with a fused max pool has none
+                report.layers[layer.name] = describe_mismatch(
+                    layer.name, golden.outputs[layer.name], result.outputs[layer.name])
         report.logits = [int(v) for v in result.logits.reshape(-1).tolist()]
         report.golden_logits = [int(v) for v in golden.logits.reshape(-1).tolist()]
         report.wall_s = time.perf_counter() - started
@@ -429,7 +431,8 @@ def run_on_board(program: LayerProgram, image: torch.Tensor, transport: str = "s
                  retries: int | None = None, progress: bool = True) -> RunReport:
     """Open ``transport`` (a spec) with :func:`open_link`, run ``program`` on ``image`` and return
     the :class:`RunReport` (what ``psconv run`` prints); a program the engine cannot run
-    streamed (a max pool) is refused before the link opens."""
+    streamed (a max pool it cannot fuse, :func:`~psconv.firmware.compiler.streamed_program`) is
+    refused before the link opens."""
     check_streamable(program)
     link = open_link(transport, program.config, faults=faults, fault_seed=fault_seed,
                      timeout_s=timeout_s, retries=retries)

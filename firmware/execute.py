@@ -20,7 +20,8 @@ from psconv.sim.golden.network import run_layer
 from psconv.sim.golden.ops import maxpool2d_int
 
 StepBackend = Callable[[EngineStep, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-"""``backend(step, input_map, residual_or_None) -> output (tile channels, H_out, W_out)``."""
+"""``backend(step, input_map, residual_or_None) -> output (tile channels, H_out, W_out)``
+(halved by a fused max pool: ``step.descriptor.pool``)."""
 
 
 @dataclass
@@ -52,12 +53,14 @@ def execute_program(program: LayerProgram, image: torch.Tensor, backend: StepBac
         if step.residual is not None:
             residual = tensors[step.residual][step.channel_slice]
         out = backend(step, tensors[step.input], residual)
-        partial.setdefault(step.layer, []).append(out.to(torch.int64))
+        # a step with a fused max pool returns the pool layer's map (its conv's is never seen)
+        partial.setdefault(step.output_layer, []).append(out.to(torch.int64))
         if on_step:
             on_step(step, out)
         if step.tile == step.tiles - 1:
-            tensors[step.layer] = torch.cat(partial.pop(step.layer), dim=0)
+            tensors[step.output_layer] = torch.cat(partial.pop(step.output_layer), dim=0)
     last = program.steps[-1]
-    last_name = last.layer.name if isinstance(last, HostStep) else last.layer
+    last_name = (last.layer.name if isinstance(last, HostStep)
+                 else last.output_layer if isinstance(last, EngineStep) else last.layer)
     outputs = {name: t for name, t in tensors.items() if name != "input"}
     return ExecutionResult(outputs=outputs, logits=tensors[last_name])

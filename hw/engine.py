@@ -9,8 +9,8 @@ ports are ``<name>__valid``, ``<name>__ready``, ``<name>__payload``; multi-byte 
 0 in bits 7:0; see :mod:`psconv.protocol.beats` for Python encoders of every beat):
 
 * ``layer`` In(:func:`~psconv.protocol.descriptor.layer_descriptor_layout`): in_channels, out_channels,
-  in_height, in_width, stride (1|2), kernel (3|1), relu, residual, period. Sampled when ``start``
-  is accepted.
+  in_height, in_width, stride (1|2), kernel (3|1), relu, residual, period, pool. Sampled when
+  ``start`` is accepted.
 * ``start`` In(1): pulse; accepted only when ``busy`` is low.
 * ``busy`` Out(1): high from an accepted ``start`` until ``done``.
 * ``done`` Out(1): one-cycle pulse when the last output beat of the layer has been accepted.
@@ -28,7 +28,10 @@ ports are ``<name>__valid``, ``<name>__ready``, ``<name>__payload``; multi-byte 
   order and count as ``out``.
 * ``out`` Out(stream ArrayLayout(signed(8), tm)): for y in range(H_out), for xb in
   range(ceil(W_out / tm)), for o in range(C_out): the tm outputs of pixels x = xb*tm + r
-  (0 for x >= W_out). H_out*ceil(W_out/tm)*C_out beats.
+  (0 for x >= W_out). H_out*ceil(W_out/tm)*C_out beats. With ``pool`` (an engine built with
+  ``config.max_pool``) the same order over the 2x2 stride-2 max-pooled map of
+  H_out // 2 x W_out // 2 pixels (:class:`~psconv.hw.output_pool.OutputMaxPool`, between the
+  post-processor's output FIFO and ``out``; ``LayerSpec.output_beats`` beats).
 * ``busy_cycles``, ``stall_cycles``, ``idle_cycles``, ``macs`` Out(48): performance counters,
   cleared at ``start``, held after ``done`` (:mod:`psconv.hw.counters`,
   :mod:`psconv.hw.sequencer`).
@@ -56,6 +59,7 @@ from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT, layer_desc
 from .address_generator import AddressGenerator
 from .arith import output_size_value
 from .counters import COUNTER_WIDTH
+from .output_pool import OutputMaxPool
 from .pe_array import PEArray
 from .post_processor import PostProcessor
 from .sequencer import Sequencer
@@ -123,7 +127,16 @@ class PeriodicSparseEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.weight_in), wb.weight_in)
         wiring.connect(m, wiring.flipped(self.quant_in), pp.quant_in)
         wiring.connect(m, wiring.flipped(self.residual_in), pp.residual_in)
-        wiring.connect(m, wiring.flipped(self.out), pp.out)
+        if cfg.max_pool:
+            pool = m.submodules.output_pool = OutputMaxPool(cfg)
+            wiring.connect(m, pp.out, pool.in_)
+            wiring.connect(m, wiring.flipped(self.out), pool.out)
+            m.d.comb += [pool.start.eq(begin), pool.enable.eq(desc.pool),
+                         pool.out_channels.eq(desc.out_channels), pool.out_width.eq(out_width),
+                         seq.out_idle.eq(pool.idle)]
+        else:
+            wiring.connect(m, wiring.flipped(self.out), pp.out)
+            m.d.comb += seq.out_idle.eq(1)
 
         m.d.comb += [
             seq.start.eq(self.start),

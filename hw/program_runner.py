@@ -328,8 +328,11 @@ class ProgramRunner(wiring.Component):
                     last = wait == DescriptorCheck.LATENCY - 1
                     m.next = "GEOMETRY" if last else f"CHECK_STEP_{wait + 1}"
             with m.State("GEOMETRY"):
-                m.d.sync += [out_height.eq(output_size_value(d.in_height, d.stride)),
-                             out_width.eq(output_size_value(d.in_width, d.stride))]
+                # the engine's output map: halved by its output max pool (descriptor ``pool``)
+                conv_height = output_size_value(d.in_height, d.stride)
+                conv_width = output_size_value(d.in_width, d.stride)
+                m.d.sync += [out_height.eq(Mux(d.pool, conv_height >> 1, conv_height)),
+                             out_width.eq(Mux(d.pool, conv_width >> 1, conv_width))]
                 m.next = "START_ENGINE"
                 with m.If(record.max_pool == MAX_POOL_2X2):
                     m.d.sync += [pool_in.eq(record.fmap_address),

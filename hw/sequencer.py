@@ -25,8 +25,9 @@ Cycle classification (counters): after ``start`` the sequencer is in LOAD until 
 first patch is built and the first output channel's weights and quantization entry are in; every
 LOAD cycle is *idle*. In RUN a cycle is *busy* if a slot cycle is issued, else *stall* (waiting for
 the output FIFO/consumer, a residual beat, a patch, or weights still streaming in). After the last
-issue, DRAIN cycles (pipeline emptying, output FIFO draining) are *idle*. ``done`` pulses once the
-last output beat has been accepted; busy + stall + idle = cycles from ``start`` to ``done``.
+issue, DRAIN cycles (pipeline emptying, output FIFO draining, and the output max pool holding no
+beat: ``out_idle``) are *idle*. ``done`` pulses once the last output beat has been accepted;
+busy + stall + idle = cycles from ``start`` to ``done``.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Sequencer(wiring.Component):
             "quant_loaded": In(range(config.max_out_channels + 1)),
             "out_level": In(range(depth + 1)),
             "written": In(1),
+            "out_idle": In(1),
             "residual_level": In(range(depth + 1)),
             "residual_popped": In(1),
             "macs_add": In(range(config.tm * config.tn + 1)),
@@ -206,7 +208,7 @@ class Sequencer(wiring.Component):
                     with m.Else():
                         m.d.sync += [cycle.eq(cycle + 1), first.eq(0), waddr.eq(waddr + 1)]
             with m.State("DRAIN"):
-                with m.If((inflight == 0) & (self.out_level == 0)):
+                with m.If((inflight == 0) & (self.out_level == 0) & self.out_idle):
                     m.d.sync += self.done.eq(1)
                     m.next = "IDLE"
 

@@ -68,6 +68,12 @@ class EngineConfig:
       be at least ``max_width`` (the smallest layer, one channel of one row, needs one row).
     * ``weight_depth``: weight buffer capacity in ``tn``-byte words (1 holds the smallest layer:
       one output channel of a 1x1 layer over one input channel).
+    * ``max_pool``: the engine has a 2x2 stride-2 max-pool block in its output path
+      (:mod:`psconv.hw.output_pool`), so a layer whose descriptor sets ``pool`` returns its
+      output max-pooled. It costs two block memories (``max_out_channels * tm`` bytes and
+      ``max_out_channels * ceil((max_width // 2) / tm) * tm`` bytes) and a few hundred LUTs;
+      a board too small for it (the iCEBreaker) leaves it out and its networks run max pools
+      resident only, or not at all.
     """
 
     tm: int = 4
@@ -83,6 +89,7 @@ class EngineConfig:
     patch_channels: int | None = None
     fmap_depth: int = 65536
     weight_depth: int = 8192
+    max_pool: bool = True
 
     def __post_init__(self):
         _positive_int("tm", self.tm, 1, 64)
@@ -125,6 +132,9 @@ class EngineConfig:
                 f"{self.max_width} (the buffer stores rows of max_width bytes; with less it holds "
                 f"no row and no layer fits)")
         _positive_int("weight_depth", self.weight_depth, 1)
+        if not isinstance(self.max_pool, bool):
+            raise PsconvError(f"engine config: max_pool is {self.max_pool!r}; allowed: true or "
+                              f"false (whether the engine has its output max-pool block)")
         needed = required_accumulator_width(self.max_in_channels, self.data_width)
         if self.acc_width is None:
             object.__setattr__(self, "acc_width", needed)
@@ -217,4 +227,5 @@ class EngineConfig:
             f"H<={self.max_height} W<={self.max_width}; fmap_depth={self.fmap_depth} bytes; "
             f"weight_depth={self.weight_depth} words of {self.tn} bytes; "
             f"patch_channels={self.patch_channels}",
+            f"output max pool (2x2, stride 2): {'yes' if self.max_pool else 'no'}",
         ]

@@ -24,7 +24,8 @@ The model is the engine's schedule written out (see docs/architecture.md), not a
   and cycles (:func:`psconv.schedule.pass_cycles`); the first output channel's weights
   are all its passes' words; setup takes two more divisions and a multiply.
 * **Drain**: ``done`` is visible ``issue_to_output_latency + DRAIN_CYCLES`` cycles after the last
-  issue.
+  issue; with ``pool`` (the output max pool, :mod:`psconv.hw.output_pool`) :func:`pool_drain_cycles`
+  more: the pool holds the last beat one cycle, two if it completes a pooled beat.
 
 Definitions of the returned figures: ``load`` = cycles before the first issue; ``compute`` =
 first issue to ``done``; ``total`` = ``load + compute`` (= busy + stall + idle counters);
@@ -49,6 +50,8 @@ START_CYCLES = 2             # start cycle + BEGIN cycle before the blocks run
 BUILD_TAIL = 4               # patch word written / buffer flagged full after the last read
 RELEASE_TO_BUILD = 4         # last issue of a group -> the builder may overwrite its buffer
 DRAIN_CYCLES = 3             # last beat into the output FIFO (a SyncFIFOBuffered) -> empty, done seen
+POOL_HOLD_CYCLES = 1         # output max pool: the last beat in its stage-1 register
+POOL_EMIT_CYCLES = 1         # ... and one more if it completes a pooled beat (output register)
 
 
 def _bits(n: int) -> int:
@@ -93,6 +96,16 @@ def fmap_load_cycles(config, channels: int, height: int, width: int) -> int:
     return channels * height + beats - 1 - (total - 1) // lcm
 
 
+def pool_drain_cycles(config, out_height: int, out_width: int) -> int:
+    """Cycles the output max pool adds before ``done`` for an H_out x W_out output: the last
+    input beat (row H_out - 1, the last column block) completes a pooled beat only when that row
+    is odd and its pooled block holds a pixel of the W_out // 2 kept columns."""
+    tm = config.tm
+    last_block = -(-out_width // tm) - 1
+    completes = out_height % 2 == 0 and (last_block // 2) * tm < out_width // 2
+    return POOL_HOLD_CYCLES + (POOL_EMIT_CYCLES if completes else 0)
+
+
 def useful_macs(masks, in_channels: int, out_channels: int, out_pixels: int) -> int:
     rotated = _rotated_masks(masks)
     p = len(rotated)
@@ -105,7 +118,8 @@ def predict_cycles(config, shape, masks) -> dict:
     """Predicted cycles and efficiency of one layer (see module docstring).
 
     ``shape``: a :class:`psconv.protocol.descriptor.LayerSpec` or a mapping with ``in_channels``,
-    ``out_channels``, ``in_height``, ``in_width``, optional ``stride`` (1) and ``kernel`` (3).
+    ``out_channels``, ``in_height``, ``in_width``, optional ``stride`` (1), ``kernel`` (3) and
+    ``pool`` (False: the output max pool, which changes only the drain).
     ``masks``: the layer's :class:`~psconv.families.PatternFamily` or its rotated mask table.
     """
     c_in = int(_field(shape, "in_channels"))
@@ -114,6 +128,7 @@ def predict_cycles(config, shape, masks) -> dict:
     width = int(_field(shape, "in_width"))
     stride = int(_field(shape, "stride", 1))
     kernel = int(_field(shape, "kernel", 3))
+    pool = bool(_field(shape, "pool", False))
     rotated = _rotated_masks(masks)
     period = len(rotated)
     taps = sum(bin(m).count("1") for m in rotated)
@@ -156,6 +171,8 @@ def predict_cycles(config, shape, masks) -> dict:
 
     load = starts[0]
     total = ends[-1] + issue_to_output_latency(config) + DRAIN_CYCLES
+    if pool:
+        total += pool_drain_cycles(config, out_h, out_w)
     compute = total - load
     busy = groups * c_out * cycles_per_o
     stall = ends[-1] - starts[0] - busy

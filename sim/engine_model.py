@@ -17,7 +17,7 @@ import torch
 from psconv.errors import PsconvError
 from psconv.families import mask_taps
 from psconv.schedule import input_channel_passes, pass_cycles
-from psconv.sim.golden.ops import requantize
+from psconv.sim.golden.ops import maxpool2d_int, requantize
 
 
 def _patches(x: torch.Tensor, stride: int, out_h: int, out_w: int) -> torch.Tensor:
@@ -33,8 +33,9 @@ def _patches(x: torch.Tensor, stride: int, out_h: int, out_w: int) -> torch.Tens
 
 def run_step(step, x: torch.Tensor, residual: torch.Tensor | None, tn: int,
              patch_channels: int | None = None) -> torch.Tensor:
-    """Outputs (C_out of the tile, H_out, W_out) of one :class:`EngineStep` on input ``x`` (CHW),
-    for an engine with ``tn`` lanes and ``patch_channels`` channels per input-channel pass."""
+    """Outputs (C_out of the tile, H_out, W_out; halved by the descriptor's ``pool``) of one
+    :class:`EngineStep` on input ``x`` (CHW), for an engine with ``tn`` lanes and
+    ``patch_channels`` channels per input-channel pass."""
     d = step.descriptor
     x = x.to(torch.int64)
     if tuple(x.shape) != (d.in_channels, d.in_height, d.in_width):
@@ -67,5 +68,7 @@ def run_step(step, x: torch.Tensor, residual: torch.Tensor | None, tn: int,
             acc[o] += torch.einsum("s,shw->hw", weights[valid], gathered)
         row0 += pass_rows
     res = residual.to(torch.int64) if d.residual else None
-    return requantize(acc, step.bias, step.multiplier, step.shift, d.relu, res,
-                      step.residual_multiplier if d.residual else None)
+    out = requantize(acc, step.bias, step.multiplier, step.shift, d.relu, res,
+                     step.residual_multiplier if d.residual else None)
+    # the output max pool (descriptor ``pool``): the golden op on the requantized map
+    return maxpool2d_int(out) if d.pool else out

@@ -24,7 +24,7 @@ from psconv.firmware.packing import engine_weight_words, pack_layer, rotated_mas
 from psconv.protocol.beats import fmap_beats, pixel_beats, weight_beats
 from psconv.protocol.descriptor import LayerSpec, encode_quant_entry
 from psconv.sim.golden.network import describe_mismatch
-from psconv.sim.golden.ops import conv2d_int, requantize
+from psconv.sim.golden.ops import conv2d_int, maxpool2d_int, requantize
 
 DEFAULT_BUILD_ROOT = Path("build") / "rtl"
 TB_MODULE = "psconv.sim.tb.engine_tb"
@@ -60,10 +60,11 @@ class LayerCase:
 def make_case(name: str, weight: torch.Tensor, family: PatternFamily, fmap: torch.Tensor,
               config: EngineConfig, *, stride: int = 1, relu: bool = False, bias=None,
               multiplier=None, shift=None, residual=None, residual_multiplier=None,
-              kind: str | None = None, **options) -> LayerCase:
+              kind: str | None = None, pool: bool = False, **options) -> LayerCase:
     """A case from an int8 weight of ``family`` and an int8 CHW input, expected from the golden
-    model (``conv2d_int`` then ``requantize``). Unspecified requantization parameters default to
-    a mild per-channel scale so outputs span the int8 range."""
+    model (``conv2d_int`` then ``requantize``, then ``maxpool2d_int`` with ``pool``). Unspecified
+    requantization parameters default to a mild per-channel scale so outputs span the int8
+    range."""
     c_out, c_in, k, _ = weight.shape
     packed = pack_layer(weight.to(torch.int8), family, name)
     if bias is None:
@@ -75,12 +76,14 @@ def make_case(name: str, weight: torch.Tensor, family: PatternFamily, fmap: torc
     acc = conv2d_int(fmap, weight, stride, k // 2)
     expected = requantize(acc, bias, multiplier, shift, relu, residual, residual_multiplier)
     h_out, w_out = expected.shape[1:]
+    if pool:
+        expected = maxpool2d_int(expected)
     kept = int(family.weight_mask(c_out, c_in).sum())
     if kind is None:
         kind = "1x1" if k == 1 else ("first layer" if c_in == 3 else f"3x3 {family.name}")
     spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=fmap.shape[1],
                      in_width=fmap.shape[2], stride=stride, kernel=k, relu=relu,
-                     residual=residual is not None, period=family.period)
+                     residual=residual is not None, period=family.period, pool=pool)
     return LayerCase(
         name=name, kind=kind, spec=spec, masks=rotated_masks(family),
         weight_words=engine_weight_words(packed, config.tn, config.patch_channels), bias=torch.as_tensor(bias),
@@ -228,7 +231,7 @@ class EngineRTL:
         for case, result in zip(cases, results):
             spec = case.spec
             actual = beats_to_pixels(self.config, result["outputs"], spec.out_channels,
-                                     spec.out_height, spec.out_width)
+                                     spec.result_height, spec.result_width)
             runs.append(LayerRun(case=case, actual=actual, counters=result["counters"],
                                  bench_cycles=result["bench_cycles"], seconds=result["seconds"]))
         return runs

@@ -380,7 +380,7 @@ class ResidentDevice:
         residual = (self._map(f["residual_address"], f["plane_bytes"], out_shape)
                     if spec.residual else None)
         out = run_step(step, x, residual, cfg.tn, cfg.patch_channels)
-        planes = spec.out_height * spec.out_width
+        planes = spec.result_height * spec.result_width     # the pooled map with ``pool``
         data = out.to(torch.int8).reshape(spec.out_channels, planes).numpy().tobytes()
         for c in range(spec.out_channels):
             at = f["output_address"] + c * f["plane_bytes"]

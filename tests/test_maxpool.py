@@ -13,7 +13,7 @@ from psconv.cli import main
 from psconv.config import EngineConfig
 from psconv.errors import PsconvError
 from psconv.bench.engine import PAPER_FAMILIES
-from psconv.firmware.compiler import PoolStep, check_streamable, compile_model
+from psconv.firmware.compiler import PoolStep, check_streamable, compile_model, streamed_program
 from psconv.nn.default import default_quantized_model
 from psconv.qmodel import QuantizedModel
 from psconv.sim.golden import ops
@@ -208,21 +208,118 @@ def test_maxpool_breaking_the_descriptor_rules_is_a_compile_error(vgg):
         compile_model(wide, config)
 
 
-def test_streaming_a_program_with_a_max_pool_is_refused_naming_the_layer(vgg, vgg_file, capsys):
-    program = compile_model(vgg, EngineConfig())
-    message = ("layer 'pool1' is a max pool, which runs only in the board's memory, not streamed "
-               "(the engine has no map memory): use --mode resident on a board with memory")
+def test_streamed_vgg16_fuses_every_pool_into_its_convolution(vgg):
+    """Streamed, each max pool becomes the output max pool of the convolution before it; with a
+    weight buffer of 3 words every pooled convolution runs in several output-channel tiles, each
+    pooled on its own. The engine's functional model runs it equal to the golden model at every
+    layer the host sees and at the logits."""
+    from psconv.firmware.execute import execute_program
+    from psconv.sim.engine_model import run_step
+
+    config = EngineConfig(weight_depth=3)
+    program = streamed_program(compile_model(vgg, config))
+    assert not program.pool_steps
+    fused = [s for s in program.engine_steps if s.pool is not None]
+    assert sorted({(s.layer, s.pool) for s in fused}) == [
+        ("conv10", "pool4"), ("conv13", "pool5"), ("conv2", "pool1"), ("conv4", "pool2"),
+        ("conv7", "pool3")]
+    assert all(s.descriptor.pool for s in fused) and all(s.tiles > 1 for s in fused)
+    assert fused[0].name == "conv2+pool1 tile 1/2" and fused[0].output_layer == "pool1"
+    image = ops.quantize_input(torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3)),
+                               vgg.input_scale)
+    golden = run_golden(vgg, image)
+    result = execute_program(program, image,
+                             lambda step, x, res: run_step(step, x, res, config.tn,
+                                                           config.patch_channels))
+    convs_pooled = {s.layer for s in fused}
+    for layer in vgg.layers:
+        if layer.name in convs_pooled:
+            assert layer.name not in result.outputs
+        else:
+            assert torch.equal(result.outputs[layer.name], golden.outputs[layer.name]), layer.name
+    assert torch.equal(result.logits, golden.logits)
+
+
+NO_BLOCK = ("layer 'pool1' is a max pool that cannot run streamed: the engine has no output "
+            "max-pool block (EngineConfig.max_pool is false; the iCEBreaker leaves it out). Use "
+            "--mode resident on a board with memory")
+
+
+def test_streaming_max_pools_on_an_engine_without_the_block_is_refused(vgg, vgg_file, tmp_path,
+                                                                        capsys):
+    config = EngineConfig(max_pool=False)
+    program = compile_model(vgg, config)
     with pytest.raises(PsconvError) as error:
         check_streamable(program)
-    assert str(error.value) == message
+    assert str(error.value) == NO_BLOCK
     from psconv.firmware.driver import run_on_board
 
-    with pytest.raises(PsconvError, match="layer 'pool1' is a max pool"):
+    with pytest.raises(PsconvError, match="layer 'pool1' is a max pool that cannot run streamed"):
         run_on_board(program, torch.zeros(3, 32, 32, dtype=torch.int64), "tcp:127.0.0.1:1")
-    assert main(["run", "--model", str(vgg_file), "--mode", "streamed",
-                 "--transport", "tcp:127.0.0.1:1", "--no-progress"]) == 2
+    config_file = tmp_path / "cfg.json"
+    config_file.write_text(json.dumps(config.to_json()))
+    assert main(["run", "--model", str(vgg_file), "--config", str(config_file), "--mode",
+                 "streamed", "--transport", "tcp:127.0.0.1:1", "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err, err
+    assert err.count("\n") == 1 and NO_BLOCK in err, err
+
+
+def test_the_pool_flag_is_refused_on_an_engine_without_the_block_and_with_a_residual():
+    from psconv.protocol.descriptor import DESCRIPTOR_RULES, LayerSpec, describe_rejection
+
+    spec = LayerSpec(4, 4, 8, 8, period=1, pool=True)
+    spec.check(EngineConfig())
+    with pytest.raises(PsconvError) as error:
+        spec.check(EngineConfig(max_pool=False))
+    assert str(error.value) == ("engine layer: pool is True; allowed: only 0 (1 needs the "
+                                "engine's output max-pool block: EngineConfig.max_pool)")
+    with pytest.raises(PsconvError) as error:
+        LayerSpec(4, 4, 8, 8, period=1, pool=True, residual=True).check(EngineConfig())
+    assert str(error.value) == ("engine layer: pool is True; allowed: only 0 (a layer with a "
+                                "residual is not pooled: the residual window counts output beats)")
+    # the board's NAK names the same rule (the gateware check evaluates DESCRIPTOR_RULES)
+    config = EngineConfig(max_pool=False)
+    rule = next(i for i, r in enumerate(DESCRIPTOR_RULES) if r.name == "pool")
+    sent = LayerSpec(4, 4, 8, 8, period=1).encode(config) | (1 << (
+        layout_offset(config, "pool")))
+    assert describe_rejection(config, rule, sent) == (
+        "pool is 1; allowed: only 0 (1 needs the engine's output max-pool block: "
+        "EngineConfig.max_pool)")
+
+
+def layout_offset(config, name):
+    from psconv.protocol.descriptor import layer_descriptor_layout
+
+    return layer_descriptor_layout(config)[name].offset
+
+
+class ResidualThenPool(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv(x) + x), 2)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_a_max_pool_after_a_residual_add_is_refused_streamed_naming_the_layer():
+    from psconv.nn.importer import import_model
+
+    torch.manual_seed(4)
+    quantized, _ = import_model(ResidualThenPool().eval(), torch.rand(4, 3, 8, 8), EngineConfig(),
+                                "residual-pool")
+    program = compile_model(quantized, EngineConfig())
+    pool = program.pool_steps[0]
+    with pytest.raises(PsconvError) as error:
+        check_streamable(program)
+    assert str(error.value) == (
+        f"layer {pool.layer!r} is a max pool that cannot run streamed: it pools 'conv', a "
+        f"convolution with a residual add (the engine pools no layer with a residual). Use "
+        f"--mode resident on a board with memory")
 
 
 def test_vgg16_checkpoint_quantizes_to_the_same_model_as_its_network(tmp_path):

@@ -112,8 +112,8 @@ def run(width: int = 64, family: str = "PSD1_P16", config=None, image_seed: int 
     ``transport``: the board of the resident runs (default ``sim``; streamed always runs on
     ``sim``, or on ``transport`` in streamed mode);
     ``baseline``: the family the resident energy is compared with (None: none); ``arch``: the
-    seeded network (``vgg16``: its max pools run only resident, so ``mode`` must be
-    ``resident``)."""
+    seeded network (``vgg16``: streamed, its max pools run in the engine's output max pool,
+    resident as passes of the board's runner)."""
     from psconv.config import EngineConfig
 
     if mode not in MODES:
@@ -121,10 +121,10 @@ def run(width: int = 64, family: str = "PSD1_P16", config=None, image_seed: int 
     config = config or EngineConfig()
     started = time.perf_counter()
     program, image = _prepare(family, width, config, image_seed, arch=arch)
-    if mode != "resident" and program.pool_steps:
-        raise PsconvError(f"--network {arch} has max pools ({program.pool_steps[0].layer!r} "
-                          f"first), which run only in the board's memory, not streamed: use "
-                          f"--mode resident")
+    if mode != "resident":
+        from psconv.firmware.compiler import check_streamable
+
+        check_streamable(program)       # streamed, each max pool fuses into its convolution
     network = (f"{NETWORK_NAMES[arch]} {family} width {width}, engine Tm={config.tm} Tn={config.tn} "
                f"({config.multipliers} multipliers)")
     if mode == "streamed":
@@ -218,7 +218,9 @@ def _streamed(program, image, network: str, outdir, progress: bool, transport: s
     report = _run_streamed(program, image, transport, progress)
     finished = time.perf_counter()
     rows = _step_rows(report)
-    kinds = offchip_bytes(program)
+    from psconv.firmware.compiler import streamed_program
+
+    kinds = offchip_bytes(streamed_program(program))
     wire = report.total("wire_bytes_sent") + report.total("wire_bytes_received")
     summary = {
         "network": network,
@@ -277,8 +279,9 @@ def register(benches) -> None:
                     "streamed or resident, with an energy estimate",
         description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("--network", choices=tuple(NETWORK_NAMES), default="resnet18",
-                        help="seeded network: resnet18 or vgg16 (VGG16's max pools need "
-                             "--mode resident) (default: %(default)s)")
+                        help="seeded network: resnet18 or vgg16 (VGG16's max pools run in the "
+                             "engine's output max pool streamed, in the board's memory resident) "
+                             "(default: %(default)s)")
     parser.add_argument("--width", type=int, default=MAX_WIDTH,
                         help=f"ResNet18 base width, or VGG16's channels x WIDTH/64, "
                              f"1..{MAX_WIDTH} (default: %(default)s, the full network)")

@@ -53,8 +53,8 @@ def add_network_argument(parser) -> None:
     from psconv.nn.default import DEFAULT_ARCH, NETWORKS
 
     parser.add_argument("--network", choices=NETWORKS, default=None,
-                        help=f"built-in network: resnet18, or vgg16 (its 2x2 max pools run only "
-                             f"resident, in the board's memory; images of at least 32x32) "
+                        help=f"built-in network: resnet18, or vgg16 (five 2x2 max pools; "
+                             f"images of at least 32x32) "
                              f"(default: {DEFAULT_ARCH})")
 
 

@@ -34,8 +34,9 @@ def register(subparsers) -> None:
                     "width 16 on 32x32 images); when the engine cannot hold that (e.g. --board "
                     "icebreaker: 16 channels, 8x8 maps), the width and image size you leave out "
                     "become the largest that fit, and a line says what was chosen and why. "
-                    "--network vgg16 runs VGG16, whose max pools need the board's memory "
-                    "(--mode resident; e.g. --transport resident-ref).")
+                    "--network vgg16 runs VGG16: its max pools run as passes over the board's "
+                    "memory resident, in the engine's output max pool streamed (each fused "
+                    "into the convolution before it).")
     add_model_arguments(parser)
     add_engine_arguments(parser)
     parser.add_argument("--mode", choices=("auto", "streamed", "resident"), default="auto",

@@ -19,7 +19,14 @@ kernel           2                                      3 (3x3, padding 1) or 1 
 relu             1                                      clamp the output at 0
 residual         1                                      add ``residual_in`` * R (see requantize)
 period           bits of ``max_period``                 P, entries of the mask table, 1..max_period
+pool             1                                      2x2 stride-2 max pool of the output (only
+                                                        on an engine built with ``max_pool``)
 ===============  =====================================  ==========================================
+
+With ``pool`` set the engine returns ``maxpool2d_int`` of the layer's output (after ReLU and
+saturation): ``out_height // 2`` x ``out_width // 2`` pixels per channel, an odd last row or
+column dropped, in the same beat order as an unpooled output of that size
+(:attr:`LayerSpec.result_height`, :attr:`LayerSpec.result_width`).
 
 Limits (:data:`DESCRIPTOR_RULES`): one table of rules, each a value of the descriptor (a field
 or a product of fields), the values it may take for a configuration, and when it applies. The
@@ -77,6 +84,7 @@ def layer_descriptor_layout(config) -> data.StructLayout:
         "relu": unsigned(1),
         "residual": unsigned(1),
         "period": unsigned(config.max_period.bit_length()),
+        "pool": unsigned(1),
     })
 
 
@@ -105,6 +113,8 @@ class DescriptorRule:
         allowed = self.allowed(config)
         if isinstance(allowed, range):
             words = f"{allowed.start}..{allowed.stop - 1}"
+        elif len(allowed) == 1:
+            words = f"only {allowed[0]}"
         else:
             words = ", ".join(str(v) for v in allowed[:-1]) + f" or {allowed[-1]}"
         return f"{words} ({self.why})" if self.why else words
@@ -141,6 +151,14 @@ DESCRIPTOR_RULES = (
                                            or len(pass_periods(config.patch_channels,
                                                                config.max_period))
                                            == config.max_period)),
+    DescriptorRule("pool", _field("pool"),
+                   lambda config: (0, 1) if config.max_pool else (0,),
+                   "1 needs the engine's output max-pool block: EngineConfig.max_pool",
+                   implied=lambda config: config.max_pool),
+    DescriptorRule("pool", _field("pool"), lambda config: (0,),
+                   "a layer with a residual is not pooled: the residual window counts output "
+                   "beats", applies=lambda d, config: d.residual,
+                   implied=lambda config: not config.max_pool),
 )
 """Every limit the engine puts on a descriptor, in the order they are checked; a rule's index
 here is the second byte of a ``BAD_DESCRIPTOR`` NAK. Each rule names the field it judges, or
@@ -176,21 +194,36 @@ class LayerSpec:
     relu: bool = False
     residual: bool = False
     period: int = 1
+    pool: bool = False
 
     @property
     def out_height(self) -> int:
+        """Rows of the convolution's output (before any pool)."""
         return output_size(self.in_height, self.stride)
 
     @property
     def out_width(self) -> int:
         return output_size(self.in_width, self.stride)
 
+    @property
+    def result_height(self) -> int:
+        """Rows of the map the engine returns: ``out_height``, halved (rounded down) by
+        ``pool``."""
+        return self.out_height // 2 if self.pool else self.out_height
+
+    @property
+    def result_width(self) -> int:
+        """Columns of the map the engine returns: ``out_width``, halved by ``pool``."""
+        return self.out_width // 2 if self.pool else self.out_width
+
     def column_blocks(self, config) -> int:
+        """Column blocks of the convolution's output (``tm`` pixels each), before any pool."""
         return math.ceil(self.out_width / config.tm)
 
     def output_beats(self, config) -> int:
-        """Beats of ``out`` (and of ``residual_in`` when ``residual``)."""
-        return self.out_height * self.column_blocks(config) * self.out_channels
+        """Beats of ``out``: ``result_height * ceil(result_width / tm) * out_channels``; with
+        ``residual`` (which excludes ``pool``) also the beats of ``residual_in``."""
+        return self.result_height * math.ceil(self.result_width / config.tm) * self.out_channels
 
     def check(self, config, masks=None) -> None:
         """Raise :class:`PsconvError` if this layer does not fit ``config``: the rules of
@@ -203,6 +236,8 @@ class LayerSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 bad(name, value, "an integer")
+        if not isinstance(self.pool, (bool, int)) or self.pool not in (0, 1):
+            bad("pool", self.pool, "true or false")
         for rule in DESCRIPTOR_RULES:
             if rule.applies is not None and not rule.applies(self, config):
                 continue
@@ -227,7 +262,7 @@ class LayerSpec:
             "in_height": self.in_height, "in_width": self.in_width,
             "stride": self.stride, "kernel": self.kernel,
             "relu": int(bool(self.relu)), "residual": int(bool(self.residual)),
-            "period": self.period,
+            "period": self.period, "pool": int(bool(self.pool)),
         }).as_value().value
 
 

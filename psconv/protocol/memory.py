@@ -49,7 +49,9 @@ computes, gathers the residual (when the descriptor says so) from the CHW map at
 ``residual_address`` and scatters the output into the CHW map at ``output_address``: output
 beat (y, xb, o) pixel r goes to ``output_address + o * plane_bytes + y * W_out + xb * tm + r``
 for ``xb * tm + r < W_out`` (``plane_bytes`` = H_out * W_out; an output-channel tile's
-addresses already include its first channel's offset). The residual is read in the same order.
+addresses already include its first channel's offset; with the descriptor's ``pool`` the output
+is the pooled map, H_out // 2 x W_out // 2 per channel, ``plane_bytes`` its plane). The residual
+is read in the same order.
 A step whose ``max_pool`` is not 0 is no engine step but a max pool (:data:`MAX_POOL_2X2`: 2x2
 windows, stride 2, no padding, the golden model's ``maxpool2d_int``): the device reads the CHW map
 of ``fmap_bytes`` at ``fmap_address`` whose shape the descriptor's ``in_channels``,
@@ -108,7 +110,8 @@ BAD_MAX_POOL = 0xFE
 :data:`MAX_POOL_2X2`."""
 
 PROGRAM_MAGIC = b"PSPG"
-PROGRAM_VERSION = 3
+PROGRAM_VERSION = 4
+"""4: the step record's descriptor has the ``pool`` field (:mod:`.descriptor`)."""
 PROGRAM_HEADER_LAYOUT = data.StructLayout({
     "magic": unsigned(32), "version": unsigned(8), "steps": unsigned(16),
     "config_hash": unsigned(32),

@@ -52,7 +52,9 @@ DATA_COMMANDS = (Command.WRITE_MASKS, Command.WRITE_QUANT, Command.WRITE_WEIGHTS
                  Command.WRITE_FMAP, Command.WRITE_RESIDUAL)
 
 IDENTITY_MAGIC = b"PSCV"
-IDENTITY_VERSION = 1
+IDENTITY_VERSION = 2
+"""The protocol's version, in ``IDENTIFY``'s answer: 2 added the layer descriptor's ``pool``
+field (:mod:`.descriptor`)."""
 IDENTITY_LAYOUT = data.StructLayout({
     "magic": unsigned(32), "version": unsigned(8), "tm": unsigned(8), "tn": unsigned(8),
     "max_period": unsigned(8), "acc_width": unsigned(8), "data_width": unsigned(8),

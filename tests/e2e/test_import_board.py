@@ -117,7 +117,8 @@ class SmallPoolingCNN(nn.Module):
         return self.linear(torch.flatten(out, 1))
 
 
-def test_imported_cnn_with_max_pooling_is_bit_exact_resident_on_the_simulated_board():
+def imported_pooling_cnn():
+    """:class:`SmallPoolingCNN` with measured BN statistics, imported for SIM_CONFIG."""
     torch.manual_seed(21)
     model = SmallPoolingCNN()
     with torch.no_grad():
@@ -129,6 +130,30 @@ def test_imported_cnn_with_max_pooling_is_bit_exact_resident_on_the_simulated_bo
     quantized, layers = import_model(model.eval(), torch.rand(8, 3, 14, 14), SIM_CONFIG,
                                      "pooling-cnn")
     assert [l.op for l in layers].count("maxpool") == 2
+    return quantized
+
+
+def test_imported_cnn_with_max_pooling_is_bit_exact_streamed_on_the_simulated_board():
+    """Streamed, each max pool runs in the engine's output max pool, fused into the
+    convolution before it: 14x14 -> 7x7 (even) and 7x7 -> 3x3 (odd row and column dropped)."""
+    build_board(SIM_CONFIG)
+    quantized = imported_pooling_cnn()
+    program = compile_model(quantized, SIM_CONFIG)
+    image = quantize_input(torch.rand(3, 14, 14), quantized.input_scale)
+    with SimBoard(SIM_CONFIG) as board:
+        transport = board.connect()
+        report = Driver(transport, SIM_CONFIG, timeout_s=2.0).run_program(program, image,
+                                                                          progress=False)
+        transport.close()
+    pools = [l.name for l in quantized.layers if l.op == "maxpool"]
+    assert [s.shape.endswith("+maxpool") for s in report.steps] == [True, True, False]
+    assert report.bit_exact, report.first_mismatch
+    assert all(report.layers[name] is None for name in pools)
+    assert report.logits == report.golden_logits
+
+
+def test_imported_cnn_with_max_pooling_is_bit_exact_resident_on_the_simulated_board():
+    quantized = imported_pooling_cnn()
     program = compile_model(quantized, SIM_CONFIG)
     images = [quantize_input(torch.rand(3, 14, 14), quantized.input_scale) for _ in range(2)]
     report = run_resident(program, images, transport="sim", check_layers=True, progress=False)

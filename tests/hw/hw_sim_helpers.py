@@ -51,12 +51,15 @@ def random_layer(config, family, spec, seed):
 
 
 def golden_output(spec, layer):
-    from psconv.sim.golden.ops import conv2d_int, requantize
+    """The golden model's output of ``spec``: the requantized convolution, max-pooled
+    (``maxpool2d_int``) when ``spec.pool``."""
+    from psconv.sim.golden.ops import conv2d_int, maxpool2d_int, requantize
 
     acc = conv2d_int(layer["x"], layer["w"], stride=spec.stride)
-    return requantize(acc, layer["bias"], layer["mult"], layer["shift"], spec.relu,
-                      layer["residual"] if spec.residual else None,
-                      layer["res_mult"] if spec.residual else None)
+    out = requantize(acc, layer["bias"], layer["mult"], layer["shift"], spec.relu,
+                     layer["residual"] if spec.residual else None,
+                     layer["res_mult"] if spec.residual else None)
+    return maxpool2d_int(out) if spec.pool else out
 
 
 def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, output_stalls=0.0,
@@ -155,6 +158,7 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
             family = family_of_fpga
 
         run(Fragment.get(dut, FamilyOnly()), *tbs, background=[sink])
-    out = beats_to_pixels(config, state["out"], spec.out_channels, spec.out_height, spec.out_width)
+    out = beats_to_pixels(config, state["out"], spec.out_channels, spec.result_height,
+                          spec.result_width)
     return dict(out=out, beats=len(state["out"]), cycles=state["cycles"], counters=state["counters"],
                 load=state["first_issue"])

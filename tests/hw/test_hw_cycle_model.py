@@ -26,6 +26,13 @@ CASES = [
     ("passes", PSD1_P4, LayerSpec(7, 3, 3, 4, stride=1, kernel=3, period=4)),
     ("passes", PSD1_P4, LayerSpec(9, 5, 4, 5, stride=2, kernel=3, period=4)),
     ("passes", pointwise_family(), LayerSpec(13, 1, 4, 3, stride=1, kernel=1, period=1)),
+    # the output max pool: the last beat completes a pooled beat (H_out even) or is dropped
+    # (H_out odd; W_out = 9 on tm = 4: the lone last column block holds no kept column)
+    ("default", PSD1_P16, LayerSpec(20, 5, 8, 8, stride=1, kernel=3, period=16, pool=True)),
+    ("default", PSD1_P16, LayerSpec(20, 5, 7, 5, stride=1, kernel=3, period=16, pool=True)),
+    ("default", PSD1_P16, LayerSpec(20, 3, 8, 9, stride=1, kernel=3, period=16, pool=True)),
+    ("small", PSD1_P4, LayerSpec(7, 1, 7, 7, stride=1, kernel=3, period=4, pool=True)),
+    ("passes", PSD1_P4, LayerSpec(9, 5, 8, 7, stride=2, kernel=3, period=4, pool=True)),
 ]
 
 CONFIGS = {"default": lambda: EngineConfig(family=PSD1_P16),

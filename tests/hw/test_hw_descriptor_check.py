@@ -15,9 +15,10 @@ from hw_sim_helpers import small_config
 from sim_helpers import raw, run
 
 # every rule live (products above the buffer's rows; passes with periods that do not divide
-# patch_channels), and a config for which the last two rules are implied and left out
+# patch_channels), and a config for which two rules are implied and left out and which has no
+# output max pool (pool = 1 refused)
 ALL_RULES = small_config(max_in_channels=16, patch_channels=4, max_period=6, fmap_depth=96)
-IMPLIED = small_config()
+IMPLIED = small_config(max_pool=False)
 
 
 def host_verdict(config, fields):
@@ -44,12 +45,19 @@ def test_gateware_and_host_refuse_the_same_descriptors(config):
         for name, member in layout:
             top = (1 << member.shape.width) - 1
             fields[name] = rng.choice([0, 1, 2, 3, top, top - 1, rng.randint(0, top)])
-        fields["relu"], fields["residual"] = bool(fields["relu"]), bool(fields["residual"])
+        for flag in ("relu", "residual", "pool"):
+            fields[flag] = bool(fields[flag])
         cases.append(fields)
     # a layer in passes whose period does not divide patch_channels: rare at random
     cases += [dict(in_channels=config.patch_channels + 1, out_channels=1, in_height=1,
                    in_width=1, stride=1, kernel=3, relu=False, residual=False, period=period)
               for period in range(1, config.max_period + 1)]
+    # rules that random fields rarely break alone: the feature-map rows (where live), pool
+    # without the block, pool with a residual
+    valid = dict(in_channels=4, out_channels=1, in_height=2, in_width=2, stride=1, kernel=3,
+                 relu=False, residual=False, period=1, pool=False)
+    cases += [valid, {**valid, "in_height": 4}, {**valid, "pool": True},
+              {**valid, "pool": True, "residual": True}]
     seen = set()
     dut = DescriptorCheck(config)
 

@@ -1,6 +1,7 @@
 """Whole-engine integration in the Amaranth simulator, bit-exact against sim/golden/ops.py."""
 
 import pytest
+import torch
 
 from psconv.families import dense_family, paper_family, pointwise_family
 from psconv.protocol.descriptor import LayerSpec
@@ -156,3 +157,22 @@ def test_icebreaker_engine_as_built_for_the_ice40(spec):
                           output_stalls=0.1, seed=spec.in_channels)
     assert (res["out"] == golden_output(spec, layer)).all()
     assert res["counters"]["macs"] == expected_mac_count(family, spec)
+
+
+@pytest.mark.parametrize("tm,spec", [
+    (2, LayerSpec(3, 3, 7, 5, stride=1, kernel=3, relu=False, period=4, pool=True)),
+    (4, LayerSpec(4, 1, 9, 9, stride=1, kernel=3, relu=True, period=4, pool=True)),
+    (3, LayerSpec(5, 6, 8, 7, stride=2, kernel=3, relu=False, period=4, pool=True)),
+    (1, LayerSpec(2, 2, 5, 6, stride=1, kernel=3, relu=False, period=4, pool=True)),
+], ids=["7x5-tm2", "9x9-1channel-tm4", "s2-4x4-tm3", "5x6-tm1"])
+def test_output_max_pool(tm, spec):
+    """A layer with ``pool`` returns maxpool2d_int of its output (odd rows and columns dropped),
+    through input gaps and output back-pressure; the MACs are the unpooled layer's."""
+    config = small_config(family=SPARSE, tm=tm, max_height=9, max_width=9)
+    layer = random_layer(config, SPARSE, spec, seed=tm)
+    res = simulate_engine(config, SPARSE, spec, layer, input_gaps=0.2, output_stalls=0.3, seed=tm)
+    want = golden_output(spec, layer)
+    assert want.shape[1:] == (spec.out_height // 2, spec.out_width // 2)
+    assert res["beats"] == spec.output_beats(config)
+    assert torch.equal(res["out"], want)
+    assert res["counters"]["macs"] == expected_mac_count(SPARSE, spec)

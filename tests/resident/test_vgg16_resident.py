@@ -164,15 +164,17 @@ def test_auto_mode_is_resident_where_the_board_has_memory():
     assert mode("icebreaker") == "streamed"
 
 
-def test_bench_e2e_vgg16_runs_resident_and_refuses_streaming(tmp_path, capsys):
+def test_bench_e2e_vgg16_runs_resident_and_refuses_streaming_without_the_pool_block(tmp_path,
+                                                                                    capsys):
     from psconv.bench import e2e
+    from psconv.config import EngineConfig
     from psconv.errors import PsconvError
 
     folder, report = e2e.run(width=2, mode="resident", outdir=tmp_path / "e2e", progress=False,
                              transport="resident-ref", arch="vgg16", baseline=None)
     assert report.bit_exact and report.model.startswith("vgg16")
     assert "VGG16-CIFAR PSD1_P16 width 2" in (folder / "e2e.json").read_text()
-    with pytest.raises(PsconvError, match=r"--network vgg16 has max pools \('pool1' first\), "
-                                          r"which run only in the board's memory, not streamed: "
-                                          r"use --mode resident"):
-        e2e.run(width=2, mode="both", outdir=tmp_path / "both", progress=False, arch="vgg16")
+    with pytest.raises(PsconvError, match=r"layer 'pool1' is a max pool that cannot run "
+                                          r"streamed: the engine has no output max-pool block"):
+        e2e.run(width=2, mode="both", outdir=tmp_path / "both", progress=False, arch="vgg16",
+                config=EngineConfig(max_pool=False))

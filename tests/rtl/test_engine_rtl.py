@@ -73,6 +73,16 @@ def _cases(config, seed):
                            residual=random_int8((9, 6, 10), g),
                            residual_multiplier=torch.full((9,), 1 << 28, dtype=torch.int64),
                            input_gap_probability=0.3, output_backpressure=0.4))
+    # the output max pool at odd sizes: odd last row and column dropped, a lone last column block
+    # (W_out = 9 with tm = 4), one output channel (the left memory read the cycle after its
+    # write), with back-pressure
+    cases.append(make_case("pool 7x5", random_weight(fam, 5, 6, g), fam, random_int8((6, 7, 5), g),
+                           config, relu=False, pool=True))
+    cases.append(make_case("pool 9x9 1 channel", random_weight(fam, 1, 4, g), fam,
+                           random_int8((4, 9, 9), g), config, pool=True,
+                           output_backpressure=0.5))
+    cases.append(make_case("pool s2 10x10 relu", random_weight(fam, 12, 8, g), fam,
+                           random_int8((8, 19, 20), g), config, stride=2, relu=True, pool=True))
     if config.multi_pass:
         # one output channel whose passes are one cycle each: a partial sum is read back the
         # cycle after it is written
@@ -95,7 +105,7 @@ def test_engine_is_bit_exact(config_name, tmp_path_factory):
     for run in runs:
         assert run.counters["macs"] == run.case.useful_macs, run.case.name
         assert run.cycles > 0
-    assert len(runs) == 3 * len(FAMILIES) + 8 + (2 if config.multi_pass else 0)
+    assert len(runs) == 3 * len(FAMILIES) + 11 + (2 if config.multi_pass else 0)
 
 
 def test_dense_baseline_configuration():
