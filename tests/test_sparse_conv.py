@@ -28,7 +28,7 @@ def convs(model):
     return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
 
 
-def check_layer_families(model, family, n_convs):
+def check_layer_families(model, family, n_convs, conv_bias=False):
     layers = convs(model)
     assert len(layers) == n_convs
     assert all(isinstance(c, PeriodicSparseConv2d) for c in layers)
@@ -38,7 +38,7 @@ def check_layer_families(model, family, n_convs):
             assert conv.family == pointwise_family()
         else:
             assert conv.family == family
-    assert all(c.bias is None for c in layers)
+    assert all((c.bias is not None) == conv_bias for c in layers)
 
 
 def check_periodic(conv):
@@ -63,7 +63,7 @@ def test_resnet18_every_conv_is_periodic(name):
 def test_vgg16_every_conv_is_periodic(name):
     family = family_by_name(name)
     model = vgg16_cifar(family)
-    check_layer_families(model, family, n_convs=13)
+    check_layer_families(model, family, n_convs=13, conv_bias=True)   # the paper's code's biases
     for conv in convs(model):
         check_periodic(conv)
 

@@ -141,11 +141,12 @@ class ResNet18Cifar(nn.Module):
 class VGG16Cifar(nn.Module):
     """VGG16 for 32x32 inputs: 13 conv3x3-BN-ReLU units and 5 max-pools (to 1x1), then a single
     ``Linear(512 * width_scale, num_classes)`` classifier, as in the paper's reference code and
-    most CIFAR VGG code (not ImageNet VGG's three-layer classifier). The reference code's no-op
-    ``AvgPool2d(1, 1)`` is left out."""
+    most CIFAR VGG code (not ImageNet VGG's three-layer classifier). The convolutions keep a
+    bias as the reference code's do (``conv_bias``; BatchNorm folding absorbs it). The
+    reference code's no-op ``AvgPool2d(1, 1)`` is left out."""
 
     def __init__(self, family: PatternFamily, num_classes: int = 10, width_scale: float = 1.0,
-                 conv_bias: bool = False):
+                 conv_bias: bool = True):
         super().__init__()
         _check_network_family(family)
         _check_positive("num_classes", num_classes)
@@ -190,11 +191,11 @@ def resnet18_cifar(family: PatternFamily, num_classes: int = 10, width: int = 64
 
 
 def vgg16_cifar(family: PatternFamily, num_classes: int = 10, width_scale: float = 1.0,
-                conv_bias: bool = False) -> VGG16Cifar:
+                conv_bias: bool = True) -> VGG16Cifar:
     """CIFAR VGG16 (single-Linear classifier) with every 3x3 layer but the first in ``family``.
 
-    Convolutions have no bias (BN follows). ``conv_bias=True`` gives the paper's reference code
-    exactly, whose convolutions keep a redundant bias: 4,224 more parameters at full width.
+    Convolutions keep a bias, as in the paper's reference code (redundant before BatchNorm, which
+    folds it in; 4,224 parameters at full width). ``conv_bias=False`` leaves it out.
     """
     return VGG16Cifar(family, num_classes=num_classes, width_scale=width_scale, conv_bias=conv_bias)
 
