@@ -154,7 +154,7 @@ def _failure_message(outdir: Path, label: str, returncode: int) -> str:
     stage = _stage(outdir, DESIGN_NAME)
     log_path, tim = outdir / BUILD_LOG, outdir / f"{DESIGN_NAME}.tim"
     rpt = outdir / f"{DESIGN_NAME}.rpt"
-    log = log_path.read_text(errors="replace").splitlines()
+    log = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
     tim_lines = tim.read_text(errors="replace").splitlines() if tim.exists() else []
     rpt_lines = rpt.read_text(errors="replace").splitlines()[-2000:] if rpt.exists() else []
     errors = list(dict.fromkeys(line.strip() for line in log + rpt_lines + tim_lines

@@ -404,3 +404,10 @@ def test_simulated_sdram_board_runs_at_the_ulx3s_build_clock():
     from psconv.sim.sdram_rtl import SIM_BOARD_SDRAM_CLOCK_HZ
 
     assert SIM_BOARD_SDRAM_CLOCK_HZ == get_board("ulx3s-85f").link_clock_mhz * 1e6
+
+
+def test_a_build_that_fails_before_writing_its_log_is_described_not_a_traceback(tmp_path):
+    from psconv.rtl_gen.build import _failure_message
+
+    message = _failure_message(tmp_path, "ulx3s-85f", 127)
+    assert message.startswith("bitstream build for ulx3s-85f failed") and "exit status 127" in message
