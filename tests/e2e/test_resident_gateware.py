@@ -27,6 +27,7 @@ from psconv.protocol.payloads import (beats_payload, config_hash, decode_payload
                                       layout_bytes, mask_payload, quant_payload)
 from psconv.protocol.beats import weight_beats
 from psconv.sim.amaranth_transport import SimulatorTransport
+from psconv.sim.cycle_model import runner_max_pool_cycles
 from psconv.sim.golden.network import describe_mismatch
 
 from e2e_helpers import TINY_CONFIG, make_step
@@ -100,9 +101,28 @@ class Image:
         return address, len(data)
 
 
-def board():
-    top = BoardTop(CFG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400, memory_bytes=MEMORY)
-    transport = SimulatorTransport(top, top.rx_data, top.tx_data)
+class WatchedBoard(BoardTop):
+    """The board top, its program runner kept as ``runner`` when elaborated (for a testbench)."""
+
+    def _resident_mode(self, *args):
+        self.runner = super()._resident_mode(*args)
+        return self.runner
+
+
+def board(step_ends=None):
+    """A link to a fresh simulated board; a list ``step_ends`` receives the runner's ``cycles``
+    counter each time a step is counted done."""
+    top = WatchedBoard(CFG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400,
+                       memory_bytes=MEMORY)
+    testbenches = ()
+    if step_ends is not None:
+        async def watch(ctx):
+            async for (steps,) in ctx.changed(top.runner.steps_done):
+                if steps:
+                    step_ends.append(ctx.get(top.runner.cycles))
+
+        testbenches = (watch,)
+    transport = SimulatorTransport(top, top.rx_data, top.tx_data, testbenches)
     return LinkClient(transport, timeout_s=5e-3, retries=2)
 
 
@@ -242,14 +262,19 @@ def test_a_step_record_that_breaks_a_descriptor_rule_stops_the_run_there():
 
 def max_pool_step(x, odd_address=False):
     """A max-pool step of the CHW map ``x``, its expected output by torch's max_pool2d (floor:
-    an odd last row or column is dropped)."""
+    an odd last row or column is dropped; a map under 2 rows or columns pools to nothing)."""
+    c, h, w = x.shape
+    if h < 2 or w < 2:
+        return ("maxpool", x, odd_address, torch.zeros((c, h // 2, w // 2), dtype=torch.int64))
     expected = torch.nn.functional.max_pool2d(x.to(torch.float64)[None], 2, 2)[0].to(torch.int64)
     return ("maxpool", x, odd_address, expected)
 
 
 def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
     """2x2 stride-2 max-pool steps in the runner: even and odd map sizes (an odd last row or
-    column is dropped), maps at even and odd addresses, int8 extremes, after an engine step."""
+    column is dropped), maps at even and odd addresses, int8 extremes, after an engine step; a
+    map of one row pools to nothing. Each step takes the cycles the cycle model gives
+    (runner_max_pool_cycles: records at odd and even addresses, rows at both alignments)."""
     g = torch.Generator().manual_seed(11)
 
     def random_map(c, h, w):
@@ -262,9 +287,11 @@ def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
              max_pool_step(random_map(3, 7, 5)),
              max_pool_step(random_map(2, 8, 8), odd_address=True),
              max_pool_step(random_map(5, 5, 8), odd_address=True),
-             max_pool_step(random_map(1, 3, 3))]
+             max_pool_step(random_map(1, 3, 3)),
+             max_pool_step(random_map(2, 1, 5), odd_address=True)]
     image = Image(steps)
-    link = board()
+    step_ends = []
+    link = board(step_ends)
     status = run_to_end(link, image)
     assert (status["done"], status["steps_done"], status["bad_rule"]) == (1, len(steps),
                                                                          NO_BAD_RULE)
@@ -272,6 +299,19 @@ def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
     for index, (address, shape, expected, name) in enumerate(image.outputs):
         out = from_chw(read_memory(link, address, expected.numel()), shape)
         assert describe_mismatch(f"step {index} ({name})", expected, out) is None
+    # every max-pool step (all follow a step) from the previous step's end to its own
+    layout = step_record_layout(CFG)
+    assert len(step_ends) == len(steps)
+    measured, predicted = [], []
+    for k in range(1, len(steps)):
+        _, x, odd, _ = steps[k]
+        at = layout_bytes(PROGRAM_HEADER_LAYOUT) + k * layout_bytes(layout)
+        record = layout.from_bits(int.from_bytes(image.blob[at:at + layout_bytes(layout)],
+                                                 "little"))
+        assert record.fmap_address % 2 == int(odd)
+        measured.append(step_ends[k] - step_ends[k - 1])
+        predicted.append(runner_max_pool_cycles(CFG, *x.shape, record.fmap_address, at))
+    assert measured == predicted, (measured, predicted)
 
 
 def test_a_step_record_with_an_unknown_max_pool_kind_stops_the_run():
