@@ -180,11 +180,18 @@ def breaking_descriptors(config):
     """``(rule index, fields)`` for every rule of
     :data:`~psconv.protocol.descriptor.DESCRIPTOR_RULES` the gateware checks for ``config``: each
     field just past each of its limits (below the lowest allowed value; above the highest, if
-    the field is wide enough to carry it; every value a set rule leaves out), the product rule
-    and the passes rule broken with every field in range. Only that rule breaks."""
+    the field is wide enough to carry it; every value a set rule leaves out), a rule that holds
+    only sometimes (``applies``) under every setting of the other fields below that makes it
+    hold, and the product rule broken with every field in range. Each case breaks that
+    rule first (:meth:`~psconv.protocol.descriptor.LayerSpec.broken_rule`), as the board's NAK
+    must name it."""
     layout = layer_descriptor_layout(config)
-    valid = dict(in_channels=1, out_channels=1, in_height=1, in_width=1, stride=1, kernel=3,
-                 relu=0, residual=0, period=1)
+    valid = dict(in_channels=1, out_channels=1, in_height=3, in_width=3, stride=1, kernel=3,
+                 relu=0, residual=0, period=1, pool=0)
+    # where the rules with ``applies`` hold: input-channel passes, a residual, and maps that
+    # pool to nothing (one row, one column, two rows at stride 2)
+    contexts = [{"in_channels": config.patch_channels + 1}, {"residual": 1}, {"in_height": 1},
+                {"in_width": 1}, {"stride": 2, "in_height": 2}]
     for index, rule in enumerate(DESCRIPTOR_RULES):
         if rule.implied is not None and rule.implied(config):
             continue
@@ -193,18 +200,19 @@ def breaking_descriptors(config):
             high = allowed.stop - 1
             height = high // config.max_in_channels + 1
             assert height <= config.max_height, "this config's product rule is implied"
-            yield index, {**valid, "in_channels": config.max_in_channels, "in_height": height}
-        elif rule.applies is not None:          # the period of a layer run in passes
-            period = next(p for p in range(1, config.max_period + 1) if p not in allowed)
-            yield index, {**valid, "in_channels": config.patch_channels + 1, "period": period}
+            cases = [{**valid, "in_channels": config.max_in_channels, "in_height": height}]
         else:
             limit = 1 << layout[rule.name].shape.width
             if isinstance(allowed, range):
                 bad = [v for v in (allowed.start - 1, allowed.stop) if 0 <= v < limit]
             else:
                 bad = [v for v in range(limit) if v not in allowed]
-            for value in bad:
-                yield index, {**valid, rule.name: value}
+            cases = [{**valid, **context, rule.name: value} for value in bad
+                     for context in (contexts if rule.applies is not None else [{}])]
+        cases = [fields for fields in cases if LayerSpec(**fields).broken_rule(config) == index]
+        assert cases, f"no descriptor breaks rule {index} ({rule.name}) first"
+        for fields in cases:
+            yield index, fields
 
 
 def descriptor_payload(config, fields) -> bytes:
