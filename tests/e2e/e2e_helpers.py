@@ -18,7 +18,7 @@ from psconv.firmware.transport import Transport
 from psconv.protocol.descriptor import DESCRIPTOR_RULES, LayerSpec, layer_descriptor_layout
 from psconv.protocol.frame import MAX_PAYLOAD
 from psconv.protocol.payloads import descriptor_bytes
-from psconv.sim.golden.ops import conv2d_int, requantize
+from psconv.sim.golden.ops import conv2d_int, maxpool2d_int, requantize
 
 from sim_helpers import raw
 
@@ -122,16 +122,21 @@ class MockEngine:
                 self.busy = True
 
 
-def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True, residual=False):
-    """A compiled-looking EngineStep with random data, its input, residual and golden output."""
+def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True, residual=False,
+              pool=False):
+    """A compiled-looking EngineStep with random data, its input, residual and golden output
+    (``size``: H = W, or (H, W); ``pool``: the descriptor's output max pool, the golden output
+    ``maxpool2d_int`` of the layer's)."""
     k = family.kernel_size
     g = generator
+    height, width = (size, size) if isinstance(size, int) else size
     weight = torch.randint(-128, 128, (c_out, c_in, k, k), generator=g)
     weight = weight * family.weight_mask(c_out, c_in).to(torch.int64)
-    x = torch.randint(-128, 128, (c_in, size, size), generator=g)
+    x = torch.randint(-128, 128, (c_in, height, width), generator=g)
     masks = rotated_masks(family)
-    spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=size, in_width=size,
-                     stride=stride, kernel=k, relu=relu, residual=residual, period=len(masks))
+    spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=height, in_width=width,
+                     stride=stride, kernel=k, relu=relu, residual=residual, period=len(masks),
+                     pool=pool)
     bias = torch.randint(-3000, 3000, (c_out,), generator=g)
     multiplier = torch.randint(1 << 28, 1 << 29, (c_out,), generator=g)
     shift = torch.full((c_out,), 35 if k == 3 else 33)
@@ -140,6 +145,8 @@ def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True
            if residual else None)
     expected = requantize(conv2d_int(x, weight, stride, k // 2), bias, multiplier, shift, relu,
                           res, res_mult if residual else None)
+    if pool:
+        expected = maxpool2d_int(expected)
     packed = pack_layer(weight.to(torch.int8), family)
     step = EngineStep(layer=name, tile=0, tiles=1, first_channel=0, descriptor=spec, masks=masks,
                       weight_words=engine_weight_words(packed, TINY_CONFIG.tn, TINY_CONFIG.patch_channels), bias=bias,

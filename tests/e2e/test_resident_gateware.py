@@ -16,7 +16,7 @@ import torch
 from psconv.families import dense_family, paper_family, pointwise_family
 from psconv.firmware.link import LinkClient, LinkNak
 from psconv.hw.board_top import BoardTop
-from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.codes import Command, NakReason, Status
 from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, MEM_READ_LAYOUT,
                                     MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT, NO_BAD_RULE,
                                     PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, memory_crc,
@@ -29,6 +29,7 @@ from psconv.protocol.beats import weight_beats
 from psconv.sim.amaranth_transport import SimulatorTransport
 from psconv.sim.cycle_model import runner_max_pool_cycles
 from psconv.sim.golden.network import describe_mismatch
+from psconv.sim.resident_device import ResidentDevice
 
 from e2e_helpers import TINY_CONFIG, make_step
 
@@ -80,7 +81,7 @@ class Image:
             fmap = self.place(chw_bytes(x))
             residual = self.place(chw_bytes(res))[0] if res is not None else 0
             output = self.place(bytes(expected.numel()))
-            plane = spec.out_height * spec.out_width
+            plane = spec.result_height * spec.result_width     # the pooled map with ``pool``
             records.append(step_record(
                 CFG, spec, masks_address=tables["masks"][0], quant_address=tables["quant"][0],
                 weights_address=tables["weights"][0], weight_bytes=tables["weights"][1],
@@ -325,3 +326,47 @@ def test_a_step_record_with_an_unknown_max_pool_kind_stops_the_run():
     image.blob[at] = 3
     status = run_to_end(board(), image)
     assert (status["done"], status["steps_done"], status["bad_rule"]) == (0, 1, BAD_MAX_POOL)
+
+
+def test_engine_steps_with_the_output_max_pool_store_the_pooled_map_bit_exact():
+    """Resident, an engine step whose descriptor sets ``pool`` scatters the pooled map (H_out // 2
+    x W_out // 2 per channel, an odd last row or column dropped; planes of odd size, so channels
+    start at odd addresses) equal to conv + requantize + maxpool2d_int: on the gateware runner
+    and on the software reference board, from the same memory image; an unpooled step after."""
+    g = torch.Generator().manual_seed(13)
+    steps = [
+        make_step("3x3 PSD1_P4 7x7 pooled", paper_family(1, 4, dense_kernel=True), 5, 3, 7, g,
+                  pool=True),
+        make_step("first layer (dense) 5x8 pooled", dense_family(), 3, 4, (5, 8), g, pool=True),
+        make_step("3x3 PS2_P4 stride 2 6x7 pooled", paper_family(2, 4), 4, 5, (6, 7), g,
+                  stride=2, relu=False, pool=True),
+        make_step("1x1 3x6 pooled", pointwise_family(), 6, 2, (3, 6), g, relu=False, pool=True),
+        make_step("3x3 dense unpooled", dense_family(), 2, 3, 5, g),
+    ]
+    assert [tuple(e.shape) for _, _, _, e in steps] == [(3, 3, 3), (4, 2, 4), (5, 1, 2),
+                                                         (2, 1, 3), (3, 5, 5)]
+    image = Image(steps)
+    written = sum(e.numel() for _, _, e, _ in image.outputs)
+    link = board()
+    status = run_to_end(link, image)
+    assert (status["done"], status["steps_done"], status["bad_rule"]) == (1, len(steps),
+                                                                         NO_BAD_RULE)
+    assert status["memory_writes"] == written
+    for address, shape, expected, name in image.outputs:
+        out = from_chw(read_memory(link, address, expected.numel()), shape)
+        assert describe_mismatch(f"gateware {name}", expected, out) is None
+
+    device = ResidentDevice(CFG, MEMORY)
+    device.memory[:len(image.blob)] = image.blob
+    for code, payload in ((Command.CHECK_MODEL, encode_payload(MODEL_CHECK_LAYOUT, {
+                               "address": 0, "length": len(image.model),
+                               "crc": memory_crc(image.model)})),
+                          (Command.INFER, bytes(4))):
+        assert device.handle(code, payload).status == Status.ACK
+    reference = decode_payload(RUN_STATUS_LAYOUT, device.handle(Command.RUN_STATUS, b"").payload,
+                               "RUN_STATUS")
+    assert (reference.done, reference.steps_done, reference.memory_writes) == (
+        1, len(steps), written)
+    for address, shape, expected, name in image.outputs:
+        out = from_chw(bytes(device.memory[address:address + expected.numel()]), shape)
+        assert describe_mismatch(f"reference board {name}", expected, out) is None
