@@ -21,8 +21,8 @@ from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, MEM_READ_LAYOUT,
                                     MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT, NO_BAD_RULE,
                                     PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, memory_crc,
                                     program_header, step_record, step_record_layout)
-from psconv.protocol.descriptor import (DESCRIPTOR_RULES, LayerSpec, encode_quant_entry,
-                                        layer_descriptor_layout)
+from psconv.protocol.descriptor import (DESCRIPTOR_RULES, LayerSpec, describe_rejection,
+                                        encode_quant_entry, layer_descriptor_layout)
 from psconv.protocol.payloads import (beats_payload, config_hash, decode_payload, encode_payload,
                                       layout_bytes, mask_payload, quant_payload)
 from psconv.protocol.beats import weight_beats
@@ -259,6 +259,35 @@ def test_a_step_record_that_breaks_a_descriptor_rule_stops_the_run_there():
     again = run_status(link)
     assert (first["running"], first["bad_rule"]) == (1, NO_BAD_RULE)
     assert (again["steps_done"], again["bad_rule"]) == (1, rule)
+
+
+def test_a_pooled_step_whose_pooled_map_is_empty_stops_the_run_naming_the_rule():
+    """A record whose descriptor sets ``pool`` over a map one row high (nothing to pool) stops
+    the run before that step's engine starts, naming the rule the host's check names."""
+    g = torch.Generator().manual_seed(8)
+    steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
+             make_step("3x3 PS2_P4 pooled", paper_family(2, 4), 4, 3, 6, g, pool=True)]
+    image = Image(steps)
+    size = layout_bytes(step_record_layout(CFG))
+    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + size
+    layout = layer_descriptor_layout(CFG)
+    height = layout["in_height"]
+    record = int.from_bytes(image.blob[at:at + size], "little")
+    record &= ~(((1 << height.shape.width) - 1) << height.offset)
+    record |= 1 << height.offset                      # in_height 6 -> 1
+    image.blob[at:at + size] = record.to_bytes(size, "little")
+    descriptor = record & ((1 << layout.size) - 1)
+    fields = layout.from_bits(descriptor)
+    rule = LayerSpec(**{name: int(fields[name]) for name in layout.members}).broken_rule(CFG)
+    assert "pool is 1; allowed: only 0 (the pooled map would be empty" in describe_rejection(
+        CFG, rule, descriptor)
+    link = board()
+    status = run_to_end(link, image)
+    assert (status["running"], status["done"], status["steps_done"], status["bad_rule"]) == (
+        0, 0, 1, rule)
+    address, shape, expected, name = image.outputs[0]
+    assert describe_mismatch(name, expected, from_chw(read_memory(link, address, expected.numel()),
+                                                     shape)) is None
 
 
 def max_pool_step(x, odd_address=False):
