@@ -27,6 +27,10 @@ The model is the engine's schedule written out (see docs/architecture.md), not a
   issue; with ``pool`` (the output max pool, :mod:`psconv.hw.output_pool`) :func:`pool_drain_cycles`
   more: the pool holds the last beat one cycle, two if it completes a pooled beat.
 
+The resident program runner's max-pool step (:mod:`psconv.hw.program_runner`, record
+``max_pool`` = ``MAX_POOL_2X2``) has no engine in it: :func:`runner_max_pool_cycles` gives its
+exact cycles from the runner's state machine (one state per row load, fold and store).
+
 Definitions of the returned figures: ``load`` = cycles before the first issue; ``compute`` =
 first issue to ``done``; ``total`` = ``load + compute`` (= busy + stall + idle counters);
 ``macs`` = useful multiply-accumulates (kept taps x output pixels, what the ``macs`` counter
@@ -40,6 +44,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from psconv.protocol.memory import step_record_layout
+from psconv.protocol.payloads import layout_bytes
 from psconv.schedule import input_channel_passes, pass_cycles
 
 NUM_TAPS = 9
@@ -215,3 +221,56 @@ def predict_network(config, layers) -> dict:
         "utilization_with_load": macs / (mults * total),
         "dense_equivalent_macs_per_multiplier_per_cycle": dense / (mults * compute),
     }
+
+
+# ---- the program runner's max-pool step (psconv.hw.program_runner) ----
+BLOCK_RAM_READ_LATENCY = 1   # psconv.hw.memory_port.OnChipMemory: a load's word the next cycle
+RUNNER_LOAD_TAIL = 1         # a sequential load's state sees its last byte taken one cycle later
+RUNNER_CHECK_CYCLES = 2      # the record's DescriptorCheck verdict (LATENCY): CHECK_STEP, GEOMETRY
+RUNNER_ROW_CYCLES = 2        # per pooled row: MAX_POOL_ROW (first load set up), MAX_POOL_FOLD
+RUNNER_STEP_CYCLES = 2       # NEXT_STEP (the record's load set up), STEP_DONE
+
+
+def runner_load_cycles(address: int, count: int,
+                       read_latency: int = BLOCK_RAM_READ_LATENCY) -> int:
+    """Cycles of one of the runner's sequential-load states: ``count`` bytes from byte
+    ``address`` as 2-byte words, one request per cycle (an odd address costs the word holding
+    its first byte), then ``read_latency`` for the last word and a cycle to see it taken."""
+    words = (address % 2 + count + 1) // 2
+    return words + read_latency + RUNNER_LOAD_TAIL
+
+
+def runner_max_pool_cycles(config, channels: int, height: int, width: int, fmap_address: int,
+                           record_address: int,
+                           read_latency: int = BLOCK_RAM_READ_LATENCY) -> int:
+    """Exact cycles of a max-pool step of the resident program runner over a ``channels`` x
+    ``height`` x ``width`` CHW map at byte ``fmap_address``, its step record at
+    ``record_address``: from the cycle after the previous step ended (or the header was read) to
+    the cycle the step is counted done, so a program's steps add up in ``RUN_STATUS``
+    ``cycles``.
+
+    The step: the record's load (:func:`runner_load_cycles`), its descriptor check and the
+    output geometry (:data:`RUNNER_CHECK_CYCLES`), then per channel and per pooled row (H // 2;
+    an odd last row is skipped without a load) the two input rows loaded in turn (W bytes each,
+    at their own byte alignment), a fold cycle and one store cycle per pooled byte (W // 2); a
+    map with H < 2 or W < 2 pools nothing. One cycle each to start the step and to end it.
+
+    Exact for a memory that takes a request every cycle and answers each load ``read_latency``
+    cycles later with nobody else on the port: the board's block-RAM memory
+    (:class:`psconv.hw.memory_port.OnChipMemory`, latency 1), which the tests check it against.
+    An SDRAM's refreshes, row changes and bridge FIFO stall the runner in ways this does not
+    count: there it is a lower bound.
+    """
+    record = runner_load_cycles(record_address, layout_bytes(step_record_layout(config)),
+                                read_latency)
+    cycles = RUNNER_STEP_CYCLES + record + RUNNER_CHECK_CYCLES
+    if height < 2 or width < 2:
+        return cycles
+    plane = height * width
+    for channel in range(channels):
+        for row in range(0, height - 1, 2):
+            first = fmap_address + channel * plane + row * width
+            cycles += (RUNNER_ROW_CYCLES + width // 2
+                       + runner_load_cycles(first, width, read_latency)
+                       + runner_load_cycles(first + width, width, read_latency))
+    return cycles

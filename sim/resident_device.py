@@ -27,8 +27,8 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
   sequential loads (record, tables, input map), a cycle per residual and output byte, plus the
   engine's compute cycles (:func:`psconv.sim.cycle_model.predict_cycles` ``compute``), nothing
   overlapped, and for the average pool a cycle per word plus the serial multiply and shift; a
-  max-pool step (:data:`~psconv.protocol.memory.MAX_POOL_2X2`) costs a cycle per word of its
-  record and input map and a cycle per output byte (no engine cycles). On
+  max-pool step (:data:`~psconv.protocol.memory.MAX_POOL_2X2`) costs exactly what the gateware
+  runner with block-RAM memory takes (:func:`psconv.sim.cycle_model.runner_max_pool_cycles`). On
   the reduced ResNet18 of the resident tests' gateware check it reads 10,181 cycles where the
   gateware counts 9,434 (pairs of pixels in one request and the overlaps are not modelled).
   ``memory_reads`` counts every byte the runner reads (header, step records, masks,
@@ -68,7 +68,7 @@ from psconv.protocol.memory import (MAX_POOL_2X2, MEM_ADDRESS_LAYOUT, MEM_READ_L
 from psconv.protocol.payloads import (MASK_BYTES, QUANT_BYTES, STATUS_LAYOUT, config_hash,
                                       decode_payload, encode_payload, identity_blob,
                                       layout_bytes)
-from psconv.sim.cycle_model import predict_cycles
+from psconv.sim.cycle_model import predict_cycles, runner_max_pool_cycles
 from psconv.sim.device_link import DeviceLink
 from psconv.sim.engine_model import run_step
 from psconv.sim.golden.ops import global_avgpool_int, maxpool2d_int
@@ -250,9 +250,10 @@ class ResidentDevice:
             spec = LayerSpec(in_channels=d.in_channels, out_channels=d.out_channels,
                              in_height=d.in_height, in_width=d.in_width, stride=d.stride,
                              kernel=d.kernel, relu=bool(d.relu), residual=bool(d.residual),
-                             period=d.period)
+                             period=d.period, pool=bool(d.pool))
             fields = {name: record[name] for name, _ in layout if name.endswith(("_address", "_bytes"))}
             if record.max_pool:
+                fields["record_address"] = at
                 steps.append((spec, self._check_max_pool(k, spec, record.max_pool, fields)))
                 continue
             fields["masks"] = self._masks(fields["masks_address"], spec.period)
@@ -260,7 +261,7 @@ class ResidentDevice:
                 spec.check(config, fields["masks"])
             except PsconvError as e:
                 raise ProgramError(f"step {k}: {e}") from None
-            planes = spec.out_height * spec.out_width
+            planes = spec.result_height * spec.result_width     # the pooled map with ``pool``
             regions = [(fields["masks_address"], MASK_BYTES * spec.period),
                        (fields["quant_address"], QUANT_BYTES * spec.out_channels),
                        (fields["weights_address"], fields["weight_bytes"]),
@@ -291,10 +292,10 @@ class ResidentDevice:
             spec.check(self.config)
         except PsconvError as e:
             raise ProgramError(f"step {k}: {e}") from None
-        if (spec.kernel, spec.stride, spec.period, spec.relu, spec.residual) != (1, 2, 1, False, False) \
-                or spec.out_channels != spec.in_channels:
+        if (spec.kernel, spec.stride, spec.period, spec.relu, spec.residual, spec.pool) \
+                != (1, 2, 1, False, False, False) or spec.out_channels != spec.in_channels:
             raise ProgramError(f"step {k}: a max-pool step's descriptor is not a 1x1 stride-2 "
-                               f"layer with out_channels = in_channels, period 1")
+                               f"layer with out_channels = in_channels, period 1, no pool")
         out = (spec.in_channels, spec.in_height // 2, spec.in_width // 2)
         if (fields["fmap_bytes"] != spec.in_channels * spec.in_height * spec.in_width
                 or fields["plane_bytes"] != out[1] * out[2] or min(out) < 1
@@ -344,15 +345,16 @@ class ResidentDevice:
 
     def _max_pool(self, spec: LayerSpec, f: dict) -> None:
         """A 2x2 stride-2 max-pool step from memory into memory (the golden op's values);
-        cycles: a word per cycle for the record and the input map, a cycle per output byte."""
+        cycles: the block-RAM gateware runner's, exactly (:func:`runner_max_pool_cycles`)."""
         record = layout_bytes(step_record_layout(self.config))
         self.memory_reads += record
-        x = self._map(f["fmap_address"], spec.in_height * spec.in_width,
-                      (spec.in_channels, spec.in_height, spec.in_width))
+        shape = (spec.in_channels, spec.in_height, spec.in_width)
+        x = self._map(f["fmap_address"], spec.in_height * spec.in_width, shape)
         data = maxpool2d_int(x).to(torch.int8).numpy().tobytes()
         self.memory[f["output_address"]:f["output_address"] + len(data)] = data
         self.memory_writes += len(data)
-        self.cycles += -(-(record + f["fmap_bytes"]) // 2) + len(data)
+        self.cycles += runner_max_pool_cycles(self.config, *shape, f["fmap_address"],
+                                              f["record_address"])
         self.steps_done += 1
 
     def _run(self, spec: LayerSpec, f: dict) -> None:

@@ -94,7 +94,7 @@ class DescriptorRule:
 
     ``name`` is what errors and NAKs call it. ``value(d)`` computes it from a descriptor ``d``:
     a :class:`LayerSpec` (ints) or the gateware's view of the ``layer`` port (Amaranth values),
-    so it uses only operators both understand (``*``, ``>``). ``allowed(config)`` is a range
+    so it uses only operators both understand (``*``, ``>``, ``>=``, ``|``). ``allowed(config)`` is a range
     (step 1) or a tuple of the values it may take. ``applies(d, config)``, if given, says when
     the rule holds (the same two-sided kind of expression); ``why`` says where the limit comes
     from. ``implied(config)``, if given, is true when the rules before it already guarantee this
@@ -158,6 +158,12 @@ DESCRIPTOR_RULES = (
     DescriptorRule("pool", _field("pool"), lambda config: (0,),
                    "a layer with a residual is not pooled: the residual window counts output "
                    "beats", applies=lambda d, config: d.residual,
+                   implied=lambda config: not config.max_pool),
+    # out_height = (in_height - 1) // stride + 1 is 2 or more exactly when in_height > stride
+    DescriptorRule("pool", _field("pool"), lambda config: (0,),
+                   "the pooled map would be empty: pooling needs an output of at least 2x2, "
+                   "in_height and in_width above stride",
+                   applies=lambda d, config: (d.stride >= d.in_height) | (d.stride >= d.in_width),
                    implied=lambda config: not config.max_pool),
 )
 """Every limit the engine puts on a descriptor, in the order they are checked; a rule's index
@@ -238,11 +244,10 @@ class LayerSpec:
                 bad(name, value, "an integer")
         if not isinstance(self.pool, (bool, int)) or self.pool not in (0, 1):
             bad("pool", self.pool, "true or false")
-        for rule in DESCRIPTOR_RULES:
-            if rule.applies is not None and not rule.applies(self, config):
-                continue
-            if rule.value(self) not in rule.allowed(config):
-                bad(rule.name, rule.value(self), rule.describe(config))
+        index = self.broken_rule(config)
+        if index is not None:
+            rule = DESCRIPTOR_RULES[index]
+            bad(rule.name, rule.value(self), rule.describe(config))
         if masks is not None:
             if len(masks) != self.period:
                 bad("period", self.period, f"the mask table's length {len(masks)}")
@@ -252,6 +257,17 @@ class LayerSpec:
             if words > config.weight_depth:
                 bad("weight words (C_out * cycles per output channel)", words,
                     f"at most weight_depth = {config.weight_depth}")
+
+    def broken_rule(self, config) -> int | None:
+        """The index in :data:`DESCRIPTOR_RULES` of the first rule this descriptor breaks for
+        ``config`` (the rule a board's ``BAD_DESCRIPTOR`` NAK names), or None. Its fields must be
+        integers (:meth:`check` says which is not)."""
+        for index, rule in enumerate(DESCRIPTOR_RULES):
+            if rule.applies is not None and not rule.applies(self, config):
+                continue
+            if rule.value(self) not in rule.allowed(config):
+                return index
+        return None
 
     def encode(self, config) -> int:
         """The integer to drive on the ``layer`` port."""

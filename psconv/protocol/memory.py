@@ -58,8 +58,8 @@ of ``fmap_bytes`` at ``fmap_address`` whose shape the descriptor's ``in_channels
 ``in_height`` and ``in_width`` give, and writes the C x (H // 2) x (W // 2) map at
 ``output_address`` (contiguous, ``plane_bytes`` = (H // 2) x (W // 2); an odd last row or
 column is dropped). Its descriptor is that of a 1x1 stride-2 layer with ``out_channels`` =
-``in_channels``, period 1, no ReLU, no residual (it keeps the descriptor rules like every
-step); the other addresses are 0.
+``in_channels``, period 1, no ReLU, no residual, no ``pool`` (it keeps the descriptor rules
+like every step); the other addresses are 0.
 After the last step, a header with ``pool_channels`` > 0 has the device average-pool a map
 (ResNet's final pool), so an inference returns C bytes instead of the last C x H x W map.
 """

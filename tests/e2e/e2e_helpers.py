@@ -18,7 +18,7 @@ from psconv.firmware.transport import Transport
 from psconv.protocol.descriptor import DESCRIPTOR_RULES, LayerSpec, layer_descriptor_layout
 from psconv.protocol.frame import MAX_PAYLOAD
 from psconv.protocol.payloads import descriptor_bytes
-from psconv.sim.golden.ops import conv2d_int, requantize
+from psconv.sim.golden.ops import conv2d_int, maxpool2d_int, requantize
 
 from sim_helpers import raw
 
@@ -122,16 +122,21 @@ class MockEngine:
                 self.busy = True
 
 
-def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True, residual=False):
-    """A compiled-looking EngineStep with random data, its input, residual and golden output."""
+def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True, residual=False,
+              pool=False):
+    """A compiled-looking EngineStep with random data, its input, residual and golden output
+    (``size``: H = W, or (H, W); ``pool``: the descriptor's output max pool, the golden output
+    ``maxpool2d_int`` of the layer's)."""
     k = family.kernel_size
     g = generator
+    height, width = (size, size) if isinstance(size, int) else size
     weight = torch.randint(-128, 128, (c_out, c_in, k, k), generator=g)
     weight = weight * family.weight_mask(c_out, c_in).to(torch.int64)
-    x = torch.randint(-128, 128, (c_in, size, size), generator=g)
+    x = torch.randint(-128, 128, (c_in, height, width), generator=g)
     masks = rotated_masks(family)
-    spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=size, in_width=size,
-                     stride=stride, kernel=k, relu=relu, residual=residual, period=len(masks))
+    spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=height, in_width=width,
+                     stride=stride, kernel=k, relu=relu, residual=residual, period=len(masks),
+                     pool=pool)
     bias = torch.randint(-3000, 3000, (c_out,), generator=g)
     multiplier = torch.randint(1 << 28, 1 << 29, (c_out,), generator=g)
     shift = torch.full((c_out,), 35 if k == 3 else 33)
@@ -140,6 +145,8 @@ def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True
            if residual else None)
     expected = requantize(conv2d_int(x, weight, stride, k // 2), bias, multiplier, shift, relu,
                           res, res_mult if residual else None)
+    if pool:
+        expected = maxpool2d_int(expected)
     packed = pack_layer(weight.to(torch.int8), family)
     step = EngineStep(layer=name, tile=0, tiles=1, first_channel=0, descriptor=spec, masks=masks,
                       weight_words=engine_weight_words(packed, TINY_CONFIG.tn, TINY_CONFIG.patch_channels), bias=bias,
@@ -180,11 +187,18 @@ def breaking_descriptors(config):
     """``(rule index, fields)`` for every rule of
     :data:`~psconv.protocol.descriptor.DESCRIPTOR_RULES` the gateware checks for ``config``: each
     field just past each of its limits (below the lowest allowed value; above the highest, if
-    the field is wide enough to carry it; every value a set rule leaves out), the product rule
-    and the passes rule broken with every field in range. Only that rule breaks."""
+    the field is wide enough to carry it; every value a set rule leaves out), a rule that holds
+    only sometimes (``applies``) under every setting of the other fields below that makes it
+    hold, and the product rule broken with every field in range. Each case breaks that
+    rule first (:meth:`~psconv.protocol.descriptor.LayerSpec.broken_rule`), as the board's NAK
+    must name it."""
     layout = layer_descriptor_layout(config)
-    valid = dict(in_channels=1, out_channels=1, in_height=1, in_width=1, stride=1, kernel=3,
-                 relu=0, residual=0, period=1)
+    valid = dict(in_channels=1, out_channels=1, in_height=3, in_width=3, stride=1, kernel=3,
+                 relu=0, residual=0, period=1, pool=0)
+    # where the rules with ``applies`` hold: input-channel passes, a residual, and maps that
+    # pool to nothing (one row, one column, two rows at stride 2)
+    contexts = [{"in_channels": config.patch_channels + 1}, {"residual": 1}, {"in_height": 1},
+                {"in_width": 1}, {"stride": 2, "in_height": 2}]
     for index, rule in enumerate(DESCRIPTOR_RULES):
         if rule.implied is not None and rule.implied(config):
             continue
@@ -193,18 +207,19 @@ def breaking_descriptors(config):
             high = allowed.stop - 1
             height = high // config.max_in_channels + 1
             assert height <= config.max_height, "this config's product rule is implied"
-            yield index, {**valid, "in_channels": config.max_in_channels, "in_height": height}
-        elif rule.applies is not None:          # the period of a layer run in passes
-            period = next(p for p in range(1, config.max_period + 1) if p not in allowed)
-            yield index, {**valid, "in_channels": config.patch_channels + 1, "period": period}
+            cases = [{**valid, "in_channels": config.max_in_channels, "in_height": height}]
         else:
             limit = 1 << layout[rule.name].shape.width
             if isinstance(allowed, range):
                 bad = [v for v in (allowed.start - 1, allowed.stop) if 0 <= v < limit]
             else:
                 bad = [v for v in range(limit) if v not in allowed]
-            for value in bad:
-                yield index, {**valid, rule.name: value}
+            cases = [{**valid, **context, rule.name: value} for value in bad
+                     for context in (contexts if rule.applies is not None else [{}])]
+        cases = [fields for fields in cases if LayerSpec(**fields).broken_rule(config) == index]
+        assert cases, f"no descriptor breaks rule {index} ({rule.name}) first"
+        for fields in cases:
+            yield index, fields
 
 
 def descriptor_payload(config, fields) -> bytes:

@@ -16,18 +16,20 @@ import torch
 from psconv.families import dense_family, paper_family, pointwise_family
 from psconv.firmware.link import LinkClient, LinkNak
 from psconv.hw.board_top import BoardTop
-from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.codes import Command, NakReason, Status
 from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, MEM_READ_LAYOUT,
                                     MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT, NO_BAD_RULE,
                                     PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, memory_crc,
                                     program_header, step_record, step_record_layout)
-from psconv.protocol.descriptor import (DESCRIPTOR_RULES, LayerSpec, encode_quant_entry,
-                                        layer_descriptor_layout)
+from psconv.protocol.descriptor import (DESCRIPTOR_RULES, LayerSpec, describe_rejection,
+                                        encode_quant_entry, layer_descriptor_layout)
 from psconv.protocol.payloads import (beats_payload, config_hash, decode_payload, encode_payload,
                                       layout_bytes, mask_payload, quant_payload)
 from psconv.protocol.beats import weight_beats
 from psconv.sim.amaranth_transport import SimulatorTransport
+from psconv.sim.cycle_model import runner_max_pool_cycles
 from psconv.sim.golden.network import describe_mismatch
+from psconv.sim.resident_device import ResidentDevice
 
 from e2e_helpers import TINY_CONFIG, make_step
 
@@ -79,7 +81,7 @@ class Image:
             fmap = self.place(chw_bytes(x))
             residual = self.place(chw_bytes(res))[0] if res is not None else 0
             output = self.place(bytes(expected.numel()))
-            plane = spec.out_height * spec.out_width
+            plane = spec.result_height * spec.result_width     # the pooled map with ``pool``
             records.append(step_record(
                 CFG, spec, masks_address=tables["masks"][0], quant_address=tables["quant"][0],
                 weights_address=tables["weights"][0], weight_bytes=tables["weights"][1],
@@ -100,9 +102,28 @@ class Image:
         return address, len(data)
 
 
-def board():
-    top = BoardTop(CFG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400, memory_bytes=MEMORY)
-    transport = SimulatorTransport(top, top.rx_data, top.tx_data)
+class WatchedBoard(BoardTop):
+    """The board top, its program runner kept as ``runner`` when elaborated (for a testbench)."""
+
+    def _resident_mode(self, *args):
+        self.runner = super()._resident_mode(*args)
+        return self.runner
+
+
+def board(step_ends=None):
+    """A link to a fresh simulated board; a list ``step_ends`` receives the runner's ``cycles``
+    counter each time a step is counted done."""
+    top = WatchedBoard(CFG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400,
+                       memory_bytes=MEMORY)
+    testbenches = ()
+    if step_ends is not None:
+        async def watch(ctx):
+            async for (steps,) in ctx.changed(top.runner.steps_done):
+                if steps:
+                    step_ends.append(ctx.get(top.runner.cycles))
+
+        testbenches = (watch,)
+    transport = SimulatorTransport(top, top.rx_data, top.tx_data, testbenches)
     return LinkClient(transport, timeout_s=5e-3, retries=2)
 
 
@@ -240,16 +261,50 @@ def test_a_step_record_that_breaks_a_descriptor_rule_stops_the_run_there():
     assert (again["steps_done"], again["bad_rule"]) == (1, rule)
 
 
+def test_a_pooled_step_whose_pooled_map_is_empty_stops_the_run_naming_the_rule():
+    """A record whose descriptor sets ``pool`` over a map one row high (nothing to pool) stops
+    the run before that step's engine starts, naming the rule the host's check names."""
+    g = torch.Generator().manual_seed(8)
+    steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
+             make_step("3x3 PS2_P4 pooled", paper_family(2, 4), 4, 3, 6, g, pool=True)]
+    image = Image(steps)
+    size = layout_bytes(step_record_layout(CFG))
+    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + size
+    layout = layer_descriptor_layout(CFG)
+    height = layout["in_height"]
+    record = int.from_bytes(image.blob[at:at + size], "little")
+    record &= ~(((1 << height.shape.width) - 1) << height.offset)
+    record |= 1 << height.offset                      # in_height 6 -> 1
+    image.blob[at:at + size] = record.to_bytes(size, "little")
+    descriptor = record & ((1 << layout.size) - 1)
+    fields = layout.from_bits(descriptor)
+    rule = LayerSpec(**{name: int(fields[name]) for name in layout.members}).broken_rule(CFG)
+    assert "pool is 1; allowed: only 0 (the pooled map would be empty" in describe_rejection(
+        CFG, rule, descriptor)
+    link = board()
+    status = run_to_end(link, image)
+    assert (status["running"], status["done"], status["steps_done"], status["bad_rule"]) == (
+        0, 0, 1, rule)
+    address, shape, expected, name = image.outputs[0]
+    assert describe_mismatch(name, expected, from_chw(read_memory(link, address, expected.numel()),
+                                                     shape)) is None
+
+
 def max_pool_step(x, odd_address=False):
     """A max-pool step of the CHW map ``x``, its expected output by torch's max_pool2d (floor:
-    an odd last row or column is dropped)."""
+    an odd last row or column is dropped; a map under 2 rows or columns pools to nothing)."""
+    c, h, w = x.shape
+    if h < 2 or w < 2:
+        return ("maxpool", x, odd_address, torch.zeros((c, h // 2, w // 2), dtype=torch.int64))
     expected = torch.nn.functional.max_pool2d(x.to(torch.float64)[None], 2, 2)[0].to(torch.int64)
     return ("maxpool", x, odd_address, expected)
 
 
 def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
     """2x2 stride-2 max-pool steps in the runner: even and odd map sizes (an odd last row or
-    column is dropped), maps at even and odd addresses, int8 extremes, after an engine step."""
+    column is dropped), maps at even and odd addresses, int8 extremes, after an engine step; a
+    map of one row pools to nothing. Each step takes the cycles the cycle model gives
+    (runner_max_pool_cycles: records at odd and even addresses, rows at both alignments)."""
     g = torch.Generator().manual_seed(11)
 
     def random_map(c, h, w):
@@ -262,9 +317,11 @@ def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
              max_pool_step(random_map(3, 7, 5)),
              max_pool_step(random_map(2, 8, 8), odd_address=True),
              max_pool_step(random_map(5, 5, 8), odd_address=True),
-             max_pool_step(random_map(1, 3, 3))]
+             max_pool_step(random_map(1, 3, 3)),
+             max_pool_step(random_map(2, 1, 5), odd_address=True)]
     image = Image(steps)
-    link = board()
+    step_ends = []
+    link = board(step_ends)
     status = run_to_end(link, image)
     assert (status["done"], status["steps_done"], status["bad_rule"]) == (1, len(steps),
                                                                          NO_BAD_RULE)
@@ -272,6 +329,19 @@ def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
     for index, (address, shape, expected, name) in enumerate(image.outputs):
         out = from_chw(read_memory(link, address, expected.numel()), shape)
         assert describe_mismatch(f"step {index} ({name})", expected, out) is None
+    # every max-pool step (all follow a step) from the previous step's end to its own
+    layout = step_record_layout(CFG)
+    assert len(step_ends) == len(steps)
+    measured, predicted = [], []
+    for k in range(1, len(steps)):
+        _, x, odd, _ = steps[k]
+        at = layout_bytes(PROGRAM_HEADER_LAYOUT) + k * layout_bytes(layout)
+        record = layout.from_bits(int.from_bytes(image.blob[at:at + layout_bytes(layout)],
+                                                 "little"))
+        assert record.fmap_address % 2 == int(odd)
+        measured.append(step_ends[k] - step_ends[k - 1])
+        predicted.append(runner_max_pool_cycles(CFG, *x.shape, record.fmap_address, at))
+    assert measured == predicted, (measured, predicted)
 
 
 def test_a_step_record_with_an_unknown_max_pool_kind_stops_the_run():
@@ -285,3 +355,47 @@ def test_a_step_record_with_an_unknown_max_pool_kind_stops_the_run():
     image.blob[at] = 3
     status = run_to_end(board(), image)
     assert (status["done"], status["steps_done"], status["bad_rule"]) == (0, 1, BAD_MAX_POOL)
+
+
+def test_engine_steps_with_the_output_max_pool_store_the_pooled_map_bit_exact():
+    """Resident, an engine step whose descriptor sets ``pool`` scatters the pooled map (H_out // 2
+    x W_out // 2 per channel, an odd last row or column dropped; planes of odd size, so channels
+    start at odd addresses) equal to conv + requantize + maxpool2d_int: on the gateware runner
+    and on the software reference board, from the same memory image; an unpooled step after."""
+    g = torch.Generator().manual_seed(13)
+    steps = [
+        make_step("3x3 PSD1_P4 7x7 pooled", paper_family(1, 4, dense_kernel=True), 5, 3, 7, g,
+                  pool=True),
+        make_step("first layer (dense) 5x8 pooled", dense_family(), 3, 4, (5, 8), g, pool=True),
+        make_step("3x3 PS2_P4 stride 2 6x7 pooled", paper_family(2, 4), 4, 5, (6, 7), g,
+                  stride=2, relu=False, pool=True),
+        make_step("1x1 3x6 pooled", pointwise_family(), 6, 2, (3, 6), g, relu=False, pool=True),
+        make_step("3x3 dense unpooled", dense_family(), 2, 3, 5, g),
+    ]
+    assert [tuple(e.shape) for _, _, _, e in steps] == [(3, 3, 3), (4, 2, 4), (5, 1, 2),
+                                                         (2, 1, 3), (3, 5, 5)]
+    image = Image(steps)
+    written = sum(e.numel() for _, _, e, _ in image.outputs)
+    link = board()
+    status = run_to_end(link, image)
+    assert (status["done"], status["steps_done"], status["bad_rule"]) == (1, len(steps),
+                                                                         NO_BAD_RULE)
+    assert status["memory_writes"] == written
+    for address, shape, expected, name in image.outputs:
+        out = from_chw(read_memory(link, address, expected.numel()), shape)
+        assert describe_mismatch(f"gateware {name}", expected, out) is None
+
+    device = ResidentDevice(CFG, MEMORY)
+    device.memory[:len(image.blob)] = image.blob
+    for code, payload in ((Command.CHECK_MODEL, encode_payload(MODEL_CHECK_LAYOUT, {
+                               "address": 0, "length": len(image.model),
+                               "crc": memory_crc(image.model)})),
+                          (Command.INFER, bytes(4))):
+        assert device.handle(code, payload).status == Status.ACK
+    reference = decode_payload(RUN_STATUS_LAYOUT, device.handle(Command.RUN_STATUS, b"").payload,
+                               "RUN_STATUS")
+    assert (reference.done, reference.steps_done, reference.memory_writes) == (
+        1, len(steps), written)
+    for address, shape, expected, name in image.outputs:
+        out = from_chw(bytes(device.memory[address:address + expected.numel()]), shape)
+        assert describe_mismatch(f"reference board {name}", expected, out) is None

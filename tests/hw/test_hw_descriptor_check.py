@@ -23,14 +23,14 @@ IMPLIED = small_config(max_pool=False)
 
 def host_verdict(config, fields):
     """The index of the rule LayerSpec.check refuses ``fields`` for, or None."""
+    spec = LayerSpec(**fields)
     try:
-        LayerSpec(**{k: v for k, v in fields.items()}).check(config)
+        spec.check(config)
     except PsconvError as e:
-        names = [i for i, rule in enumerate(DESCRIPTOR_RULES)
-                 if f"engine layer: {rule.name} is " in str(e)
-                 and (rule.applies is None or rule.applies(LayerSpec(**fields), config))
-                 and rule.value(LayerSpec(**fields)) not in rule.allowed(config)]
-        return names[0]
+        index = spec.broken_rule(config)
+        assert str(e).startswith(f"engine layer: {DESCRIPTOR_RULES[index].name} is "), e
+        return index
+    assert spec.broken_rule(config) is None
     return None
 
 
@@ -53,11 +53,15 @@ def test_gateware_and_host_refuse_the_same_descriptors(config):
                    in_width=1, stride=1, kernel=3, relu=False, residual=False, period=period)
               for period in range(1, config.max_period + 1)]
     # rules that random fields rarely break alone: the feature-map rows (where live), pool
-    # without the block, pool with a residual
+    # without the block, pool with a residual, pool of a map that pools to nothing (and the
+    # smallest maps that pool to something)
     valid = dict(in_channels=4, out_channels=1, in_height=2, in_width=2, stride=1, kernel=3,
                  relu=False, residual=False, period=1, pool=False)
-    cases += [valid, {**valid, "in_height": 4}, {**valid, "pool": True},
-              {**valid, "pool": True, "residual": True}]
+    pooled = {**valid, "pool": True}
+    cases += [valid, {**valid, "in_height": 4}, pooled, {**pooled, "residual": True},
+              {**pooled, "in_height": 1}, {**pooled, "in_width": 1},
+              {**pooled, "stride": 2}, {**pooled, "stride": 2, "in_height": 3},
+              {**pooled, "stride": 2, "in_height": 3, "in_width": 3}]
     seen = set()
     dut = DescriptorCheck(config)
 
