@@ -22,12 +22,15 @@ pooled row yp is input rows 2*yp and 2*yp + 1. So per input beat (y, xb, o):
 Pooled pixels p >= W_out // 2 are output as 0. A last even row with no odd row after it only
 writes the row memory, so an odd ``H_out`` needs no special case.
 
-Timing: an input beat is taken in cycle t (both memories read), its result is computed in t+1
-(memories written) and a pooled beat is in the output register in t+2. Reads are transparent
-to the write of the same cycle (a one-channel layer reads the left word its previous beat wrote).
-One input beat per cycle while ``out`` is ready; ``in_.ready`` falls only while a pooled beat
-waits in the output register and the next result is another. ``idle`` is high when no beat
-is held (the engine's ``done`` waits for it). Without ``enable`` beats pass straight through
+Timing: an input beat is taken in cycle t (both memories read; the left memory is written
+with the raw beat in t+1), the memories' words are registered in t+2 with nothing between the
+block RAM outputs and those registers, the pair maxima and the pooled beat are computed from
+registers in t+2 (row memory written), and the pooled beat is in the output register in t+3. A
+read is transparent to the write of the same cycle (a one-channel layer reads the left word its
+previous beat wrote), and the row word of a beat right behind the beat that writes it is
+forwarded from that beat's pair maxima. One input beat per cycle while ``out`` is ready;
+``in_.ready`` falls only while a pooled beat waits in the output register and the next result
+is another. ``idle`` is high when no beat is held (the engine's ``done`` waits for it). Without ``enable`` beats pass straight through
 (comb), so an unpooled layer's cycles do not change.
 
 ``start`` (a pulse, with ``enable``, ``out_channels`` and ``out_width`` held from then until
@@ -91,7 +94,7 @@ class OutputMaxPool(wiring.Component):
         last_block = Signal()
         m.d.comb += last_block.eq(x0 + tm >= self.out_width)
 
-        # stage 1: the beat taken last cycle and what to do with it
+        # stage 1: the beat taken last cycle and what to do with it (memory reads in flight)
         s1_valid = Signal()
         s1_beat = Signal(self.pixel_layout)
         s1_odd = Signal()
@@ -102,11 +105,23 @@ class OutputMaxPool(wiring.Component):
         s1_o = Signal.like(o)
         s1_row_addr = Signal(range(row_depth))
 
+        # stage 2: the same, with the memories' words in registers
+        s2_valid = Signal()
+        s2_beat = Signal(self.pixel_layout)
+        s2_odd = Signal()
+        s2_pair = Signal()
+        s2_second = Signal()
+        s2_emit = Signal()
+        s2_keep = Signal(tm)
+        s2_row_addr = Signal(range(row_depth))
+        s2_left = Signal(self.pixel_layout)
+        s2_above = Signal(self.pixel_layout)
+
         out_valid = Signal()
         out_beat = Signal(self.pixel_layout)
 
         advance = Signal()
-        m.d.comb += advance.eq(~(s1_valid & s1_emit & out_valid & ~self.out.ready))
+        m.d.comb += advance.eq(~(s2_valid & s2_emit & out_valid & ~self.out.ready))
         take = Signal()
         m.d.comb += take.eq(self.in_.valid & self.in_.ready)
 
@@ -116,7 +131,7 @@ class OutputMaxPool(wiring.Component):
         with m.Else():
             m.d.comb += [self.in_.ready.eq(self.out.ready),
                          self.out.valid.eq(self.in_.valid), self.out.payload.eq(self.in_.payload)]
-        m.d.comb += self.idle.eq(~s1_valid & ~out_valid)
+        m.d.comb += self.idle.eq(~s1_valid & ~s2_valid & ~out_valid)
 
         row_addr = Signal(range(row_depth + cfg.max_out_channels + 1))
         m.d.comb += [row_addr.eq(row_base + o),
@@ -132,26 +147,39 @@ class OutputMaxPool(wiring.Component):
                          s1_emit.eq(odd_row & pair & (p0 < pooled_width)),
                          s1_keep.eq(Cat(*[p0 + r < pooled_width for r in range(tm)]))]
 
-        # the pairs of the two blocks side by side (block 2*pb alone: zeros on its right)
-        first_half = Mux(s1_second, left_r.data.as_value(), s1_beat.as_value())
-        second_half = Mux(s1_second, s1_beat.as_value(), 0)
+        # stage 2's pairs of the two blocks side by side (block 2*pb alone: zeros on its right)
+        first_half = Mux(s2_second, s2_left.as_value(), s2_beat.as_value())
+        second_half = Mux(s2_second, s2_beat.as_value(), 0)
         both = data.View(data.ArrayLayout(signed(8), 2 * tm), Cat(first_half, second_half))
         pair_max = Signal(self.pixel_layout)
         pooled = Signal(self.pixel_layout)
-        above = row_r.data
         for r in range(tm):
             a, b = both[2 * r], both[2 * r + 1]
             m.d.comb += [pair_max[r].eq(Mux(a > b, a, b)),
-                         pooled[r].eq(Mux(s1_keep[r],
-                                          Mux(above[r] > pair_max[r], above[r], pair_max[r]), 0))]
+                         pooled[r].eq(Mux(s2_keep[r],
+                                          Mux(s2_above[r] > pair_max[r], s2_above[r],
+                                              pair_max[r]), 0))]
+        row_write = Signal()
+        m.d.comb += row_write.eq(s2_valid & s2_pair & ~s2_odd)
+
+        with m.If(advance):
+            m.d.sync += s2_valid.eq(s1_valid)
+            m.d.sync += [s2_beat.eq(s1_beat), s2_odd.eq(s1_odd), s2_pair.eq(s1_pair),
+                         s2_second.eq(s1_second), s2_emit.eq(s1_emit), s2_keep.eq(s1_keep),
+                         s2_row_addr.eq(s1_row_addr), s2_left.eq(left_r.data)]
+            # stage 1's row word was read before stage 2's beat writes it: forward
+            with m.If(row_write & (s2_row_addr == s1_row_addr)):
+                m.d.sync += s2_above.eq(pair_max)
+            with m.Else():
+                m.d.sync += s2_above.eq(row_r.data)
 
         m.d.comb += [
             left_w.addr.eq(s1_o), left_w.data.eq(s1_beat),
             left_w.en.eq(s1_valid & advance & ~s1_pair),
-            row_w.addr.eq(s1_row_addr), row_w.data.eq(pair_max),
-            row_w.en.eq(s1_valid & advance & s1_pair & ~s1_odd),
+            row_w.addr.eq(s2_row_addr), row_w.data.eq(pair_max),
+            row_w.en.eq(row_write & advance),
         ]
-        with m.If(s1_valid & s1_emit & advance):
+        with m.If(s2_valid & s2_emit & advance):
             m.d.sync += [out_valid.eq(1), out_beat.eq(pooled)]
         with m.Elif(self.out.ready):
             m.d.sync += out_valid.eq(0)
@@ -159,7 +187,7 @@ class OutputMaxPool(wiring.Component):
         # walk the input order
         with m.If(self.start):
             m.d.sync += [o.eq(0), odd_row.eq(0), second.eq(0), x0.eq(0), p0.eq(0),
-                         row_base.eq(0), s1_valid.eq(0), out_valid.eq(0)]
+                         row_base.eq(0), s1_valid.eq(0), s2_valid.eq(0), out_valid.eq(0)]
         with m.Elif(take & self.enable):
             with m.If(o + 1 != self.out_channels):
                 m.d.sync += o.eq(o + 1)
