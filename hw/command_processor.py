@@ -128,6 +128,9 @@ class CommandProcessor(wiring.Component):
         self.output_fifo_depth = output_fifo_depth
         self.max_payload = max_payload
         self.check_descriptor = bool(check_descriptor)
+        #: its layer budgets, an attribute so that properties (:mod:`.command_processor_properties`)
+        #: can tell the cycles a data write waits for them
+        self.budget = LayerBudget(config)
         self.descriptor_layout = layer_descriptor_layout(config)
         self.descriptor_bytes = descriptor_bytes(config)
         smallest = smallest_max_payload(config)
@@ -168,7 +171,7 @@ class CommandProcessor(wiring.Component):
         with m.If(eng.done):
             m.d.sync += done_since_start.eq(1)
 
-        budget = m.submodules.budget = LayerBudget(cfg)
+        budget = m.submodules.budget = self.budget
         count_width = budget.width + 1
         masks_left = Signal(range(cfg.max_period + 2))
         quant_left = Signal(range(cfg.max_out_channels + 2))
