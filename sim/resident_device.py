@@ -29,8 +29,8 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
   overlapped, and for the average pool a cycle per word plus the serial multiply and shift; a
   max-pool step (:data:`~psconv.protocol.memory.MAX_POOL_2X2`) costs a cycle per word of its
   record and input map and a cycle per output byte (no engine cycles). On
-  the reduced ResNet18 of the resident tests' gateware check it reads 10,181 cycles where the
-  gateware counts 9,434 (pairs of pixels in one request and the overlaps are not modelled).
+  the reduced ResNet18 of the resident tests' gateware check it reads 10,269 cycles where the
+  gateware counts 9,500 (pairs of pixels in one request and the overlaps are not modelled).
   ``memory_reads`` counts every byte the runner reads (header, step records, masks (twice),
   quantization entries, weights, input map, residual), ``memory_writes`` every output byte.
 * ``READ_STATUS`` (what the host's link sends at session start): the runner's running and
