@@ -56,7 +56,7 @@ from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.descriptor import LayerSpec, describe_rejection, encode_quant_entry
 from psconv.protocol.frame import MAX_PAYLOAD
 from psconv.protocol.payloads import (IDENTITY_LAYOUT, IDENTITY_VERSION, MASK_BYTES, QUANT_BYTES,
-                                      beats_payload, identity_fields, layer_payload, mask_payload,
+                                      beats_payload, describe_masks_without_taps, identity_fields, layer_payload, mask_payload,
                                       output_beats, parse_counters, parse_identity, parse_status,
                                       quant_payload, read_output_payload)
 
@@ -117,6 +117,8 @@ class BoardClient:
         try:
             return self.link.request(command, payload, timeout_s=timeout_s)
         except LinkNak as e:
+            if e.reason == NakReason.NO_TAPS and command == Command.WRITE_MASKS:
+                raise _with_context(e, context, ": " + describe_masks_without_taps(payload)) from None
             if e.reason != NakReason.BAD_DESCRIPTOR:
                 raise _with_context(e, context) from None
             sent = (int.from_bytes(payload, "little") if command == Command.WRITE_LAYER

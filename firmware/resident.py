@@ -38,11 +38,12 @@ from psconv.firmware.reports import InferenceReport, LoadReport, ResidentRunRepo
 from psconv.firmware.transport import Transport
 from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.descriptor import describe_rejection
-from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, MEM_ADDRESS_LAYOUT,
+from psconv.protocol.memory import (BAD_MASKS, BAD_MAX_POOL, MAX_POOL_2X2, MEM_ADDRESS_LAYOUT,
                                     MEM_READ_LAYOUT, MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT,
                                     NO_BAD_RULE, PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT,
                                     memory_crc, step_record_layout)
-from psconv.protocol.payloads import decode_payload, encode_payload, layout_bytes
+from psconv.protocol.payloads import (MASK_BYTES, decode_payload, describe_masks_without_taps,
+                                      encode_payload, layout_bytes)
 from psconv.sim.golden.network import describe_mismatch, run_golden, run_layer
 
 DEFAULT_INFER_TIMEOUT_S = 60.0
@@ -282,10 +283,15 @@ class ResidentDriver(BoardClient):
         at = self.image.program_address + layout_bytes(PROGRAM_HEADER_LAYOUT) + step * size
         record = decode_payload(layout, self.read_memory(at, size, f"{context}: step record"),
                                 f"{context}: step record")
-        where = f"{context}: the board stopped before step {step + 1}{name}: its step record's"
+        stopped = f"{context}: the board stopped before step {step + 1}{name}:"
+        where = f"{stopped} its step record's"
         if status["bad_rule"] == BAD_MAX_POOL:
             return (f"{where} max_pool is {record.max_pool}; allowed: 0 (an engine step) or "
                     f"{MAX_POOL_2X2} (a 2x2 stride-2 max pool)")
+        if status["bad_rule"] == BAD_MASKS:
+            table = self.read_memory(record.masks_address, MASK_BYTES * record.descriptor.period,
+                                     f"{context}: mask table")
+            return f"{stopped} " + describe_masks_without_taps(table, "of its mask table")
         descriptor = record.descriptor.as_value().value
         return f"{where} descriptor {describe_rejection(self.config, status['bad_rule'], descriptor)}"
 

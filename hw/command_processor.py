@@ -4,7 +4,8 @@
 :class:`psconv.hw.framing.LinkLayer` (``command`` / ``command_payload``), executes them on the
 :class:`psconv.hw.engine.PeriodicSparseEngine` and answers each exactly once (``reply`` /
 ``reply_payload``): ACK, DATA, or NAK with one :class:`~psconv.protocol.codes.NakReason` byte.
-A NAK always means *nothing happened*: every check is made before the first side effect.
+A NAK always means *nothing happened*: every check is made before the first side effect
+(the one exception, NO_TAPS within a payload of several masks, is below).
 
 Payload layouts are :mod:`psconv.protocol.payloads`' (its module docstring has the command
 table); the replies below are built as signals of those layouts.
@@ -29,6 +30,14 @@ Rules (each refusal is a NAK, with no side effect):
   ``WRITE_RESIDUAL`` beyond the window is OVERFLOW. Inside the window no push can block for
   good: an engine holding a residual beat back has at least ``output_fifo_depth`` unread outputs
   ahead of it, which is more than the window allows.
+* **Masks with no taps.** A mask beat whose 9 tap bits are all 0 is NO_TAPS: that beat is not
+  pushed, nor the rest of the payload. The address generator divides by T, the table's tap
+  count, so it must never see a table of such masks (T = 0); refusing each one, as the host's
+  :class:`~psconv.families.PatternFamily` does, refuses such a table at its first mask, which is
+  the first beat of its command, so nothing happened. A zero mask after the first beat of a
+  payload leaves the masks before it in the engine (``masks_left`` counts them; the table may
+  go on with a valid mask, or ``ABORT``). Left out with the descriptor check
+  (``check_descriptor=False``).
 * ``READ_OUTPUT`` before the first ``START``: BAD_STATE. ``START`` empties the output FIFO.
 * ``WRITE_LAYER`` with a descriptor that breaks a rule of
   :data:`~psconv.protocol.descriptor.DESCRIPTOR_RULES` (:class:`DescriptorCheck`, unless built
@@ -106,7 +115,8 @@ class CommandProcessor(wiring.Component):
     most ``max_payload // tm`` beats, since the link could neither send nor store a longer one),
     and it must hold every DATA blob, the descriptor and a whole beat of every data command.
     Both are reported by ``IDENTIFY``. ``check_descriptor=False`` leaves the
-    :class:`DescriptorCheck` out (a board too full for it; the host still checks).
+    :class:`DescriptorCheck` and the NO_TAPS check out (a board too full for them; the host
+    still checks).
     """
 
     def __init__(self, config, *, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
@@ -118,6 +128,9 @@ class CommandProcessor(wiring.Component):
         self.output_fifo_depth = output_fifo_depth
         self.max_payload = max_payload
         self.check_descriptor = bool(check_descriptor)
+        #: its layer budgets, an attribute so that properties (:mod:`.command_processor_properties`)
+        #: can tell the cycles a data write waits for them
+        self.budget = LayerBudget(config)
         self.descriptor_layout = layer_descriptor_layout(config)
         self.descriptor_bytes = descriptor_bytes(config)
         smallest = smallest_max_payload(config)
@@ -158,7 +171,7 @@ class CommandProcessor(wiring.Component):
         with m.If(eng.done):
             m.d.sync += done_since_start.eq(1)
 
-        budget = m.submodules.budget = LayerBudget(cfg)
+        budget = m.submodules.budget = self.budget
         count_width = budget.width + 1
         masks_left = Signal(range(cfg.max_period + 2))
         quant_left = Signal(range(cfg.max_out_channels + 2))
@@ -424,8 +437,18 @@ class CommandProcessor(wiring.Component):
                         with m.Case(command):
                             port = payload_stream(command)
                             left = left_counter(command)
-                            m.d.comb += port.valid.eq(1)
-                            with m.If(port.ready):
+                            pushed = port.ready
+                            if command == Command.WRITE_MASKS and self.check_descriptor:
+                                # a mask with no taps never reaches the engine: a table of them
+                                # has T = 0, which the address generator divides by
+                                no_taps = port.payload[:MASK_BITS] == 0
+                                with m.If(no_taps):
+                                    nak(NakReason.NO_TAPS)
+                                pushed = port.ready & ~no_taps
+                                m.d.comb += port.valid.eq(~no_taps)
+                            else:
+                                m.d.comb += port.valid.eq(1)
+                            with m.If(pushed):
                                 m.d.sync += gathered.eq(0)
                                 if command not in WIDE_BUDGETS:
                                     # masks and quant entries count per beat: the budgets start

@@ -31,13 +31,15 @@ complete.
 :func:`memory_prompt_reply_harness` adds the link's promise that a frame's payload bytes are
 there and asserts a reply header within :data:`PROMPT_REPLY_CYCLES` of every command but an
 in-range ``WRITE_MEM``, ``CRC_MEM`` or ``CHECK_MODEL`` (those wait for the payload or the
-memory).
+memory). :func:`memory_data_reply_harness` bounds every command, those included, per payload
+byte and per byte read (:func:`memory_reply_bound`), when the memory takes a request every cycle
+and answers each load the next.
 """
 
 from __future__ import annotations
 
 from amaranth.asserts import AnySeq
-from amaranth.hdl import Assert, Assume, Cat, Module, ResetSignal, Signal, Value
+from amaranth.hdl import Assert, Assume, Cat, Module, Mux, ResetSignal, Signal, Value
 from amaranth.lib import wiring
 
 from psconv.protocol.codes import Command
@@ -182,4 +184,79 @@ def memory_prompt_reply_harness(memory_bytes=FORMAL_MEMORY_BYTES) -> Module:
         m.d.sync += waited.eq(waited + 1)
     m.d.comb += Assert(~pending | exempt | (waited <= PROMPT_REPLY_CYCLES),
                        f"no reply within {PROMPT_REPLY_CYCLES} cycles")
+    return m
+
+
+#: Reply-time bound of every memory command, in per-gap windows between what the harness sees
+#: (:func:`memory_data_reply_harness`): the first payload byte (or the reply) within
+#: ``MEMORY_FIRST_CYCLES`` of taking the command; each further payload byte within
+#: ``MEMORY_BYTE_CYCLES`` of the one before (a ``WRITE_MEM`` stores one a cycle, after a cycle
+#: to check its region); the first read word of a ``CRC_MEM`` / ``CHECK_MODEL`` (or the reply)
+#: within ``MEMORY_AFTER_CYCLES`` of the last payload byte (the region check and the first
+#: load); each further word, and the reply after the last, within ``MEMORY_WORD_CYCLES`` of the
+#: word before. Together (:func:`memory_reply_bound`): a command of N payload bytes that reads R
+#: bytes of memory is answered within 2N + 5 + 3R cycles. Each window is tight (one less fails).
+MEMORY_FIRST_CYCLES = 2
+MEMORY_BYTE_CYCLES = 2
+MEMORY_AFTER_CYCLES = 5
+MEMORY_WORD_CYCLES = 3
+
+
+def memory_reply_bound(length: int, read_bytes: int = 0) -> int:
+    """The cycles :func:`memory_data_reply_harness` proves for a command of ``length`` payload
+    bytes that reads ``read_bytes`` of memory (0 but for ``CRC_MEM`` and ``CHECK_MODEL``)."""
+    if not length:
+        return MEMORY_FIRST_CYCLES
+    return (MEMORY_FIRST_CYCLES + MEMORY_BYTE_CYCLES * (length - 1) + MEMORY_AFTER_CYCLES
+            + MEMORY_WORD_CYCLES * read_bytes)
+
+
+def memory_data_reply_harness(memory_bytes=FORMAL_MEMORY_BYTES) -> Module:
+    """The reply-time bound of every memory command (:func:`memory_reply_bound`), the in-range
+    ``WRITE_MEM``, ``CRC_MEM`` and ``CHECK_MODEL`` included, whatever the runner does, when the
+    link has the payload bytes ready (it releases a frame only once it is buffered) and the
+    memory takes a request every cycle and answers each load the next cycle.
+
+    ``allowed`` is the cycle (counted from the command) by which the next payload byte, read
+    word or the reply is due, moved on at each; ``waited <= allowed`` is the assertion, and
+    ``allowed`` never exceeds the bound for what was taken so far. Checked gap by gap, a short
+    BMC meets every kind of gap of every command, not only whole short ones."""
+    m = Module()
+    mc, payload_left = _processor(m, memory_bytes)
+    m.d.comb += Assume(mc.command_payload.valid == (payload_left != 0))
+    request, read_data = mc.memory.request, mc.memory.read_data
+    loads = Signal(8)
+    m.d.sync += loads.eq(loads + (request.valid & request.ready & ~request.payload.write)
+                         - (read_data.valid & read_data.ready))
+    m.d.comb += Assume(request.ready & (read_data.valid == (loads != 0)))
+
+    command_taken = mc.command.valid & mc.command.ready
+    byte_taken = mc.command_payload.valid & mc.command_payload.ready
+    word_taken = read_data.valid & read_data.ready
+    top = memory_reply_bound(mc.max_payload, memory_bytes)
+    waited, allowed = Signal(range(top + 2)), Signal(range(top + 2))
+    length, taken_bytes, words = Signal(16), Signal(16), Signal(range(memory_bytes + 2))
+    pending = Signal()
+    with m.If(command_taken):
+        m.d.sync += [waited.eq(0), allowed.eq(MEMORY_FIRST_CYCLES), pending.eq(1),
+                     length.eq(mc.command.payload.length), taken_bytes.eq(0), words.eq(0)]
+    with m.Elif(mc.reply.valid):
+        m.d.sync += pending.eq(0)
+    with m.Elif(pending):
+        with m.If(waited <= allowed):
+            m.d.sync += waited.eq(waited + 1)
+        with m.If(byte_taken):
+            m.d.sync += [taken_bytes.eq(taken_bytes + 1),
+                         allowed.eq(waited + Mux(payload_left == 1, MEMORY_AFTER_CYCLES,
+                                                 MEMORY_BYTE_CYCLES))]
+        with m.Elif(word_taken & (words <= memory_bytes)):
+            m.d.sync += [words.eq(words + 1), allowed.eq(waited + MEMORY_WORD_CYCLES)]
+    all_in = (taken_bytes != 0) & (payload_left == 0)
+    bound_so_far = (MEMORY_FIRST_CYCLES
+                    + MEMORY_BYTE_CYCLES * Mux(all_in, taken_bytes - 1, taken_bytes)
+                    + Mux(all_in, MEMORY_AFTER_CYCLES + MEMORY_WORD_CYCLES * words, 0))
+    with m.If(pending):
+        m.d.comb += [Assert(waited <= allowed, "a memory command overran its bound"),
+                     Assert(allowed <= bound_so_far),
+                     Assert(words <= memory_bytes, "more words read than the memory holds")]
     return m

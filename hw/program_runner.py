@@ -2,7 +2,8 @@
 
 It walks a program in memory (:mod:`psconv.protocol.memory`: a header, then one step record
 per engine invocation) and, for each step, drives the engine the way the host driver does over
-the link, only from memory: descriptor and ``start``; the mask table, quantization entries,
+the link, only from memory: the mask table read once to check it (every mask keeps a tap, see
+:data:`~psconv.protocol.memory.BAD_MASKS`), descriptor and ``start``; the mask table, quantization entries,
 the CHW input map and the weight words streamed in that order (the engine computes its first
 pixel group while the weights arrive); then, while the engine computes,
 the residual gathered from its CHW map and every output beat scattered into the output's CHW
@@ -14,7 +15,8 @@ model's ``global_avgpool_int``: a serial multiply and shift per channel, no DSP)
 Ports: ``start`` In(1) with ``program_address`` In(32) (a pulse, taken while not
 ``running``); ``running`` Out(1); ``done`` Out(1) (set when a program finishes, cleared by
 ``start``); ``bad_rule`` Out(8) (:data:`~psconv.protocol.memory.NO_BAD_RULE`, or the rule a
-step record's descriptor broke: the run stopped before starting that step, ``done`` low);
+step record's descriptor broke, or ``BAD_MAX_POOL`` / ``BAD_MASKS`` for its ``max_pool`` field or
+its mask table: the run stopped before starting that step, the engine idle, ``done`` low);
 ``steps_done`` Out(16); ``cycles``, ``memory_reads``, ``memory_writes`` Out(48)
 (this inference: cycles from ``start``, bytes loaded, bytes stored); ``input_free`` Out(1)
 (running, this run's header read, and no step left reads the input image: the header's
@@ -39,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 
 from psconv.protocol.beats import fmap_beat_bytes
 from psconv.protocol.descriptor import MASK_BITS, QUANT_ENTRY_LAYOUT
-from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, NO_BAD_RULE,
+from psconv.protocol.memory import (BAD_MASKS, BAD_MAX_POOL, MAX_POOL_2X2, NO_BAD_RULE,
                                     PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, step_record_layout)
 from psconv.protocol.payloads import MASK_BYTES, QUANT_BYTES, layout_bytes
 
@@ -164,6 +166,8 @@ class ProgramRunner(wiring.Component):
             windows = [beat[8 * (beat_width - size - extra):][:8 * size] for extra in range(3)]
             return Mux(fill == size + 2, windows[2], Mux(fill == size + 1, windows[1], windows[0]))
 
+        mask_without_taps = Signal()     # the step's mask table has a mask with no taps
+
         # ---- residual gather and output scatter (the OUTPUT phase) ----
         m.submodules.gather = gather = PixelOrderAddress(tm)
         m.submodules.scatter = scatter = PixelOrderAddress(tm)
@@ -272,16 +276,24 @@ class ProgramRunner(wiring.Component):
             with m.If(receive_left == 0):
                 m.next = next_state
 
-        def stream_phase(name, next_state, next_address=None, next_count=None):
+        def stream_phase(name, next_state, next_address=None, next_count=None, inspect=None):
             """The loads set up before this phase go into ``name``'s engine stream, the last beat
-            zero-padded; then set up ``next_state``'s loads."""
+            zero-padded; then set up ``next_state``'s loads. With ``inspect`` the beats go to
+            ``inspect(beat)`` instead (called while one is held, a cycle each), not the engine."""
             stream_ = streams[name]
             size = beat_sizes[name]
-            m.d.comb += [sequential.eq(1), stream_.valid.eq(engine_beat_valid)]
-            move = (fill >= size) & (~engine_beat_valid | stream_.ready)
+            m.d.comb += sequential.eq(1)
+            if inspect is None:
+                taken = stream_.ready
+                m.d.comb += stream_.valid.eq(engine_beat_valid)
+            else:
+                taken = 1
+                with m.If(engine_beat_valid):
+                    inspect(engine_beat[:payload_bits[name]])
+            move = (fill >= size) & (~engine_beat_valid | taken)
             with m.If(move):
                 m.d.sync += [engine_beat.eq(oldest_beat(size)), engine_beat_valid.eq(1)]
-            with m.Elif(stream_.ready):
+            with m.Elif(taken):
                 m.d.sync += engine_beat_valid.eq(0)
             moved = Mux(move, size, 0)
             # room for a whole word whatever moves out this cycle
@@ -332,8 +344,10 @@ class ProgramRunner(wiring.Component):
                 conv_height = output_size_value(d.in_height, d.stride)
                 conv_width = output_size_value(d.in_width, d.stride)
                 m.d.sync += [out_height.eq(Mux(d.pool, conv_height >> 1, conv_height)),
-                             out_width.eq(Mux(d.pool, conv_width >> 1, conv_width))]
-                m.next = "START_ENGINE"
+                             out_width.eq(Mux(d.pool, conv_width >> 1, conv_width)),
+                             fill.eq(0), engine_beat_valid.eq(0), mask_without_taps.eq(0)]
+                begin_loads(record.masks_address, d.period * MASK_BYTES)
+                m.next = "CHECK_MASKS"
                 with m.If(record.max_pool == MAX_POOL_2X2):
                     m.d.sync += [pool_in.eq(record.fmap_address),
                                  pool_out.eq(record.output_address),
@@ -346,6 +360,19 @@ class ProgramRunner(wiring.Component):
                     m.next = "IDLE"
                 with m.If(~check.ok):
                     m.d.sync += [self.bad_rule.eq(check.rule), self.running.eq(0)]
+                    m.next = "IDLE"
+            # The mask table is read once before the engine starts: a mask that keeps no taps
+            # (T = 0 for a table of them: the address generator divides by T) stops the run
+            # with the engine still idle, as a broken descriptor does.
+            with m.State("CHECK_MASKS"):
+                def inspect(mask):
+                    with m.If(mask == 0):
+                        m.d.sync += mask_without_taps.eq(1)
+                stream_phase("mask", "MASKS_CHECKED", inspect=inspect)
+            with m.State("MASKS_CHECKED"):
+                m.next = "START_ENGINE"
+                with m.If(mask_without_taps):
+                    m.d.sync += [self.bad_rule.eq(BAD_MASKS), self.running.eq(0)]
                     m.next = "IDLE"
             with m.State("START_ENGINE"):
                 # the engine is idle here (INFER checked it, and a step ends only when it is);

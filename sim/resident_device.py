@@ -29,9 +29,9 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
   overlapped, and for the average pool a cycle per word plus the serial multiply and shift; a
   max-pool step (:data:`~psconv.protocol.memory.MAX_POOL_2X2`) costs exactly what the gateware
   runner with block-RAM memory takes (:func:`psconv.sim.cycle_model.runner_max_pool_cycles`). On
-  the reduced ResNet18 of the resident tests' gateware check it reads 10,181 cycles where the
-  gateware counts 9,434 (pairs of pixels in one request and the overlaps are not modelled).
-  ``memory_reads`` counts every byte the runner reads (header, step records, masks,
+  the reduced ResNet18 of the resident tests' gateware check it reads 10,269 cycles where the
+  gateware counts 9,500 (pairs of pixels in one request and the overlaps are not modelled).
+  ``memory_reads`` counts every byte the runner reads (header, step records, masks (twice),
   quantization entries, weights, input map, residual), ``memory_writes`` every output byte.
 * ``READ_STATUS`` (what the host's link sends at session start): the runner's running and
   done flags as ``busy`` and ``done``.
@@ -361,7 +361,8 @@ class ResidentDevice:
         """One engine step from memory into memory (see the module docstring)."""
         cfg = self.config
         moved = self.memory_reads + self.memory_writes
-        self.memory_reads += layout_bytes(step_record_layout(cfg)) + MASK_BYTES * spec.period
+        # the mask table twice: the runner checks it before it starts the engine
+        self.memory_reads += layout_bytes(step_record_layout(cfg)) + 2 * MASK_BYTES * spec.period
         quant = self._read(f["quant_address"], QUANT_BYTES * spec.out_channels)
         entries = [QUANT_ENTRY_LAYOUT.from_bits(int.from_bytes(quant[k:k + QUANT_BYTES], "little"))
                    for k in range(0, len(quant), QUANT_BYTES)]

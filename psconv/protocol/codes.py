@@ -48,6 +48,8 @@ class NakReason(enum.IntEnum, shape=8):
     NO_MODEL = 0x09         # INFER: no checked model in memory (never checked, reset, or overwritten)
     BAD_DESCRIPTOR = 0x0A   # WRITE_LAYER: a second NAK byte is the broken rule's index in
                             # psconv.protocol.descriptor.DESCRIPTOR_RULES
+    NO_TAPS = 0x0B          # WRITE_MASKS: a mask keeps none of its 9 taps (the address generator
+                            # needs T >= 1); that mask and the rest of the payload were not taken
 
 
 # NAK reasons that mean "your frame was damaged on the way": the host re-sends the same frame.

@@ -58,7 +58,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from psconv.errors import PsconvError
-from psconv.families import NUM_TAPS
+from psconv.families import DENSE_MASK, NUM_TAPS
 from psconv.schedule import cycles_per_output_channel, fmap_rows_capacity, output_size, pass_periods
 
 QUANT_ENTRY_LAYOUT = data.StructLayout({
@@ -251,6 +251,10 @@ class LayerSpec:
         if masks is not None:
             if len(masks) != self.period:
                 bad("period", self.period, f"the mask table's length {len(masks)}")
+            for q, mask in enumerate(masks):
+                if not isinstance(mask, int) or isinstance(mask, bool) or not 1 <= mask <= DENSE_MASK:
+                    bad(f"mask {q}", mask, f"1..{DENSE_MASK} (9 tap bits, at least one kept: the "
+                                           f"board refuses a mask without taps, NAK NO_TAPS)")
             if self.kernel == 1 and any(m != 1 << 4 for m in masks):
                 bad("mask table", masks, "only the centre tap (0x010) for a 1x1 layer")
             words = self.out_channels * cycles_per_output_channel(config, masks, self.in_channels)

@@ -95,7 +95,8 @@ RUN_STATUS_LAYOUT = data.StructLayout({
     "memory_writes": unsigned(48),  # bytes the runner wrote to memory in that inference
     "memory_bytes": unsigned(32),   # the board's memory size
     "bad_rule": unsigned(8),        # NO_BAD_RULE, or the rule of DESCRIPTOR_RULES that the
-                                    # descriptor of step steps_done broke: the run stopped there
+                                    # descriptor of step steps_done broke (BAD_MAX_POOL,
+                                    # BAD_MASKS: its record or its masks): the run stopped there
 })
 """``RUN_STATUS``' answer (28 bytes)."""
 
@@ -108,6 +109,10 @@ NO_BAD_RULE = 0xFF
 BAD_MAX_POOL = 0xFE
 """``bad_rule`` of a run stopped at a step record whose ``max_pool`` is neither 0 nor
 :data:`MAX_POOL_2X2`."""
+
+BAD_MASKS = 0xFD
+"""``bad_rule`` of a run stopped at a step whose mask table has a mask that keeps none of its 9
+taps (the engine's address generator needs every table to keep some: T >= 1)."""
 
 PROGRAM_MAGIC = b"PSPG"
 PROGRAM_VERSION = 4

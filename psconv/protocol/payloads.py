@@ -35,6 +35,7 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 
 from psconv.errors import PsconvError
+from psconv.families import DENSE_MASK
 
 from .beats import fmap_beat_bytes
 from .codes import Command
@@ -142,6 +143,18 @@ def layer_payload(config, spec) -> bytes:
 
 def mask_payload(masks) -> bytes:
     return b"".join(int(m).to_bytes(MASK_BYTES, "little") for m in masks)
+
+
+def describe_masks_without_taps(table: bytes, where: str = "of the payload") -> str:
+    """For an error message: the first mask of ``table`` (``MASK_BYTES`` each, as in a
+    ``WRITE_MASKS`` payload or a resident step's table) whose 9 tap bits are all 0, and what is
+    allowed (the board's NAK NO_TAPS and ``bad_rule`` BAD_MASKS)."""
+    masks = [int.from_bytes(table[k:k + MASK_BYTES], "little")
+             for k in range(0, len(table) - MASK_BYTES + 1, MASK_BYTES)]
+    empty = [q for q, mask in enumerate(masks) if mask & DENSE_MASK == 0]
+    found = (f"mask {empty[0]} {where} is 0x{masks[empty[0]]:04X}" if empty
+             else f"a mask {where} keeps none of its 9 taps")
+    return f"{found}; allowed: a mask that keeps at least one of its 9 taps (1..{DENSE_MASK})"
 
 
 def quant_payload(entries) -> bytes:

@@ -159,6 +159,26 @@ def test_a_layer_through_the_processor():
     assert (status["busy"], status["done"], status["output_beats"]) == (1, 0, 0)
 
 
+def test_a_mask_without_taps_never_reaches_the_engine():
+    """A table whose masks keep no taps (T = 0) would make the address generator divide by 0:
+    every mask beat whose 9 tap bits are 0 (whatever its 7 unused bits) is NAKed NO_TAPS and
+    not pushed; one after valid masks in the same payload leaves those in, and the table goes
+    on from it."""
+    engine, client = _session()
+    client.request(Command.WRITE_LAYER, layer_payload(CFG, SPEC))
+    client.request(Command.START)
+    assert _nak(client, Command.WRITE_MASKS, mask_payload((0,) * len(MASKS))) == NakReason.NO_TAPS
+    assert _nak(client, Command.WRITE_MASKS, mask_payload((0xFE00,))) == NakReason.NO_TAPS
+    assert engine.beats["mask_in"] == []
+    assert _nak(client, Command.WRITE_QUANT, bytes(13)) == NakReason.BAD_STATE   # no table yet
+    bad = (MASKS[0], MASKS[1], 0x200, MASKS[3])
+    assert _nak(client, Command.WRITE_MASKS, mask_payload(bad)) == NakReason.NO_TAPS
+    assert engine.beats["mask_in"] == list(MASKS[:2])
+    client.request(Command.WRITE_MASKS, mask_payload(MASKS[2:]))
+    assert engine.beats["mask_in"] == list(MASKS)
+    assert _nak(client, Command.WRITE_MASKS, mask_payload(MASKS[:1])) == NakReason.OVERFLOW
+
+
 def test_residual_window_prevents_deadlock():
     """With a 4-beat output FIFO the host may run at most 4 residual beats ahead of its reads;
     a bigger write is refused (nothing pushed) instead of blocking the processor."""

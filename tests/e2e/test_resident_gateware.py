@@ -17,7 +17,7 @@ from psconv.families import dense_family, paper_family, pointwise_family
 from psconv.firmware.link import LinkClient, LinkNak
 from psconv.hw.board_top import BoardTop
 from psconv.protocol.codes import Command, NakReason, Status
-from psconv.protocol.memory import (BAD_MAX_POOL, MAX_POOL_2X2, MEM_READ_LAYOUT,
+from psconv.protocol.memory import (BAD_MASKS, BAD_MAX_POOL, MAX_POOL_2X2, MEM_READ_LAYOUT,
                                     MEM_REGION_LAYOUT, MODEL_CHECK_LAYOUT, NO_BAD_RULE,
                                     PROGRAM_HEADER_LAYOUT, RUN_STATUS_LAYOUT, memory_crc,
                                     program_header, step_record, step_record_layout)
@@ -399,3 +399,29 @@ def test_engine_steps_with_the_output_max_pool_store_the_pooled_map_bit_exact():
     for address, shape, expected, name in image.outputs:
         out = from_chw(bytes(device.memory[address:address + expected.numel()]), shape)
         assert describe_mismatch(f"reference board {name}", expected, out) is None
+
+
+def test_a_step_whose_mask_table_keeps_no_taps_stops_the_run_with_the_engine_idle():
+    """T = 0 would make the address generator divide by 0: the runner reads each step's mask
+    table before it starts the engine and stops at a mask whose 9 tap bits are 0 (here every
+    mask of step 1, each with only bits above the nine set), naming BAD_MASKS; the engine was
+    never started, so the next INFER runs (not BUSY) and stops there again."""
+    g = torch.Generator().manual_seed(13)
+    steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
+             make_step("3x3 PS2_P4", paper_family(2, 4), 4, 3, 6, g)]
+    image = Image(steps)
+    layout = step_record_layout(CFG)
+    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + layout_bytes(layout)
+    record = decode_payload(layout, bytes(image.blob[at:at + layout_bytes(layout)]), "record")
+    table = record.masks_address
+    image.blob[table:table + 8] = mask_payload((0x200, 0x400, 0xFE00, 0x8000))
+    link = board()
+    status = run_to_end(link, image)
+    assert (status["done"], status["steps_done"], status["bad_rule"]) == (0, 1, BAD_MASKS)
+    address, shape, expected, name = image.outputs[0]
+    assert describe_mismatch(name, expected, from_chw(read_memory(link, address, expected.numel()),
+                                                     shape)) is None
+    link.request(Command.INFER, bytes(4))
+    while run_status(link)["running"]:
+        pass
+    assert (run_status(link)["steps_done"], run_status(link)["bad_rule"]) == (1, BAD_MASKS)

@@ -31,6 +31,7 @@ from psconv.firmware.faults import uniform_fault_rates
 from psconv.firmware.faults import FAULT_KINDS, FaultInjectingTransport
 from psconv.firmware.link import LinkNak, LinkTimeout
 from psconv.protocol.codes import Command, NakReason
+from psconv.protocol.payloads import mask_payload
 from psconv.protocol.descriptor import DESCRIPTOR_RULES
 from psconv.firmware.transport import SocketTransport, transport_from_spec
 from psconv.families import family_by_name
@@ -168,6 +169,30 @@ def test_every_descriptor_field_past_each_limit_is_naked_naming_it_and_nothing_s
             driver._request(Command.WRITE_LAYER, descriptor_payload(SIM_CONFIG, {
                 **largest, "in_height": size, "in_width": size, "stride": stride,
                 "residual": 0, "pool": 1}))
+        transport.close()
+
+
+def test_a_mask_table_without_taps_is_naked_naming_the_mask(board_build):
+    """A hostile host's table of masks that keep no taps (T = 0: the address generator would
+    divide by it) is refused at its first mask, named in one line; the board still answers and
+    the layer is ABORTed."""
+    with SimBoard(SIM_CONFIG) as board:
+        transport = board.connect()
+        driver = Driver(transport, SIM_CONFIG)
+        driver.identify()
+        layer = dict(in_channels=4, out_channels=4, in_height=4, in_width=4, stride=1, kernel=3,
+                     relu=0, residual=0, period=2)
+        driver._request(Command.WRITE_LAYER, descriptor_payload(SIM_CONFIG, layer))
+        driver._request(Command.START)
+        with pytest.raises(LinkNak, match=r"^WRITE_MASKS \(seq \d+\) refused by the device: NAK "
+                                          r"NO_TAPS .*: mask 0 of the payload is 0xFE00; allowed: a "
+                                          r"mask that keeps at least one of its 9 taps \(1\.\.511\)$"
+                           ) as e:
+            driver._request(Command.WRITE_MASKS, mask_payload((0xFE00, 0x0000)))
+        assert e.value.reason == NakReason.NO_TAPS
+        assert driver.status()["busy"] == 1
+        driver.abort()
+        assert driver.status()["busy"] == 0
         transport.close()
 
 

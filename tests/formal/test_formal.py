@@ -60,6 +60,9 @@ PROOFS = {
     "command_processor_prompt_reply": Proof(
         command_processor_properties.prompt_reply_harness, "prove", 12,
         ("connect -set cp.reply__valid 1'0",), 20),             # never offers a reply
+    "command_processor_data_reply": Proof(
+        command_processor_properties.data_reply_harness, "bmc", 45,
+        ("connect -set cp.final_beat 1'0",), 45),               # a data write never ends
     "memory_commands_store_bounds": Proof(
         memory_commands_properties.memory_bounds_harness, "bmc", 20,
         # WRITE_MEM while the runner runs is taken wherever it lies
@@ -67,6 +70,9 @@ PROOFS = {
     "memory_commands_replies": Proof(
         memory_commands_properties.memory_replies_harness, "bmc", 20,
         ("connect -set mc.reply_length 16'd2",), 20),           # every reply claims 2 bytes
+    "memory_commands_data_reply": Proof(
+        memory_commands_properties.memory_data_reply_harness, "bmc", 30,
+        ("connect -set mc.memory__request__valid 1'0",), 30),   # never issues a load or store
     "memory_commands_prompt_reply": Proof(
         memory_commands_properties.memory_prompt_reply_harness, "prove", 18,
         ("connect -set mc.reply__valid 1'0",), 20),             # never offers a reply

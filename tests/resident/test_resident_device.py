@@ -126,12 +126,13 @@ def test_an_inference_from_memory_is_bit_exact_at_every_layer(program, images, m
     for name, region in memory_image.regions.items():
         if name != "input":
             assert torch.equal(region_map(device, region), golden.outputs[name]), name
-    # what the runner moved: header, records and tables, maps in, maps out, then the pool
+    # what the runner moved: header, records and tables (the masks twice: checked, then
+    # streamed), maps in, maps out, then the pool
     record = layout_bytes(step_record_layout(RESIDENT_CONFIG))
     pooled = memory_image.regions[memory_image.output_layer]
     pool_input = memory_image.regions[steps[-1].layer]
     reads = layout_bytes(PROGRAM_HEADER_LAYOUT) + pool_input.size + sum(
-        record + 2 * len(s.masks) + 13 * s.descriptor.out_channels + s.weight_words.numel() + memory_image.regions[s.input].size
+        record + 2 * 2 * len(s.masks) + 13 * s.descriptor.out_channels + s.weight_words.numel() + memory_image.regions[s.input].size
                      + (s.descriptor.out_channels * s.descriptor.out_height * s.descriptor.out_width
                         if s.residual else 0) for s in steps)
     writes = pooled.size + sum(memory_image.regions[s.layer].size for s in steps if s.tile == 0)

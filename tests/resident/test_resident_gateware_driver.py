@@ -8,15 +8,18 @@ board counts.
 A width-2 PSD1_P4 ResNet18 on 8x8 images for the tiny engine (about 15 s in the simulator).
 """
 
+import dataclasses
+import re
 import time
 
+import pytest
 import torch
 
 from psconv.firmware.compiler import compile_model
-from psconv.firmware.resident import ResidentDriver
+from psconv.firmware.resident import ResidentDriver, ResidentError
 from psconv.hw.board_top import BoardTop
 from psconv.protocol.codes import Command
-from psconv.protocol.memory import MEM_ADDRESS_LAYOUT
+from psconv.protocol.memory import BAD_MASKS, MEM_ADDRESS_LAYOUT
 from psconv.protocol.payloads import encode_payload
 from psconv.nn.default import default_quantized_model, model_images
 from psconv.sim.amaranth_transport import SimulatorTransport
@@ -86,3 +89,28 @@ def test_abort_mid_inference_keeps_memory_and_the_next_inference_exact():
     assert driver.read_memory(memory.input_region.address, len(image), "input") == image
     report = driver.infer(images[1], check_layers=True)
     assert report.bit_exact, report.first_mismatch
+
+
+def test_a_step_whose_masks_keep_no_taps_stops_the_run_and_the_driver_names_the_mask():
+    """A memory image whose second step has a mask table without taps (as a hostile host could
+    load): the runner stops before that step (``bad_rule`` BAD_MASKS, the engine never started)
+    and the driver's one-line error reads the table back and names the mask."""
+    model = default_quantized_model("PSD1_P4", width=2, image_size=8, calibration_images=4)
+    program = compile_model(model, TINY_CONFIG)
+    top = BoardTop(TINY_CONFIG, 12_000_000, 3_000_000, bridge=True, timeout_cycles=400,
+                   memory_bytes=MEMORY_BYTES)
+    driver = ResidentDriver(SimulatorTransport(top, top.rx_data, top.tx_data), program,
+                            timeout_s=5e-3, retries=2)
+    memory = driver.build_image()
+    masks = memory.records[1]["masks_address"]
+    period = program.engine_steps[1].descriptor.period
+    model_bytes = bytearray(memory.model_bytes)
+    model_bytes[masks:masks + 2 * period] = bytes(2 * period)
+    driver.load(dataclasses.replace(memory, model_bytes=bytes(model_bytes)), progress=False)
+    name = re.escape(memory.step_names[1])
+    with pytest.raises(ResidentError, match=rf": the board stopped before step 2 \({name}\): mask 0 "
+                                            r"of its mask table is 0x0000; allowed: a mask that "
+                                            r"keeps at least one of its 9 taps \(1\.\.511\)$"):
+        driver.infer(model_images(model, 1, seed=1000)[0])
+    status = driver.run_status()
+    assert (status["running"], status["steps_done"], status["bad_rule"]) == (0, 1, BAD_MASKS)
