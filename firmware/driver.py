@@ -289,7 +289,13 @@ class Driver(BoardClient):
                     f"{expected} bytes (residual sent {residual_sent}/{len(residual_data)} bytes); "
                     f"device status {status}")
         self._payload_received += len(received)
+        # With the output max pool the last row of an odd-height map is computed but dropped,
+        # so the engine may still be busy after its last output beat: wait for it to finish.
         status = self.status(context)
+        finishing = time.monotonic()
+        while (spec.pool and status["busy"] and not status["output_beats"]
+               and time.monotonic() - finishing < self.output_stall_s):
+            status = self.status(context)
         if status["busy"] or not status["done"] or status["output_beats"]:
             raise DriverError(f"{context}: all {expected} output bytes read but the device "
                               f"reports {status}; expected an idle, done engine with no output left")

@@ -13,7 +13,9 @@ ports are ``<name>__valid``, ``<name>__ready``, ``<name>__payload``; multi-byte 
   ``start`` is accepted.
 * ``start`` In(1): pulse; accepted only when ``busy`` is low.
 * ``busy`` Out(1): high from an accepted ``start`` until ``done``.
-* ``done`` Out(1): one-cycle pulse when the last output beat of the layer has been accepted.
+* ``done`` Out(1): one-cycle pulse when the last output beat of the layer has been accepted
+  (with ``pool`` and an odd H_out, once the dropped last row has been computed, which may be
+  long after the last pooled beat left).
 * ``mask_in`` In(stream 9 bits): the layer's P masks, rotated so kernel (o, i) uses entry
   (o + i) mod P (:func:`psconv.firmware.packing.rotated_masks`); P beats.
 * ``quant_in`` In(stream :data:`~psconv.protocol.descriptor.QUANT_ENTRY_LAYOUT`): bias, multiplier, shift,

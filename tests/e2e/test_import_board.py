@@ -88,15 +88,20 @@ def test_imported_resnet20_is_bit_exact_on_the_simulated_board():
     assert all(l.family == family_by_name("PSD1_P16") for l in wide)
     assert "PSD1_P16" in quantized.family_name.split("+")
     program = compile_model(quantized, SIM_CONFIG)
-    image = quantize_input(torch.rand(3, 8, 8), quantized.input_scale)
+    report = run_streamed(program, quantize_input(torch.rand(3, 8, 8), quantized.input_scale))
+    assert len(report.steps) == 21
+    assert report.bit_exact, report.first_mismatch
+    assert report.logits == report.golden_logits
+
+
+def run_streamed(program, image):
+    """``program`` streamed on the simulated board (SIM_CONFIG) for one int8 image: the report."""
     with SimBoard(SIM_CONFIG) as board:
         transport = board.connect()
         report = Driver(transport, SIM_CONFIG, timeout_s=2.0).run_program(program, image,
                                                                           progress=False)
         transport.close()
-    assert len(report.steps) == 21
-    assert report.bit_exact, report.first_mismatch
-    assert report.logits == report.golden_logits
+    return report
 
 
 class SmallPoolingCNN(nn.Module):
@@ -139,12 +144,7 @@ def test_imported_cnn_with_max_pooling_is_bit_exact_streamed_on_the_simulated_bo
     build_board(SIM_CONFIG)
     quantized = imported_pooling_cnn()
     program = compile_model(quantized, SIM_CONFIG)
-    image = quantize_input(torch.rand(3, 14, 14), quantized.input_scale)
-    with SimBoard(SIM_CONFIG) as board:
-        transport = board.connect()
-        report = Driver(transport, SIM_CONFIG, timeout_s=2.0).run_program(program, image,
-                                                                          progress=False)
-        transport.close()
+    report = run_streamed(program, quantize_input(torch.rand(3, 14, 14), quantized.input_scale))
     pools = [l.name for l in quantized.layers if l.op == "maxpool"]
     assert [s.shape.endswith("+maxpool") for s in report.steps] == [True, True, False]
     assert report.bit_exact, report.first_mismatch
