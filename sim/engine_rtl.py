@@ -181,14 +181,18 @@ def check_run(run: LayerRun) -> None:
 
 
 def _config_key(config: EngineConfig) -> str:
-    """Cache key of a build: the configuration and the gateware sources that generate it, so an
-    edit under hw/ never reruns stale Verilog."""
+    """Cache key of a build: the configuration and the gateware sources that generate it (hw/
+    and the wire-protocol package it takes its layouts, codes and descriptor rules from), so an
+    edit to either never reruns stale Verilog."""
     import psconv.hw
+    import psconv.protocol
 
     h = hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode())
-    for source in sorted(Path(psconv.hw.__file__).parent.glob("*.py")):
-        h.update(source.name.encode())
-        h.update(source.read_bytes())
+    for package in (psconv.hw, psconv.protocol):
+        folder = Path(package.__file__).parent
+        for source in sorted(folder.glob("*.py")):
+            h.update(f"{folder.name}/{source.name}".encode())
+            h.update(source.read_bytes())
     return h.hexdigest()[:12]
 
 
