@@ -120,7 +120,7 @@ class CommandProcessor(wiring.Component):
     """
 
     def __init__(self, config, *, output_fifo_depth: int = OUTPUT_FIFO_DEPTH,
-                 max_payload: int = MAX_PAYLOAD, check_descriptor: bool = True):
+                 max_payload: int = MAX_PAYLOAD, check_descriptor: bool = True, budget=None):
         if not isinstance(output_fifo_depth, int) or not 2 <= output_fifo_depth <= 0xFFFF:
             raise PsconvError(f"command processor: output_fifo_depth {output_fifo_depth!r}; "
                               f"allowed: an integer 2..65535 (beats)")
@@ -128,9 +128,10 @@ class CommandProcessor(wiring.Component):
         self.output_fifo_depth = output_fifo_depth
         self.max_payload = max_payload
         self.check_descriptor = bool(check_descriptor)
-        #: its layer budgets, an attribute so that properties (:mod:`.command_processor_properties`)
-        #: can tell the cycles a data write waits for them
-        self.budget = LayerBudget(config)
+        #: its layer budgets (:class:`LayerBudget` unless given: the properties of
+        #: :mod:`.command_processor_properties` give one whose values and timing are free), an
+        #: attribute so that they can tell the cycles a data write waits for them
+        self.budget = budget
         self.descriptor_layout = layer_descriptor_layout(config)
         self.descriptor_bytes = descriptor_bytes(config)
         smallest = smallest_max_payload(config)
@@ -171,7 +172,8 @@ class CommandProcessor(wiring.Component):
         with m.If(eng.done):
             m.d.sync += done_since_start.eq(1)
 
-        budget = m.submodules.budget = self.budget
+        budget = m.submodules.budget = (self.budget if self.budget is not None
+                                        else LayerBudget(cfg))
         count_width = budget.width + 1
         masks_left = Signal(range(cfg.max_period + 2))
         quant_left = Signal(range(cfg.max_out_channels + 2))

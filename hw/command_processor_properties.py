@@ -43,11 +43,12 @@ from .layer_budget import LayerBudget
 FORMAL_OUTPUT_FIFO_DEPTH = 2
 
 
-def _processor(m, cfg):
-    """The processor with every input free; returns it and its ``max_payload``."""
+def _processor(m, cfg, budget=None):
+    """The processor with every input free (``budget``: its layer budgets, default the real
+    ones); returns it and its ``max_payload``."""
     max_payload = smallest_max_payload(cfg)
     m.submodules.cp = cp = CommandProcessor(cfg, output_fifo_depth=FORMAL_OUTPUT_FIFO_DEPTH,
-                                            max_payload=max_payload)
+                                            max_payload=max_payload, budget=budget)
     m.d.comb += Assume(~ResetSignal())
     for path, member, value in cp.signature.flatten(cp):
         if member.flow == wiring.In:
@@ -184,9 +185,7 @@ def data_reply_harness(config=None) -> Module:
     whole short commands."""
     cfg = config or formal_config()
     m = Module()
-    cp, max_payload = _processor(m, cfg)
-    cp.budget._MustUse__silence = True   # replaced before it is elaborated
-    cp.budget = FreeLayerBudget(cfg)
+    cp, max_payload = _processor(m, cfg, budget=FreeLayerBudget(cfg))
     eng = cp.engine
     command_taken = cp.command.valid & cp.command.ready
     byte_taken = cp.command_payload.valid & cp.command_payload.ready

@@ -55,6 +55,7 @@ def test_loop_order_conditions_and_counters(pass_cycles, max_in):
         ctx.set(dut.weights_loaded, c_out)
         ctx.set(dut.quant_loaded, c_out)
         ctx.set(dut.macs_add, 3)
+        ctx.set(dut.out_idle, 1)        # no output max pool holding a beat
         ctx.set(dut.start, 1)
         full = 0
         build_timer = {0: 7, 1: 12}      # cycles until the "window generator" fills each buffer
