@@ -56,9 +56,10 @@ from psconv.protocol.codes import Command, NakReason
 from psconv.protocol.descriptor import LayerSpec, describe_rejection, encode_quant_entry
 from psconv.protocol.frame import MAX_PAYLOAD
 from psconv.protocol.payloads import (IDENTITY_LAYOUT, IDENTITY_VERSION, MASK_BYTES, QUANT_BYTES,
-                                      beats_payload, describe_masks_without_taps, identity_fields, layer_payload, mask_payload,
-                                      output_beats, parse_counters, parse_identity, parse_status,
-                                      quant_payload, read_output_payload)
+                                      beats_payload, describe_masks_without_taps, identity_fields,
+                                      layer_payload, mask_payload, output_beats, parse_counters,
+                                      parse_identity, parse_status, quant_payload,
+                                      read_output_payload)
 
 DEFAULT_TIMEOUT_S = 1.0
 DEFAULT_RETRIES = 8
