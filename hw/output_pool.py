@@ -94,26 +94,21 @@ class OutputMaxPool(wiring.Component):
         last_block = Signal()
         m.d.comb += last_block.eq(x0 + tm >= self.out_width)
 
-        # stage 1: the beat taken last cycle and what to do with it (memory reads in flight)
-        s1_valid = Signal()
-        s1_beat = Signal(self.pixel_layout)
-        s1_odd = Signal()
-        s1_pair = Signal()          # the block completes pairs: second, or the row's last block
-        s1_second = Signal()
-        s1_emit = Signal()
-        s1_keep = Signal(tm)        # pooled pixels p < W_out // 2
-        s1_o = Signal.like(o)
-        s1_row_addr = Signal(range(row_depth))
-
-        # stage 2: the same, with the memories' words in registers
-        s2_valid = Signal()
-        s2_beat = Signal(self.pixel_layout)
-        s2_odd = Signal()
-        s2_pair = Signal()
-        s2_second = Signal()
-        s2_emit = Signal()
-        s2_keep = Signal(tm)
-        s2_row_addr = Signal(range(row_depth))
+        # what a taken beat carries through both stages, and what to do with it
+        carried = data.StructLayout({
+            "beat": self.pixel_layout,
+            "odd": 1,                               # an odd input row
+            "pair": 1,                              # completes pairs: second, or the row's last block
+            "second": 1,
+            "emit": 1,                              # completes a pooled beat that is kept
+            "keep": tm,                             # pooled pixels p < W_out // 2
+            "o": range(cfg.max_out_channels),
+            "row_addr": range(row_depth),
+        })
+        # stage 1: the beat taken last cycle (memory reads in flight); stage 2: the same, with
+        # the memories' words in registers
+        s1_valid, s2_valid = Signal(), Signal()
+        s1, s2 = Signal(carried), Signal(carried)
         s2_left = Signal(self.pixel_layout)
         s2_above = Signal(self.pixel_layout)
 
@@ -121,7 +116,7 @@ class OutputMaxPool(wiring.Component):
         out_beat = Signal(self.pixel_layout)
 
         advance = Signal()
-        m.d.comb += advance.eq(~(s2_valid & s2_emit & out_valid & ~self.out.ready))
+        m.d.comb += advance.eq(~(s2_valid & s2.emit & out_valid & ~self.out.ready))
         take = Signal()
         m.d.comb += take.eq(self.in_.valid & self.in_.ready)
 
@@ -142,44 +137,42 @@ class OutputMaxPool(wiring.Component):
             m.d.sync += s1_valid.eq(take & self.enable)
         with m.If(take & advance):
             pair = second | last_block
-            m.d.sync += [s1_beat.eq(self.in_.payload), s1_odd.eq(odd_row), s1_pair.eq(pair),
-                         s1_second.eq(second), s1_o.eq(o), s1_row_addr.eq(row_addr),
-                         s1_emit.eq(odd_row & pair & (p0 < pooled_width)),
-                         s1_keep.eq(Cat(*[p0 + r < pooled_width for r in range(tm)]))]
+            m.d.sync += [s1.beat.eq(self.in_.payload), s1.odd.eq(odd_row), s1.pair.eq(pair),
+                         s1.second.eq(second), s1.o.eq(o), s1.row_addr.eq(row_addr),
+                         s1.emit.eq(odd_row & pair & (p0 < pooled_width)),
+                         s1.keep.eq(Cat(*[p0 + r < pooled_width for r in range(tm)]))]
 
         # stage 2's pairs of the two blocks side by side (block 2*pb alone: zeros on its right)
-        first_half = Mux(s2_second, s2_left.as_value(), s2_beat.as_value())
-        second_half = Mux(s2_second, s2_beat.as_value(), 0)
+        first_half = Mux(s2.second, s2_left.as_value(), s2.beat.as_value())
+        second_half = Mux(s2.second, s2.beat.as_value(), 0)
         both = data.View(data.ArrayLayout(signed(8), 2 * tm), Cat(first_half, second_half))
         pair_max = Signal(self.pixel_layout)
         pooled = Signal(self.pixel_layout)
         for r in range(tm):
             a, b = both[2 * r], both[2 * r + 1]
             m.d.comb += [pair_max[r].eq(Mux(a > b, a, b)),
-                         pooled[r].eq(Mux(s2_keep[r],
+                         pooled[r].eq(Mux(s2.keep[r],
                                           Mux(s2_above[r] > pair_max[r], s2_above[r],
                                               pair_max[r]), 0))]
         row_write = Signal()
-        m.d.comb += row_write.eq(s2_valid & s2_pair & ~s2_odd)
+        m.d.comb += row_write.eq(s2_valid & s2.pair & ~s2.odd)
 
         with m.If(advance):
             m.d.sync += s2_valid.eq(s1_valid)
-            m.d.sync += [s2_beat.eq(s1_beat), s2_odd.eq(s1_odd), s2_pair.eq(s1_pair),
-                         s2_second.eq(s1_second), s2_emit.eq(s1_emit), s2_keep.eq(s1_keep),
-                         s2_row_addr.eq(s1_row_addr), s2_left.eq(left_r.data)]
+            m.d.sync += [s2.eq(s1), s2_left.eq(left_r.data)]
             # stage 1's row word was read before stage 2's beat writes it: forward
-            with m.If(row_write & (s2_row_addr == s1_row_addr)):
+            with m.If(row_write & (s2.row_addr == s1.row_addr)):
                 m.d.sync += s2_above.eq(pair_max)
             with m.Else():
                 m.d.sync += s2_above.eq(row_r.data)
 
         m.d.comb += [
-            left_w.addr.eq(s1_o), left_w.data.eq(s1_beat),
-            left_w.en.eq(s1_valid & advance & ~s1_pair),
-            row_w.addr.eq(s2_row_addr), row_w.data.eq(pair_max),
+            left_w.addr.eq(s1.o), left_w.data.eq(s1.beat),
+            left_w.en.eq(s1_valid & advance & ~s1.pair),
+            row_w.addr.eq(s2.row_addr), row_w.data.eq(pair_max),
             row_w.en.eq(row_write & advance),
         ]
-        with m.If(s2_valid & s2_emit & advance):
+        with m.If(s2_valid & s2.emit & advance):
             m.d.sync += [out_valid.eq(1), out_beat.eq(pooled)]
         with m.Elif(self.out.ready):
             m.d.sync += out_valid.eq(0)
