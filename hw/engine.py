@@ -190,6 +190,7 @@ class PeriodicSparseEngine(wiring.Component):
             pe.patch_addr.eq(wg.patch_addr),
             pe.patch_data.eq(wg.patch_data),
             pe.patch_en.eq(wg.patch_en),
+            pe.stride.eq(desc.stride),
 
             pp.start.eq(begin),
             pp.out_channels.eq(desc.out_channels),

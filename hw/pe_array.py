@@ -5,8 +5,9 @@ Row r computes output pixel x = xb*tm + r of the current output channel o; lane 
 the rows), so one ``tn``-byte weight word per cycle feeds all ``tm*tn`` multipliers.
 
 **Patch memory.** Two buffers of ``patch_channels`` patch words (one per input
-channel; a word is tm x 9 int8 taps, see :func:`psconv.hw.window.patch_layout`), written by the
-window generator, read by every lane at the channel the address generator gave it. It has ``tn``
+channel; a word is the three ``2*tm + 1``-byte window rows of the pixel group, see
+:func:`psconv.hw.window.patch_layout`: 27 bytes at tm = 4 where tm x 9 taps would be 36, so a
+copy is 6 block RAMs wide on an ECP5 instead of 8), written by the window generator, read by every lane at the channel the address generator gave it. It has ``tn``
 read ports: in the Verilog that is one array with ``tn`` reads (cheap to simulate); an FPGA tool
 replicates it per port (block RAM cost x tn; see docs/architecture.md for the banked alternative
 and why it is not used). A read colliding with a write is undefined on an FPGA
@@ -20,8 +21,10 @@ before the window generator writes it again; the reads of slots that are not val
 * A2: the patch words are registered (no logic after a block RAM output); weight gated to 0 for
   invalid lanes (channel >= C_in). Tap-early (``select_tap_early``, the iCE40's choice) registers
   the bytes of stage B's mux here instead, and B only delays them.
-* B: per PE (r, l) a 9:1 tap mux picks byte ``patch[r][tap_l]`` into a fabric register (weight
-  delayed alongside), which feeds the multiplier's input register (B2).
+* B: per PE (r, l) a tap mux picks byte ``patch[dy][r*s + dx]`` (``tap_l = 3*dy + dx``; a 9:1
+  mux per stride and a 2:1 on ``stride``, which is static for a layer; row 0's two are one) into
+  a fabric register (weight delayed alongside), which feeds the multiplier's input register
+  (B2).
 * C: int8 x int8 multiply, registered product (:class:`~psconv.hw.dsp.RegisteredMultiplier`: on
   an ECP5 the MULT18X18D's own input and output registers).
 * tree: per row a binary adder tree over the tn lanes, one register per level.
@@ -43,16 +46,18 @@ cycle that entered 3 cycles earlier (0 when not valid); the counters sum it.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
+
+from psconv.families import NUM_TAPS
 
 from .address_generator import lane_channel_width
 from .dsp import RegisteredMultiplier
 from .multiport import MultiReadMemory
 from .target import area_first
-from .window import patch_address_bits, patch_layout
+from .window import patch_address_bits, patch_layout, patch_tap_column
 
 
 def _tree_levels(n: int) -> int:
@@ -84,6 +89,7 @@ class PEArray(wiring.Component):
             "last_pass": In(1, init=1),
             "buffer": In(1),
             "pixels": In(tm),
+            "stride": In(2),
             "lane_channel": In(data.ArrayLayout(unsigned(lane_channel_width(config)), tn)),
             "lane_tap": In(data.ArrayLayout(unsigned(4), tn)),
             "lane_valid": In(tn),
@@ -136,21 +142,34 @@ class PEArray(wiring.Component):
             early = area_first(platform)
         w_a2 = [Signal(signed(8), name=f"w_a2_{l}", reset_less=True) for l in range(tn)]
         byte_a2 = [[None] * tn for _ in range(tm)]      # byte_a2[r][l]: PE (r, l)'s tap byte
+        stride2 = self.stride == 2
+
+        def tap_byte(word, r, tap):
+            """Pixel r's byte of ``tap`` in a patch word (:func:`patch_tap_column`)."""
+            by_stride = []
+            for s in (1, 2):
+                taps = []
+                for t in range(NUM_TAPS):
+                    dy, k = patch_tap_column(r, t, s)
+                    taps.append(Value.cast(word[dy][k]))
+                by_stride.append(Cat(*taps).word_select(tap, 8))
+            return Mux(stride2, by_stride[1], by_stride[0]) if r else by_stride[0]
+
         for l in range(tn):
             m.d.sync += w_a2[l].eq(Mux(lanes_b[l], wraw_b[l], 0))
             word = patches.read_data[l]
             if early:
                 for r in range(tm):
                     byte_a2[r][l] = Signal(signed(8), name=f"byte_a2_{r}_{l}", reset_less=True)
-                    m.d.sync += byte_a2[r][l].eq(word[r].as_value().word_select(tap_b[l], 8))
+                    m.d.sync += byte_a2[r][l].eq(tap_byte(word, r, tap_b[l]))
             else:
                 patch_a2 = Signal(self.patch_layout, name=f"patch_a2_{l}", reset_less=True)
                 tap_a2 = Signal(4, name=f"tap_a2_{l}", reset_less=True)
                 m.d.sync += [patch_a2.eq(word), tap_a2.eq(tap_b[l])]
                 for r in range(tm):
-                    byte_a2[r][l] = patch_a2[r].as_value().word_select(tap_a2, 8)
+                    byte_a2[r][l] = tap_byte(patch_a2, r, tap_a2)
 
-        # Stage B: per PE the 9:1 tap mux into a fabric register (the placer can put it next to
+        # Stage B: per PE the tap mux into a fabric register (the placer can put it next to
         # the multiplier; the mux and the route to a DSP column are two paths, not one).
         # Stage B2: the multiplier's input registers; stage C: multiply (registered product). On
         # an ECP5 both are the MULT18X18D's own registers (psconv.hw.dsp).

@@ -19,14 +19,17 @@ the padding zero at a row's start); a beat spanning a row end takes one more cyc
 ``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` (one per row/beat piece).
 
 **Window generator.** For each pixel group (output row y, column block xb, x = xb*tm + r), in the
-order y, xb, it builds one *patch word* per input channel c: for each of the tm pixels the 9 taps
-``xpad[c, y*s + dy, x*s + dx]`` (t = 3*dy + dx), zero for padding rows/columns and for pixels
-x >= W_out. A 1x1 layer is built the same way (its centre tap t = 4 is ``x[c, y*s, x*s]``; its mask
+order y, xb, it builds one *patch word* per input channel c holding, for each of the tm pixels,
+the 9 taps ``xpad[c, y*s + dy, x*s + dx]`` (t = 3*dy + dx), zero for padding rows/columns
+(layout: :func:`patch_layout`). A 1x1 layer is built the same way (its centre tap t = 4 is ``x[c, y*s, x*s]``; its mask
 table selects only that tap). Per cycle: read 3 banks (R0), register the rows (R1), cut a
 ``2*tm + 1``-byte window out of each row at column ``x0*s - 1`` (a mux over ``max_width / tm`` block
 positions, or over the window's offset in the J words read) and zero padding rows and columns
-(R1b), rotate the banks into dy order, zero pixels x >= W_out and pick the taps for stride 1|2
-(R2), write the patch word (R3). One channel per cycle; a group's buffer is flagged full C_in + 4
+(R1b), rotate the banks into dy order (R2), write the patch word (R3). The patch word is those
+three windows, not the tm x 9 taps: the taps of neighbouring pixels overlap, so the word is
+``3 * (2*tm + 1)`` bytes instead of ``9*tm`` (27 against 36 at tm = 4), and the PE array picks
+pixel r's tap (dy, dx) at window column ``r*s + dx``. The taps of pixels x >= W_out are left as
+they are (map columns or zeros): their results are never taken. One channel per cycle; a group's buffer is flagged full C_in + 4
 cycles after its first read. With input-channel passes (C_in > ``patch_channels``) a group is
 built once per pass, each build reading the pass's channels (the next build continues where the
 last stopped) into the next buffer.
@@ -54,8 +57,23 @@ from .block_ram import collision_free_memory, read_port
 
 
 def patch_layout(config) -> data.ArrayLayout:
-    """A patch word: ``patch[r][t]``, pixel r of the group, row-major tap t, int8."""
-    return data.ArrayLayout(data.ArrayLayout(signed(8), NUM_TAPS), config.tm)
+    """A patch word: ``patch[dy][k] = xpad[c, y*s + dy, x0*s + k]``, int8 (``xpad`` the map with
+    its padding border, so k = 0 is column ``x0*s - 1``), k < ``2*tm + 1``: the window rows of a
+    pixel group, which pixel r reads at ``k = r*s + dx`` for tap ``t = 3*dy + dx``. Bytes past
+    the map are zero."""
+    return data.ArrayLayout(data.ArrayLayout(signed(8), patch_window_bytes(config)), 3)
+
+
+def patch_window_bytes(config) -> int:
+    """Bytes of one window row: the columns ``tm`` pixels span at stride 2 (stride 1 uses the
+    first ``tm + 2``)."""
+    return 2 * config.tm + 1
+
+
+def patch_tap_column(r: int, tap: int, stride: int) -> tuple[int, int]:
+    """``(dy, k)``: where pixel r's tap t sits in a patch word at stride 1|2."""
+    dy, dx = divmod(tap, NUM_TAPS // 3)
+    return dy, r * stride + dx
 
 
 def patch_address_bits(config) -> int:
@@ -82,7 +100,7 @@ def bank_columns(config) -> tuple[int, int]:
     (a beat's bytes, plus the padding byte at a row start) at any offset. Chosen when that reads
     fewer bytes than a whole row and the columns stay one block RAM deep: on an iCE40 the block
     RAM count is set by the bits read per cycle, not by capacity."""
-    ww, beat, win = COLUMN_WORD_BYTES, fmap_beat_bytes(config), 2 * config.tm + 1
+    ww, beat, win = COLUMN_WORD_BYTES, fmap_beat_bytes(config), patch_window_bytes(config)
     bank_depth = (fmap_rows_capacity(config) + 1) // 3 + 1
     columns = 1 << ceil_log2(-(-max(beat + ww - 1, beat + 1, win + ww - 1) // ww))
     slots = 1 << ceil_log2(-(-(config.max_width + 1) // (ww * columns)))
@@ -97,7 +115,7 @@ class WindowGenerator(wiring.Component):
         self.beat_bytes = fmap_beat_bytes(config)
         self.rows_capacity = fmap_rows_capacity(config)
         self.bank_depth = (self.rows_capacity + 1) // 3 + 1
-        self.window_bytes = 2 * config.tm + 1
+        self.window_bytes = patch_window_bytes(config)
         self.patch_layout = patch_layout(config)
         self.columns, self.row_slots = bank_columns(config)
         super().__init__({
@@ -268,8 +286,6 @@ class WindowGenerator(wiring.Component):
         top_ok1 = Signal()
         bottom_ok1 = Signal()
         col_ok1 = Signal(win)
-        pix_ok1 = Signal(tm)
-        stride2_1 = Signal()
 
         def delayed(suffix, *signals):
             """Registered copies of ``signals`` (one pipeline stage further)."""
@@ -278,12 +294,10 @@ class WindowGenerator(wiring.Component):
             return copies
 
         # R1 -> R1b: the same, one cycle later (the bank rows are registered at R1)
-        (v1r, last1r, c1r, buf1r, r1r, blk1r, top_ok1r, bottom_ok1r, col_ok1r, pix_ok1r,
-         stride2_1r) = delayed("r", v1, last1, c1, buf1, r1, blk1, top_ok1, bottom_ok1, col_ok1,
-                               pix_ok1, stride2_1)
+        (v1r, last1r, c1r, buf1r, r1r, blk1r, top_ok1r, bottom_ok1r, col_ok1r) = delayed(
+            "r", v1, last1, c1, buf1, r1, blk1, top_ok1, bottom_ok1, col_ok1)
         # R1b -> R2
-        v2, last2, c2, buf2, r2, pix_ok2, stride2_2 = delayed(
-            "2", v1r, last1r, c1r, buf1r, r1r, pix_ok1r, stride2_1r)
+        v2, last2, c2, buf2, r2 = delayed("2", v1r, last1r, c1r, buf1r, r1r)
         last3, buf3 = Signal(), Signal()                    # R2 -> R3
 
         for k, ports in enumerate(banks):
@@ -313,12 +327,10 @@ class WindowGenerator(wiring.Component):
             pass_end = rd_c[:pass_bits].all() if pass_bits else C(1, 1)
             m.d.sync += [
                 v1.eq(1), last1.eq(last | pass_end), c1.eq(rd_c), buf1.eq(g_buf), r1.eq(rd_r), blk1.eq(win_pos),
-                top_ok1.eq(g_ys != 0), bottom_ok1.eq(g_ys + 1 < height), stride2_1.eq(stride == 2),
+                top_ok1.eq(g_ys != 0), bottom_ok1.eq(g_ys + 1 < height),
                 # A group is built only for x0 < W_out, so x0*s <= W - 1: window bytes 0 and 1
-                # (columns x0*s - 1 and x0*s) and pixel 0 need no comparator.
+                # (columns x0*s - 1 and x0*s) need no comparator.
                 col_ok1.eq(Cat(C(0b11, 2), *[(g_x0s + k) <= width for k in range(2, win)])),
-                pix_ok1.eq(Cat(C(1, 1), *[g_x0s + Mux(stride == 2, 2 * r, r) < width
-                                          for r in range(1, tm)])),
                 rd_c.eq(rd_c + 1),
             ]
             with m.If(rd_r + height_r >= 3):
@@ -379,7 +391,7 @@ class WindowGenerator(wiring.Component):
                          for i in range(win)]
             bank_windows.append(w)
 
-        # R2: rotate the banks into dy order, zero pixels past W_out, pick the taps.
+        # R2: rotate the banks into dy order.
         rows = []
         for dy in range(3):
             sel = Signal(range(3), name=f"bank_of_dy{dy}")
@@ -388,14 +400,7 @@ class WindowGenerator(wiring.Component):
             m.d.comb += w.eq(Array(bank_windows)[sel])
             rows.append(w)
         patch = Signal(self.patch_layout)
-        for r in range(tm):
-            for dy in range(3):
-                for dx in range(3):
-                    k1, k2 = r + dx, 2 * r + dx
-                    byte1 = rows[dy][8 * k1:8 * k1 + 8]
-                    byte2 = rows[dy][8 * k2:8 * k2 + 8]
-                    m.d.comb += patch[r][3 * dy + dx].eq(
-                        Mux(pix_ok2[r], Mux(stride2_2, byte2, byte1), 0))
+        m.d.comb += [patch[dy].eq(rows[dy]) for dy in range(3)]
 
         # R3: write the patch word.
         abits = patch_address_bits(cfg)

@@ -6,21 +6,31 @@ import pytest
 
 from psconv.protocol.beats import pack_bytes
 from psconv.hw.pe_array import PEArray
-from psconv.hw.window import patch_address_bits
+from psconv.hw.window import patch_address_bits, patch_window_bytes
 
 from hw_sim_helpers import small_config
 from sim_helpers import raw, run
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("select_tap_early", [False, True])
-def test_accumulated_dot_products(select_tap_early):
+def test_accumulated_dot_products(select_tap_early, stride):
+    """Patch words are three window rows of 2*tm + 1 bytes; pixel r's tap (dy, dx) is row dy,
+    byte r*stride + dx."""
     config = small_config(tm=3, tn=5)      # odd tn: the adder tree carries an unpaired lane
     tm, tn = config.tm, config.tn
-    rng = random.Random(9)
+    win = patch_window_bytes(config)
+    assert win == 2 * tm + 1
+    rng = random.Random(9 + stride)
     abits = patch_address_bits(config)
     channels = config.max_in_channels
-    patches = [[[[rng.randint(-128, 127) for _ in range(9)] for _ in range(tm)] for _ in range(channels)]
+    patches = [[[rng.randint(-128, 127) for _ in range(3 * win)] for _ in range(channels)]
                for _ in range(2)]
+
+    def tap(buf, ch, r, t):
+        dy, dx = divmod(t, 3)
+        return patches[buf][ch][dy * win + r * stride + dx]
+
     # Output channels with 1..3 slot cycles each, back to back, occasional idle cycles between.
     jobs = []
     for _ in range(12):
@@ -35,19 +45,18 @@ def test_accumulated_dot_products(select_tap_early):
         jobs.append((buf, pixels, slots, rng.random() < 0.3))
     # extreme values: all -128 (largest positive products) on one job
     jobs.append((0, (1 << tm) - 1, [[(0, 0, True, -128) for _ in range(tn)]] * 3, False))
-    for c in range(channels):
-        for r in range(tm):
-            patches[0][0][r][0] = -128
+    patches[0][0] = [-128] * (3 * win)
 
     dut = PEArray(config, select_tap_early=select_tap_early)
     results, issue_cycles, macs = [], [], []
     state = {"cycle": 0, "done": False}
 
     async def driver(ctx):
+        ctx.set(dut.stride, stride)
         for buf in range(2):
             for c in range(channels):
                 ctx.set(dut.patch_addr, buf << abits | c)
-                ctx.set(raw(dut.patch_data), pack_bytes([v for row in patches[buf][c] for v in row]))
+                ctx.set(raw(dut.patch_data), pack_bytes(patches[buf][c]))
                 ctx.set(dut.patch_en, 1)
                 await ctx.tick()
                 state["cycle"] += 1
@@ -95,7 +104,7 @@ def test_accumulated_dot_products(select_tap_early):
     run(dut, driver, monitor)
     assert len(results) == len(jobs)
     for (cycle, values, pixels), issue, (buf, pix, slots, _) in zip(results, issue_cycles, jobs):
-        want = [sum(patches[buf][ch][r][tap] * w for lanes in slots for ch, tap, ok, w in lanes if ok)
+        want = [sum(tap(buf, ch, r, t) * w for lanes in slots for ch, t, ok, w in lanes if ok)
                 for r in range(tm)]
         assert values == want
         assert pixels == pix

@@ -7,7 +7,8 @@ import torch
 
 from psconv.protocol.beats import fmap_beats, unpack_bytes
 from psconv.schedule import output_size
-from psconv.hw.window import WindowGenerator, bank_columns, patch_address_bits
+from psconv.hw.window import (WindowGenerator, bank_columns, patch_address_bits, patch_tap_column,
+                              patch_window_bytes)
 
 from hw_sim_helpers import small_config
 from sim_helpers import raw, run, stream_put
@@ -25,6 +26,27 @@ def reference_patch(x, y, x0, c, stride, tm, out_w):
             ok = px < out_w and 0 <= iy < height and 0 <= ix < width
             patch.append(int(x[c, iy, ix]) if ok else 0)
     return patch
+
+
+def reference_window(x, y, x0, c, stride, win):
+    """The patch word as stored: rows y*s - 1 + dy, columns x0*s - 1 + k (k < win), 0 outside."""
+    _, height, width = x.shape
+    word = []
+    for dy in range(3):
+        for k in range(win):
+            iy, ix = y * stride - 1 + dy, x0 * stride - 1 + k
+            word.append(int(x[c, iy, ix]) if 0 <= iy < height and 0 <= ix < width else 0)
+    return word
+
+
+def taps_of(word, stride, tm, win, out_w, x0):
+    """tm x 9 taps read out of a stored word as the PE array does, 0 for pixels >= out_w."""
+    taps = []
+    for r in range(tm):
+        for t in range(9):
+            dy, k = patch_tap_column(r, t, stride)
+            taps.append(word[dy * win + k] if x0 + r < out_w else 0)
+    return taps
 
 
 def build_patches(config, x, stride, release_delay=(0, 6), seed=0):
@@ -74,7 +96,7 @@ def build_patches(config, x, stride, release_delay=(0, 6), seed=0):
             if en:
                 buf = addr >> abits
                 assert not (full >> buf & 1), "patch written into a buffer still in use"
-                writes.append((addr, unpack_bytes(data, 9 * config.tm)))
+                writes.append((addr, unpack_bytes(data, 3 * patch_window_bytes(config))))
 
     run(dut, feeder, consumer, monitor)
     return writes, out_h, out_w
@@ -93,21 +115,27 @@ CASES = [
 
 
 def check_patches(config, channels, height, width, stride):
-    """Every patch write of a random map, in order, against :func:`reference_patch`."""
+    """Every patch write of a random map, in order: the stored word against
+    :func:`reference_window`, and the taps the PE array reads out of it against the direct
+    :func:`reference_patch`."""
     torch.manual_seed(channels * 100 + height * 10 + width)
     x = torch.randint(-128, 128, (channels, height, width))
     writes, out_h, out_w = build_patches(config, x, stride, seed=channels)
-    abits = patch_address_bits(config)
+    abits, tm, win = patch_address_bits(config), config.tm, patch_window_bytes(config)
     expected = []
     g = 0
     for y in range(out_h):
-        for x0 in range(0, out_w, config.tm):
+        for x0 in range(0, out_w, tm):
             for c in range(channels):
-                expected.append(((g % 2) << abits | c, reference_patch(x, y, x0, c, stride, config.tm, out_w)))
+                expected.append(((g % 2) << abits | c, x0,
+                                 reference_window(x, y, x0, c, stride, win),
+                                 reference_patch(x, y, x0, c, stride, tm, out_w)))
             g += 1
     assert len(writes) == len(expected)
-    for k, (got, want) in enumerate(zip(writes, expected)):
-        assert got == want, f"write {k}: address/patch differ"
+    for k, ((addr, word), (want_addr, x0, want_word, want_taps)) in enumerate(zip(writes, expected)):
+        assert addr == want_addr, f"write {k}: address differs"
+        assert word == want_word, f"write {k}: patch word differs"
+        assert taps_of(word, stride, tm, win, out_w, x0) == want_taps, f"write {k}: taps differ"
 
 
 @pytest.mark.parametrize("channels,height,width,stride,tn,max_width", CASES)
@@ -148,12 +176,12 @@ def test_pointwise_centre_tap_is_the_strided_pixel():
     config = small_config(tn=4, max_width=8)
     x = torch.randint(-128, 128, (2, 5, 6), generator=torch.Generator().manual_seed(3))
     writes, out_h, out_w = build_patches(config, x, 2)
-    tm = config.tm
+    tm, win = config.tm, patch_window_bytes(config)
     k = 0
     for y in range(out_h):
         for x0 in range(0, out_w, tm):
             for c in range(2):
-                taps = writes[k][1]
+                taps = taps_of(writes[k][1], 2, tm, win, out_w, x0)
                 k += 1
                 for r in range(tm):
                     if x0 + r < out_w:
