@@ -29,7 +29,7 @@ positions, or over the window's offset in the J words read) and zero padding row
 three windows, not the tm x 9 taps: the taps of neighbouring pixels overlap, so the word is
 ``3 * (2*tm + 1)`` bytes instead of ``9*tm`` (27 against 36 at tm = 4), and the PE array picks
 pixel r's tap (dy, dx) at window column ``r*s + dx``. The taps of pixels x >= W_out are left as
-they are (map columns or zeros): their results are never taken. One channel per cycle; a group's buffer is flagged full C_in + 4
+they are (map columns or zeros): the post-processor outputs 0 for them. One channel per cycle; a group's buffer is flagged full C_in + 4
 cycles after its first read. With input-channel passes (C_in > ``patch_channels``) a group is
 built once per pass, each build reading the pass's channels (the next build continues where the
 last stopped) into the next buffer.
