@@ -101,6 +101,7 @@ from .memory_port import MemoryPortArbiter, OnChipMemory, WordMemoryBridge
 from .program_runner import ProgramRunner
 from .sdram import SDRAM, sdram_pin_signature
 from .sdram_clocking import SDRAMClocking
+from .target import area_first
 from .uart import DEFAULT_BAUD, UART, uart_divisor
 from .watchdog import Watchdog, check_watchdog_cycles
 
@@ -228,7 +229,10 @@ class BoardTop(wiring.Component):
         processor = CommandProcessor(self.config, output_fifo_depth=self.output_fifo_depth,
                                      max_payload=max_payload,
                                      check_descriptor=check_descriptor)
-        engine = PeriodicSparseEngine(self.config, layer_held=True)
+        # the engine keeps its own copy of the descriptor except where cells are what runs out:
+        # on the ULX3S the drivers' descriptor registers lie far from the engine, behind the
+        # owners' multiplexer, and the descriptor's fields feed compares all over the engine
+        engine = PeriodicSparseEngine(self.config, layer_held=area_first(platform))
         # ABORT and the watchdog reset these (and the runner) from outside: they run in an
         # ``abortable`` domain, sync's clock with reset = sync's reset | abort, so each flip-flop
         # keeps a single synchronous reset (one more gate in all, not one per flip-flop). The

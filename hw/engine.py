@@ -72,7 +72,10 @@ from .window import WindowGenerator
 class PeriodicSparseEngine(wiring.Component):
     """``layer_held=True`` promises that ``layer`` holds its value from ``start`` until ``done``
     (the command processor's descriptor register does: it refuses ``WRITE_LAYER`` while the
-    engine is busy), so the engine reads it directly instead of keeping a copy of its own."""
+    engine is busy), so the engine reads it directly instead of keeping a copy of its own: the
+    descriptor's flip-flops are saved, but its fields then reach every block from the driver's
+    register, through whatever lies between (the board top's use on a device where logic cells,
+    not clock speed, run out). Same cycles, same results."""
 
     def __init__(self, config, layer_held: bool = False):
         self.config = config
@@ -112,17 +115,23 @@ class PeriodicSparseEngine(wiring.Component):
         pe = m.submodules.pe_array = PEArray(cfg)
         pp = m.submodules.post_processor = PostProcessor(cfg)
 
-        if self.layer_held:
-            desc = self.layer
-        else:
-            desc = Signal(self.descriptor_layout)
-            with m.If(seq.accept_start):
-                m.d.sync += desc.eq(self.layer)
-        begin = seq.begin
         out_height = Signal(range(cfg.max_height + 1))
         out_width = Signal(range(cfg.max_width + 1))
-        m.d.comb += [out_height.eq(output_size_value(desc.in_height, desc.stride)),
-                     out_width.eq(output_size_value(desc.in_width, desc.stride))]
+        if self.layer_held:
+            desc = self.layer
+            m.d.comb += [out_height.eq(output_size_value(desc.in_height, desc.stride)),
+                         out_width.eq(output_size_value(desc.in_width, desc.stride))]
+        else:
+            # the descriptor and the output size in flip-flops of the engine's own: every block
+            # reads them from BEGIN on, and none of their logic reaches back to the driver
+            desc = Signal(self.descriptor_layout)
+            with m.If(seq.accept_start):
+                m.d.sync += [desc.eq(self.layer),
+                             out_height.eq(output_size_value(self.layer.in_height,
+                                                             self.layer.stride)),
+                             out_width.eq(output_size_value(self.layer.in_width,
+                                                            self.layer.stride))]
+        begin = seq.begin
 
         wiring.connect(m, wiring.flipped(self.mask_in), ag.mask_in)
         wiring.connect(m, wiring.flipped(self.fmap_in), wg.fmap_in)

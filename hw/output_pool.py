@@ -24,14 +24,15 @@ writes the row memory, so an odd ``H_out`` needs no special case.
 
 Timing: an input beat is taken in cycle t (both memories read; the left memory is written
 with the raw beat in t+1), the memories' words are registered in t+2 with nothing between the
-block RAM outputs and those registers, the pair maxima and the pooled beat are computed from
-registers in t+2 (row memory written), and the pooled beat is in the output register in t+3. A
+block RAM outputs and those registers, the pair maxima are computed from registers in t+2 (row
+memory written), registered with the row word in t+3, where the pooled beat is computed (one
+compare per stage), and the pooled beat is in the output register in t+4. A
 read is transparent to the write of the same cycle (a one-channel layer reads the left word its
 previous beat wrote), and the row word of a beat right behind the beat that writes it is
 forwarded from that beat's pair maxima. One input beat per cycle while ``out`` is ready;
 ``in_.ready`` falls only while a pooled beat waits in the output register and the next result
-is another. ``idle`` is high when no beat is held (the engine's ``done`` waits for it). Without ``enable`` beats pass straight through
-(comb), so an unpooled layer's cycles do not change.
+is another. ``idle`` is high when no beat is held (the engine's ``done`` waits for it). Without
+``enable`` beats pass straight through (comb), so an unpooled layer's cycles do not change.
 
 ``start`` (a pulse, with ``enable``, ``out_channels`` and ``out_width`` held from then until
 the layer's last beat is out) resets the position to the first beat.
@@ -112,11 +113,16 @@ class OutputMaxPool(wiring.Component):
         s2_left = Signal(self.pixel_layout)
         s2_above = Signal(self.pixel_layout)
 
+        # stage 3: a beat that completes a kept pooled beat, with its pair maxima and row word
+        s3_valid, s3_keep = Signal(), Signal(tm)
+        s3_pair_max = Signal(self.pixel_layout)
+        s3_above = Signal(self.pixel_layout)
+
         out_valid = Signal()
         out_beat = Signal(self.pixel_layout)
 
         advance = Signal()
-        m.d.comb += advance.eq(~(s2_valid & s2.emit & out_valid & ~self.out.ready))
+        m.d.comb += advance.eq(~(s3_valid & out_valid & ~self.out.ready))
         take = Signal()
         m.d.comb += take.eq(self.in_.valid & self.in_.ready)
 
@@ -126,7 +132,7 @@ class OutputMaxPool(wiring.Component):
         with m.Else():
             m.d.comb += [self.in_.ready.eq(self.out.ready),
                          self.out.valid.eq(self.in_.valid), self.out.payload.eq(self.in_.payload)]
-        m.d.comb += self.idle.eq(~s1_valid & ~s2_valid & ~out_valid)
+        m.d.comb += self.idle.eq(~s1_valid & ~s2_valid & ~s3_valid & ~out_valid)
 
         row_addr = Signal(range(row_depth + cfg.max_out_channels + 1))
         m.d.comb += [row_addr.eq(row_base + o),
@@ -151,9 +157,9 @@ class OutputMaxPool(wiring.Component):
         for r in range(tm):
             a, b = both[2 * r], both[2 * r + 1]
             m.d.comb += [pair_max[r].eq(Mux(a > b, a, b)),
-                         pooled[r].eq(Mux(s2.keep[r],
-                                          Mux(s2_above[r] > pair_max[r], s2_above[r],
-                                              pair_max[r]), 0))]
+                         pooled[r].eq(Mux(s3_keep[r],
+                                          Mux(s3_above[r] > s3_pair_max[r], s3_above[r],
+                                              s3_pair_max[r]), 0))]
         row_write = Signal()
         m.d.comb += row_write.eq(s2_valid & s2.pair & ~s2.odd)
 
@@ -172,7 +178,10 @@ class OutputMaxPool(wiring.Component):
             row_w.addr.eq(s2.row_addr), row_w.data.eq(pair_max),
             row_w.en.eq(row_write & advance),
         ]
-        with m.If(s2_valid & s2.emit & advance):
+        with m.If(advance):
+            m.d.sync += [s3_valid.eq(s2_valid & s2.emit), s3_keep.eq(s2.keep),
+                         s3_pair_max.eq(pair_max), s3_above.eq(s2_above)]
+        with m.If(s3_valid & advance):
             m.d.sync += [out_valid.eq(1), out_beat.eq(pooled)]
         with m.Elif(self.out.ready):
             m.d.sync += out_valid.eq(0)
@@ -180,7 +189,8 @@ class OutputMaxPool(wiring.Component):
         # walk the input order
         with m.If(self.start):
             m.d.sync += [o.eq(0), odd_row.eq(0), second.eq(0), x0.eq(0), p0.eq(0),
-                         row_base.eq(0), s1_valid.eq(0), s2_valid.eq(0), out_valid.eq(0)]
+                         row_base.eq(0), s1_valid.eq(0), s2_valid.eq(0), s3_valid.eq(0),
+                         out_valid.eq(0)]
         with m.Elif(take & self.enable):
             with m.If(o + 1 != self.out_channels):
                 m.d.sync += o.eq(o + 1)

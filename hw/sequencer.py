@@ -38,6 +38,7 @@ from amaranth.lib.wiring import In, Out
 
 from .counters import COUNTER_WIDTH, PerformanceCounters
 from .post_processor import PostProcessor
+from .target import area_first
 
 
 class Sequencer(wiring.Component):
@@ -45,8 +46,13 @@ class Sequencer(wiring.Component):
     """Cycles from the last issue of a group to releasing its patch buffer (its last patch read
     happens 2 cycles after issue)."""
 
-    def __init__(self, config):
+    def __init__(self, config, lookahead: bool | None = None):
+        """``lookahead``: the loop-end flags and the credit verdict are registers set a cycle
+        ahead (True: ``issue`` reaches the counters' enables through gates only) or compares of
+        the counters (False: fewer cells). None: False where
+        :func:`~psconv.hw.target.area_first`, else True. Same cycles, same issue order."""
         self.config = config
+        self.lookahead = lookahead
         depth = PostProcessor.FIFO_DEPTH
         self.fifo_depth = depth
         super().__init__({
@@ -124,40 +130,76 @@ class Sequencer(wiring.Component):
         pass_cycles = Signal.like(self.full_pass_cycles)
         # ``first`` (cycle == 0) is kept as a register beside ``cycle``: it gates ``issue`` and
         # selects the address generator's lane restart, so no comparator may sit before it.
-        m.d.comb += self.first.eq(first)
+        # With ``lookahead``, ``last`` and the loop-end flags below are registers too, each set
+        # one cycle ahead from the counters' next values (``ahead``), so that ``issue`` reaches
+        # the loop counters' enables through gates only (no add-then-compare after it).
+        lookahead = self.lookahead if self.lookahead is not None else not area_first(platform)
+        last = Signal()                                  # cycle + 1 == pass_cycles
+        channel_last = Signal()                          # channel + 1 == out_channels
+        x0_last = Signal()                               # x0 + tm >= out_width
+        y_last = Signal()                                # y + 1 == out_height
+
+        def ahead(*assignments):
+            if lookahead:
+                m.d.sync += list(assignments)
+
+        m.d.comb += [self.first.eq(first), self.last.eq(last)]
+        # cycles of the pass after this one, with the next pixel group's first pass after the last
+        first_pass_cycles = Mux(self.passes == 1, self.last_pass_cycles, self.full_pass_cycles)
         if cfg.multi_pass:
             m.d.comb += [
                 self.first_pass.eq(pass_index == 0),
                 self.last_pass.eq(pass_index + 1 == self.passes),
                 pass_cycles.eq(Mux(self.last_pass, self.last_pass_cycles, self.full_pass_cycles)),
             ]
+            next_pass_cycles = Mux(self.last_pass, first_pass_cycles,
+                                   Mux(pass_index + 2 == self.passes, self.last_pass_cycles,
+                                       self.full_pass_cycles))
         else:
             # One pass (C_in <= max_in_channels <= patch_channels): every pass is the first and
             # the last, and its cycles are the output channel's (the address generator gives
             # passes = 1 and last_pass_cycles = cycles_per_output).
             m.d.comb += [self.first_pass.eq(1), self.last_pass.eq(1),
                          pass_cycles.eq(self.last_pass_cycles)]
-        m.d.comb += [
-            self.last.eq(cycle + 1 == pass_cycles),
-            self.pixels.eq(Cat(*[(x0 + r) < self.out_width for r in range(tm)])),
-        ]
+            first_pass_cycles = next_pass_cycles = self.last_pass_cycles
+        m.d.comb += self.pixels.eq(Cat(*[(x0 + r) < self.out_width for r in range(tm)]))
+        if not lookahead:
+            m.d.comb += [last.eq(cycle + 1 == pass_cycles),
+                         channel_last.eq(channel + 1 == self.out_channels),
+                         x0_last.eq(x0 + tm >= self.out_width), y_last.eq(y + 1 == self.out_height)]
         # A buffer this sequencer has finished with stays "full" until its delayed release lands;
         # a pass shorter than that must not be mistaken for the next build of the buffer.
         consumed = Signal(2)
         # Output FIFO room and the residual beat matter only in the last pass (the only one
-        # that produces a result).
+        # that produces a result). With ``lookahead`` both are judged on the last cycle's
+        # counts, registered (the FIFO levels' adders and compares stay off the issue path):
+        # since then FIFO room and buffered residual beats fell only by the beat claimed then,
+        # if one was (a beat read out or a residual beat arriving only adds), so the verdict for
+        # "one more than the counts" is taken when the last cycle claimed a beat. Exact but for
+        # arrivals in the last cycle, seen one cycle late: that never binds while the output is
+        # read and the residual stream fed as fast as the engine uses them (the FIFOs stay far
+        # from full, resp. empty).
+        def credit(margin):
+            return ((self.out_level + inflight + margin < self.fifo_depth)
+                    & (~self.residual | (self.residual_level > res_pending + margin)))
+
+        claimed = Signal()
+        if lookahead:
+            credit_now, credit_after_claim = Signal(), Signal()
+            m.d.sync += [credit_now.eq(credit(0)), credit_after_claim.eq(credit(1))]
+            credit_ok = Mux(claimed, credit_after_claim, credit_now)
+        else:
+            credit_ok = credit(0)
         ready_to_start = Signal()
         m.d.comb += ready_to_start.eq(
             (self.patch_full & ~consumed).bit_select(buf, 1)
             & (channel < self.weights_loaded) & (channel < self.quant_loaded)
-            & (~self.last_pass
-               | ((self.out_level + inflight < self.fifo_depth)
-                  & (~self.residual | (self.residual_level > res_pending)))))
+            & (~self.last_pass | credit_ok))
 
         running = Signal()
         start_new = self.issue & self.first
         result_new = start_new & self.last_pass
-        pass_done = self.issue & self.last & (channel + 1 == self.out_channels)
+        pass_done = self.issue & last & channel_last
         with m.FSM(name="phase") as phase:
             with m.State("IDLE"):
                 m.d.comb += self.accept_start.eq(self.start)
@@ -171,17 +213,23 @@ class Sequencer(wiring.Component):
                              pass_start.eq(0)]
                 m.next = "LOAD"
             with m.State("LOAD"):
+                # the loop-end flags of the first issue (the address generator's cycles and
+                # passes are valid from setup_ready, before the last LOAD cycle)
+                ahead(last.eq(first_pass_cycles == 1), channel_last.eq(self.out_channels == 1),
+                      x0_last.eq(tm >= self.out_width), y_last.eq(self.out_height == 1))
                 with m.If(self.setup_ready & self.patch_full[0] & (self.weights_loaded != 0)
                           & (self.quant_loaded != 0)):
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [running.eq(1), self.issue.eq(~self.first | ready_to_start)]
                 with m.If(self.issue):
-                    with m.If(self.last):
+                    with m.If(last):
                         m.d.sync += [cycle.eq(0), first.eq(1)]
-                        with m.If(channel + 1 == self.out_channels):
+                        with m.If(channel_last):
                             # end of a pass: the next pass (or pixel group) uses the other buffer
                             m.d.sync += [channel.eq(0), out_mod.eq(0), buf.eq(~buf)]
+                            ahead(last.eq(next_pass_cycles == 1),
+                                  channel_last.eq(self.out_channels == 1))
                             with m.If(~self.last_pass):
                                 next_pass = pass_start + self.full_pass_cycles
                                 m.d.sync += [pass_index.eq(pass_index + 1), pass_start.eq(next_pass),
@@ -189,15 +237,20 @@ class Sequencer(wiring.Component):
                             with m.Else():
                                 m.d.sync += [pass_index.eq(0), pass_start.eq(0), channel_start.eq(0),
                                              waddr.eq(0)]
-                                with m.If(x0 + tm >= self.out_width):
+                                with m.If(x0_last):
                                     m.d.sync += [x0.eq(0), y.eq(y + 1)]
-                                    with m.If(y + 1 == self.out_height):
+                                    ahead(x0_last.eq(tm >= self.out_width),
+                                          y_last.eq(y + 2 == self.out_height))
+                                    with m.If(y_last):
                                         m.next = "DRAIN"
                                 with m.Else():
                                     m.d.sync += x0.eq(x0 + tm)
+                                    ahead(x0_last.eq(x0 + 2 * tm >= self.out_width))
                         with m.Else():
                             m.d.sync += [channel.eq(channel + 1),
                                          out_mod.eq(Mux(out_mod + 1 == self.period, 0, out_mod + 1))]
+                            ahead(last.eq(pass_cycles == 1),
+                                  channel_last.eq(channel + 2 == self.out_channels))
                             if cfg.multi_pass:
                                 # next output channel: its words start cycles_per_output further on
                                 next_channel = channel_start + self.cycles_per_output
@@ -207,6 +260,7 @@ class Sequencer(wiring.Component):
                                 m.d.sync += waddr.eq(waddr + 1)
                     with m.Else():
                         m.d.sync += [cycle.eq(cycle + 1), first.eq(0), waddr.eq(waddr + 1)]
+                        ahead(last.eq(cycle + 2 == pass_cycles))
             with m.State("DRAIN"):
                 with m.If((inflight == 0) & (self.out_level == 0) & self.out_idle):
                     m.d.sync += self.done.eq(1)
@@ -217,7 +271,7 @@ class Sequencer(wiring.Component):
             m.d.sync += self.done.eq(0)
 
         # Credits: beats started but not yet in the output FIFO; residual beats claimed.
-        m.d.sync += inflight.eq(inflight + result_new - self.written)
+        m.d.sync += [inflight.eq(inflight + result_new - self.written), claimed.eq(result_new)]
         m.d.sync += res_pending.eq(res_pending + (result_new & self.residual) - self.residual_popped)
 
         m.d.sync += consumed.eq((consumed & self.patch_full) | Mux(pass_done, Mux(buf, 0b10, 0b01), 0))

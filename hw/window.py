@@ -15,7 +15,8 @@ block RAMs are at most 16 bits wide, the tiny configuration needs 6 block RAMs i
 (element 0 in bits 7:0), only the last beat zero-padded. A gearbox writes, each cycle, the bytes
 of the current beat that belong to the current row, ``min(beat bytes left, row bytes left)``, into
 the row's word with byte enables (column-split banks: into the J words those bytes fall in, plus
-the padding zero at a row's start); a beat spanning a row end takes one more cycle. Cycles:
+the padding zero at a row's start; whole-row banks write it a cycle later, from registers); a
+beat spanning a row end takes one more cycle. Cycles:
 ``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` (one per row/beat piece).
 
 **Window generator.** For each pixel group (output row y, column block xb, x = xb*tm + r), in the
@@ -145,8 +146,10 @@ class WindowGenerator(wiring.Component):
         sbits, wbits, jbits = ceil_log2(span), ceil_log2(ww), ceil_log2(max(columns, 1))
         slot_bits = ceil_log2(max(self.row_slots, 1))
         # banks[k][j]: (write port, read port) of column j of bank k (one column: whole rows).
-        # A bank is written only while loading and read (its register enabled) only outside it,
-        # so no read meets a write: read ports without collision logic (psconv.hw.block_ram).
+        # A bank is written only while loading (whole rows: and in the cycle after, the last
+        # piece's write) and read (its register enabled) only outside it; the builder's first
+        # read comes two cycles after loading ends, so no read it uses meets a write: read
+        # ports without collision logic (psconv.hw.block_ram).
         banks = []
         for k in range(3):
             ports = []
@@ -195,16 +198,25 @@ class WindowGenerator(wiring.Component):
         take = loading & self.fmap_in.valid
         m.d.comb += self.fmap_in.ready.eq(loading & (beat_end | last_row))
         if not columns:
+            # The piece taken is written a cycle later, from registers: the beat, its position
+            # and the piece's end (the row-end compare, the byte-enable compares and the banks'
+            # write enables were one path). The builder reads a bank two cycles after
+            # ``loaded`` at the earliest, after the last write.
             row_stop = Signal(range(maxw + 1))       # ld_x + min(beat_left, row_left)
             m.d.comb += row_stop.eq(Mux(row_end, width, ld_x + beat_left))
+            w_payload = Signal.like(self.fmap_in.payload.as_value(), name="write_beat")
+            w_j, w_x, w_stop = Signal.like(ld_j), Signal.like(ld_x), Signal.like(row_stop)
+            w_q, w_bank = Signal.like(ld_q), Signal(3)
+            m.d.sync += [w_payload.eq(self.fmap_in.payload), w_j.eq(ld_j), w_x.eq(ld_x),
+                         w_stop.eq(row_stop), w_q.eq(ld_q),
+                         w_bank.eq(Cat(*[take & (ld_r == k) for k in range(3)]))]
             shifted = Signal(row_bits)
-            m.d.comb += shifted.eq((self.fmap_in.payload.as_value() >> Cat(C(0, 3), ld_j))
-                                   << Cat(C(0, 3), ld_x))
+            m.d.comb += shifted.eq((w_payload >> Cat(C(0, 3), w_j)) << Cat(C(0, 3), w_x))
             for k, [(wp, _)] in enumerate(banks):
-                m.d.comb += [wp.addr.eq(ld_q), wp.data.eq(shifted)]
-                with m.If(take & (ld_r == k)):
+                m.d.comb += [wp.addr.eq(w_q), wp.data.eq(shifted)]
+                with m.If(w_bank[k]):
                     for b in range(maxw):
-                        m.d.comb += wp.en[b].eq((ld_x <= b) & (b < row_stop))
+                        m.d.comb += wp.en[b].eq((w_x <= b) & (b < w_stop))
         else:
             # Padded bytes first .. first + count - 1 are written (a row's first piece also
             # writes the padding zero, byte 0); padded byte p goes to byte p mod span of the

@@ -25,7 +25,7 @@ The model is the engine's schedule written out (see docs/architecture.md), not a
   are all its passes' words; setup takes two more divisions and a multiply.
 * **Drain**: ``done`` is visible ``issue_to_output_latency + DRAIN_CYCLES`` cycles after the last
   issue; with ``pool`` (the output max pool, :mod:`psconv.hw.output_pool`) :func:`pool_drain_cycles`
-  more: the pool holds the last beat two cycles, three if it completes a pooled beat.
+  more: the pool holds the last beat two cycles, four if it completes a pooled beat.
 
 The resident program runner's max-pool step (:mod:`psconv.hw.program_runner`, record
 ``max_pool`` = ``MAX_POOL_2X2``) has no engine in it: :func:`runner_max_pool_cycles` gives its
@@ -57,7 +57,7 @@ BUILD_TAIL = 4               # patch word written / buffer flagged full after th
 RELEASE_TO_BUILD = 4         # last issue of a group -> the builder may overwrite its buffer
 DRAIN_CYCLES = 3             # last beat into the output FIFO (a SyncFIFOBuffered) -> empty, done seen
 POOL_HOLD_CYCLES = 2         # output max pool: the last beat in its stage-1 and stage-2 registers
-POOL_EMIT_CYCLES = 1         # ... and one more if it completes a pooled beat (output register)
+POOL_EMIT_CYCLES = 2         # ... and two more if it completes a pooled beat (stage 3, output register)
 
 
 def _bits(n: int) -> int:

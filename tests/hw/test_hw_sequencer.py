@@ -29,16 +29,22 @@ def expected_issues(c_out, out_h, out_w, period, pass_cycles, tm):
     return seq
 
 
-@pytest.mark.parametrize("pass_cycles,max_in", [([2], 48), ([3, 3, 1], 48), ([2], 16), ([3], 16)],
-                         ids=["multi_pass-1", "multi_pass-3", "one_pass-2", "one_pass-3"])
-def test_loop_order_conditions_and_counters(pass_cycles, max_in):
+@pytest.mark.parametrize("pass_cycles,max_in,residual", [
+    ([2], 48, True), ([3, 3, 1], 48, True), ([2], 16, True), ([3], 16, True),
+    # one cycle per output channel: channels may start on consecutive cycles, so the credits
+    # must count the beat claimed the cycle before (without a residual the output FIFO binds)
+    ([1], 16, True), ([1], 16, False)],
+    ids=["multi_pass-1", "multi_pass-3", "one_pass-2", "one_pass-3", "one_pass-1",
+         "one_pass-1-no_residual"])
+@pytest.mark.parametrize("lookahead", [True, False], ids=["lookahead", "compares"])
+def test_loop_order_conditions_and_counters(pass_cycles, max_in, residual, lookahead):
     # max_in = patch_channels: a one-pass configuration (no pass state, consecutive weight words)
     config = small_config(tm=2, max_in_channels=max_in, patch_channels=16)
     assert config.multi_pass == (max_in > 16)
     c_out, out_h, out_w, period = 5, 2, 3, 2
     latency = 9                          # issue of a last cycle -> residual pop; +4 -> written
     rng = random.Random(3)
-    dut = Sequencer(config)
+    dut = Sequencer(config, lookahead=lookahead)
     issues = []
     state = {"cycle": 0, "done_cycles": [], "stalls_seen": 0}
 
@@ -47,7 +53,7 @@ def test_loop_order_conditions_and_counters(pass_cycles, max_in):
         ctx.set(dut.out_height, out_h)
         ctx.set(dut.out_width, out_w)
         ctx.set(dut.period, period)
-        ctx.set(dut.residual, 1)
+        ctx.set(dut.residual, residual)
         ctx.set(dut.cycles_per_output, sum(pass_cycles))
         ctx.set(dut.passes, len(pass_cycles))
         ctx.set(dut.full_pass_cycles, pass_cycles[0])
@@ -61,6 +67,9 @@ def test_loop_order_conditions_and_counters(pass_cycles, max_in):
         build_timer = {0: 7, 1: 12}      # cycles until the "window generator" fills each buffer
         res_level, res_arrival = 0, 0
         pops, writes = [], []
+        # output FIFO: 28 beats of an earlier consumer's backlog, read one every 4 cycles (the
+        # layer's 20 beats would overflow it: forces output-credit stalls)
+        fifo_level = 28
         cycle = 0
         while cycle < 2000:
             # window generator model
@@ -76,14 +85,17 @@ def test_loop_order_conditions_and_counters(pass_cycles, max_in):
             if res_arrival == 6:
                 res_arrival = 0
                 res_level += 1
-            popped = cycle in pops
+            popped = residual and cycle in pops
             if popped:
                 assert res_level > 0, "residual popped before it arrived"
                 res_level -= 1
             ctx.set(dut.residual_level, res_level)
             ctx.set(dut.residual_popped, popped)
+            if cycle % 4 == 0 and fifo_level:
+                fifo_level -= 1
+            fifo_level += cycle in writes
             ctx.set(dut.written, cycle in writes)
-            ctx.set(dut.out_level, 0)
+            ctx.set(dut.out_level, fifo_level)
             ctx.set(dut.setup_ready, cycle >= 5)
             issue, first, last, mod, waddr, buf, pixels, release, done = (
                 ctx.get(dut.issue), ctx.get(dut.first), ctx.get(dut.last), ctx.get(dut.out_mod),
@@ -93,6 +105,14 @@ def test_loop_order_conditions_and_counters(pass_cycles, max_in):
             if issue:
                 issues.append((bool(first), bool(last), mod, waddr, buf, pixels,
                                bool(ctx.get(dut.first_pass)), last_pass))
+                if first and last_pass:
+                    # a started output channel's residual beat is buffered and its FIFO room kept
+                    claimed = sum(p > cycle for p in pops)
+                    assert not residual or res_level > claimed, \
+                        f"cycle {cycle}: residual beat not buffered"
+                    in_flight = sum(w > cycle for w in writes)
+                    assert fifo_level + in_flight < dut.fifo_depth, \
+                        f"cycle {cycle}: output FIFO over-committed"
                 if last and last_pass:
                     pops.append(cycle + latency)
                     writes.append(cycle + latency + 4)
