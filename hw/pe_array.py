@@ -4,12 +4,14 @@ Row r computes output pixel x = xb*tm + r of the current output channel o; lane 
 ``c*tn + l`` of o's tap stream. All rows use the same weight in a lane (weights are broadcast down
 the rows), so one ``tn``-byte weight word per cycle feeds all ``tm*tn`` multipliers.
 
-**Patch memory.** Two buffers of ``patch_channels`` patch words (one per input
-channel; a word is the three ``2*tm + 1``-byte window rows of the pixel group, see
+**Patch memory.** Two buffers of ``patch_channels`` patch words (one per input channel; a word
+is the three ``2*tm + 1``-byte window rows of the pixel group, see
 :func:`psconv.hw.window.patch_layout`: 27 bytes at tm = 4 where tm x 9 taps would be 36, so a
-copy is 6 block RAMs wide on an ECP5 instead of 8), written by the window generator, read by every lane at the channel the address generator gave it. It has ``tn``
-read ports: in the Verilog that is one array with ``tn`` reads (cheap to simulate); an FPGA tool
-replicates it per port (block RAM cost x tn; see docs/architecture.md for the banked alternative
+copy is 6 block RAMs wide on an ECP5 instead of 8), written by the window generator, read by
+every lane at the channel the address generator gave it; ``stride`` (1|2, the layer's, held
+while the array computes) says where a pixel's taps sit in the word. It has ``tn`` read ports:
+in the Verilog that is one array with ``tn`` reads (cheap to simulate); an FPGA tool replicates
+it per port (block RAM cost x tn; see docs/architecture.md for the banked alternative
 and why it is not used). A read colliding with a write is undefined on an FPGA
 (:class:`~psconv.hw.multiport.MultiReadMemory`); no such read is used: the sequencer issues from a
 buffer only once it is flagged full (after its last write) and releases it after its last read,

@@ -20,20 +20,20 @@ beat spanning a row end takes one more cycle. Cycles:
 ``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` (one per row/beat piece).
 
 **Window generator.** For each pixel group (output row y, column block xb, x = xb*tm + r), in the
-order y, xb, it builds one *patch word* per input channel c holding, for each of the tm pixels,
-the 9 taps ``xpad[c, y*s + dy, x*s + dx]`` (t = 3*dy + dx), zero for padding rows/columns
-(layout: :func:`patch_layout`). A 1x1 layer is built the same way (its centre tap t = 4 is ``x[c, y*s, x*s]``; its mask
-table selects only that tap). Per cycle: read 3 banks (R0), register the rows (R1), cut a
-``2*tm + 1``-byte window out of each row at column ``x0*s - 1`` (a mux over ``max_width / tm`` block
-positions, or over the window's offset in the J words read) and zero padding rows and columns
-(R1b), rotate the banks into dy order (R2), write the patch word (R3). The patch word is those
-three windows, not the tm x 9 taps: the taps of neighbouring pixels overlap, so the word is
+order y, xb, it builds one *patch word* per input channel c holding, for each of the tm pixels, the
+9 taps ``xpad[c, y*s + dy, x*s + dx]`` (t = 3*dy + dx), zero for padding rows/columns (layout:
+:func:`patch_layout`). A 1x1 layer is built the same way (its centre tap t = 4 is
+``x[c, y*s, x*s]``; its mask table selects only that tap). Per cycle: read 3 banks (R0), register the rows
+(R1), cut a ``2*tm + 1``-byte window out of each row at column ``x0*s - 1`` (a mux over
+``max_width / tm`` block positions, or over the window's offset in the J words read) and zero padding rows and
+columns (R1b), rotate the banks into dy order (R2), write the patch word (R3). The patch word is
+those three windows, not the tm x 9 taps: the taps of neighbouring pixels overlap, so the word is
 ``3 * (2*tm + 1)`` bytes instead of ``9*tm`` (27 against 36 at tm = 4), and the PE array picks
 pixel r's tap (dy, dx) at window column ``r*s + dx``. The taps of pixels x >= W_out are left as
-they are (map columns or zeros): the post-processor outputs 0 for them. One channel per cycle; a group's buffer is flagged full C_in + 4
-cycles after its first read. With input-channel passes (C_in > ``patch_channels``) a group is
-built once per pass, each build reading the pass's channels (the next build continues where the
-last stopped) into the next buffer.
+they are (map columns or zeros): the post-processor outputs 0 for them. One channel per cycle; a
+group's buffer is flagged full C_in + 4 cycles after its first read. With input-channel passes
+(C_in > ``patch_channels``) a group is built once per pass, each build reading the pass's channels
+(the next build continues where the last stopped) into the next buffer.
 
 **Double-buffered patch memory.** Patch words go to buffer ``b mod 2`` (b counts builds) of the PE
 array's patch memory at address ``(b mod 2) * patch_channels + (c mod patch_channels)``. ``patch_full[b]`` is set when
