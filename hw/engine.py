@@ -117,20 +117,20 @@ class PeriodicSparseEngine(wiring.Component):
 
         out_height = Signal(range(cfg.max_height + 1))
         out_width = Signal(range(cfg.max_width + 1))
+
+        def output_sizes(layer):
+            return [out_height.eq(output_size_value(layer.in_height, layer.stride)),
+                    out_width.eq(output_size_value(layer.in_width, layer.stride))]
+
         if self.layer_held:
             desc = self.layer
-            m.d.comb += [out_height.eq(output_size_value(desc.in_height, desc.stride)),
-                         out_width.eq(output_size_value(desc.in_width, desc.stride))]
+            m.d.comb += output_sizes(desc)
         else:
             # the descriptor and the output size in flip-flops of the engine's own: every block
             # reads them from BEGIN on, and none of their logic reaches back to the driver
             desc = Signal(self.descriptor_layout)
             with m.If(seq.accept_start):
-                m.d.sync += [desc.eq(self.layer),
-                             out_height.eq(output_size_value(self.layer.in_height,
-                                                             self.layer.stride)),
-                             out_width.eq(output_size_value(self.layer.in_width,
-                                                            self.layer.stride))]
+                m.d.sync += [desc.eq(self.layer), *output_sizes(self.layer)]
         begin = seq.begin
 
         wiring.connect(m, wiring.flipped(self.mask_in), ag.mask_in)
