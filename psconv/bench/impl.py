@@ -365,6 +365,23 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _import_build_modules() -> None:
+    """Run on each Dask worker before any build is submitted: import every module a build
+    imports when it runs. A worker unpickles the next job in one thread while it runs a job in
+    another, and two threads importing the same package for the first time can fail with
+    Python's import deadlock error (seen: ``deadlock detected by _ModuleLock('amaranth.lib')``)."""
+    import importlib
+
+    from psconv.rtl_gen.boards import BOARDS
+
+    for module in ("amaranth.back.rtlil", "amaranth.back.verilog", "psconv.commands.build",
+                   "psconv.hw.board_top", "psconv.hw.engine", "psconv.hw.mac_demo",
+                   "psconv.rtl_gen.build", "psconv.rtl_gen.clocking", "psconv.rtl_gen.fmax",
+                   "psconv.rtl_gen.litedram", "psconv.rtl_gen.reports",
+                   *(board.platform_module for board in BOARDS.values())):
+        importlib.import_module(module)
+
+
 @contextmanager
 def _dask_client(jobs: int, scheduler: str | None):
     """A ``dask.distributed.Client``: of the cluster at ``scheduler``, or of a local cluster of
@@ -529,6 +546,7 @@ def run(grid=DEFAULT_GRID, families=DEFAULT_FAMILIES, dense_baseline=DEFAULT_DEN
             where = (f"on the Dask scheduler at {scheduler} ({workers} workers)" if scheduler
                      else f"on a local Dask cluster of {jobs} worker processes")
             bar.set_description(f"impl builds, {where}")
+            client.run(_import_build_modules)
             futures = {client.submit(job["function"], *job["arguments"], pure=False): job
                        for job in ready}
             for future in as_completed(futures):
