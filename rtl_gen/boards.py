@@ -59,19 +59,37 @@ class DeviceResources:
 
 
 def _ulx3s_engine_config() -> EngineConfig:
-    """Every ResNet18-CIFAR layer shape on 32 multipliers (Tm=4, Tn=8) with 128 channels per
-    patch buffer (deeper layers run in input-channel passes): the 8 lane copies of the patch
-    memory take 64 EBRs, the 64 KiB feature-map buffer 48 (board top: 21.3k LUTs, 154 EBRs, 60
-    DSPs, routed at 74.5 MHz against 45; docs/fpga.md). Why not the default 64 multipliers: it
-    fits too (29.8k LUTs, 201 of 208 EBRs with a 2048-word weight buffer) but is far more
-    congested, and on a board the 3 Mbaud link, not compute, sets the inference time."""
-    return EngineConfig(tn=8, patch_channels=128)
+    """Every ResNet18-CIFAR layer shape on 64 multipliers (Tm=4, Tn=16) with 128 channels per
+    patch buffer (deeper layers run in input-channel passes) and 4096 weight words (64 KiB, as
+    many bytes as the 32-multiplier engine's 8192): the 16 lane copies of the patch memory
+    (window-row words, 6 DP16KD each) and the 64 KiB feature-map buffer fit beside the board
+    top's SDRAM controller and link in 189 of the 85F's 208 DP16KD (area and timing:
+    docs/fpga.md)."""
+    return EngineConfig(tn=16, patch_channels=128, weight_depth=4096)
 
 
-def _ulx3s_small_engine_config() -> EngineConfig:
-    """For the 12F/25F (28 MULT18X18D, 56 or fewer EBRs): 16 multipliers, smaller buffers."""
-    return EngineConfig(tm=2, tn=8, max_in_channels=256, max_out_channels=256,
+def _ulx3s_45f_engine_config() -> EngineConfig:
+    """For the 45F (72 MULT18X18D, 108 EBRs): 32 multipliers (Tm=4, Tn=8), 128 channels per
+    pass, a 32 KiB feature-map buffer and 2048 weight words: 92 EBRs and 60 MULT18X18D of engine
+    by Yosys' mapping (tests/hw/test_hw_ecp5_dp16kd.py; not placed and routed here). Full-width
+    ResNet18-CIFAR's 64 KiB maps do not fit the buffer; width 32 does."""
+    return EngineConfig(tn=8, patch_channels=128, fmap_depth=32768, weight_depth=2048)
+
+
+def _ulx3s_25f_engine_config() -> EngineConfig:
+    """For the 25F (28 MULT18X18D, 56 EBRs): 8 multipliers (Tm=2, Tn=4), 256 channels, a 16 KiB
+    feature-map buffer and 2048 weight words: 50 EBRs and 23 MULT18X18D of engine by Yosys'
+    mapping (not placed and routed here)."""
+    return EngineConfig(tm=2, tn=4, max_in_channels=256, max_out_channels=256,
                         fmap_depth=16384, weight_depth=2048)
+
+
+def _ulx3s_12f_engine_config() -> EngineConfig:
+    """For the 12F (28 MULT18X18D, 32 EBRs): 4 multipliers (Tm=1, Tn=4), 128 channels, 16x16
+    maps, an 8 KiB feature-map buffer and 2048 weight words: 28 EBRs of engine by Yosys'
+    mapping (not placed and routed here)."""
+    return EngineConfig(tm=1, tn=4, max_in_channels=128, max_out_channels=128, max_height=16,
+                        max_width=16, fmap_depth=8192, weight_depth=2048)
 
 
 def _icebreaker_engine_config() -> EngineConfig:
@@ -182,9 +200,9 @@ def _ulx3s(size: str, luts: int, dsps: int, brams: int, config_factory) -> Board
 BOARDS: dict[str, Board] = {
     board.name: board for board in (
         _ulx3s("85F", luts=83640, dsps=156, brams=208, config_factory=_ulx3s_engine_config),
-        _ulx3s("45F", luts=43848, dsps=72, brams=108, config_factory=_ulx3s_engine_config),
-        _ulx3s("25F", luts=24288, dsps=28, brams=56, config_factory=_ulx3s_small_engine_config),
-        _ulx3s("12F", luts=12000, dsps=28, brams=32, config_factory=_ulx3s_small_engine_config),
+        _ulx3s("45F", luts=43848, dsps=72, brams=108, config_factory=_ulx3s_45f_engine_config),
+        _ulx3s("25F", luts=24288, dsps=28, brams=56, config_factory=_ulx3s_25f_engine_config),
+        _ulx3s("12F", luts=12000, dsps=28, brams=32, config_factory=_ulx3s_12f_engine_config),
         Board(
             name="icebreaker",
             description="1BitSquared iCEBreaker, iCE40UP5K (SG48), 12 MHz, FTDI UART",

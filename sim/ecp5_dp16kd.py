@@ -210,7 +210,7 @@ def engine_block_rams(board: str, folder) -> str:
     """The ``board``'s own engine (its configuration, its platform, ``layer_held``) through
     ``synth_ecp5`` as far as its block-RAM mapping (``-run :map_ffram``, then constants folded):
     the netlist text, with the DP16KD instances the bitstream has. Seconds, where the whole
-    synthesis of a 32-multiplier engine takes minutes."""
+    synthesis of a 64-multiplier engine takes minutes."""
     from amaranth.back import rtlil
 
     from psconv.hw.engine import PeriodicSparseEngine

@@ -345,7 +345,7 @@ def test_board_builds_are_rows_of_the_boards_table(tmp_path, monkeypatch):
     big, small = document["boards"]
     assert table[0]["board"] == "ulx3s-85f" and table[1]["board"] == "icebreaker"
     assert (big["device"], big["config"], big["multipliers"], big["memory"]) == (
-        "LFE5U-85F", "4x8", 32, "sdram")
+        "LFE5U-85F", "4x16", 64, "sdram")
     assert (big["LUT_slots"], big["FF"], big["DSP"], big["BRAM"]) == (24576, 12764, 62, 154)
     assert (big["clock_mhz"], big["fmax_mhz"], big["timing_met"]) == (60.0, 61.01, True)
     assert big["timing"] == "met (slack +0.28 ns)" and big["place_route"] == "heap, router1"

@@ -41,8 +41,10 @@ def test_registry_lists_ulx3s_85f_first_and_icebreaker():
     ulx3s = get_board("ULX3S-85F")
     assert (ulx3s.device, ulx3s.speed_grade, ulx3s.clock_hz) == ("LFE5U-85F", "6", 25e6)
     assert ulx3s.resources.dsps == 156 and ulx3s.resources.brams == 208
-    # the default datapath and channel limits, 128 channels per patch buffer (block RAM)
-    assert ulx3s.engine_config() == EngineConfig(tn=8, patch_channels=128)
+    # 64 multipliers, the default channel limits, 128 channels per patch buffer and 64 KiB of
+    # weights (block RAM)
+    assert ulx3s.engine_config() == EngineConfig(tn=16, patch_channels=128, weight_depth=4096)
+    assert ulx3s.engine_config().multipliers == 64
     assert ulx3s.engine_config().multi_pass and ulx3s.link_clock_mhz == 60.0
     platform = ulx3s.platform()
     assert platform.device == "LFE5U-85F" and platform.default_clk == ulx3s.clock_resource

@@ -56,11 +56,12 @@ def test_malformed_files_and_zero_width_are_one_line_errors(tmp_path, capsys):
 
 
 def test_run_board_option_compiles_for_the_boards_engine(capsys):
-    """``--board`` picks the board's engine (ULX3S: Tn=8), not the simulated board's default."""
+    """``--board`` picks the board's engine (ULX3S: input-channel passes of 128), not the
+    simulated board's default (one pass)."""
     assert main(["run", "--board", "ulx3s-85f", "--width", "8", "--no-progress",
                  "--transport", "serial:/dev/psconv-no-such-port"]) == 2
     captured = capsys.readouterr()
-    assert "engine Tm=4 Tn=8" in captured.out
+    assert "engine Tm=4 Tn=16 (128-channel passes)" in captured.out
     assert "/dev/psconv-no-such-port does not exist" in captured.err
 
 

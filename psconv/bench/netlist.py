@@ -6,7 +6,7 @@ with the board build's options, simulated in Verilator with the cell models), el
 runs every engine step of a PSD1_P16 ResNet18 on 8x8 images, for ``--images`` images, and each
 step's output is compared with the golden model element for element. ``--engine small`` (the
 default) is the iCEBreaker's engine configuration with the width-2 network; ``--engine board`` is
-the board's own engine (the ULX3S's Tm=4 Tn=8 with 128-channel passes) with a width-32 network,
+the board's own engine (the ULX3S's Tm=4 Tn=16 with 128-channel passes) with a width-32 network,
 whose 256-channel layers run in input-channel passes. ``--fault`` adds a deliberately broken netlist or cell model (it must
 differ). Times: synthesis and Verilator build (0 when cached under build/netlist; ``--fresh``
 builds in a temporary folder), then simulation per image.
@@ -124,7 +124,7 @@ def register(benches) -> None:
     parser.add_argument("--engine", choices=NETLIST_ENGINES, default="small",
                         help="small: the iCEBreaker's engine configuration with a width-2 "
                              "network (default); board: the board's own engine configuration "
-                             "(ULX3S: Tm=4 Tn=8, 128-channel passes) with a width-32 network, "
+                             "(ULX3S: Tm=4 Tn=16, 128-channel passes) with a width-32 network, "
                              "whose 256-channel layers run in passes (several minutes to "
                              "synthesize and build once, then cached)")
     parser.add_argument("--fresh", action="store_true",

@@ -17,7 +17,7 @@ def add_engine_arguments(parser) -> None:
                              "generate` writes; default: the default engine, Tm=4 Tn=16, the "
                              "simulated board's)")
     source.add_argument("--board", metavar="BOARD",
-                        help="use that board's engine configuration, e.g. ulx3s-85f (Tm=4 Tn=8, "
+                        help="use that board's engine configuration, e.g. ulx3s-85f (Tm=4 Tn=16, "
                              "128 channels per pass) or icebreaker (Tm=1 Tn=2, 16 channels, 8x8 "
                              "maps); needed for a real board")
 

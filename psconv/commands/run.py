@@ -130,7 +130,10 @@ def run(args) -> int:
           f"{len(program.engine_steps)} engine steps "
           + (f"+ {len(program.pool_steps)} max-pool steps " if program.pool_steps else "")
           + f"+ {len(program.steps) - len(program.device_steps)} host steps, engine "
-          f"Tm={program.config.tm} Tn={program.config.tn}, {args.mode} mode, transport {args.transport}"
+          f"Tm={program.config.tm} Tn={program.config.tn}"
+          + (f" ({program.config.patch_channels}-channel passes)" if program.config.multi_pass
+             else "")
+          + f", {args.mode} mode, transport {args.transport}"
           + (f", faults {args.faults:g} per frame" if args.faults else ""), flush=True)
     link = dict(faults=args.faults, fault_seed=args.fault_seed, timeout_s=args.timeout,
                 retries=args.retries, progress=not args.no_progress)

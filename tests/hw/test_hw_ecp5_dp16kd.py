@@ -45,20 +45,31 @@ def test_model_matches_the_amaranth_memories(tmp_path):
                and p.get("WRITEMODE_B") == "READBEFOREWRITE" for p in check.parameters)
 
 
-@pytest.mark.parametrize("board", ["ulx3s-85f", "ulx3s-25f"])
+# block RAMs of the board top beside the engine: the link's receive and replay buffers and the
+# output FIFO (docs/fpga.md, "Where the DP16KD go")
+BOARD_TOP_BLOCK_RAMS = 3
+
+
+@pytest.mark.parametrize("board", ["ulx3s-85f", "ulx3s-45f", "ulx3s-25f", "ulx3s-12f"])
 def test_every_block_ram_configuration_of_the_ulx3s_engines_is_checked(tmp_path, board):
     """The configurations of the bitstream's block RAMs (each ULX3S engine configuration's own,
-    through synth_ecp5's block-RAM mapping) are among those the comparison above exercises."""
+    through synth_ecp5's block-RAM mapping) are among those the comparison above exercises, and
+    there are few enough of them for the board's device."""
+    from psconv.rtl_gen.boards import get_board
     from psconv.rtl_gen.clocking import make_platform
-    from psconv.sim.ecp5_dp16kd import _memory_modes, configurations, engine_block_rams
+    from psconv.sim.ecp5_dp16kd import (_memory_modes, configurations, dp16kd_parameters,
+                                        engine_block_rams)
     from psconv.sim.engine_netlist import synthesize
 
-    engine = configurations(engine_block_rams(board, tmp_path / "engine"))
+    netlist = engine_block_rams(board, tmp_path / "engine")
+    engine = configurations(netlist)
     design, _, _ = _memory_modes()
     checked = configurations(synthesize(design, tmp_path / "modes", make_platform(board), "ecp5",
                                         name="gate").read_text())
-    print(f"\n{board}: {len(engine)} DP16KD configurations: {sorted(engine)}")
+    blocks = len(dp16kd_parameters(netlist))
+    print(f"\n{board}: {blocks} DP16KD, {len(engine)} configurations: {sorted(engine)}")
     assert engine and engine <= checked, engine - checked
+    assert blocks + BOARD_TOP_BLOCK_RAMS <= get_board(board).resources.brams
 
 
 def test_a_model_with_swapped_write_modes_is_caught(tmp_path):

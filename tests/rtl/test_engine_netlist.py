@@ -113,8 +113,8 @@ def test_netlist_that_drops_a_pe_lane_fails_the_comparison(network_cases):
 
 def test_ulx3s_netlist_runs_the_network_bit_exact(network_cases):
     """The iCEBreaker configuration on the ULX3S-85F platform: small enough that synth_ecp5 and
-    the Verilator build take about a minute on 2 busy cores (the ULX3S's own 32-multiplier
-    engine has 154 DP16KD and about 20k LUTs)."""
+    the Verilator build take about a minute on 2 busy cores (the ULX3S's own 64-multiplier
+    engine is most of a board top of 189 DP16KD and 34k LUTs)."""
     netlist = _built(board="ulx3s-85f")
     # the instances of psconv.hw.dsp (the PE array's 2 products, the post-processor's 6) and 2
     # unregistered ones synth_ecp5 maps from the address generator's multiplies; 7 block RAMs
