@@ -87,7 +87,7 @@ def _ulx3s_25f_engine_config() -> EngineConfig:
 def _ulx3s_12f_engine_config() -> EngineConfig:
     """For the 12F (28 MULT18X18D, 32 EBRs): 4 multipliers (Tm=1, Tn=4), 128 channels, 16x16
     maps, an 8 KiB feature-map buffer and 2048 weight words: 28 EBRs of engine by Yosys'
-    mapping (not placed and routed here)."""
+    mapping, 31 of 32 in the built board top (docs/fpga.md)."""
     return EngineConfig(tm=1, tn=4, max_in_channels=128, max_out_channels=128, max_height=16,
                         max_width=16, fmap_depth=8192, weight_depth=2048)
 
