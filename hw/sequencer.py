@@ -147,11 +147,17 @@ class Sequencer(wiring.Component):
         # cycles of the pass after this one, with the next pixel group's first pass after the last
         first_pass_cycles = Mux(self.passes == 1, self.last_pass_cycles, self.full_pass_cycles)
         if cfg.multi_pass:
-            m.d.comb += [
-                self.first_pass.eq(pass_index == 0),
-                self.last_pass.eq(pass_index + 1 == self.passes),
-                pass_cycles.eq(Mux(self.last_pass, self.last_pass_cycles, self.full_pass_cycles)),
-            ]
+            # with ``lookahead``: registers beside ``pass_index``, set a cycle ahead where it
+            # changes (LOAD, the end of a pass), so no add-and-compare sits between the pass
+            # index and the loop counters' enables
+            first_pass, last_pass = Signal(init=1), Signal()
+            if lookahead:
+                m.d.comb += [self.first_pass.eq(first_pass), self.last_pass.eq(last_pass)]
+            else:
+                m.d.comb += [self.first_pass.eq(pass_index == 0),
+                             self.last_pass.eq(pass_index + 1 == self.passes)]
+            m.d.comb += pass_cycles.eq(Mux(self.last_pass, self.last_pass_cycles,
+                                           self.full_pass_cycles))
             next_pass_cycles = Mux(self.last_pass, first_pass_cycles,
                                    Mux(pass_index + 2 == self.passes, self.last_pass_cycles,
                                        self.full_pass_cycles))
@@ -217,6 +223,8 @@ class Sequencer(wiring.Component):
                 # passes are valid from setup_ready, before the last LOAD cycle)
                 ahead(last.eq(first_pass_cycles == 1), channel_last.eq(self.out_channels == 1),
                       x0_last.eq(tm >= self.out_width), y_last.eq(self.out_height == 1))
+                if cfg.multi_pass:
+                    ahead(first_pass.eq(1), last_pass.eq(self.passes == 1))
                 with m.If(self.setup_ready & self.patch_full[0] & (self.weights_loaded != 0)
                           & (self.quant_loaded != 0)):
                     m.next = "RUN"
@@ -234,9 +242,14 @@ class Sequencer(wiring.Component):
                                 next_pass = pass_start + self.full_pass_cycles
                                 m.d.sync += [pass_index.eq(pass_index + 1), pass_start.eq(next_pass),
                                              channel_start.eq(next_pass), waddr.eq(next_pass)]
+                                if cfg.multi_pass:
+                                    ahead(first_pass.eq(0),
+                                          last_pass.eq(pass_index + 2 == self.passes))
                             with m.Else():
                                 m.d.sync += [pass_index.eq(0), pass_start.eq(0), channel_start.eq(0),
                                              waddr.eq(0)]
+                                if cfg.multi_pass:
+                                    ahead(first_pass.eq(1), last_pass.eq(self.passes == 1))
                                 with m.If(x0_last):
                                     m.d.sync += [x0.eq(0), y.eq(y + 1)]
                                     ahead(x0_last.eq(tm >= self.out_width),
