@@ -11,6 +11,12 @@ ports are ``<name>__valid``, ``<name>__ready``, ``<name>__payload``; multi-byte 
 * ``layer`` In(:func:`~psconv.protocol.descriptor.layer_descriptor_layout`): in_channels, out_channels,
   in_height, in_width, stride (1|2), kernel (3|1), relu, residual, period, pool. Sampled when
   ``start`` is accepted.
+* ``keep_map`` In(1): sampled with ``start``; set, the layer takes no ``fmap_in`` beats and
+  computes on the input map the engine holds from its previous layer, which must have had the
+  same in_channels, in_height and in_width (and, for a result equal to loading it, the same
+  bytes: the resident runner's rule, :mod:`psconv.hw.program_runner`). The first pixel group's
+  build then starts after setup's H divmod 3 instead of after the load
+  (:func:`psconv.sim.cycle_model.predict_cycles` ``keep_map``).
 * ``start`` In(1): pulse; accepted only when ``busy`` is low.
 * ``busy`` Out(1): high from an accepted ``start`` until ``done``.
 * ``done`` Out(1): one-cycle pulse when the last output beat of the layer has been accepted
@@ -85,6 +91,7 @@ class PeriodicSparseEngine(wiring.Component):
         super().__init__({
             "layer": In(self.descriptor_layout),
             "start": In(1),
+            "keep_map": In(1),
             "busy": Out(1),
             "done": Out(1),
             "mask_in": In(stream.Signature(MASK_BITS)),
@@ -132,6 +139,9 @@ class PeriodicSparseEngine(wiring.Component):
             with m.If(seq.accept_start):
                 m.d.sync += [desc.eq(self.layer), *output_sizes(self.layer)]
         begin = seq.begin
+        keep_map = Signal()
+        with m.If(seq.accept_start):
+            m.d.sync += keep_map.eq(self.keep_map)
 
         wiring.connect(m, wiring.flipped(self.mask_in), ag.mask_in)
         wiring.connect(m, wiring.flipped(self.fmap_in), wg.fmap_in)
@@ -189,6 +199,7 @@ class PeriodicSparseEngine(wiring.Component):
             wg.in_height.eq(desc.in_height),
             wg.in_width.eq(desc.in_width),
             wg.stride.eq(desc.stride),
+            wg.keep_map.eq(keep_map),
             wg.patch_release.eq(seq.patch_release),
 
             wb.start.eq(begin),

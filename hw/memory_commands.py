@@ -93,6 +93,8 @@ class MemoryCommandProcessor(wiring.Component):
         reply_length = Signal(16)
         nak_reason = Signal(8)
         crc_lane = Signal()               # the byte lane of the next word a CRC load returns
+        write_refused = Signal()          # WRITE_MEM's verdicts, registered in EXECUTE
+        write_into_model = Signal()
         m.submodules.crc = crc = MEMORY_CRC(data_width=8).create()
         m.d.comb += [crc.data.eq(byte_lane(read_data.payload, crc_lane)),
                      self.program_address.eq(
@@ -161,6 +163,8 @@ class MemoryCommandProcessor(wiring.Component):
             with m.State("EXECUTE"):
                 with m.Switch(code):
                     with m.Case(Command.WRITE_MEM):
+                        # the region's checks end in registers, which STORE acts on (the adds
+                        # and compares and the reply decision in one cycle missed 75 MHz)
                         start = fields(MEM_ADDRESS_LAYOUT).address
                         count = length - layout_bytes(MEM_ADDRESS_LAYOUT)
                         # while the runner runs: inside the input region it has freed
@@ -168,15 +172,15 @@ class MemoryCommandProcessor(wiring.Component):
                         m.d.comb += input_writable.eq(
                             self.input_free & (start >= self.input_address)
                             & (start + count <= self.input_address + self.input_bytes))
-                        with m.If(outside(start, count)):
-                            nak(NakReason.BAD_LENGTH)
-                        with m.Elif(self.running & ~input_writable):
-                            nak(NakReason.BUSY)
-                        with m.Else():
-                            with m.If((start < model_end) & (start + count > model_start)):
-                                m.d.sync += model_valid.eq(0)
-                            m.d.sync += address.eq(start)
-                            m.next = "STORE"
+                        refused_outside = outside(start, count)
+                        m.d.sync += [write_refused.eq(refused_outside
+                                                      | (self.running & ~input_writable)),
+                                     nak_reason.eq(Mux(refused_outside, NakReason.BAD_LENGTH,
+                                                       NakReason.BUSY)),
+                                     write_into_model.eq((start < model_end)
+                                                         & (start + count > model_start)),
+                                     address.eq(start)]
+                        m.next = "STORE"
                     with m.Case(Command.READ_MEM):
                         region = fields(MEM_READ_LAYOUT)
                         with m.If(outside(region.address, region.length)
@@ -215,13 +219,23 @@ class MemoryCommandProcessor(wiring.Component):
                     m.next = "CRC"
 
             with m.State("STORE"):
-                m.d.comb += [request.valid.eq(payload.valid),
-                             *byte_store(request.payload, address, payload.payload.data),
-                             payload.ready.eq(request.ready)]
-                with m.If(payload.valid & request.ready):
-                    m.d.sync += address.eq(address + 1)
-                    with m.If(payload.payload.last):
-                        reply(Status.ACK, 0, "REPLY_HEADER")
+                with m.If(write_refused):
+                    # the NAK's header straight from here, as REPLY_NAK would offer it
+                    m.d.comb += [self.reply.valid.eq(1),
+                                 self.reply.payload.status.eq(Status.NAK),
+                                 self.reply.payload.length.eq(1)]
+                    with m.If(self.reply.ready):
+                        m.next = "SEND_NAK"
+                with m.Else():
+                    with m.If(write_into_model):
+                        m.d.sync += model_valid.eq(0)
+                    m.d.comb += [request.valid.eq(payload.valid),
+                                 *byte_store(request.payload, address, payload.payload.data),
+                                 payload.ready.eq(request.ready)]
+                    with m.If(payload.valid & request.ready):
+                        m.d.sync += address.eq(address + 1)
+                        with m.If(payload.payload.last):
+                            reply(Status.ACK, 0, "REPLY_HEADER")
 
             with m.State("CRC"):
                 m.d.comb += [request.valid.eq(left != 0), request.payload.address.eq(address),

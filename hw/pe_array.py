@@ -36,8 +36,8 @@ before the window generator writes it again; the reads of slots that are not val
   immediately: no bubble between output channels.
 * partial sums (only if ``config.multi_pass``): on ``last`` of an earlier pass the total is
   written to a memory of ``max_out_channels`` entries at ``out_channel``; ``carried_r`` is that
-  entry (0 in the first pass), read the cycle before and transparent to a write in that cycle,
-  so a pass of one cycle may follow the previous one directly.
+  entry (0 in the first pass), read two cycles before into a register, with the writes of those
+  two cycles bypassed into it, so a pass of one cycle may follow the previous one directly.
 
 Latency from an input cycle to ``result_valid`` of a ``last`` cycle: :meth:`latency`.
 Datapath registers (patch words, taps, weights, products, adder tree, accumulators) have no
@@ -232,29 +232,47 @@ class PEArray(wiring.Component):
         valid_z, first_z, last_z = (chain[-1][k] for k in range(3))
         pixels_z = chain[-1][3:3 + tm]
         if cfg.multi_pass:
-            first_pass_z, last_pass_z = chain[-1][3 + tm], chain[-1][4 + tm]
-            channel_y, channel_z = (chain[k][5 + tm:5 + tm + o_bits] for k in (-2, -1))
+            first_pass_y = chain[-2][3 + tm]
+            last_pass_z = chain[-1][4 + tm]
+            channel_x, channel_y, channel_z = (chain[k][5 + tm:5 + tm + o_bits]
+                                               for k in (-3, -2, -1))
         else:
             last_pass_z = 1
 
         # Partial sums of passes before the last, one entry per output channel (only when the
-        # config allows several input-channel passes). Read one cycle ahead of the accumulate
-        # stage, transparent so a write in that cycle is seen.
+        # config allows several input-channel passes). Read two cycles ahead of the accumulate
+        # stage into a register (``carried``, 0 in the first pass): the block RAM's output no
+        # longer runs through the adder into its own write data (the ULX3S's critical loop).
+        # The read misses the writes of the two cycles after it, which a pass of one or two
+        # cycles needs: those come from the write port's data of that cycle, or a register of
+        # the one before, the latest first.
         acc_layout = data.ArrayLayout(signed(cfg.acc_width), tm)
         carried = Signal(acc_layout)
         if cfg.multi_pass:
             psums = m.submodules.partial_sums = memory.Memory(
                 shape=acc_layout, depth=cfg.max_out_channels, init=[])
             pw = psums.write_port()
-            pr = psums.read_port(domain="sync", transparent_for=(pw,))
+            pr = psums.read_port(domain="sync")
             totals = Signal(acc_layout)
+            written = Signal(acc_layout)          # the write of the cycle before, registered
+            written_channel = Signal.like(channel_z)
+            written_en = Signal()
             m.d.comb += [
-                pr.addr.eq(channel_y),
-                carried.eq(Mux(first_pass_z, 0, pr.data.as_value())),
+                pr.addr.eq(channel_x),
                 pw.addr.eq(channel_z),
                 pw.data.eq(totals),
                 pw.en.eq(valid_z & last_z & ~last_pass_z),
             ]
+            m.d.sync += [written.eq(totals), written_channel.eq(channel_z),
+                         written_en.eq(pw.en)]
+            with m.If(first_pass_y):
+                m.d.sync += carried.eq(0)
+            with m.Elif(pw.en & (channel_z == channel_y)):
+                m.d.sync += carried.eq(totals)
+            with m.Elif(written_en & (written_channel == channel_y)):
+                m.d.sync += carried.eq(written)
+            with m.Else():
+                m.d.sync += carried.eq(pr.data)
         else:
             m.d.comb += carried.eq(0)
 

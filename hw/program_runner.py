@@ -5,7 +5,10 @@ per engine invocation) and, for each step, drives the engine the way the host dr
 the link, only from memory: the mask table read once to check it (every mask keeps a tap, see
 :data:`~psconv.protocol.memory.BAD_MASKS`), descriptor and ``start``; the mask table, quantization entries,
 the CHW input map and the weight words streamed in that order (the engine computes its first
-pixel group while the weights arrive); then, while the engine computes,
+pixel group while the weights arrive). The input map is not loaded when the engine already holds
+it (its ``keep_map``): the step's map has the address, length, C, H and W of the last map this
+run loaded, and no store of the run has touched that region since (output-channel tiles of one
+layer, and ResNet's downsample beside its strided convolution, read one map). Then, while the engine computes,
 the residual gathered from its CHW map and every output beat scattered into the output's CHW
 map (:class:`~psconv.hw.pixel_order.PixelOrderAddress`), so the next step reads its input as an
 ordinary CHW map. A step ends when its last output byte is in memory and the engine is idle.
@@ -34,7 +37,7 @@ that share a word in one request, else one byte (output stores first, the gather
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -118,6 +121,10 @@ class ProgramRunner(wiring.Component):
         issue_address = Signal(32)
         issue_left = Signal(32)          # word requests still to issue
         receive_left = Signal(32)        # bytes still to arrive
+        # min(receive_left, 3), kept beside it: the FSM's "all arrived" and the one-byte-left
+        # test compare two bits, not 32 (their compares and the next load's address mux were
+        # one path)
+        receive_few = Signal(2)
         receive_lane = Signal()          # the first wanted lane of the next word (1 only first)
         sequential = Signal()            # the issue side below drives the port
         m.d.comb += [request.payload.address.eq(issue_address), request.payload.write.eq(0)]
@@ -127,21 +134,25 @@ class ProgramRunner(wiring.Component):
                 m.d.sync += [issue_address.eq(issue_address + 2), issue_left.eq(issue_left - 1)]
 
         def begin_loads(address, count):
+            count = Value.cast(count)
             words = Mux(count == 0, 0, (address[0] + count + 1) >> 1)
             m.d.sync += [issue_address.eq(address), issue_left.eq(words),
-                         receive_left.eq(count), receive_lane.eq(address[0])]
+                         receive_left.eq(count), receive_lane.eq(address[0]),
+                         receive_few.eq(Mux(count > 3, 3, count[:2]))]
 
         # what the word arriving now brings: one byte (its high lane first, or the last byte)
         # or two, oldest first
         word = read_data.payload
-        two = ~receive_lane & (receive_left != 1)
+        two = ~receive_lane & (receive_few != 1)
         first_byte = Mux(receive_lane, word[8:], word[:8])
         received = Signal(2)             # bytes the sequential consumer took this cycle
 
         def take_word():
             """The sequential consumer takes the arriving word (call under read_data.valid)."""
             m.d.comb += [read_data.ready.eq(1), received.eq(Mux(two, 2, 1))]
-            m.d.sync += [receive_left.eq(receive_left - Mux(two, 2, 1)), receive_lane.eq(0)]
+            left = receive_left - Mux(two, 2, 1)
+            m.d.sync += [receive_left.eq(left), receive_lane.eq(0),
+                         receive_few.eq(Mux(left > 3, 3, left[:2]))]
 
         # ---- beats for the engine's input streams: bytes shift in at the top; ``fill`` bytes
         # not yet moved out, the oldest ``fill`` places below the top. A whole beat moves into
@@ -264,6 +275,33 @@ class ProgramRunner(wiring.Component):
         with m.If(self.running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
 
+        # ---- the input map the engine holds: a step whose map is the same bytes (address,
+        # length and C, H, W equal to the last map loaded in this run, and no store of the run
+        # into that region since) keeps it instead of loading it again (the engine's
+        # ``keep_map``): output-channel tiles of a layer, and a downsample beside its 3x3
+        # convolution, read one map. Stores are checked a cycle late, from registers (the
+        # memory request path stays as it was); a step decides in GEOMETRY, cycles after the
+        # last store of the step before ----
+        map_held = Signal()
+        held_address = Signal(32)
+        held_end = Signal(33)
+        held_bytes = Signal.like(record.fmap_bytes)
+        held_shape = Signal(len(Cat(d.in_channels, d.in_height, d.in_width)))
+        keep_map = Signal()
+        stored = Signal()
+        stored_first = Signal(32)
+        stored_end = Signal(33)
+        m.d.sync += [stored.eq(request.valid & request.ready & request.payload.write),
+                     stored_first.eq(request.payload.address),
+                     stored_end.eq(request.payload.address + 1 + request.payload.enable.all())]
+        with m.If(stored & (stored_first < held_end) & (stored_end > held_address)):
+            m.d.sync += map_held.eq(0)
+        m.d.comb += eng.keep_map.eq(keep_map)
+        # the engine's busy a cycle late: a step ends a cycle after the engine's done (its busy
+        # came from the sequencer through the engine owner into the runner's next-state logic)
+        engine_busy = Signal()
+        m.d.sync += engine_busy.eq(eng.busy)
+
         def load_record(next_state):
             """Shift the loaded bytes into the record register, then go on."""
             m.d.comb += sequential.eq(1)
@@ -273,13 +311,15 @@ class ProgramRunner(wiring.Component):
                     m.d.sync += record_raw.eq(Cat(record_raw[16:], word))
                 with m.Else():
                     m.d.sync += record_raw.eq(Cat(record_raw[8:], first_byte))
-            with m.If(receive_left == 0):
+            with m.If(receive_few == 0):
                 m.next = next_state
 
-        def stream_phase(name, next_state, next_address=None, next_count=None, inspect=None):
+        def stream_phase(name, next_state, next_address=None, next_count=None, inspect=None,
+                         skip=None):
             """The loads set up before this phase go into ``name``'s engine stream, the last beat
             zero-padded; then set up ``next_state``'s loads. With ``inspect`` the beats go to
-            ``inspect(beat)`` instead (called while one is held, a cycle each), not the engine."""
+            ``inspect(beat)`` instead (called while one is held, a cycle each), not the engine.
+            ``skip``: (condition, state): go to ``state`` instead where ``condition`` holds."""
             stream_ = streams[name]
             size = beat_sizes[name]
             m.d.comb += sequential.eq(1)
@@ -303,20 +343,23 @@ class ProgramRunner(wiring.Component):
                     m.d.sync += [beat.eq(Cat(beat[16:], word)), fill.eq(fill + 2 - moved)]
                 with m.Else():
                     m.d.sync += [beat.eq(Cat(beat[8:], first_byte)), fill.eq(fill + 1 - moved)]
-            with m.Elif((receive_left == 0) & (fill != 0) & (fill < size)):
+            with m.Elif((receive_few == 0) & (fill != 0) & (fill < size)):
                 m.d.sync += [beat.eq(Cat(beat[8:], 0)), fill.eq(fill + 1)]
             with m.Else():
                 m.d.sync += fill.eq(fill - moved)
-            with m.If((receive_left == 0) & (fill == 0) & ~engine_beat_valid):
+            with m.If((receive_few == 0) & (fill == 0) & ~engine_beat_valid):
                 if next_address is not None:
                     begin_loads(next_address, next_count)
                 m.next = next_state
+                if skip is not None:
+                    with m.If(skip[0]):
+                        m.next = skip[1]
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [self.running.eq(1), self.done.eq(0), self.steps_done.eq(0),
-                                 header_kept.eq(0),
+                                 header_kept.eq(0), map_held.eq(0),
                                  self.bad_rule.eq(NO_BAD_RULE),
                                  self.cycles.eq(0), self.memory_reads.eq(0),
                                  self.memory_writes.eq(0),
@@ -345,7 +388,11 @@ class ProgramRunner(wiring.Component):
                 conv_width = output_size_value(d.in_width, d.stride)
                 m.d.sync += [out_height.eq(Mux(d.pool, conv_height >> 1, conv_height)),
                              out_width.eq(Mux(d.pool, conv_width >> 1, conv_width)),
-                             fill.eq(0), engine_beat_valid.eq(0), mask_without_taps.eq(0)]
+                             fill.eq(0), engine_beat_valid.eq(0), mask_without_taps.eq(0),
+                             keep_map.eq(map_held & (record.fmap_address == held_address)
+                                         & (record.fmap_bytes == held_bytes)
+                                         & (Cat(d.in_channels, d.in_height, d.in_width)
+                                            == held_shape))]
                 begin_loads(record.masks_address, d.period * MASK_BYTES)
                 m.next = "CHECK_MASKS"
                 with m.If(record.max_pool == MAX_POOL_2X2):
@@ -381,12 +428,21 @@ class ProgramRunner(wiring.Component):
                 m.d.sync += [residual_full.eq(0), residual_fill.eq(0), out_held.eq(0),
                              fill.eq(0), engine_beat_valid.eq(0)]
                 begin_loads(record.masks_address, d.period * MASK_BYTES)
+                with m.If(~keep_map):
+                    # this step loads its map: it is the one held from now on
+                    m.d.sync += [map_held.eq(1), held_address.eq(record.fmap_address),
+                                 held_end.eq(record.fmap_address + record.fmap_bytes),
+                                 held_bytes.eq(record.fmap_bytes),
+                                 held_shape.eq(Cat(d.in_channels, d.in_height, d.in_width))]
                 m.next = "MASKS"
             with m.State("MASKS"):
                 stream_phase("mask", "QUANT", record.quant_address,
                              times_constant(d.out_channels, QUANT_BYTES))
             with m.State("QUANT"):
-                stream_phase("quant", "FMAP", record.fmap_address, record.fmap_bytes)
+                stream_phase("quant", "FMAP",
+                             Mux(keep_map, record.weights_address, record.fmap_address),
+                             Mux(keep_map, record.weight_bytes, record.fmap_bytes),
+                             skip=(keep_map, "WEIGHTS"))
             with m.State("FMAP"):
                 stream_phase("fmap", "WEIGHTS", record.weights_address, record.weight_bytes)
             with m.State("WEIGHTS"):
@@ -453,7 +509,7 @@ class ProgramRunner(wiring.Component):
                             m.d.sync += [residual_fill.eq(0), residual_full.eq(1)]
                 with m.If(eng.residual_in.valid & eng.residual_in.ready):
                     m.d.sync += residual_full.eq(0)
-                with m.If(scatter.finished & ~eng.busy):
+                with m.If(scatter.finished & ~engine_busy):
                     m.next = "STEP_DONE"
 
             # ---- a max-pool step (2x2, stride 2): no engine ----
@@ -463,13 +519,13 @@ class ProgramRunner(wiring.Component):
                 m.next = "MAX_POOL_FIRST"
             with m.State("MAX_POOL_FIRST"):
                 pool_bytes()
-                with m.If(receive_left == 0):
+                with m.If(receive_few == 0):
                     begin_loads(pool_in + d.in_width, d.in_width)
                     m.d.sync += [pool_column.eq(0), pool_second.eq(1)]
                     m.next = "MAX_POOL_SECOND"
             with m.State("MAX_POOL_SECOND"):
                 pool_bytes()
-                with m.If(receive_left == 0):
+                with m.If(receive_few == 0):
                     m.d.sync += [pool_in.eq(pool_in + (d.in_width << 1)), pool_index.eq(0)]
                     m.next = "MAX_POOL_FOLD"
             with m.State("MAX_POOL_FOLD"):
@@ -517,7 +573,7 @@ class ProgramRunner(wiring.Component):
                     take_word()
                     low = first_byte.as_signed()
                     m.d.sync += pool_sum.eq(pool_sum + Mux(two, low + word[8:].as_signed(), low))
-                with m.If(receive_left == 0):
+                with m.If(receive_few == 0):
                     m.d.sync += [product.eq(0), multiplicand.eq(pool_sum),
                                  multiplier.eq(kept.pool_multiplier),
                                  shift_left.eq(kept.pool_shift - 1)]

@@ -19,6 +19,11 @@ the padding zero at a row's start; whole-row banks write it a cycle later, from 
 beat spanning a row end takes one more cycle. Cycles:
 ``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` (one per row/beat piece).
 
+**Keeping the map.** ``keep_map`` at ``start`` skips the load: the banks still hold the map of
+the previous layer, and the caller promises it is this layer's (same C, H, W and bytes; the
+resident runner checks that, :mod:`psconv.hw.program_runner`). Building starts once the H divmod
+3 division is done.
+
 **Window generator.** For each pixel group (output row y, column block xb, x = xb*tm + r), in the
 order y, xb, it builds one *patch word* per input channel c holding, for each of the tm pixels, the
 9 taps ``xpad[c, y*s + dy, x*s + dx]`` (t = 3*dy + dx), zero for padding rows/columns (layout:
@@ -125,6 +130,7 @@ class WindowGenerator(wiring.Component):
             "in_height": In(range(config.max_height + 1)),
             "in_width": In(range(config.max_width + 1)),
             "stride": In(2),
+            "keep_map": In(1),
             "fmap_in": In(stream.Signature(data.ArrayLayout(signed(8), self.beat_bytes))),
             "loaded": Out(1),
             "patch_full": Out(2),
@@ -198,20 +204,22 @@ class WindowGenerator(wiring.Component):
         take = loading & self.fmap_in.valid
         m.d.comb += self.fmap_in.ready.eq(loading & (beat_end | last_row))
         if not columns:
-            # The piece taken is written a cycle later, from registers: the beat, its position
-            # and the piece's end (the row-end compare, the byte-enable compares and the banks'
-            # write enables were one path). The builder reads a bank two cycles after
-            # ``loaded`` at the earliest, after the last write.
+            # The piece taken is written a cycle later, from registers: the piece (the beat
+            # shifted down to its first byte, ``ld_j``), its position and its end (the row-end
+            # compare, the byte-enable compares and the banks' write enables were one path; the
+            # two byte shifts, down by ``ld_j`` and up by ``ld_x``, were 9 LUT levels on the
+            # ULX3S, so the first is done before the register). The builder reads a bank two
+            # cycles after ``loaded`` at the earliest, after the last write.
             row_stop = Signal(range(maxw + 1))       # ld_x + min(beat_left, row_left)
             m.d.comb += row_stop.eq(Mux(row_end, width, ld_x + beat_left))
-            w_payload = Signal.like(self.fmap_in.payload.as_value(), name="write_beat")
-            w_j, w_x, w_stop = Signal.like(ld_j), Signal.like(ld_x), Signal.like(row_stop)
+            w_piece = Signal(8 * beat, name="write_piece")
+            w_x, w_stop = Signal.like(ld_x), Signal.like(row_stop)
             w_q, w_bank = Signal.like(ld_q), Signal(3)
-            m.d.sync += [w_payload.eq(self.fmap_in.payload), w_j.eq(ld_j), w_x.eq(ld_x),
-                         w_stop.eq(row_stop), w_q.eq(ld_q),
+            m.d.sync += [w_piece.eq(self.fmap_in.payload.as_value() >> Cat(C(0, 3), ld_j)),
+                         w_x.eq(ld_x), w_stop.eq(row_stop), w_q.eq(ld_q),
                          w_bank.eq(Cat(*[take & (ld_r == k) for k in range(3)]))]
             shifted = Signal(row_bits)
-            m.d.comb += shifted.eq((w_payload >> Cat(C(0, 3), w_j)) << Cat(C(0, 3), w_x))
+            m.d.comb += shifted.eq(w_piece << Cat(C(0, 3), w_x))
             for k, [(wp, _)] in enumerate(banks):
                 m.d.comb += [wp.addr.eq(w_q), wp.data.eq(shifted)]
                 with m.If(w_bank[k]):
@@ -241,7 +249,7 @@ class WindowGenerator(wiring.Component):
                     with m.If(take & (ld_r == k)):
                         m.d.comb += wp.en.eq(byte_en.word_select(j, ww))
         with m.If(self.start):
-            m.d.sync += [loading.eq(1), self.loaded.eq(0), ld_c.eq(0), ld_y.eq(0), ld_x.eq(0),
+            m.d.sync += [loading.eq(~self.keep_map), self.loaded.eq(self.keep_map), ld_c.eq(0), ld_y.eq(0), ld_x.eq(0),
                          ld_j.eq(0), ld_q.eq(0), ld_r.eq(1), row_left.eq(width),
                          beat_left.eq(beat), last_y.eq(height == 1),
                          last_c.eq(self.in_channels == 1)]

@@ -102,6 +102,12 @@ def fmap_load_cycles(config, channels: int, height: int, width: int) -> int:
     return channels * height + beats - 1 - (total - 1) // lcm
 
 
+def height_division_cycles(config) -> int:
+    """Cycles of the window generator's H divmod 3 (its serial divider's dividend width): with
+    ``keep_map`` nothing loads, and the first build waits for this instead."""
+    return max(_bits(config.max_height), 1)
+
+
 def pool_drain_cycles(config, out_height: int, out_width: int) -> int:
     """Cycles the output max pool adds before ``done`` for an H_out x W_out output: the last
     input beat (row H_out - 1, the last column block) completes a pooled beat only when that row
@@ -120,13 +126,15 @@ def useful_macs(masks, in_channels: int, out_channels: int, out_pixels: int) -> 
     return sum(per_o) * out_pixels
 
 
-def predict_cycles(config, shape, masks) -> dict:
+def predict_cycles(config, shape, masks, keep_map: bool = False) -> dict:
     """Predicted cycles and efficiency of one layer (see module docstring).
 
     ``shape``: a :class:`psconv.protocol.descriptor.LayerSpec` or a mapping with ``in_channels``,
     ``out_channels``, ``in_height``, ``in_width``, optional ``stride`` (1), ``kernel`` (3) and
     ``pool`` (False: the output max pool, which changes only the drain).
     ``masks``: the layer's :class:`~psconv.families.PatternFamily` or its rotated mask table.
+    ``keep_map``: the engine's ``keep_map`` (no input map load: the first build starts after
+    :func:`height_division_cycles`).
     """
     c_in = int(_field(shape, "in_channels"))
     c_out = int(_field(shape, "out_channels"))
@@ -155,7 +163,9 @@ def predict_cycles(config, shape, masks) -> dict:
     starts, ends, builds, fulls = [], [], [], []
     for b, (count, issue_cycles) in enumerate(work):
         if b == 0:
-            build = START_CYCLES + fmap_load_cycles(config, c_in, height, width) + 1
+            map_cycles = (height_division_cycles(config) if keep_map
+                          else fmap_load_cycles(config, c_in, height, width))
+            build = START_CYCLES + map_cycles + 1
         else:
             build = builds[b - 1] + work[b - 1][0] + 1
             if b >= 2:

@@ -29,10 +29,14 @@ contract), and a board the resident driver's tests and ``psconv run --mode resid
   overlapped, and for the average pool a cycle per word plus the serial multiply and shift; a
   max-pool step (:data:`~psconv.protocol.memory.MAX_POOL_2X2`) costs exactly what the gateware
   runner with block-RAM memory takes (:func:`psconv.sim.cycle_model.runner_max_pool_cycles`). On
-  the reduced ResNet18 of the resident tests' gateware check it reads 10,269 cycles where the
-  gateware counts 9,500 (pairs of pixels in one request and the overlaps are not modelled).
+  the reduced ResNet18 of the resident tests' gateware check it reads 10,157 cycles where the
+  gateware counts 9,258 (pairs of pixels in one request and the overlaps are not modelled).
   ``memory_reads`` counts every byte the runner reads (header, step records, masks (twice),
   quantization entries, weights, input map, residual), ``memory_writes`` every output byte.
+  A step whose input map the engine holds is not loaded (the gateware runner's rule,
+  :mod:`psconv.hw.program_runner`: the address, length, C, H and W of the last map loaded in
+  this run, and no store of the run into it since): it computes on the held copy, and neither
+  the map's bytes nor their cycles are counted.
 * ``READ_STATUS`` (what the host's link sends at session start): the runner's running and
   done flags as ``busy`` and ``done``.
 * Anything else: NAK UNKNOWN_COMMAND (this board has no streamed command set).
@@ -106,6 +110,7 @@ class ResidentDevice:
         self.steps_done = self.cycles = self.memory_reads = self.memory_writes = 0
         self._queue: list[tuple[LayerSpec, dict]] = []
         self._input = (0, 0, 0)      # the running program's input region and its last reader
+        self._held: dict | None = None   # the input map the engine holds (see _run)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -203,6 +208,7 @@ class ResidentDevice:
         self.running, self.done = True, False
         self.steps_done = self.cycles = self.memory_writes = 0
         self.memory_reads = layout_bytes(PROGRAM_HEADER_LAYOUT)
+        self._held = None
         self._queue = queue
         header = _fields(PROGRAM_HEADER_LAYOUT, self.memory[address:address + layout_bytes(
             PROGRAM_HEADER_LAYOUT)])
@@ -319,6 +325,14 @@ class ResidentDevice:
         data = b"".join(self._read(address + c * plane_bytes, height * width) for c in range(channels))
         return torch.frombuffer(bytearray(data), dtype=torch.int8).reshape(shape).to(torch.int64)
 
+    def _store(self, address: int, data: bytes) -> None:
+        """The runner stores ``data`` at ``address``: an engine-held map it touches is dropped."""
+        self.memory[address:address + len(data)] = data
+        self.memory_writes += len(data)
+        held = self._held
+        if held and address < held["address"] + held["bytes"] and held["address"] < address + len(data):
+            self._held = None
+
     def _advance(self, count: int) -> None:
         for _ in range(min(count, len(self._queue))):
             spec, fields = self._queue.pop(0)
@@ -337,9 +351,7 @@ class ResidentDevice:
         channels, plane = f["pool_channels"], f["pool_plane"]
         x = self._map(f["pool_input"], plane, (channels, 1, plane))
         pooled = global_avgpool_int(x, f["pool_multiplier"], f["pool_shift"])
-        self.memory[f["pool_output"]:f["pool_output"] + channels] = (
-            pooled.to(torch.int8).numpy().tobytes())
-        self.memory_writes += channels
+        self._store(f["pool_output"], pooled.to(torch.int8).numpy().tobytes())
         multiply = max(1, f["pool_multiplier"].bit_length())
         self.cycles += channels * (-(-plane // 2) + multiply + f["pool_shift"] + 3)
 
@@ -350,9 +362,7 @@ class ResidentDevice:
         self.memory_reads += record
         shape = (spec.in_channels, spec.in_height, spec.in_width)
         x = self._map(f["fmap_address"], spec.in_height * spec.in_width, shape)
-        data = maxpool2d_int(x).to(torch.int8).numpy().tobytes()
-        self.memory[f["output_address"]:f["output_address"] + len(data)] = data
-        self.memory_writes += len(data)
+        self._store(f["output_address"], maxpool2d_int(x).to(torch.int8).numpy().tobytes())
         self.cycles += runner_max_pool_cycles(self.config, *shape, f["fmap_address"],
                                               f["record_address"])
         self.steps_done += 1
@@ -376,8 +386,14 @@ class ResidentDevice:
             shift=torch.tensor([e.shift for e in entries], dtype=torch.int64),
             residual_multiplier=torch.tensor([e.residual_multiplier for e in entries], dtype=torch.int64),
             input="memory", residual=None, useful_macs=0)
-        x = self._map(f["fmap_address"], spec.in_height * spec.in_width,
-                      (spec.in_channels, spec.in_height, spec.in_width))
+        shape = (spec.in_channels, spec.in_height, spec.in_width)
+        key = {"address": f["fmap_address"], "bytes": f["fmap_bytes"], "shape": shape}
+        keep_map = self._held is not None and all(self._held[k] == v for k, v in key.items())
+        if keep_map:
+            x = self._held["x"]
+        else:
+            x = self._map(f["fmap_address"], spec.in_height * spec.in_width, shape)
+            self._held = {**key, "x": x}
         out_shape = (spec.out_channels, spec.out_height, spec.out_width)
         before_residual, moved_single = self.memory_reads, self.memory_writes
         residual = (self._map(f["residual_address"], f["plane_bytes"], out_shape)
@@ -386,13 +402,13 @@ class ResidentDevice:
         planes = spec.result_height * spec.result_width     # the pooled map with ``pool``
         data = out.to(torch.int8).reshape(spec.out_channels, planes).numpy().tobytes()
         for c in range(spec.out_channels):
-            at = f["output_address"] + c * f["plane_bytes"]
-            self.memory[at:at + planes] = data[c * planes:(c + 1) * planes]
-        self.memory_writes += len(data)
+            self._store(f["output_address"] + c * f["plane_bytes"],
+                        data[c * planes:(c + 1) * planes])
         # a word per cycle for the sequential loads, a byte per gather load and output store
         single = self.memory_writes + (self.memory_reads - before_residual) - moved_single
         sequential = self.memory_reads + self.memory_writes - moved - single
-        self.cycles += -(-sequential // 2) + single + predict_cycles(cfg, spec, f["masks"])["compute"]
+        self.cycles += (-(-sequential // 2) + single
+                        + predict_cycles(cfg, spec, f["masks"], keep_map=keep_map)["compute"])
         self.steps_done += 1
 
 

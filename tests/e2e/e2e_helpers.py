@@ -123,16 +123,18 @@ class MockEngine:
 
 
 def make_step(name, family, c_in, c_out, size, generator, *, stride=1, relu=True, residual=False,
-              pool=False):
+              pool=False, x=None):
     """A compiled-looking EngineStep with random data, its input, residual and golden output
     (``size``: H = W, or (H, W); ``pool``: the descriptor's output max pool, the golden output
-    ``maxpool2d_int`` of the layer's)."""
+    ``maxpool2d_int`` of the layer's; ``x``: the input map instead of a random one)."""
     k = family.kernel_size
     g = generator
     height, width = (size, size) if isinstance(size, int) else size
     weight = torch.randint(-128, 128, (c_out, c_in, k, k), generator=g)
     weight = weight * family.weight_mask(c_out, c_in).to(torch.int64)
-    x = torch.randint(-128, 128, (c_in, height, width), generator=g)
+    if x is None:
+        x = torch.randint(-128, 128, (c_in, height, width), generator=g)
+    assert tuple(x.shape) == (c_in, height, width)
     masks = rotated_masks(family)
     spec = LayerSpec(in_channels=c_in, out_channels=c_out, in_height=height, in_width=width,
                      stride=stride, kernel=k, relu=relu, residual=residual, period=len(masks),

@@ -425,3 +425,86 @@ def test_a_step_whose_mask_table_keeps_no_taps_stops_the_run_with_the_engine_idl
     while run_status(link)["running"]:
         pass
     assert (run_status(link)["steps_done"], run_status(link)["bad_rule"]) == (1, BAD_MASKS)
+
+
+def retarget(image, step, **addresses):
+    """Point step ``step``'s record at other memory: ``fmap_address=...``, ``output_address=...``."""
+    layout = step_record_layout(CFG)
+    for field, address in addresses.items():
+        offset = layout[field].offset
+        assert offset % 8 == 0 and layout[field].shape.width == 32
+        at = layout_bytes(PROGRAM_HEADER_LAYOUT) + step * layout_bytes(layout) + offset // 8
+        image.blob[at:at + 4] = struct.pack("<I", address)
+    image.model = bytes(image.blob[:len(image.model)])
+
+
+def test_a_step_on_the_map_the_engine_holds_keeps_it_until_a_store_touches_the_map():
+    """Steps on the same map (address, length, C, H, W) as the last one loaded keep it in the
+    engine, bit-exact, reading none of its bytes; a store of the run into that map (an engine
+    step's output, a max-pool step's) makes the next step load it again, with the stored bytes.
+    The gateware runner and the software reference board read the same bytes."""
+    g = torch.Generator().manual_seed(21)
+    psd = paper_family(1, 4, dense_kernel=True)
+    m0 = torch.randint(-128, 128, (4, 6, 6), generator=g)
+
+    def stored_over(x, values):
+        """``x`` with its first CHW bytes replaced by ``values`` (a map stored over it)."""
+        flat = x.reshape(-1).clone()
+        flat[:values.numel()] = values.reshape(-1)
+        return flat.reshape(x.shape)
+
+    a = make_step("A loads M", psd, 4, 3, 6, g, x=m0)
+    b = make_step("B 1x1 stride 2 keeps M", pointwise_family(), 4, 2, 6, g, stride=2, relu=False,
+                  x=m0)
+    c = make_step("C keeps M, stores into M", paper_family(2, 4), 4, 3, 6, g, stride=2, x=m0)
+    m1 = stored_over(m0, c[3])
+    d = make_step("D loads M again", dense_family(), 4, 2, 6, g, x=m1)
+    e = max_pool_step(torch.randint(-128, 128, (2, 4, 4), generator=g))
+    m2 = stored_over(m1, e[3])
+    f = make_step("F loads M again", psd, 4, 2, 6, g, x=m2)
+    h = make_step("G keeps M", pointwise_family(), 4, 3, 6, g, relu=False, x=m2)
+    steps = [a, b, c, d, e, f, h]
+    image = Image(steps)
+    layout = step_record_layout(CFG)
+    records = [decode_payload(layout, bytes(image.blob[at:at + layout_bytes(layout)]), "record")
+               for at in range(layout_bytes(PROGRAM_HEADER_LAYOUT),
+                               layout_bytes(PROGRAM_HEADER_LAYOUT) + len(steps) * layout_bytes(layout),
+                               layout_bytes(layout))]
+    shared = records[0].fmap_address
+    for k in (1, 2, 3, 5, 6):
+        retarget(image, k, fmap_address=shared)
+    retarget(image, 2, output_address=shared)
+    retarget(image, 4, output_address=shared)
+    loads = [True, False, False, True, None, True, False]     # None: the max-pool step
+    header = layout_bytes(PROGRAM_HEADER_LAYOUT)
+    reads = header + sum(
+        layout_bytes(layout) + (e[1].numel() if load is None else
+                                4 * len(step.masks) + 13 * step.descriptor.out_channels
+                                + record.weight_bytes + (record.fmap_bytes if load else 0))
+        for (step, *_), record, load in zip(steps, records, loads))
+
+    link = board()
+    status = run_to_end(link, image)
+    assert (status["done"], status["steps_done"], status["bad_rule"]) == (1, len(steps),
+                                                                         NO_BAD_RULE)
+    assert status["memory_reads"] == reads
+    for index in (0, 1, 3, 5, 6):
+        address, shape, expected, name = image.outputs[index]
+        out = from_chw(read_memory(link, address, expected.numel()), shape)
+        assert describe_mismatch(f"gateware {name}", expected, out) is None
+    assert torch.equal(from_chw(read_memory(link, shared, m2.numel()), m2.shape), m2)
+
+    device = ResidentDevice(CFG, MEMORY)
+    device.memory[:len(image.blob)] = image.blob
+    for code, payload in ((Command.CHECK_MODEL, encode_payload(MODEL_CHECK_LAYOUT, {
+                               "address": 0, "length": len(image.model),
+                               "crc": memory_crc(image.model)})),
+                          (Command.INFER, bytes(4))):
+        assert device.handle(code, payload).status == Status.ACK
+    reference = decode_payload(RUN_STATUS_LAYOUT, device.handle(Command.RUN_STATUS, b"").payload,
+                               "RUN_STATUS")
+    assert (reference.done, reference.memory_reads) == (1, reads)
+    for index in (0, 1, 3, 5, 6):
+        address, shape, expected, name = image.outputs[index]
+        out = from_chw(bytes(device.memory[address:address + expected.numel()]), shape)
+        assert describe_mismatch(f"reference board {name}", expected, out) is None

@@ -73,6 +73,16 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
     Returns dict(out=(C,H,W) tensor, beats,
     counters, cycles = start..done, load = cycles before the first issue).
     """
+    return simulate_engine_layers(config, [(family, spec, layer, False)], seed=seed,
+                                  input_gaps=input_gaps, output_stalls=output_stalls, order=order,
+                                  timeout=timeout, family_of_fpga=family_of_fpga)[0]
+
+
+def simulate_engine_layers(config, layers, *, seed=0, input_gaps=0.0, output_stalls=0.0,
+                           order="concurrent", timeout=200000, family_of_fpga=None):
+    """:func:`simulate_engine` for several layers in turn on one engine: ``layers`` holds
+    (family, spec, layer, keep_map) tuples; a layer with ``keep_map`` gets no input-map beats and
+    starts with the engine's ``keep_map`` set. Returns one result dict per layer."""
     import random
 
     import torch
@@ -84,37 +94,46 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
 
     rng = random.Random(seed)
     dut = PeriodicSparseEngine(config)
-    masks = rotated_masks(family)
-    packed = pack_layer(layer["w"].to(torch.int8), family)
-    words = engine_weight_words(packed, config.tn, config.patch_channels)
-    streams = {
-        "mask_in": list(masks),
-        "quant_in": [encode_quant_entry(int(b), int(m), int(s), int(r)) for b, m, s, r in
-                     zip(layer["bias"], layer["mult"], layer["shift"], layer["res_mult"])],
-        "weight_in": weight_beats(words),
-        "fmap_in": fmap_beats(config, layer["x"]),
-    }
-    if spec.residual:
-        streams["residual_in"] = pixel_beats(config, layer["residual"])
-    expected_beats = spec.output_beats(config)
-    state = {"out": [], "cycles": None, "started": False}
 
-    async def drive(ctx, name, beats):
+    def layer_streams(family, spec, layer, keep_map):
+        packed = pack_layer(layer["w"].to(torch.int8), family)
+        words = engine_weight_words(packed, config.tn, config.patch_channels)
+        streams = {
+            "mask_in": list(rotated_masks(family)),
+            "quant_in": [encode_quant_entry(int(b), int(m), int(s), int(r)) for b, m, s, r in
+                         zip(layer["bias"], layer["mult"], layer["shift"], layer["res_mult"])],
+            "weight_in": weight_beats(words),
+        }
+        if not keep_map:
+            streams["fmap_in"] = fmap_beats(config, layer["x"])
+        if spec.residual:
+            streams["residual_in"] = pixel_beats(config, layer["residual"])
+        return streams
+
+    plan = [layer_streams(*entry) for entry in layers]
+    names = ("mask_in", "quant_in", "weight_in", "fmap_in", "residual_in")
+    state = {"out": [], "started": -1}
+    results = []
+
+    async def drive(ctx, name, beats, index):
         port = getattr(dut, name)
-        while not state["started"]:
+        while state["started"] < index:
             await ctx.tick()
         for beat in beats:
             await stream_put(ctx, port, beat, gap=input_gaps, rng=rng)
 
-    def driver(name, beats):
-        async def tb(ctx):
-            await drive(ctx, name, beats)
-        return tb
-
     async def sequential(ctx):
-        for name in ("mask_in", "quant_in", "weight_in", "fmap_in", "residual_in"):
-            if name in streams:
-                await drive(ctx, name, streams[name])
+        for index, streams in enumerate(plan):
+            for name in names:
+                if name in streams:
+                    await drive(ctx, name, streams[name], index)
+
+    def driver(name):
+        async def tb(ctx):
+            for index, streams in enumerate(plan):
+                if name in streams:
+                    await drive(ctx, name, streams[name], index)
+        return tb
 
     async def sink(ctx):
         while True:
@@ -122,33 +141,38 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
             state["out"].append(beat.as_bits())
 
     async def control(ctx):
-        ctx.set(raw(dut.layer), spec.encode(config))
-        ctx.set(dut.start, 1)
-        state["started"] = True
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        cycles = 1
-        first_issue = None
-        while not ctx.get(dut.done):
+        for index, (_, spec, _, keep_map) in enumerate(layers):
+            state["out"] = []
+            ctx.set(raw(dut.layer), spec.encode(config))
+            ctx.set(dut.keep_map, keep_map)
+            ctx.set(dut.start, 1)
+            state["started"] = index
             await ctx.tick()
-            if first_issue is None and ctx.get(dut.busy_cycles):
-                first_issue = cycles   # this is cycle cycles + 1; the counter shows an issue a cycle later
-            cycles += 1
-            if cycles > timeout:
-                raise AssertionError(f"engine did not finish within {timeout} cycles; "
-                                     f"{len(state['out'])}/{expected_beats} beats out")
-        state["cycles"] = cycles
-        state["first_issue"] = first_issue
-        state["counters"] = {n: ctx.get(getattr(dut, n)) for n in
-                             ("busy_cycles", "stall_cycles", "idle_cycles", "macs")}
-        state["busy_after_done"] = ctx.get(dut.busy)
-        await ctx.tick()
+            ctx.set(dut.start, 0)
+            cycles = 1
+            first_issue = None
+            while not ctx.get(dut.done):
+                await ctx.tick()
+                if first_issue is None and ctx.get(dut.busy_cycles):
+                    first_issue = cycles   # this is cycle cycles + 1; the counter shows an issue a cycle later
+                cycles += 1
+                if cycles > timeout:
+                    raise AssertionError(f"engine did not finish within {timeout} cycles; "
+                                         f"{len(state['out'])}/{spec.output_beats(config)} beats "
+                                         f"out (layer {index})")
+            counters = {n: ctx.get(getattr(dut, n)) for n in
+                        ("busy_cycles", "stall_cycles", "idle_cycles", "macs")}
+            await ctx.tick()
+            out = beats_to_pixels(config, state["out"], spec.out_channels, spec.result_height,
+                                  spec.result_width)
+            results.append(dict(out=out, beats=len(state["out"]), cycles=cycles,
+                                counters=counters, load=first_issue))
 
     tbs = [control]
     if order == "sequential":
         tbs.append(sequential)
     else:
-        tbs += [driver(name, beats) for name, beats in streams.items()]
+        tbs += [driver(name) for name in names if any(name in streams for streams in plan)]
     if family_of_fpga is None:
         run(dut, *tbs, background=[sink])
     else:
@@ -158,7 +182,4 @@ def simulate_engine(config, family, spec, layer, *, seed=0, input_gaps=0.0, outp
             family = family_of_fpga
 
         run(Fragment.get(dut, FamilyOnly()), *tbs, background=[sink])
-    out = beats_to_pixels(config, state["out"], spec.out_channels, spec.result_height,
-                          spec.result_width)
-    return dict(out=out, beats=len(state["out"]), cycles=state["cycles"], counters=state["counters"],
-                load=state["first_issue"])
+    return results

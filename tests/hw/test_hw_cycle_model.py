@@ -7,7 +7,8 @@ from psconv.families import dense_family, paper_family, pointwise_family
 from psconv.protocol.descriptor import LayerSpec
 from psconv.sim.cycle_model import predict_cycles
 
-from hw_sim_helpers import golden_output, random_layer, simulate_engine, small_config
+from hw_sim_helpers import (golden_output, random_layer, simulate_engine, simulate_engine_layers,
+                            small_config)
 
 PSD1_P16 = paper_family(1, 16, dense_kernel=True)
 PSD1_P4 = paper_family(1, 4, dense_kernel=True)
@@ -55,6 +56,45 @@ def test_model_matches_rtl(which, family, spec):
     assert model["load"] == res["load"]
     assert model["stall"] == counters["stall_cycles"]
     assert model["idle"] == counters["idle_cycles"]
+
+
+# (config, [(family, spec, keep_map)]): layers in turn on one engine, all on one input map (the
+# same C, H, W and seed, so the same bytes) except where a layer loads a new one
+KEPT_MAPS = [
+    # a stride-2 3x3 convolution, then the 1x1 downsample and a second output-channel tile on its
+    # map (the resident runner's reuse in ResNet18), then a new map loaded again
+    ("default", [(PSD1_P16, LayerSpec(20, 5, 5, 7, stride=2, kernel=3, period=16), False),
+                 (pointwise_family(), LayerSpec(20, 6, 5, 7, stride=2, kernel=1, period=1), True),
+                 (PSD1_P16, LayerSpec(20, 3, 5, 7, stride=1, kernel=3, period=16, pool=True), True),
+                 (PSD1_P16, LayerSpec(3, 4, 6, 6, stride=1, kernel=3, period=16), False)]),
+    # input-channel passes, a residual layer on the kept map
+    ("passes", [(PSD1_P4, LayerSpec(9, 5, 4, 5, stride=2, kernel=3, period=4), False),
+                (PSD1_P4, LayerSpec(9, 3, 4, 5, stride=1, kernel=3, period=4, residual=True,
+                                    relu=True), True)]),
+    # a map so small that the kept layer's first build waits for the H divmod 3, not the load
+    ("small", [(PSD1_P4, LayerSpec(1, 2, 2, 3, stride=1, kernel=3, period=4), False),
+               (PSD1_P4, LayerSpec(1, 3, 2, 3, stride=1, kernel=3, period=4), True)]),
+]
+
+
+@pytest.mark.parametrize("which,runs", KEPT_MAPS, ids=["downsample", "passes", "tiny"])
+def test_kept_map_is_bit_exact_and_modelled(which, runs):
+    """``keep_map``: a layer computes on the map the last one loaded, bit-exact, and the model
+    (``keep_map=True``) gives its cycles exactly; a load after it is unaffected."""
+    config = CONFIGS[which]()
+    layers = []
+    for family, spec, keep in runs:
+        seed = 100 * spec.in_channels + spec.in_height + spec.in_width    # the map's bytes
+        layers.append((family, spec, random_layer(config, family, spec, seed), keep))
+    for (_, spec, layer, keep), kept in zip(layers[1:], layers):
+        if keep:
+            assert (layer["x"] == kept[2]["x"]).all()
+    results = simulate_engine_layers(config, layers)
+    for (family, spec, layer, keep), res in zip(layers, results):
+        assert (res["out"] == golden_output(spec, layer)).all(), (spec, keep)
+        model = predict_cycles(config, spec, family, keep_map=keep)
+        assert (model["total"], model["load"]) == (res["cycles"], res["load"]), (spec, keep)
+        assert model["busy"] == res["counters"]["busy_cycles"]
 
 
 RESNET18_3X3 = [  # (C_in, C_out, H=W, stride)
