@@ -22,7 +22,8 @@ def test_top_level_ports():
     expected = {
         "clk": ("input", 1), "rst": ("input", 1),
         "layer": ("input", layer_descriptor_layout(config).size),
-        "start": ("input", 1), "busy": ("output", 1), "done": ("output", 1),
+        "start": ("input", 1), "keep_map": ("input", 1), "busy": ("output", 1),
+        "done": ("output", 1),
         "mask_in__valid": ("input", 1), "mask_in__ready": ("output", 1), "mask_in__payload": ("input", 9),
         "quant_in__valid": ("input", 1), "quant_in__ready": ("output", 1),
         "quant_in__payload": ("input", QUANT_ENTRY_LAYOUT.size),
