@@ -158,6 +158,20 @@ def nak_reason(call) -> int:
     return info.value.reason
 
 
+def run_on_reference_board(image):
+    """The image's program on the software reference board: (the device, its RUN_STATUS)."""
+    device = ResidentDevice(CFG, MEMORY)
+    device.memory[:len(image.blob)] = image.blob
+    for code, payload in ((Command.CHECK_MODEL, encode_payload(MODEL_CHECK_LAYOUT, {
+                               "address": 0, "length": len(image.model),
+                               "crc": memory_crc(image.model)})),
+                          (Command.INFER, bytes(4))):
+        assert device.handle(code, payload).status == Status.ACK
+    status = decode_payload(RUN_STATUS_LAYOUT, device.handle(Command.RUN_STATUS, b"").payload,
+                            "RUN_STATUS")
+    return device, status
+
+
 def test_runner_executes_every_layer_kind_from_memory_bit_exact():
     g = torch.Generator().manual_seed(5)
     steps = [
@@ -385,15 +399,7 @@ def test_engine_steps_with_the_output_max_pool_store_the_pooled_map_bit_exact():
         out = from_chw(read_memory(link, address, expected.numel()), shape)
         assert describe_mismatch(f"gateware {name}", expected, out) is None
 
-    device = ResidentDevice(CFG, MEMORY)
-    device.memory[:len(image.blob)] = image.blob
-    for code, payload in ((Command.CHECK_MODEL, encode_payload(MODEL_CHECK_LAYOUT, {
-                               "address": 0, "length": len(image.model),
-                               "crc": memory_crc(image.model)})),
-                          (Command.INFER, bytes(4))):
-        assert device.handle(code, payload).status == Status.ACK
-    reference = decode_payload(RUN_STATUS_LAYOUT, device.handle(Command.RUN_STATUS, b"").payload,
-                               "RUN_STATUS")
+    device, reference = run_on_reference_board(image)
     assert (reference.done, reference.steps_done, reference.memory_writes) == (
         1, len(steps), written)
     for address, shape, expected, name in image.outputs:
@@ -494,15 +500,7 @@ def test_a_step_on_the_map_the_engine_holds_keeps_it_until_a_store_touches_the_m
         assert describe_mismatch(f"gateware {name}", expected, out) is None
     assert torch.equal(from_chw(read_memory(link, shared, m2.numel()), m2.shape), m2)
 
-    device = ResidentDevice(CFG, MEMORY)
-    device.memory[:len(image.blob)] = image.blob
-    for code, payload in ((Command.CHECK_MODEL, encode_payload(MODEL_CHECK_LAYOUT, {
-                               "address": 0, "length": len(image.model),
-                               "crc": memory_crc(image.model)})),
-                          (Command.INFER, bytes(4))):
-        assert device.handle(code, payload).status == Status.ACK
-    reference = decode_payload(RUN_STATUS_LAYOUT, device.handle(Command.RUN_STATUS, b"").payload,
-                               "RUN_STATUS")
+    device, reference = run_on_reference_board(image)
     assert (reference.done, reference.memory_reads) == (1, reads)
     for index in (0, 1, 3, 5, 6):
         address, shape, expected, name = image.outputs[index]
