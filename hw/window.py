@@ -249,8 +249,8 @@ class WindowGenerator(wiring.Component):
                     with m.If(take & (ld_r == k)):
                         m.d.comb += wp.en.eq(byte_en.word_select(j, ww))
         with m.If(self.start):
-            m.d.sync += [loading.eq(~self.keep_map), self.loaded.eq(self.keep_map), ld_c.eq(0), ld_y.eq(0), ld_x.eq(0),
-                         ld_j.eq(0), ld_q.eq(0), ld_r.eq(1), row_left.eq(width),
+            m.d.sync += [loading.eq(~self.keep_map), self.loaded.eq(self.keep_map),
+                         ld_c.eq(0), ld_y.eq(0), ld_x.eq(0), ld_j.eq(0), ld_q.eq(0), ld_r.eq(1), row_left.eq(width),
                          beat_left.eq(beat), last_y.eq(height == 1),
                          last_c.eq(self.in_channels == 1)]
         with m.Elif(take):

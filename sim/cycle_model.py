@@ -11,7 +11,8 @@ The model is the engine's schedule written out (see docs/architecture.md), not a
   lane start positions: ready ``2 + 9P + 3w + 8 + tn`` cycles after ``start``. Weights stream in
   from then on, one word per cycle.
 * **Input map**: ``C*H + beats - 1 - (C*H*W - 1) // lcm(W, tn)`` cycles (one per row/beat
-  piece), from cycle 2.
+  piece), from cycle 2; with ``keep_map`` none, the first build waiting for the window
+  generator's H divmod 3 instead (:func:`height_division_cycles`).
 * **Patch builds**: group g's build reads C_in channels from cycle ``S_g``; its buffer is full
   (visible to the sequencer) at ``F_g = S_g + C_in + 4``. The next build starts at
   ``max(S_g + C_in + 1, E_{g-1} + 4)`` (the buffer it overwrites is released 4 cycles after the
@@ -105,7 +106,7 @@ def fmap_load_cycles(config, channels: int, height: int, width: int) -> int:
 def height_division_cycles(config) -> int:
     """Cycles of the window generator's H divmod 3 (its serial divider's dividend width): with
     ``keep_map`` nothing loads, and the first build waits for this instead."""
-    return max(_bits(config.max_height), 1)
+    return _bits(config.max_height)
 
 
 def pool_drain_cycles(config, out_height: int, out_width: int) -> int:
