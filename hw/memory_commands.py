@@ -112,6 +112,13 @@ class MemoryCommandProcessor(wiring.Component):
             m.d.sync += [reply_status.eq(status_), reply_length.eq(length_)]
             m.next = next_state
 
+        def offer_reply(status_, length_, next_state):
+            """Offer the reply header; go to ``next_state`` once it is taken."""
+            m.d.comb += [self.reply.valid.eq(1), self.reply.payload.status.eq(status_),
+                         self.reply.payload.length.eq(length_)]
+            with m.If(self.reply.ready):
+                m.next = next_state
+
         def nak(reason):
             m.d.sync += nak_reason.eq(reason)
             reply(Status.NAK, 1, "REPLY_NAK")
@@ -221,11 +228,7 @@ class MemoryCommandProcessor(wiring.Component):
             with m.State("STORE"):
                 with m.If(write_refused):
                     # the NAK's header straight from here, as REPLY_NAK would offer it
-                    m.d.comb += [self.reply.valid.eq(1),
-                                 self.reply.payload.status.eq(Status.NAK),
-                                 self.reply.payload.length.eq(1)]
-                    with m.If(self.reply.ready):
-                        m.next = "SEND_NAK"
+                    offer_reply(Status.NAK, 1, "SEND_NAK")
                 with m.Else():
                     with m.If(write_into_model):
                         m.d.sync += model_valid.eq(0)
@@ -266,10 +269,7 @@ class MemoryCommandProcessor(wiring.Component):
                                  ("REPLY_BLOB", "SEND_BLOB"),
                                  ("REPLY_HEADER_THEN_READ", "SEND_READ")):
                 with m.State(state):
-                    m.d.comb += [self.reply.valid.eq(1), self.reply.payload.status.eq(reply_status),
-                                 self.reply.payload.length.eq(reply_length)]
-                    with m.If(self.reply.ready):
-                        m.next = after
+                    offer_reply(reply_status, reply_length, after)
             with m.State("SEND_NAK"):
                 m.d.comb += [self.reply_payload.valid.eq(1), self.reply_payload.payload.eq(nak_reason)]
                 with m.If(self.reply_payload.ready):

@@ -35,6 +35,19 @@ from e2e_helpers import TINY_CONFIG, make_step
 
 CFG = TINY_CONFIG
 MEMORY = 8192
+RECORD_LAYOUT = step_record_layout(CFG)
+RECORD_BYTES = layout_bytes(RECORD_LAYOUT)
+
+
+def record_address(step: int) -> int:
+    """Where step ``step``'s record lies in a program at address 0 (after the header)."""
+    return layout_bytes(PROGRAM_HEADER_LAYOUT) + step * RECORD_BYTES
+
+
+def read_record(image, step: int):
+    """Step ``step``'s record in ``image``, decoded."""
+    at = record_address(step)
+    return decode_payload(RECORD_LAYOUT, bytes(image.blob[at:at + RECORD_BYTES]), "record")
 
 
 def chw_bytes(tensor) -> bytes:
@@ -251,8 +264,7 @@ def test_a_step_record_that_breaks_a_descriptor_rule_stops_the_run_there():
     steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
              make_step("3x3 PS2_P4", paper_family(2, 4), 4, 3, 6, g)]
     image = Image(steps)
-    size = layout_bytes(step_record_layout(CFG))
-    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + size
+    size, at = RECORD_BYTES, record_address(1)
     stride = layer_descriptor_layout(CFG)["stride"]
     record = int.from_bytes(image.blob[at:at + size], "little")
     record |= 3 << stride.offset                      # stride 1 -> 3 (the field is 2 bits)
@@ -282,8 +294,7 @@ def test_a_pooled_step_whose_pooled_map_is_empty_stops_the_run_naming_the_rule()
     steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
              make_step("3x3 PS2_P4 pooled", paper_family(2, 4), 4, 3, 6, g, pool=True)]
     image = Image(steps)
-    size = layout_bytes(step_record_layout(CFG))
-    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + size
+    size, at = RECORD_BYTES, record_address(1)
     layout = layer_descriptor_layout(CFG)
     height = layout["in_height"]
     record = int.from_bytes(image.blob[at:at + size], "little")
@@ -344,17 +355,15 @@ def test_max_pool_steps_are_bit_exact_on_odd_sizes_and_alignments():
         out = from_chw(read_memory(link, address, expected.numel()), shape)
         assert describe_mismatch(f"step {index} ({name})", expected, out) is None
     # every max-pool step (all follow a step) from the previous step's end to its own
-    layout = step_record_layout(CFG)
     assert len(step_ends) == len(steps)
     measured, predicted = [], []
     for k in range(1, len(steps)):
         _, x, odd, _ = steps[k]
-        at = layout_bytes(PROGRAM_HEADER_LAYOUT) + k * layout_bytes(layout)
-        record = layout.from_bits(int.from_bytes(image.blob[at:at + layout_bytes(layout)],
-                                                 "little"))
+        record = read_record(image, k)
         assert record.fmap_address % 2 == int(odd)
         measured.append(step_ends[k] - step_ends[k - 1])
-        predicted.append(runner_max_pool_cycles(CFG, *x.shape, record.fmap_address, at))
+        predicted.append(runner_max_pool_cycles(CFG, *x.shape, record.fmap_address,
+                                                record_address(k)))
     assert measured == predicted, (measured, predicted)
 
 
@@ -363,10 +372,7 @@ def test_a_step_record_with_an_unknown_max_pool_kind_stops_the_run():
     steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
              max_pool_step(torch.randint(-128, 128, (2, 4, 4), generator=g))]
     image = Image(steps)
-    layout = step_record_layout(CFG)
-    at = (layout_bytes(PROGRAM_HEADER_LAYOUT) + layout_bytes(layout)
-          + layout["max_pool"].offset // 8)
-    image.blob[at] = 3
+    image.blob[record_address(1) + RECORD_LAYOUT["max_pool"].offset // 8] = 3
     status = run_to_end(board(), image)
     assert (status["done"], status["steps_done"], status["bad_rule"]) == (0, 1, BAD_MAX_POOL)
 
@@ -416,10 +422,7 @@ def test_a_step_whose_mask_table_keeps_no_taps_stops_the_run_with_the_engine_idl
     steps = [make_step("3x3 dense", dense_family(), 3, 4, 6, g),
              make_step("3x3 PS2_P4", paper_family(2, 4), 4, 3, 6, g)]
     image = Image(steps)
-    layout = step_record_layout(CFG)
-    at = layout_bytes(PROGRAM_HEADER_LAYOUT) + layout_bytes(layout)
-    record = decode_payload(layout, bytes(image.blob[at:at + layout_bytes(layout)]), "record")
-    table = record.masks_address
+    table = read_record(image, 1).masks_address
     image.blob[table:table + 8] = mask_payload((0x200, 0x400, 0xFE00, 0x8000))
     link = board()
     status = run_to_end(link, image)
@@ -435,11 +438,10 @@ def test_a_step_whose_mask_table_keeps_no_taps_stops_the_run_with_the_engine_idl
 
 def retarget(image, step, **addresses):
     """Point step ``step``'s record at other memory: ``fmap_address=...``, ``output_address=...``."""
-    layout = step_record_layout(CFG)
     for field, address in addresses.items():
-        offset = layout[field].offset
-        assert offset % 8 == 0 and layout[field].shape.width == 32
-        at = layout_bytes(PROGRAM_HEADER_LAYOUT) + step * layout_bytes(layout) + offset // 8
+        offset = RECORD_LAYOUT[field].offset
+        assert offset % 8 == 0 and RECORD_LAYOUT[field].shape.width == 32
+        at = record_address(step) + offset // 8
         image.blob[at:at + 4] = struct.pack("<I", address)
     image.model = bytes(image.blob[:len(image.model)])
 
@@ -471,22 +473,17 @@ def test_a_step_on_the_map_the_engine_holds_keeps_it_until_a_store_touches_the_m
     h = make_step("G keeps M", pointwise_family(), 4, 3, 6, g, relu=False, x=m2)
     steps = [a, b, c, d, e, f, h]
     image = Image(steps)
-    layout = step_record_layout(CFG)
-    records = [decode_payload(layout, bytes(image.blob[at:at + layout_bytes(layout)]), "record")
-               for at in range(layout_bytes(PROGRAM_HEADER_LAYOUT),
-                               layout_bytes(PROGRAM_HEADER_LAYOUT) + len(steps) * layout_bytes(layout),
-                               layout_bytes(layout))]
+    records = [read_record(image, k) for k in range(len(steps))]
     shared = records[0].fmap_address
     for k in (1, 2, 3, 5, 6):
         retarget(image, k, fmap_address=shared)
     retarget(image, 2, output_address=shared)
     retarget(image, 4, output_address=shared)
     loads = [True, False, False, True, None, True, False]     # None: the max-pool step
-    header = layout_bytes(PROGRAM_HEADER_LAYOUT)
-    reads = header + sum(
-        layout_bytes(layout) + (e[1].numel() if load is None else
-                                4 * len(step.masks) + 13 * step.descriptor.out_channels
-                                + record.weight_bytes + (record.fmap_bytes if load else 0))
+    reads = layout_bytes(PROGRAM_HEADER_LAYOUT) + sum(
+        RECORD_BYTES + (e[1].numel() if load is None else
+                        4 * len(step.masks) + 13 * step.descriptor.out_channels
+                        + record.weight_bytes + (record.fmap_bytes if load else 0))
         for (step, *_), record, load in zip(steps, records, loads))
 
     link = board()
